@@ -1,0 +1,42 @@
+# One command per habit. Every target sets up .venv first if needed.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
+MODEL ?= $(MONOSCOPE_MODEL)
+SAE ?= $(MONOSCOPE_SAES)
+PYTEST_ARGS ?=
+
+.PHONY: setup test test-fast lint format serve bench clean
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	# torch first and alone: with it in place nothing resolves a newer CUDA build.
+	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[test]"
+	rm -f $(VENV)/.installed-* && touch $@
+
+setup: $(STAMP)
+
+test: setup
+	HF_HUB_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: setup
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not slow" -x $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check app tests bench
+	$(VENV)/bin/ruff format --check app tests bench
+
+format: setup
+	$(VENV)/bin/ruff format app tests bench
+	$(VENV)/bin/ruff check --fix app tests bench
+
+serve: setup
+	MONOSCOPE_MODEL="$(MODEL)" MONOSCOPE_SAES="$(SAE)" $(VENV)/bin/monoscope serve
+
+bench: setup
+	$(PY) -m bench.encode
+	$(PY) -m bench.steer
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Monoscope: explore the features that sparse autoencoders find inside language models."""

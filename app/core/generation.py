@@ -1,0 +1,269 @@
+"""Batched, streamed generation with per-row steering and per-row seeds.
+
+    rows = [GenerationRow(ids, edits=None, seed=7), GenerationRow(ids, edits=steer, seed=7)]
+    for step in generate(model, saes, rows, SamplingParams(max_new_tokens=64)):
+        print(step.texts)                       # new text of each row at this step
+
+Rows with the same seed draw the same uniform number at every step and sample by inverse CDF, so
+a default and a steered row differ only by the intervention. `pair_stream` is the default-vs-
+steered case; `astream` runs any of these in a worker thread for an async consumer (SSE) and
+stops the generation when the consumer goes away.
+"""
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from transformers import DynamicCache, PreTrainedTokenizerBase
+
+from app.core.errors import MonoscopeError
+from app.core.model import LoadedModel
+from app.core.sae import Sae
+from app.core.steering import BatchSteerer, FeatureEdit
+
+# Models without a chat template converse in this plain format and stop at the next user turn.
+PLAIN_CHAT_ROLES = {"system": "System", "user": "User", "assistant": "Assistant"}
+PLAIN_CHAT_STOPS = ("\nUser:",)
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_new_tokens: int = 64
+    temperature: float = 1.0  # 0 means greedy
+    top_p: float = 1.0
+    stop_strings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class GenerationRow:
+    prompt_ids: Sequence[int]
+    edits: Sequence[FeatureEdit] | None = None
+    seed: int = 0
+
+
+@dataclass
+class Step:
+    """What one decoding step produced for every row."""
+
+    texts: list[str]  # text that became final at this step ("" when none)
+    token_ids: list[int | None]  # None for rows already finished
+    finished: list[bool]
+    finish_reasons: list[str | None] = field(default_factory=list)  # eos | stop | length
+
+
+def chat_prompt_ids(
+    tokenizer: PreTrainedTokenizerBase, messages: Sequence[Mapping[str, str]]
+) -> tuple[list[int], tuple[str, ...]]:
+    """Prompt ids for a conversation and the stop strings that end the assistant's turn."""
+    for message in messages:
+        if message.get("role") not in PLAIN_CHAT_ROLES:
+            raise MonoscopeError(
+                f"unknown chat role {message.get('role')!r}; use system, user or assistant"
+            )
+    if tokenizer.chat_template:
+        text = tokenizer.apply_chat_template(
+            list(messages), tokenize=False, add_generation_prompt=True
+        )
+        return tokenizer(text, add_special_tokens=False)["input_ids"], ()
+    text = "".join(f"{PLAIN_CHAT_ROLES[m['role']]}: {m['content']}\n" for m in messages)
+    return tokenizer(text + "Assistant:")["input_ids"], PLAIN_CHAT_STOPS
+
+
+def sample_next(
+    logits: torch.Tensor, uniforms: torch.Tensor, temperature: float, top_p: float
+) -> torch.Tensor:
+    """Inverse-CDF sampling: (batch, vocab) logits and (batch,) uniforms -> (batch,) token ids."""
+    if temperature <= 0:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    sorted_probs, order = probs.sort(dim=-1, descending=True)
+    if top_p < 1.0:
+        keep = sorted_probs.cumsum(dim=-1) - sorted_probs < top_p  # always keeps the top token
+        sorted_probs = sorted_probs * keep
+    cdf = sorted_probs.cumsum(dim=-1)
+    target = uniforms.to(cdf.device)[:, None] * cdf[:, -1:]
+    picked = torch.searchsorted(cdf, target).clamp(max=cdf.shape[-1] - 1)
+    return order.gather(-1, picked).squeeze(-1)
+
+
+class _TextStream:
+    """Turns a row's tokens into text deltas: whole characters only, stop strings cut off."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, stop_strings: Sequence[str]):
+        self.tokenizer = tokenizer
+        self.stop_strings = [s for s in stop_strings if s]
+        self.ids: list[int] = []
+        self.text = ""
+        self.emitted = 0
+        self.stopped = False
+
+    def push(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        if text.endswith("\ufffd"):  # a multi-byte character is not complete yet
+            return ""
+        for stop in self.stop_strings:
+            at = text.find(stop)
+            if at >= 0:
+                text, self.stopped = text[:at], True
+        self.text = text
+        safe = len(text) if self.stopped else len(text) - self._held_back(text)
+        return self._emit_to(safe)
+
+    def flush(self) -> str:
+        return self._emit_to(len(self.text))
+
+    def _emit_to(self, end: int) -> str:
+        delta = self.text[self.emitted : end] if end > self.emitted else ""
+        self.emitted = max(self.emitted, end)
+        return delta
+
+    def _held_back(self, text: str) -> int:
+        """Length of the longest tail that could still grow into a stop string."""
+        longest = 0
+        for stop in self.stop_strings:
+            for n in range(min(len(stop) - 1, len(text)), 0, -1):
+                if text.endswith(stop[:n]):
+                    longest = max(longest, n)
+                    break
+        return longest
+
+
+@torch.inference_mode()
+def generate(
+    model: LoadedModel,
+    saes: Mapping[str, Sae],
+    rows: Sequence[GenerationRow],
+    params: SamplingParams,
+    cancelled: threading.Event | None = None,
+) -> Iterator[Step]:
+    """Decode all rows together with a KV cache; yields one Step per generated token."""
+    if not rows:
+        return
+    if any(len(r.prompt_ids) == 0 for r in rows):
+        raise MonoscopeError("every prompt needs at least one token")
+    tokenizer, device = model.tokenizer, model.device
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    width = max(len(r.prompt_ids) for r in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):  # left padding keeps every row's next token in the last column
+        input_ids[i, width - len(row.prompt_ids) :] = torch.tensor(list(row.prompt_ids))
+        attention[i, width - len(row.prompt_ids) :] = 1
+    input_ids, attention = input_ids.to(device), attention.to(device)
+    positions = (attention.cumsum(-1) - 1).clamp(min=0)
+    valid = attention.bool()
+
+    steerer = BatchSteerer(
+        saes, [r.edits for r in rows], [len(r.prompt_ids) for r in rows], tokenizer.bos_token_id
+    )
+    generators = [torch.Generator().manual_seed(int(r.seed)) for r in rows]
+    streams = [_TextStream(tokenizer, params.stop_strings) for _ in rows]
+    finished = [False] * len(rows)
+    reasons: list[str | None] = [None] * len(rows)
+    cache = DynamicCache()
+    eos_ids = _eos_ids(model)
+
+    with model.hooked(steerer.site_edits()):
+        for step_index in range(params.max_new_tokens):
+            if cancelled is not None and cancelled.is_set():
+                return
+            steerer.set_step(positions, valid, input_ids)
+            out = model.hf(
+                input_ids=input_ids,
+                attention_mask=attention,
+                position_ids=positions,
+                past_key_values=cache,
+                use_cache=True,
+            )
+            cache = out.past_key_values
+            uniforms = torch.cat([torch.rand(1, generator=g) for g in generators])
+            next_ids = sample_next(out.logits[:, -1, :], uniforms, params.temperature, params.top_p)
+            last_step = step_index == params.max_new_tokens - 1
+            texts, token_ids = [], []
+            for i, token in enumerate(next_ids.tolist()):
+                if finished[i]:
+                    texts.append("")
+                    token_ids.append(None)
+                    continue
+                token_ids.append(token)
+                if token in eos_ids:
+                    finished[i], reasons[i] = True, "eos"
+                    texts.append(streams[i].flush())
+                    continue
+                text = streams[i].push(token)
+                if streams[i].stopped:
+                    finished[i], reasons[i] = True, "stop"
+                elif last_step:
+                    finished[i], reasons[i] = True, "length"
+                    text += streams[i].flush()
+                texts.append(text)
+            yield Step(texts, token_ids, list(finished), list(reasons))
+            if all(finished):
+                return
+            input_ids = next_ids[:, None].to(device)
+            positions = positions[:, -1:] + 1
+            attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=-1)
+            valid = torch.ones_like(input_ids, dtype=torch.bool)
+
+
+def _eos_ids(model: LoadedModel) -> set[int]:
+    ids = model.hf.generation_config.eos_token_id if model.hf.generation_config else None
+    ids = ids if isinstance(ids, list) else [ids]
+    return {i for i in [*ids, model.tokenizer.eos_token_id] if i is not None}
+
+
+def complete(
+    model: LoadedModel,
+    saes: Mapping[str, Sae],
+    rows: Sequence[GenerationRow],
+    params: SamplingParams,
+) -> list[str]:
+    """Whole continuations for each row."""
+    texts = [""] * len(rows)
+    for step in generate(model, saes, rows, params):
+        texts = [done + new for done, new in zip(texts, step.texts, strict=True)]
+    return texts
+
+
+def pair_rows(
+    prompt_ids: Sequence[int], edits: Sequence[FeatureEdit], seed: int
+) -> list[GenerationRow]:
+    """A default row and a steered row that differ only by the intervention."""
+    return [GenerationRow(prompt_ids, None, seed), GenerationRow(prompt_ids, edits, seed)]
+
+
+async def astream(
+    run: Callable[[threading.Event], Iterator[Step]], max_buffered: int = 64
+) -> AsyncIterator[Step]:
+    """Run a blocking generation in a thread; stop it as soon as the consumer stops listening."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue = asyncio.Queue(max_buffered)
+    cancelled = threading.Event()
+    done = object()
+
+    def worker() -> None:
+        try:
+            for step in run(cancelled):
+                asyncio.run_coroutine_threadsafe(queue.put(step), loop).result()
+        except BaseException as exc:  # handed to the consumer, raised there
+            asyncio.run_coroutine_threadsafe(queue.put(exc), loop).result()
+        else:
+            asyncio.run_coroutine_threadsafe(queue.put(done), loop).result()
+
+    thread = threading.Thread(target=worker, name="monoscope-generate", daemon=True)
+    thread.start()
+    try:
+        while (item := await queue.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        cancelled.set()
+        while thread.is_alive():  # drain so the worker never blocks on a full queue
+            try:
+                queue.get_nowait()
+            except asyncio.QueueEmpty:
+                await asyncio.sleep(0.005)

@@ -1,0 +1,253 @@
+"""Hugging Face causal LMs with named hook sites.
+
+    model = load_model("gpt2")                       # hub id or local directory
+    acts = model.capture(input_ids, ["blocks.6.hook_resid_post"])
+    with model.hooked({"blocks.6.hook_resid_post": edit}):   # edit(x) -> x' or None
+        model.hf(input_ids)
+
+Each supported family has an adapter naming, per block, the module whose output is each site.
+The residual stream sites are the block's input (resid_pre) and output (resid_post); attn_out and
+mlp_out are what the block adds to the residual stream (after Gemma 2's post-norms).
+"""
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+
+from app.core.device import choose_dtype, resolve_device
+from app.core.errors import MonoscopeError, SaeFormatError, SiteError, UnsupportedModelError
+from app.core.sae import Sae
+from app.core.sites import Site, parse_site
+
+# An edit receives the activation at a site, (batch, pos, d_model), and returns a replacement
+# or None to leave it unchanged.
+SiteEdit = Callable[[torch.Tensor], torch.Tensor | None]
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """Where each site lives in one architecture family."""
+
+    family: str
+    blocks: Callable[[nn.Module], nn.ModuleList]
+    attn_out: Callable[[nn.Module], nn.Module]
+    mlp_out: Callable[[nn.Module], nn.Module]
+    final_norm: Callable[[nn.Module], nn.Module]
+
+
+_GPT2 = Adapter(
+    family="GPT-2",
+    blocks=lambda m: m.transformer.h,
+    attn_out=lambda b: b.attn,
+    mlp_out=lambda b: b.mlp,
+    final_norm=lambda m: m.transformer.ln_f,
+)
+_NEOX = Adapter(
+    family="GPT-NeoX (Pythia)",
+    blocks=lambda m: m.gpt_neox.layers,
+    attn_out=lambda b: b.attention,
+    mlp_out=lambda b: b.mlp,
+    final_norm=lambda m: m.gpt_neox.final_layer_norm,
+)
+_LLAMA = Adapter(
+    family="Llama (Mistral, Qwen2, Qwen3, Gemma)",
+    blocks=lambda m: m.model.layers,
+    attn_out=lambda b: b.self_attn,
+    mlp_out=lambda b: b.mlp,
+    final_norm=lambda m: m.model.norm,
+)
+# Gemma 2 and 3 normalise each sub-block's output before adding it to the residual stream.
+_GEMMA2 = Adapter(
+    family="Gemma 2 / Gemma 3",
+    blocks=lambda m: m.model.layers,
+    attn_out=lambda b: b.post_attention_layernorm,
+    mlp_out=lambda b: b.post_feedforward_layernorm,
+    final_norm=lambda m: m.model.norm,
+)
+
+ADAPTERS: dict[str, Adapter] = {
+    "gpt2": _GPT2,
+    "gpt_neox": _NEOX,
+    "llama": _LLAMA,
+    "mistral": _LLAMA,
+    "qwen2": _LLAMA,
+    "qwen3": _LLAMA,
+    "gemma": _LLAMA,
+    "gemma2": _GEMMA2,
+    "gemma3_text": _GEMMA2,
+}
+
+
+def supported_families() -> str:
+    return ", ".join(sorted(ADAPTERS))
+
+
+class _StopForward(Exception):
+    """Raised from a hook once every requested site is captured, to skip the rest."""
+
+
+def _first(output: object) -> torch.Tensor:
+    return output[0] if isinstance(output, tuple) else output  # type: ignore[return-value]
+
+
+def _replace_first(output: object, new: torch.Tensor) -> object:
+    return (new, *output[1:]) if isinstance(output, tuple) else new
+
+
+@dataclass
+class LoadedModel:
+    """A causal LM in eval mode with its tokenizer and site adapter."""
+
+    hf: nn.Module
+    tokenizer: PreTrainedTokenizerBase
+    adapter: Adapter
+    name: str
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.hf.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.hf.parameters()).dtype
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.adapter.blocks(self.hf))
+
+    @property
+    def d_model(self) -> int:
+        return int(self.hf.config.hidden_size)
+
+    @property
+    def model_type(self) -> str:
+        return str(self.hf.config.model_type)
+
+    def site(self, name: str | Site) -> Site:
+        """Parse a site name and check that the model has that layer."""
+        site = name if isinstance(name, Site) else parse_site(name)
+        if not 0 <= site.layer < self.n_layers:
+            raise SiteError(
+                f"site {site.name} is outside {self.name}: it has layers 0..{self.n_layers - 1}"
+            )
+        return site
+
+    def attach(self, sae: Sae, source: str = "SAE") -> Sae:
+        """Check the SAE reads a site of this model at its width; move it to our device/dtype."""
+        try:
+            site = self.site(sae.hook_name)
+        except SiteError as exc:
+            raise SaeFormatError(f"{source}: {exc}") from exc
+        if sae.d_in != self.d_model:
+            raise SaeFormatError(
+                f"{source}: d_in is {sae.d_in} but {self.name} has width {self.d_model} "
+                f"at {site.name}"
+            )
+        return sae.to(device=self.device, dtype=self.dtype).eval()
+
+    def unembed(self) -> torch.Tensor:
+        """W_U as (d_model, d_vocab)."""
+        return self.hf.get_output_embeddings().weight.T
+
+    def final_norm(self) -> nn.Module:
+        return self.adapter.final_norm(self.hf)
+
+    def _register(self, site: Site, edit: SiteEdit) -> torch.utils.hooks.RemovableHandle:
+        block = self.adapter.blocks(self.hf)[site.layer]
+        if site.kind == "resid_pre":
+
+            def pre_hook(module, args, kwargs):
+                if args:
+                    new = edit(args[0])
+                    return None if new is None else ((new, *args[1:]), kwargs)
+                new = edit(kwargs["hidden_states"])
+                return None if new is None else (args, {**kwargs, "hidden_states": new})
+
+            return block.register_forward_pre_hook(pre_hook, with_kwargs=True)
+
+        module = {
+            "resid_post": lambda: block,
+            "attn_out": lambda: self.adapter.attn_out(block),
+            "mlp_out": lambda: self.adapter.mlp_out(block),
+        }[site.kind]()
+
+        def hook(module, args, output):
+            new = edit(_first(output))
+            return None if new is None else _replace_first(output, new)
+
+        return module.register_forward_hook(hook)
+
+    @contextmanager
+    def hooked(self, edits: Mapping[str | Site, SiteEdit]) -> Iterator[None]:
+        """Run forward passes with one edit per site; hooks are removed on exit."""
+        handles = [self._register(self.site(name), edit) for name, edit in edits.items()]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    @torch.inference_mode()
+    def capture(
+        self,
+        input_ids: torch.Tensor,  # (batch, pos)
+        sites: Sequence[str | Site],
+        attention_mask: torch.Tensor | None = None,  # (batch, pos)
+    ) -> dict[str, torch.Tensor]:
+        """Activations (batch, pos, d_model) at each site from one pass that stops early."""
+        wanted = {self.site(s).name: self.site(s) for s in sites}
+        cache: dict[str, torch.Tensor] = {}
+
+        def recorder(name: str) -> SiteEdit:
+            def record(x: torch.Tensor) -> None:
+                cache[name] = x.detach()
+                if len(cache) == len(wanted):
+                    raise _StopForward
+
+            return record
+
+        edits = {site: recorder(name) for name, site in wanted.items()}
+        with self.hooked(edits), suppress(_StopForward):
+            self.hf(
+                input_ids=input_ids.to(self.device),
+                attention_mask=None if attention_mask is None else attention_mask.to(self.device),
+                use_cache=False,
+            )
+        return cache
+
+
+def _checkpoint_dtype(config) -> torch.dtype | None:
+    dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype, None)
+    return dtype if isinstance(dtype, torch.dtype) else None
+
+
+def load_model(
+    spec: str | Path, device: str = "auto", dtype: torch.dtype | None = None
+) -> LoadedModel:
+    """Load a causal LM from a hub id or local directory, ready for inference."""
+    spec = str(spec)
+    try:
+        config = AutoConfig.from_pretrained(spec)
+    except (OSError, ValueError) as exc:
+        raise MonoscopeError(f"cannot load model {spec!r}: {exc}") from exc
+    adapter = ADAPTERS.get(config.model_type)
+    if adapter is None:
+        raise UnsupportedModelError(
+            f"model {spec!r} has architecture {config.model_type!r}, which Monoscope does not "
+            f"support; supported: {supported_families()}"
+        )
+    torch_device = resolve_device(device)
+    dtype = dtype or choose_dtype(torch_device, _checkpoint_dtype(config))
+    hf = AutoModelForCausalLM.from_pretrained(spec, dtype=dtype).to(torch_device).eval()
+    hf.requires_grad_(False)
+    tokenizer = AutoTokenizer.from_pretrained(spec)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return LoadedModel(hf=hf, tokenizer=tokenizer, adapter=adapter, name=Path(spec).name or spec)

@@ -1,0 +1,189 @@
+"""Steering: clamp or add SAE features in the residual stream while the model runs.
+
+    spec = SteeringSpec(features=(SteeringFeature("res6", 1234, "clamp", 10, units="max_act"),))
+    edits = resolve_steering(spec, saes, max_act=lambda sae, i: stats[sae][i])
+    steerer = BatchSteerer(saes, [None, edits], prompt_lengths=[n, n])   # row 0 unsteered
+    with model.hooked(steerer.site_edits()):
+        steerer.set_step(position_ids, valid, input_ids); model.hf(...)
+
+clamp (Golden Gate): x' = x + (c - f_i(x)) * W_dec[i]  -- keeps the SAE error and other features
+add:                 x' = x + a * W_dec[i]
+One edit per site applies every feature of every SAE at that site exactly once, computing each
+clamp from the unedited x. Directions are mapped back through the SAE's input normalisation.
+"""
+
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from app.core.errors import SteeringError
+from app.core.sae import Sae
+from app.core.sites import parse_site
+
+Mode = Literal["clamp", "add"]
+Units = Literal["max_act", "raw"]
+Positions = Literal["all", "prompt", "generated"]
+_POSITION_CODES = {"all": 0, "prompt": 1, "generated": 2}
+
+
+@dataclass(frozen=True)
+class SteeringFeature:
+    """One intervention as a person states it: strength in raw units or multiples of max act."""
+
+    sae: str
+    index: int
+    mode: Mode
+    strength: float
+    units: Units = "raw"
+    positions: Positions = "all"
+
+
+@dataclass(frozen=True)
+class SteeringSpec:
+    features: tuple[SteeringFeature, ...] = ()
+    skip_bos: bool = True  # leave the BOS position alone: its norm dwarfs every other token's
+
+
+@dataclass(frozen=True)
+class FeatureEdit:
+    """An intervention in raw activation units, ready for a hook."""
+
+    sae: str
+    index: int
+    mode: Mode
+    value: float
+    positions: Positions = "all"
+
+
+def resolve_steering(
+    spec: SteeringSpec,
+    saes: Mapping[str, Sae],
+    max_act: Callable[[str, int], float | None] | None = None,
+) -> tuple[FeatureEdit, ...]:
+    """Check a spec against the loaded SAEs and convert max-act multiples to raw values."""
+    edits = []
+    for feature in spec.features:
+        sae = saes.get(feature.sae)
+        if sae is None:
+            raise SteeringError(
+                f"unknown SAE {feature.sae!r}; loaded: {', '.join(sorted(saes)) or 'none'}"
+            )
+        if not 0 <= feature.index < sae.d_sae:
+            raise SteeringError(
+                f"feature {feature.index} is outside SAE {feature.sae!r} (0..{sae.d_sae - 1})"
+            )
+        if feature.mode not in ("clamp", "add"):
+            raise SteeringError(f"unknown steering mode {feature.mode!r}; use clamp or add")
+        if feature.positions not in _POSITION_CODES:
+            raise SteeringError(
+                f"unknown positions {feature.positions!r}; use all, prompt or generated"
+            )
+        value = float(feature.strength)
+        if feature.units == "max_act":
+            scale = max_act(feature.sae, feature.index) if max_act else None
+            if not scale:
+                raise SteeringError(
+                    f"feature {feature.sae}/{feature.index} has no recorded max activation; "
+                    "give the strength in raw units"
+                )
+            value *= scale
+        elif feature.units != "raw":
+            raise SteeringError(f"unknown units {feature.units!r}; use max_act or raw")
+        edits.append(
+            FeatureEdit(feature.sae, feature.index, feature.mode, value, feature.positions)
+        )
+    return tuple(edits)
+
+
+@dataclass
+class _SaeGroup:
+    """All edits for one SAE, laid out for a vectorised hook."""
+
+    sae: Sae
+    indices: torch.Tensor  # (n,)
+    values: torch.Tensor  # (n,)
+    is_clamp: torch.Tensor  # (n,) bool
+    position_codes: torch.Tensor  # (n,)
+    row_mask: torch.Tensor  # (batch, n) bool: which rows each edit applies to
+    directions: torch.Tensor  # (n, d_in) in SAE space
+
+
+class BatchSteerer:
+    """Site edits for a batch in which each row has its own interventions (or none)."""
+
+    def __init__(
+        self,
+        saes: Mapping[str, Sae],
+        row_edits: Sequence[Sequence[FeatureEdit] | None],
+        prompt_lengths: Sequence[int],
+        bos_token_id: int | None = None,
+    ):
+        self.batch = len(row_edits)
+        self.bos_token_id = bos_token_id
+        by_sae: dict[str, list[tuple[int, FeatureEdit]]] = defaultdict(list)
+        for row, edits in enumerate(row_edits):
+            for edit in edits or ():
+                by_sae[edit.sae].append((row, edit))
+        self.groups_by_site: dict[str, list[_SaeGroup]] = defaultdict(list)
+        for name, entries in by_sae.items():
+            sae = saes[name]
+            device = sae.device
+            indices = torch.tensor([e.index for _, e in entries], device=device)
+            row_mask = torch.zeros(self.batch, len(entries), dtype=torch.bool, device=device)
+            row_mask[[r for r, _ in entries], torch.arange(len(entries))] = True
+            self.groups_by_site[parse_site(sae.hook_name).name].append(
+                _SaeGroup(
+                    sae=sae,
+                    indices=indices,
+                    values=torch.tensor(
+                        [e.value for _, e in entries], device=device, dtype=sae.dtype
+                    ),
+                    is_clamp=torch.tensor([e.mode == "clamp" for _, e in entries], device=device),
+                    position_codes=torch.tensor(
+                        [_POSITION_CODES[e.positions] for _, e in entries], device=device
+                    ),
+                    row_mask=row_mask,
+                    directions=sae.decoder_directions(indices),
+                )
+            )
+        self.prompt_lengths = torch.tensor(list(prompt_lengths))
+        self._step_masks: torch.Tensor | None = None
+
+    def set_step(
+        self,
+        position_ids: torch.Tensor,  # (batch, pos) index of each token within its own row
+        valid: torch.Tensor,  # (batch, pos) bool, False for padding
+        input_ids: torch.Tensor | None = None,  # (batch, pos)
+    ) -> None:
+        """Tell the hooks which positions the next forward pass covers."""
+        valid = valid.bool()
+        if self.bos_token_id is not None and input_ids is not None:
+            valid = valid & ~((position_ids == 0) & (input_ids == self.bos_token_id))
+        in_prompt = position_ids < self.prompt_lengths.to(position_ids.device)[:, None]
+        # (3, batch, pos): masks for positions "all", "prompt", "generated"
+        self._step_masks = torch.stack([valid, valid & in_prompt, valid & ~in_prompt])
+
+    def site_edits(self) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+        return {site: self._edit_for(groups) for site, groups in self.groups_by_site.items()}
+
+    def _edit_for(self, groups: list[_SaeGroup]) -> Callable[[torch.Tensor], torch.Tensor]:
+        def edit(x: torch.Tensor) -> torch.Tensor:  # x: (batch, pos, d_model)
+            if self._step_masks is None:
+                raise RuntimeError("BatchSteerer.set_step must be called before each forward pass")
+            delta = torch.zeros_like(x)
+            for group in groups:
+                masks = self._step_masks.to(x.device)[group.position_codes]  # (n, batch, pos)
+                mask = masks.permute(1, 2, 0) & group.row_mask[:, None, :]  # (batch, pos, n)
+                coef = group.values.expand(mask.shape).clone()
+                if group.is_clamp.any():
+                    current = group.sae.feature_activations(x, group.indices)  # (batch, pos, n)
+                    coef = torch.where(group.is_clamp, coef - current, coef)
+                step = (coef * mask.to(coef.dtype)) @ group.directions  # (batch, pos, d_in)
+                norm = group.sae.normalize(x.to(group.sae.dtype))[1]
+                delta += Sae.denormalize(step, norm, shift=False).to(x.dtype)
+            return x + delta
+
+        return edit

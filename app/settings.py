@@ -1,0 +1,55 @@
+"""One typed Settings object, read from MONOSCOPE_* environment variables (or a .env file).
+
+    settings = Settings()                                  # from the environment
+    settings = Settings(model="gpt2", saes=["sae/dir"])    # in code and tests
+
+Field descriptions double as CLI help and README documentation.
+"""
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from app.core.device import resolve_device
+from app.core.errors import MonoscopeError
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MONOSCOPE_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Field(
+        Path("data"), description="Folder for the database, token stores and harvest outputs."
+    )
+    device: str = Field(
+        "auto",
+        description="Where models run: auto (CUDA when available, else CPU), cpu, cuda, cuda:N.",
+    )
+    model: str | None = Field(
+        None, description="The causal LM to serve: a Hugging Face hub id or a local directory."
+    )
+    saes: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="SAEs to attach to the model, comma-separated: SAELens or sparsify "
+        "directories, "
+        "Gemma Scope params.npz files, or hf://owner/repo/folder.",
+    )
+    host: str = Field("127.0.0.1", description="Address the web server listens on.")
+    port: int = Field(8000, ge=1, le=65535, description="Port the web server listens on.")
+
+    @field_validator("saes", mode="before")
+    @classmethod
+    def _split_sae_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        try:
+            resolve_device(value)
+        except MonoscopeError as exc:
+            raise ValueError(str(exc)) from exc
+        return value

@@ -1,0 +1,1 @@
+"""FastAPI app factory, routers per page family, and their view models."""

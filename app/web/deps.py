@@ -1,0 +1,26 @@
+"""Typed dependencies: routes receive what the app factory put on app.state."""
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.templating import Jinja2Templates
+
+from app.core.workspace import Workspace
+from app.settings import Settings
+
+
+def _settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def _workspace(request: Request) -> Workspace | None:
+    return request.app.state.workspace
+
+
+def _templates(request: Request) -> Jinja2Templates:
+    return request.app.state.templates
+
+
+SettingsDep = Annotated[Settings, Depends(_settings)]
+WorkspaceDep = Annotated[Workspace | None, Depends(_workspace)]
+TemplatesDep = Annotated[Jinja2Templates, Depends(_templates)]

@@ -1,0 +1,138 @@
+"""Builders for the test suite: tiny tokenizers, models of each family, and SAEs on disk."""
+
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import (
+    AutoModelForCausalLM,
+    Gemma2Config,
+    GemmaConfig,
+    GPT2Config,
+    GPTNeoXConfig,
+    LlamaConfig,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+)
+
+from app.core.sae import Sae, SaeConfig
+
+CORPUS = [
+    "The Golden Gate Bridge is in San Francisco. The fog rolls over the bridge.",
+    "User: What is your favourite animal?\nAssistant: I like the red fox.",
+    "def add(a, b):\n    return a + b\n",
+    "Le chat est sur la table. Il fait beau aujourd'hui.",
+    "One, two, three, four, five. Monday, Tuesday, Wednesday.",
+] * 20
+
+D_MODEL = 32
+N_LAYERS = 3
+
+
+def build_tokenizer(folder: Path, vocab_size: int = 400) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer that prepends <bos>, saved so AutoTokenizer loads it."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<bos>", "<eos>", "<pad>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(CORPUS, trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", special_tokens=[("<bos>", tok.token_to_id("<bos>"))]
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>"
+    )
+    fast.save_pretrained(folder)
+    return fast
+
+
+def _config(family: str, vocab: int, ids: dict):
+    common = dict(vocab_size=vocab, **ids)
+    if family == "gpt2":
+        return GPT2Config(n_layer=N_LAYERS, n_embd=D_MODEL, n_head=4, n_positions=256, **common)
+    if family == "gpt_neox":
+        return GPTNeoXConfig(
+            num_hidden_layers=N_LAYERS,
+            hidden_size=D_MODEL,
+            num_attention_heads=4,
+            intermediate_size=64,
+            max_position_embeddings=256,
+            use_parallel_residual=True,
+            **common,
+        )
+    llama_like = dict(
+        num_hidden_layers=N_LAYERS,
+        hidden_size=D_MODEL,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=256,
+        **common,
+    )
+    if family == "llama":
+        return LlamaConfig(**llama_like)
+    if family == "qwen2":
+        return Qwen2Config(**llama_like)
+    if family == "gemma":
+        return GemmaConfig(head_dim=8, **llama_like)
+    if family == "gemma2":
+        return Gemma2Config(head_dim=8, query_pre_attn_scalar=8, **llama_like)
+    raise ValueError(family)
+
+
+FAMILIES = ("gpt2", "gpt_neox", "llama", "qwen2", "gemma", "gemma2")
+
+
+def build_model(folder: Path, family: str = "gpt2", seed: int = 0) -> Path:
+    """A tiny random causal LM of one family with its tokenizer, saved as an HF directory."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(folder)
+    ids = dict(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    config = _config(family, len(tokenizer), ids)
+    config.initializer_range = 0.2  # large enough that random models have varied predictions
+    model = AutoModelForCausalLM.from_config(config)
+    model.save_pretrained(folder)
+    return folder
+
+
+def random_sae(
+    d_in: int = D_MODEL,
+    d_sae: int = 128,
+    hook_name: str = "blocks.1.hook_resid_post",
+    architecture: str = "standard",
+    seed: int = 0,
+    **cfg,
+) -> Sae:
+    """An SAE with random weights whose features fire on typical activations."""
+    g = torch.Generator().manual_seed(seed)
+    weights = {
+        "W_enc": torch.randn(d_in, d_sae, generator=g) / d_in**0.5,
+        "W_dec": torch.randn(d_sae, d_in, generator=g) / d_in**0.5,
+        "b_dec": torch.randn(d_in, generator=g) * 0.1,
+    }
+    if architecture == "gated":
+        weights |= {
+            "b_gate": torch.randn(d_sae, generator=g) * 0.1,
+            "b_mag": torch.randn(d_sae, generator=g) * 0.1,
+            "r_mag": torch.randn(d_sae, generator=g) * 0.1,
+        }
+    else:
+        weights["b_enc"] = torch.randn(d_sae, generator=g) * 0.1
+    if architecture == "jumprelu":
+        weights["threshold"] = torch.rand(d_sae, generator=g) * 0.2
+    if architecture == "topk":
+        cfg.setdefault("k", 8)
+    config = SaeConfig(
+        architecture=architecture, d_in=d_in, d_sae=d_sae, hook_name=hook_name, **cfg
+    )
+    return Sae(config, weights)

@@ -1,0 +1,104 @@
+"""The CLI as a person runs it: a real subprocess, real files, one error line on bad input."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from app.core.sae import load_sae, save_saelens
+from tests.helpers import random_sae
+
+
+def run_cli(*args, env=None):
+    return subprocess.run(
+        [sys.executable, "-c", "from app.cli import main; main()", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.fixture(scope="module")
+def sae_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("saes") / "res1"
+    save_saelens(random_sae(hook_name="blocks.1.hook_resid_post"), folder)
+    return folder
+
+
+def test_inspect_lists_features(gpt2_dir, sae_dir):
+    result = run_cli(
+        "inspect",
+        "--model",
+        str(gpt2_dir),
+        "--sae",
+        str(sae_dir),
+        "--device",
+        "cpu",
+        "--top",
+        "3",
+        "The Golden Gate Bridge",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "res1 (blocks.1.hook_resid_post)" in result.stdout and "strongest on" in result.stdout
+
+
+def test_steer_prints_both_replies(gpt2_dir, sae_dir):
+    result = run_cli(
+        "steer",
+        "--model",
+        str(gpt2_dir),
+        "--sae",
+        str(sae_dir),
+        "--device",
+        "cpu",
+        "-f",
+        "res1:3:add:40",
+        "--max-tokens",
+        "5",
+        "Hello",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "default" in result.stdout and "steered" in result.stdout
+
+
+def test_settings_come_from_the_environment(gpt2_dir, sae_dir):
+    result = run_cli(
+        "inspect",
+        "hi",
+        env={
+            "MONOSCOPE_MODEL": str(gpt2_dir),
+            "MONOSCOPE_SAES": str(sae_dir),
+            "MONOSCOPE_DEVICE": "cpu",
+        },
+    )
+    assert result.returncode == 0, result.stderr and "res1" in result.stdout
+
+
+def test_convert_sae_writes_saelens(tmp_path, sae_dir):
+    result = run_cli("convert-sae", str(sae_dir), str(tmp_path / "copy"))
+    assert result.returncode == 0, result.stderr
+    assert load_sae(tmp_path / "copy").cfg == load_sae(sae_dir).cfg
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["inspect", "hi"], "error: no model given"),
+        (["inspect", "--model", "/nowhere", "hi"], "error: cannot load model '/nowhere'"),
+        (["convert-sae", "/nowhere", "/tmp/x"], "error: /nowhere: no such file or directory"),
+        (["inspect", "--device", "tpu", "hi"], "error: device: Value error, unknown device 'tpu'"),
+        (["steer", "--model", "M", "-f", "res1:x", "hi"], "error: bad feature 'res1:x'"),
+    ],
+)
+def test_bad_input_is_one_error_line(args, message):
+    result = run_cli(*args, env={"MONOSCOPE_MODEL": ""})
+    assert result.returncode == 2
+    assert result.stderr.startswith(message) and "Traceback" not in result.stderr
+
+
+def test_sae_that_does_not_fit_the_model(gpt2_dir, tmp_path):
+    save_saelens(random_sae(d_in=48), tmp_path / "wide")
+    result = run_cli("inspect", "--model", str(gpt2_dir), "--sae", str(tmp_path / "wide"), "hi")
+    assert result.returncode == 2 and "d_in is 48 but" in result.stderr

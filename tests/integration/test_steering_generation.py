@@ -1,0 +1,207 @@
+"""Steering algebra inside a real model, and batched generation with shared randomness."""
+
+import asyncio
+import threading
+
+import pytest
+import torch
+
+from app.core.errors import SteeringError
+from app.core.generation import (
+    GenerationRow,
+    SamplingParams,
+    astream,
+    chat_prompt_ids,
+    complete,
+    generate,
+    pair_rows,
+)
+from app.core.steering import (
+    BatchSteerer,
+    FeatureEdit,
+    SteeringFeature,
+    SteeringSpec,
+    resolve_steering,
+)
+from tests.helpers import random_sae
+
+SITE = "blocks.1.hook_resid_post"
+SAMPLED = SamplingParams(max_new_tokens=12, temperature=1.0)
+
+
+@pytest.fixture(scope="module")
+def saes(gpt2, gpt2_sae):
+    return {"res1": gpt2_sae}
+
+
+def _prompt(gpt2, text="The Golden Gate Bridge"):
+    return gpt2.tokenizer(text)["input_ids"]
+
+
+def _resid_after_steering(gpt2, saes, ids, edits):
+    """resid_post at SITE as the next layer sees it, with the steering edits in place."""
+    steerer = BatchSteerer(saes, [edits], [ids.shape[1]], gpt2.tokenizer.bos_token_id)
+    steerer.set_step(torch.arange(ids.shape[1])[None], torch.ones_like(ids, dtype=torch.bool), ids)
+    with gpt2.hooked(steerer.site_edits()):
+        return gpt2.capture(ids, ["blocks.2.hook_resid_pre"])["blocks.2.hook_resid_pre"]
+
+
+def test_two_features_at_one_site_are_each_applied_exactly_once(gpt2, saes):
+    ids = torch.tensor([_prompt(gpt2)])
+    clean = gpt2.capture(ids, [SITE])[SITE]
+    sae = saes["res1"]
+    f = sae.encode(clean)
+    clamp_idx, add_idx = int(f[0, 1:].sum(0).argmax()), 7
+    edits = [FeatureEdit("res1", clamp_idx, "clamp", 5.0), FeatureEdit("res1", add_idx, "add", 3.0)]
+    steered = _resid_after_steering(gpt2, saes, ids, edits)
+    expected = (5.0 - f[..., clamp_idx, None]) * sae.W_dec[clamp_idx] + 3.0 * sae.W_dec[add_idx]
+    expected[:, 0] = 0  # the BOS position is left alone
+    torch.testing.assert_close(steered - clean, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_clamping_a_feature_to_its_current_activation_changes_nothing(gpt2, saes):
+    ids = torch.tensor([_prompt(gpt2)[:2]])  # BOS + one token: one steered position
+    clean = gpt2.capture(ids, [SITE])[SITE]
+    f = saes["res1"].encode(clean)[0, 1]
+    index = int(f.argmax())
+    edits = [FeatureEdit("res1", index, "clamp", float(f[index]))]
+    torch.testing.assert_close(
+        _resid_after_steering(gpt2, saes, ids, edits), clean, atol=1e-6, rtol=0
+    )
+    assert f[index] > 0
+
+
+def test_clamp_keeps_the_error_term_under_input_normalisation(gpt2):
+    sae = gpt2.attach(random_sae(hook_name=SITE, normalize_activations="layer_norm"))
+    saes = {"ln": sae}
+    ids = torch.tensor([_prompt(gpt2)])
+    clean = gpt2.capture(ids, [SITE])[SITE]
+    steered = _resid_after_steering(gpt2, saes, ids, [FeatureEdit("ln", 3, "clamp", 4.0)])
+    x_hat_clean, norm = sae(clean), sae.normalize(clean)[1]
+    f = sae.encode(clean)
+    f[..., 3] = 4.0
+    x_hat_edited = sae.decode(f, norm)
+    expected = clean + (x_hat_edited - x_hat_clean)  # reconstruction changes, error term kept
+    torch.testing.assert_close(steered[:, 1:], expected[:, 1:], atol=1e-5, rtol=1e-5)
+
+
+def test_strength_zero_gives_the_default_text_token_for_token(gpt2, saes):
+    edits = resolve_steering(SteeringSpec((SteeringFeature("res1", 3, "add", 0.0),)), saes)
+    for seed in range(4):
+        default, steered = complete(gpt2, saes, pair_rows(_prompt(gpt2), edits, seed), SAMPLED)
+        assert default == steered and default
+
+
+def test_large_add_changes_the_output(gpt2, saes):
+    edits = resolve_steering(SteeringSpec((SteeringFeature("res1", 3, "add", 80.0),)), saes)
+    params = SamplingParams(max_new_tokens=8, temperature=0)
+    default, steered = complete(gpt2, saes, pair_rows(_prompt(gpt2), edits, 0), params)
+    assert default != steered
+
+
+def test_positions_prompt_and_generated_split_the_sequence(gpt2, saes):
+    prompt = _prompt(gpt2)
+    rows = [
+        GenerationRow(prompt, [FeatureEdit("res1", 3, "add", 80.0, positions="generated")], 1),
+        GenerationRow(prompt, None, 1),
+    ]
+    steps = list(generate(gpt2, saes, rows, SamplingParams(max_new_tokens=4, temperature=0)))
+    # the first token is predicted from prompt positions only, so "generated" cannot change it
+    assert steps[0].token_ids[0] == steps[0].token_ids[1]
+    steerer = BatchSteerer(saes, [[FeatureEdit("res1", 3, "add", 1.0, positions="prompt")]], [3])
+    x = torch.zeros(1, 5, gpt2.d_model)
+    steerer.set_step(torch.arange(5)[None], torch.ones(1, 5, dtype=torch.bool))
+    delta = steerer.site_edits()[SITE](x)
+    assert delta[0, :3].abs().sum() > 0 and delta[0, 3:].abs().sum() == 0
+
+
+def test_same_seed_same_text_alone_or_batched_with_padding(gpt2, saes):
+    short, long = _prompt(gpt2, "Le chat"), _prompt(gpt2, "User: What is your favourite animal?")
+    for params in (SamplingParams(max_new_tokens=10, temperature=0), SAMPLED):
+        alone = [
+            complete(gpt2, saes, [GenerationRow(p, None, 5)], params)[0] for p in (short, long)
+        ]
+        together = complete(
+            gpt2, saes, [GenerationRow(short, None, 5), GenerationRow(long, None, 5)], params
+        )
+        assert together == alone
+
+
+def test_different_seeds_sample_differently(gpt2, saes):
+    texts = {
+        complete(gpt2, saes, [GenerationRow(_prompt(gpt2), None, s)], SAMPLED)[0] for s in range(5)
+    }
+    assert len(texts) > 1
+
+
+def test_stop_strings_end_a_row_and_are_not_emitted(gpt2, saes):
+    params = SamplingParams(max_new_tokens=12, temperature=0)
+    full = complete(gpt2, saes, [GenerationRow(_prompt(gpt2), None, 0)], params)[0]
+    stop = full[3:5]
+    steps = list(
+        generate(
+            gpt2,
+            saes,
+            [GenerationRow(_prompt(gpt2), None, 0)],
+            SamplingParams(max_new_tokens=12, temperature=0, stop_strings=(stop,)),
+        )
+    )
+    text = "".join(s.texts[0] for s in steps)
+    assert text == full[: full.find(stop)] and steps[-1].finish_reasons[0] == "stop"
+
+
+def test_chat_prompts_use_the_template_or_the_plain_format(gpt2):
+    messages = [{"role": "user", "content": "Hi"}]
+    ids, stops = chat_prompt_ids(gpt2.tokenizer, messages)
+    assert gpt2.tokenizer.decode(ids, skip_special_tokens=True) == "User: Hi\nAssistant:"
+    assert stops == ("\nUser:",)
+    gpt2.tokenizer.chat_template = (
+        "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}<assistant>"
+    )
+    try:
+        ids, stops = chat_prompt_ids(gpt2.tokenizer, messages)
+        assert gpt2.tokenizer.decode(ids) == "<user>Hi<assistant>" and stops == ()
+    finally:
+        gpt2.tokenizer.chat_template = None
+    with pytest.raises(Exception, match="unknown chat role"):
+        chat_prompt_ids(gpt2.tokenizer, [{"role": "robot", "content": "x"}])
+
+
+def test_resolve_steering_checks_and_scales(saes):
+    spec = SteeringSpec((SteeringFeature("res1", 4, "clamp", 10, units="max_act"),))
+    (edit,) = resolve_steering(spec, saes, max_act=lambda sae, i: 2.5)
+    assert edit.value == 25.0 and edit.mode == "clamp"
+    with pytest.raises(SteeringError, match="no recorded max activation"):
+        resolve_steering(spec, saes)
+    with pytest.raises(SteeringError, match="unknown SAE 'nope'; loaded: res1"):
+        resolve_steering(SteeringSpec((SteeringFeature("nope", 1, "add", 1),)), saes)
+    with pytest.raises(SteeringError, match="outside SAE 'res1'"):
+        resolve_steering(SteeringSpec((SteeringFeature("res1", 10**6, "add", 1),)), saes)
+
+
+def test_async_stream_stops_generation_when_the_consumer_leaves(gpt2, saes):
+    finished = threading.Event()
+    params = SamplingParams(max_new_tokens=200, temperature=1.0)
+
+    def run(cancelled):
+        try:
+            yield from generate(
+                gpt2, saes, [GenerationRow(_prompt(gpt2), None, 0)], params, cancelled
+            )
+        finally:
+            finished.set()
+
+    async def consume_three():
+        steps = []
+        async for step in astream(run):
+            steps.append(step)
+            if len(steps) == 3:
+                break
+        return steps
+
+    assert len(asyncio.run(consume_three())) == 3
+    assert finished.wait(5)
+    hooks = [m._forward_hooks for m in gpt2.hf.modules()] + [
+        m._forward_pre_hooks for m in gpt2.hf.modules()
+    ]
+    assert not any(hooks), "steering hooks must be removed after a cancelled generation"

@@ -1,0 +1,44 @@
+import torch
+from transformers import PreTrainedTokenizerFast
+
+from app.core.generation import _TextStream, sample_next
+
+
+def test_inverse_cdf_sampling_is_a_function_of_the_uniform():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.2], [0.5, 0.3, 0.2]]))
+    picks = [sample_next(logits, torch.tensor([u, u]), 1.0, 1.0).tolist() for u in (0.1, 0.6, 0.95)]
+    assert picks == [[0, 0], [1, 1], [2, 2]]
+
+
+def test_top_p_and_greedy():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.2]]))
+    assert sample_next(logits, torch.tensor([0.99]), 1.0, top_p=0.6).item() == 1  # 0.2 cut off
+    assert sample_next(logits, torch.tensor([0.99]), 0.0, 1.0).item() == 0
+
+
+def test_sampling_frequencies_follow_the_distribution():
+    logits = torch.log(torch.tensor([[0.7, 0.2, 0.1]])).expand(20000, 3)
+    counts = torch.bincount(sample_next(logits, torch.rand(20000), 1.0, 1.0), minlength=3) / 20000
+    torch.testing.assert_close(counts, torch.tensor([0.7, 0.2, 0.1]), atol=0.02, rtol=0)
+
+
+def _char_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    vocab = {b: i for i, b in enumerate(pre_tokenizers.ByteLevel.alphabet())}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=tok)
+
+
+def test_text_stream_holds_back_partial_characters_and_stop_prefixes():
+    tok = _char_tokenizer()
+    ids = tok("hé\nUser: no")["input_ids"]
+    stream = _TextStream(tok, ["\nUser:"])
+    pieces = [stream.push(i) for i in ids]
+    assert "".join(pieces) == "hé" and stream.stopped
+    assert pieces[1] == "" and pieces[2] == "é"  # é is two bytes: emitted once whole
+    held = _TextStream(tok, ["\nUser:"])
+    assert "".join(held.push(i) for i in tok("ok\nUs")["input_ids"]) == "ok"
+    assert held.flush() == "\nUs"
