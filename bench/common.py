@@ -20,7 +20,9 @@ SITE = "blocks.2.hook_resid_post"
 
 def arguments(description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--model", help="HF model dir or hub id (default: random demo-shaped GPT-2)")
+    parser.add_argument(
+        "--model", help="HF model dir or hub id (default: random demo-shaped GPT-2)"
+    )
     parser.add_argument("--sae", help="SAE path (default: random 4096-feature TopK SAE at layer 2)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=5)
@@ -34,9 +36,9 @@ def model_and_sae(args) -> tuple[LoadedModel, Sae]:
         folder = Path(tempfile.mkdtemp(prefix="monoscope-bench-"))
         tokenizer = build_tokenizer(folder)
         torch.manual_seed(0)
-        GPT2LMHeadModel(GPT2Config(**DEMO_SHAPE, eos_token_id=tokenizer.eos_token_id)).save_pretrained(
-            folder
-        )
+        GPT2LMHeadModel(
+            GPT2Config(**DEMO_SHAPE, eos_token_id=tokenizer.eos_token_id)
+        ).save_pretrained(folder)
         model = load_model(folder, device=args.device)
     sae = (
         load_sae(args.sae)

@@ -1,6 +1,6 @@
 """SAE encode throughput against a bare matmul of the same shape (target: ratio >= 0.8).
 
-    python -m bench.encode [--tokens 4096] [--d-in 256] [--d-sae 16384] [--device cuda]
+python -m bench.encode [--tokens 4096] [--d-in 256] [--d-sae 16384] [--device cuda]
 """
 
 import argparse
@@ -31,7 +31,9 @@ def main() -> None:
         W = sae.W_enc.detach()
         with torch.inference_mode():
             medians = interleaved_medians(
-                {"bare": lambda: x @ W, "encode": lambda: sae.encode(x)}, args.repeats, device
+                {"bare": lambda W=W: x @ W, "encode": lambda sae=sae: sae.encode(x)},
+                args.repeats,
+                device,
             )
         ratio = medians["bare"] / medians["encode"]
         print(

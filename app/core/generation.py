@@ -78,14 +78,14 @@ def sample_next(
     if temperature <= 0:
         return logits.argmax(dim=-1)
     probs = torch.softmax(logits.float() / temperature, dim=-1)
-    sorted_probs, order = probs.sort(dim=-1, descending=True)
-    if top_p < 1.0:
-        keep = sorted_probs.cumsum(dim=-1) - sorted_probs < top_p  # always keeps the top token
-        sorted_probs = sorted_probs * keep
-    cdf = sorted_probs.cumsum(dim=-1)
+    order = None
+    if top_p < 1.0:  # only nucleus sampling needs the vocabulary sorted
+        probs, order = probs.sort(dim=-1, descending=True)
+        probs = probs * (probs.cumsum(dim=-1) - probs < top_p)  # always keeps the top token
+    cdf = probs.cumsum(dim=-1)
     target = uniforms.to(cdf.device)[:, None] * cdf[:, -1:]
     picked = torch.searchsorted(cdf, target).clamp(max=cdf.shape[-1] - 1)
-    return order.gather(-1, picked).squeeze(-1)
+    return (picked if order is None else order.gather(-1, picked)).squeeze(-1)
 
 
 class _TextStream:

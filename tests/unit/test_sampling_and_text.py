@@ -10,6 +10,12 @@ def test_inverse_cdf_sampling_is_a_function_of_the_uniform():
     assert picks == [[0, 0], [1, 1], [2, 2]]
 
 
+def test_top_p_sampling_is_also_a_function_of_the_uniform():
+    logits = torch.log(torch.tensor([[0.2, 0.5, 0.3]]))
+    picks = [sample_next(logits, torch.tensor([u]), 1.0, 0.9).item() for u in (0.1, 0.6, 0.95)]
+    assert picks == [1, 2, 0]
+
+
 def test_top_p_and_greedy():
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.2]]))
     assert sample_next(logits, torch.tensor([0.99]), 1.0, top_p=0.6).item() == 1  # 0.2 cut off
