@@ -23,9 +23,15 @@ def arguments(description: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--model", help="HF model dir or hub id (default: random demo-shaped GPT-2)"
     )
-    parser.add_argument("--sae", help="SAE path (default: random 4096-feature TopK SAE at layer 2)")
+    parser.add_argument("--sae", help="SAE path (default: random 4096-feature SAE at layer 2)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--architecture",
+        default="topk",
+        choices=["standard", "topk", "jumprelu", "gated"],
+        help="architecture of the random SAE (ignored with --sae)",
+    )
     return parser
 
 
@@ -43,7 +49,9 @@ def model_and_sae(args) -> tuple[LoadedModel, Sae]:
     sae = (
         load_sae(args.sae)
         if args.sae
-        else random_sae(d_in=model.d_model, d_sae=4096, hook_name=SITE, architecture="topk", k=32)
+        else random_sae(
+            d_in=model.d_model, d_sae=4096, hook_name=SITE, architecture=args.architecture, k=32
+        )
     )
     return model, model.attach(sae)
 
