@@ -52,7 +52,8 @@ def serve(
     from app.web.app import create_app
 
     settings = _settings(model=model, saes=sae, device=device, host=host, port=port)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port)
+    workspace = _workspace(settings) if settings.model else None  # bad paths fail here, plainly
+    uvicorn.run(create_app(settings, workspace), host=settings.host, port=settings.port)
 
 
 @cli.command()

@@ -233,6 +233,8 @@ def load_model(
 ) -> LoadedModel:
     """Load a causal LM from a hub id or local directory, ready for inference."""
     spec = str(spec)
+    if spec.startswith(("/", ".", "~")) and not Path(spec).expanduser().exists():
+        raise MonoscopeError(f"cannot load model {spec!r}: no such directory")
     try:
         config = AutoConfig.from_pretrained(spec)
     except (OSError, ValueError) as exc:

@@ -17,12 +17,13 @@ from app.web.routes import home
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, workspace: Workspace | None = None) -> FastAPI:
+    """A server for `settings`; pass an already loaded `workspace` to skip loading at start-up."""
     settings = settings or Settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        app.state.workspace = (
+        app.state.workspace = workspace or (
             Workspace.load(settings.model, settings.saes, device=settings.device)
             if settings.model
             else None

@@ -86,7 +86,14 @@ def test_convert_sae_writes_saelens(tmp_path, sae_dir):
     "args,message",
     [
         (["inspect", "hi"], "error: no model given"),
-        (["inspect", "--model", "/nowhere", "hi"], "error: cannot load model '/nowhere'"),
+        (
+            ["inspect", "--model", "/nowhere", "hi"],
+            "error: cannot load model '/nowhere': no such dir",
+        ),
+        (
+            ["serve", "--model", "/nowhere"],
+            "error: cannot load model '/nowhere': no such directory",
+        ),
         (["convert-sae", "/nowhere", "/tmp/x"], "error: /nowhere: no such file or directory"),
         (["inspect", "--device", "tpu", "hi"], "error: device: Value error, unknown device 'tpu'"),
         (["steer", "--model", "M", "-f", "res1:x", "hi"], "error: bad feature 'res1:x'"),
