@@ -124,10 +124,6 @@ class LoadedModel:
     def d_model(self) -> int:
         return int(self.hf.config.hidden_size)
 
-    @property
-    def model_type(self) -> str:
-        return str(self.hf.config.model_type)
-
     def site(self, name: str | Site) -> Site:
         """Parse a site name and check that the model has that layer."""
         site = name if isinstance(name, Site) else parse_site(name)
@@ -149,10 +145,6 @@ class LoadedModel:
                 f"at {site.name}"
             )
         return sae.to(device=self.device, dtype=self.dtype).eval()
-
-    def unembed(self) -> torch.Tensor:
-        """W_U as (d_model, d_vocab)."""
-        return self.hf.get_output_embeddings().weight.T
 
     def final_norm(self) -> nn.Module:
         return self.adapter.final_norm(self.hf)

@@ -14,7 +14,6 @@ from typing import Literal
 from app.core.errors import SiteError
 
 SiteKind = Literal["resid_pre", "resid_post", "mlp_out", "attn_out"]
-SITE_KINDS: tuple[SiteKind, ...] = ("resid_pre", "resid_post", "mlp_out", "attn_out")
 
 _TL_NAME = re.compile(r"^blocks\.(\d+)\.hook_(resid_pre|resid_post|mlp_out|attn_out)$")
 _SPARSIFY_NAME = re.compile(r"^layers\.(\d+)(\.mlp)?$")

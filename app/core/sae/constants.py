@@ -2,7 +2,6 @@
 
 SAELENS_CFG = "cfg.json"
 SAELENS_WEIGHTS = "sae_weights.safetensors"
-SAELENS_SPARSITY = "sparsity.safetensors"
 GEMMA_SCOPE_PARAMS = "params.npz"
 SPARSIFY_CFG = "cfg.json"
 SPARSIFY_WEIGHTS = "sae.safetensors"

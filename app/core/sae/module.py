@@ -129,13 +129,6 @@ class Sae(nn.Module):
     def _sae_in(self, x_normalized: torch.Tensor) -> torch.Tensor:
         return x_normalized - self.b_dec * self.cfg.apply_b_dec_to_input
 
-    def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
-        """z = x' W_enc + b_enc (magnitude path for gated), (..., d_sae)."""
-        sae_in = self._sae_in(self.normalize(x.to(self.dtype))[0])
-        if self.cfg.architecture == "gated":
-            return sae_in @ (self.W_enc * self.r_mag.exp()) + self.b_mag
-        return sae_in @ self.W_enc + self.b_enc
-
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Feature activations (..., d_sae) for model activations (..., d_in)."""
         x = x.to(self.dtype)
