@@ -1,4 +1,5 @@
-"""The layer rule: app/core imports no web, db or pipeline code; app never imports tests."""
+"""The layer rule: app/core (and app/demo, which builds on it) import no web, db or pipeline
+code; app never imports tests."""
 
 import ast
 from pathlib import Path
@@ -42,6 +43,10 @@ def _violations(folder: Path, banned: tuple[str, ...]) -> list[str]:
 
 def test_core_is_pure_torch_and_numpy():
     assert _violations(APP / "core", CORE_BANNED) == []
+
+
+def test_demo_world_builds_only_on_core():
+    assert _violations(APP / "demo", CORE_BANNED) == []
 
 
 def test_app_never_imports_tests():

@@ -1,0 +1,14 @@
+"""The demo world: generated text with ground truth, and the model and SAE trained on it.
+
+The weights under `monoscope-demo/` and `saes/` are committed; `monoscope build-demo` and the seed
+in their config files reproduce them.
+"""
+
+from pathlib import Path
+
+DEMO_DIR = Path(__file__).resolve().parent
+DEMO_MODEL = DEMO_DIR / "monoscope-demo"
+DEMO_SITE = "blocks.1.hook_resid_post"
+DEMO_SAE = DEMO_DIR / "saes" / "res1"
+TRAIN_SEED = 0  # world seed of the training text
+EVAL_SEED = 2  # held out: neither the model nor the SAE saw it
