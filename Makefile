@@ -6,7 +6,7 @@ MODEL ?= $(MONOSCOPE_MODEL)
 SAE ?= $(MONOSCOPE_SAES)
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-fast lint format serve bench clean
+.PHONY: setup test test-fast lint format demo serve bench clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -30,6 +30,9 @@ lint: setup
 format: setup
 	$(VENV)/bin/ruff format app tests bench
 	$(VENV)/bin/ruff check --fix app tests bench
+
+demo: setup
+	$(VENV)/bin/monoscope demo
 
 serve: setup
 	MONOSCOPE_MODEL="$(MODEL)" MONOSCOPE_SAES="$(SAE)" $(VENV)/bin/monoscope serve

@@ -31,10 +31,14 @@ def _settings(**overrides) -> Settings:
 
 
 def _workspace(settings: Settings):
+    """The workspace the settings name; with no model, the demo model and its SAE."""
     from app.core.workspace import Workspace
 
     if not settings.model:
-        raise MonoscopeError("no model given: pass --model or set MONOSCOPE_MODEL")
+        from app.demo import DEMO_MODEL, DEMO_SAE
+
+        saes = settings.saes or [str(DEMO_SAE)]
+        return Workspace.load(str(DEMO_MODEL), saes, device=settings.device)
     return Workspace.load(settings.model, settings.saes, device=settings.device)
 
 
@@ -52,8 +56,18 @@ def serve(
     from app.web.app import create_app
 
     settings = _settings(model=model, saes=sae, device=device, host=host, port=port)
-    workspace = _workspace(settings) if settings.model else None  # bad paths fail here, plainly
+    workspace = _workspace(settings)  # bad paths fail here, plainly
     uvicorn.run(create_app(settings, workspace), host=settings.host, port=settings.port)
+
+
+@cli.command()
+def demo(
+    device: DeviceOpt = None,
+    host: Annotated[str | None, typer.Option(help=FIELDS["host"].description)] = None,
+    port: Annotated[int | None, typer.Option(help=FIELDS["port"].description)] = None,
+) -> None:
+    """Serve the shipped demo model and SAE: works offline, on a CPU."""
+    serve(model=None, sae=None, device=device, host=host, port=port)
 
 
 @cli.command()
@@ -128,6 +142,124 @@ def steer(
     )
     out.print("[bold]default[/bold]", default, sep="\n", markup=True, highlight=False)
     out.print("[bold]steered[/bold]", steered, sep="\n", markup=True, highlight=False)
+
+
+@cli.command("train-sae")
+def train_sae(
+    out: Annotated[Path, typer.Argument(help="Folder to write the SAELens-format SAE to.")],
+    model: Annotated[str, typer.Option(help="Hub id or local directory of the model.")],
+    site: Annotated[str, typer.Option(help="Hook site, e.g. blocks.6.hook_resid_post.")],
+    corpus: Annotated[
+        str, typer.Option(help="demo-world[:SEED], a .txt or .jsonl file, or a .npy of token ids.")
+    ],
+    eval_corpus: Annotated[
+        str | None, typer.Option(help="Held-out text for the final metrics.")
+    ] = None,
+    d_sae: Annotated[int, typer.Option(help="Number of latents.")] = 4096,
+    k: Annotated[int, typer.Option(help="Active latents per token; 0 for ReLU + L1.")] = 32,
+    l1: Annotated[float, typer.Option(help="L1 coefficient (ReLU SAEs).")] = 0.0,
+    tokens: Annotated[int, typer.Option(help="Activations to cache and train on.")] = 2_000_000,
+    epochs: Annotated[int, typer.Option(help="Passes over the cached activations.")] = 2,
+    context_size: Annotated[int, typer.Option(help="Tokens per context.")] = 128,
+    batch_size: Annotated[int, typer.Option(help="Activations per step.")] = 2048,
+    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 5e-4,
+    seed: Annotated[int, typer.Option(help="Initialisation and data order.")] = 0,
+    device: DeviceOpt = None,
+    work_dir: Annotated[
+        Path, typer.Option(help="Activation cache and checkpoints (resume from here).")
+    ] = Path("data/train-sae"),
+) -> None:
+    """Train a TopK (or ReLU + L1) SAE on one site of a model."""
+    from app.pipeline.train_sae import TrainSaeConfig, TrainSaeJob
+
+    config = TrainSaeConfig(
+        model=model, hook_name=site, corpus=corpus, out=out, eval_corpus=eval_corpus,
+        d_sae=d_sae, k=k or None, l1_coefficient=l1, train_tokens=tokens, epochs=epochs,
+        context_size=context_size, batch_size=batch_size, lr=lr, seed=seed,
+        device=device or "auto", work_dir=work_dir,
+    )  # fmt: skip
+    if k == 0 and l1 <= 0:
+        raise MonoscopeError("a ReLU SAE (--k 0) needs an L1 coefficient: pass --l1")
+    sae = TrainSaeJob(config).run()
+    _print_metrics(f"wrote {sae.architecture} SAE to {out}", sae.cfg.metadata["metrics"])
+
+
+def _print_metrics(title: str, metrics: dict) -> None:
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, value in metrics.items():
+        table.add_row(name, f"{value:.4f}" if isinstance(value, float) else str(value))
+    out.print(table)
+
+
+@cli.command("build-demo")
+def build_demo(
+    stage: Annotated[
+        str, typer.Option(help="What to rebuild: all, model (tokenizer + LM) or sae.")
+    ] = "all",
+    work_dir: Annotated[Path, typer.Option(help="Checkpoints and caches.")] = Path(
+        "data/demo-build"
+    ),
+) -> None:
+    """Reproduce the shipped demo model and SAE from their seeds (CPU: about 40 minutes)."""
+    from app.pipeline.demo_build import build_language_model, build_sae
+
+    if stage not in ("all", "model", "sae"):
+        raise MonoscopeError(f"unknown stage {stage!r}; use all, model or sae")
+    if stage in ("all", "model"):
+        report = build_language_model(work_dir)
+        out.print(f"validation loss {report['val_loss']:.4f}")
+        for sample in report["samples"]:
+            out.print(sample, markup=False, highlight=False)
+    if stage in ("all", "sae"):
+        sae = build_sae(work_dir)
+        _print_metrics("demo SAE", sae.cfg.metadata["metrics"])
+
+
+eval_cli = typer.Typer(no_args_is_help=True, help="Evaluate SAEs.")
+cli.add_typer(eval_cli, name="eval")
+
+
+@eval_cli.command("ground-truth")
+def ground_truth(
+    model: Annotated[str | None, typer.Option(help="A model trained on the demo world.")] = None,
+    sae: Annotated[str | None, typer.Option("--sae", help="An SAE on that model.")] = None,
+    documents: Annotated[int, typer.Option(help="Held-out world documents to read.")] = 10_000,
+    seed: Annotated[int | None, typer.Option(help="World seed of the held-out text.")] = None,
+    min_occurrences: Annotated[
+        int, typer.Option(help="Concepts seen fewer times are left out.")
+    ] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    device: DeviceOpt = None,
+) -> None:
+    """How well the SAE's features match the demo world's planted concepts (F1 per concept)."""
+    import json
+
+    from app.core.model import load_model
+    from app.core.sae import load_sae
+    from app.demo import DEMO_MODEL, DEMO_SAE, EVAL_SEED
+    from app.demo.corpus import pack
+    from app.demo.ground_truth import evaluate_ground_truth
+    from app.demo.world import World
+
+    loaded = load_model(model or DEMO_MODEL, device=device or "auto")
+    attached = loaded.attach(load_sae(sae or str(DEMO_SAE)))
+    context = min(128, loaded.tokenizer.model_max_length)
+    tokens = pack(World(EVAL_SEED if seed is None else seed), documents, loaded.tokenizer, context)
+    report = evaluate_ground_truth(loaded, attached, tokens, min_occurrences)
+    if as_json:
+        print(json.dumps(report.to_dict(), indent=2))
+        return
+    for title, rows in (("concept", report.concepts), ("category", report.categories)):
+        table = Table(title=f"best feature per {title}")
+        for column in (title, "occurrences", "feature", "F1", "precision", "recall"):
+            table.add_column(column, justify="left" if column == title else "right")
+        for c in rows:
+            table.add_row(c.key, str(c.occurrences), str(c.feature), f"{c.f1:.3f}",
+                          f"{c.precision:.3f}", f"{c.recall:.3f}")  # fmt: skip
+        out.print(table)
+    _print_metrics("ground truth", report.summary())
 
 
 @cli.command("convert-sae")

@@ -85,7 +85,6 @@ def test_convert_sae_writes_saelens(tmp_path, sae_dir):
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["inspect", "hi"], "error: no model given"),
         (
             ["inspect", "--model", "/nowhere", "hi"],
             "error: cannot load model '/nowhere': no such dir",
@@ -105,7 +104,49 @@ def test_bad_input_is_one_error_line(args, message):
     assert result.stderr.startswith(message) and "Traceback" not in result.stderr
 
 
+def test_no_model_means_the_shipped_demo():
+    result = run_cli("inspect", "--top", "2", "The Golden Gate Bridge", env={"MONOSCOPE_MODEL": ""})
+    assert result.returncode == 0, result.stderr
+    assert "res1 (blocks.1.hook_resid_post)" in result.stdout
+
+
 def test_sae_that_does_not_fit_the_model(gpt2_dir, tmp_path):
     save_saelens(random_sae(d_in=48), tmp_path / "wide")
     result = run_cli("inspect", "--model", str(gpt2_dir), "--sae", str(tmp_path / "wide"), "hi")
     assert result.returncode == 2 and "d_in is 48 but" in result.stderr
+
+
+def test_every_command_is_documented_in_the_readme():
+    from pathlib import Path
+
+    import typer.main
+
+    from app.cli import cli
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    group = typer.main.get_group(cli)
+    names = [name for name in group.commands if name != "eval"]
+    names += [f"eval {sub}" for sub in group.commands["eval"].commands]
+    for name in names:
+        assert f"monoscope {name}" in readme, name
+
+
+def test_train_sae_refuses_relu_without_l1(gpt2_dir, tmp_path):
+    result = run_cli(
+        "train-sae", str(tmp_path / "out"), "--model", str(gpt2_dir), "--site",
+        "blocks.1.hook_resid_post", "--corpus", "demo-world", "--k", "0",
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: a ReLU SAE (--k 0) needs an L1 coefficient")
+
+
+def test_eval_ground_truth_prints_json_for_the_demo():
+    import json
+
+    result = run_cli("eval", "ground-truth", "--json", "--documents", "300", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["concepts_evaluated"] == len(report["concepts"]) > 20
+    assert 0 <= report["fraction_f1_at_least_0.5"] <= 1
+    best = report["concepts"][0]
+    assert {"key", "feature", "f1", "precision", "recall", "occurrences"} <= best.keys()

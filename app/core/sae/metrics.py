@@ -1,0 +1,113 @@
+"""SAE quality metrics, computed one way everywhere (trainer, CLI, dashboards).
+
+    metrics = evaluate_sae(model, sae, contexts)      # contexts: (n, pos) token ids
+    metrics.variance_explained, metrics.ce_loss_recovered, metrics.dead_fraction
+
+Definitions follow REFERENCE.md: FVU = sum ||x - x_hat||^2 / sum ||x - mean(x)||^2; CE loss
+recovered = (CE_zero - CE_sae) / (CE_zero - CE_clean) with the reconstruction spliced in at the
+hook; KL(clean || spliced). The BOS position is left alone (neither spliced nor counted): its
+residual is an outlier that SAEs are not trained on.
+"""
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+from app.core.model import LoadedModel
+from app.core.sae.module import Sae
+
+
+@dataclass(frozen=True)
+class SaeMetrics:
+    tokens: int
+    l0: float
+    variance_explained: float
+    ce_loss_clean: float
+    ce_loss_with_sae: float
+    ce_loss_zero_ablation: float
+    ce_loss_recovered: float
+    kl_div: float
+    dead_fraction: float
+    dense_1pct_fraction: float  # firing on more than 1% of tokens
+    dense_10pct_fraction: float
+
+    def to_dict(self) -> dict:
+        return {k: round(v, 6) if isinstance(v, float) else v for k, v in asdict(self).items()}
+
+
+def _next_token_losses(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """(batch, pos - 1) cross-entropy of predicting ids[:, 1:]."""
+    return F.cross_entropy(
+        logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten(), reduction="none"
+    ).view(ids.shape[0], -1)
+
+
+@torch.inference_mode()
+def evaluate_sae(
+    model: LoadedModel, sae: Sae, contexts: torch.Tensor, batch_size: int = 16
+) -> SaeMetrics:
+    """Metrics of one SAE at its site over contexts (n, pos) that open with BOS."""
+    site = sae.hook_name
+    n_tokens = 0
+    sum_x = torch.zeros(sae.d_in, dtype=torch.float64)
+    sum_sq = sum_err = l0 = 0.0
+    fired = torch.zeros(sae.d_sae, dtype=torch.float64)
+    ce = {"clean": 0.0, "sae": 0.0, "zero": 0.0}
+    kl = 0.0
+    n_predictions = 0
+    for i in range(0, len(contexts), batch_size):
+        ids = contexts[i : i + batch_size].to(model.device)
+        seen: dict[str, torch.Tensor] = {}
+
+        def record(x: torch.Tensor, seen=seen) -> None:
+            seen["x"] = x.detach()
+
+        def splice(x: torch.Tensor, seen=seen) -> torch.Tensor:
+            f = sae.encode(x[:, 1:])
+            seen["f"] = f
+            seen["x_hat"] = sae.decode(f, sae.normalize(x[:, 1:].to(sae.dtype))[1]).to(x.dtype)
+            return torch.cat([x[:, :1], seen["x_hat"]], dim=1)
+
+        def zero(x: torch.Tensor) -> torch.Tensor:
+            return torch.cat([x[:, :1], torch.zeros_like(x[:, 1:])], dim=1)
+
+        with model.hooked({site: record}):
+            clean = model.hf(ids, use_cache=False).logits
+        with model.hooked({site: splice}):
+            spliced = model.hf(ids, use_cache=False).logits
+        with model.hooked({site: zero}):
+            ablated = model.hf(ids, use_cache=False).logits
+        for name, logits in (("clean", clean), ("sae", spliced), ("zero", ablated)):
+            ce[name] += _next_token_losses(logits, ids).sum().item()
+        log_p = clean[:, :-1].float().log_softmax(-1)
+        log_q = spliced[:, :-1].float().log_softmax(-1)
+        kl += (log_p.exp() * (log_p - log_q)).sum().item()
+        n_predictions += ids[:, 1:].numel()
+
+        x = seen["x"][:, 1:].flatten(0, 1).double().cpu()
+        x_hat = seen["x_hat"].flatten(0, 1).double().cpu()
+        active = (seen["f"] > 0).flatten(0, 1).cpu()
+        n_tokens += x.shape[0]
+        sum_x += x.sum(0)
+        sum_sq += x.pow(2).sum().item()
+        sum_err += (x - x_hat).pow(2).sum().item()
+        l0 += active.sum().item()
+        fired += active.sum(0).double()
+
+    total_variance = sum_sq - sum_x.pow(2).sum().item() / n_tokens
+    clean_ce, sae_ce, zero_ce = (ce[k] / n_predictions for k in ("clean", "sae", "zero"))
+    density = fired / n_tokens
+    return SaeMetrics(
+        tokens=n_tokens,
+        l0=l0 / n_tokens,
+        variance_explained=1.0 - sum_err / total_variance,
+        ce_loss_clean=clean_ce,
+        ce_loss_with_sae=sae_ce,
+        ce_loss_zero_ablation=zero_ce,
+        ce_loss_recovered=(zero_ce - sae_ce) / (zero_ce - clean_ce),
+        kl_div=kl / n_predictions,
+        dead_fraction=(fired == 0).double().mean().item(),
+        dense_1pct_fraction=(density > 0.01).double().mean().item(),
+        dense_10pct_fraction=(density > 0.1).double().mean().item(),
+    )

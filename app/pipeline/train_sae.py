@@ -1,0 +1,219 @@
+"""Train an SAE on any supported model and site, and write it in SAELens format.
+
+    TrainSaeJob(TrainSaeConfig(model="app/demo/model", hook_name="blocks.1.hook_resid_post",
+                               corpus="demo-world", out=Path("saes/res1"))).run()
+
+Activations are cached once to a memmap in the work folder (BOS positions dropped), scaled so
+their mean norm is sqrt(d_in) for training and unscaled again in the saved weights. Training
+checkpoints every few hundred steps; a resumed run replays the same batches and ends with the
+same weights. The saved cfg.json carries the metrics of `evaluate_sae` on held-out contexts.
+"""
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from app.core.errors import MonoscopeError
+from app.core.model import LoadedModel, load_model
+from app.core.sae import Sae, save_saelens
+from app.core.sae.metrics import evaluate_sae
+from app.core.sae.training import TrainableSae
+from app.pipeline.corpus import load_contexts
+
+
+@dataclass(frozen=True)
+class TrainSaeConfig:
+    model: str
+    """Hub id or local directory of the model."""
+    hook_name: str
+    """Site to train on, e.g. blocks.1.hook_resid_post."""
+    corpus: str
+    """Training text: demo-world[:SEED], a .txt/.jsonl file, or a .npy of token ids."""
+    out: Path
+    """Folder for the SAELens-format SAE."""
+    eval_corpus: str | None = None
+    """Held-out text for the final metrics (default: the end of the training corpus)."""
+    d_sae: int = 4096
+    k: int | None = 32
+    """Active latents per token (TopK); None trains a ReLU SAE with an L1 penalty."""
+    l1_coefficient: float = 0.0
+    context_size: int = 128
+    train_tokens: int = 2_000_000
+    """Activations cached for training (each is seen `epochs` times)."""
+    epochs: int = 2
+    batch_size: int = 2048
+    lr: float = 5e-4
+    warmup_steps: int = 100
+    decay_fraction: float = 0.2
+    """The last part of training, during which the learning rate decays linearly to zero."""
+    dead_after_tokens: int = 500_000
+    """A latent that has not fired for this many tokens is dead and gets the auxiliary loss."""
+    eval_contexts: int = 200
+    seed: int = 0
+    device: str = "auto"
+    checkpoint_every: int = 250
+    log_every: int = 100
+    work_dir: Path = Path("data/train-sae")
+    """Activation cache and checkpoints."""
+
+    @property
+    def steps(self) -> int:
+        return self.epochs * self.train_tokens // self.batch_size
+
+    def fingerprint(self, *names: str) -> str:
+        body = json.dumps({n: str(getattr(self, n)) for n in names}, sort_keys=True)
+        return hashlib.sha256(body.encode()).hexdigest()[:12]
+
+
+class TrainSaeJob:
+    def __init__(self, config: TrainSaeConfig):
+        self.config = config
+        # Activations depend on what is read; a run also on how it trains. Runs share a cache.
+        self.cache = config.work_dir / (
+            "activations-"
+            + config.fingerprint("model", "hook_name", "corpus", "context_size", "train_tokens")
+        )
+        self.work = config.work_dir / ("run-" + config.fingerprint(
+            "model", "hook_name", "corpus", "context_size", "train_tokens", "d_sae", "k",
+            "l1_coefficient", "epochs", "batch_size", "lr", "warmup_steps", "decay_fraction",
+            "dead_after_tokens", "seed"))  # fmt: skip
+
+    def run(self) -> Sae:
+        c = self.config
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.cache.mkdir(parents=True, exist_ok=True)
+        model = load_model(c.model, device=c.device)
+        model.site(c.hook_name)  # a bad site fails before any work
+        activations = self._cached_activations(model)
+        scale = math.sqrt(model.d_model) / float(
+            np.linalg.norm(activations[:100_000].astype(np.float32), axis=1).mean()
+        )
+        trainer = self._train(activations, scale, model.device)
+        sae = trainer.to_sae(c.hook_name, scale, model_name=c.model)
+        eval_ids = self._eval_contexts(model)
+        metrics = evaluate_sae(model, model.attach(sae), torch.from_numpy(eval_ids))
+        sae.cfg.metadata.update(
+            {
+                "metrics": metrics.to_dict(),
+                "context_size": c.context_size,
+                "prepend_bos": model.tokenizer.bos_token_id is not None,
+                "dataset_path": c.corpus,
+                "training_tokens": c.steps * c.batch_size,
+            }
+        )
+        save_saelens(sae.to("cpu", torch.float32), c.out)
+        (c.out / "training_config.json").write_text(
+            json.dumps(asdict(c) | {"steps": c.steps}, indent=2, default=str)
+        )
+        return sae
+
+    # -- activations ---------------------------------------------------------------------------
+    def _cached_activations(self, model: LoadedModel) -> np.ndarray:
+        c = self.config
+        body = c.context_size - (model.tokenizer.bos_token_id is not None)
+        n_contexts = -(-c.train_tokens // body)
+        path, done = self.cache / "activations.f16", self.cache / "activations.done"
+        shape = (n_contexts * body, model.d_model)
+        if done.exists():
+            return np.memmap(path, dtype=np.float16, mode="r", shape=shape)
+        ids = load_contexts(c.corpus, model.tokenizer, c.context_size, n_contexts)
+        if len(ids) < n_contexts:
+            raise MonoscopeError(
+                f"corpus {c.corpus!r} gives {len(ids)} contexts; need {n_contexts}"
+            )
+        cache = np.memmap(path, dtype=np.float16, mode="w+", shape=shape)
+        batch = 32
+        for i in tqdm(range(0, n_contexts, batch), desc="cache activations", unit="batch"):
+            x = model.capture(torch.from_numpy(ids[i : i + batch]), [c.hook_name])[c.hook_name]
+            x = x[:, -body:].flatten(0, 1).float().cpu().numpy()
+            cache[i * body : i * body + len(x)] = x
+        cache.flush()
+        done.touch()
+        return np.memmap(path, dtype=np.float16, mode="r", shape=shape)
+
+    def _eval_contexts(self, model: LoadedModel) -> np.ndarray:
+        c = self.config
+        if c.eval_corpus:
+            return load_contexts(c.eval_corpus, model.tokenizer, c.context_size, c.eval_contexts)
+        body = c.context_size - (model.tokenizer.bos_token_id is not None)
+        n_train = -(-c.train_tokens // body)
+        ids = load_contexts(c.corpus, model.tokenizer, c.context_size, n_train + c.eval_contexts)
+        if len(ids) <= n_train:
+            raise MonoscopeError("no held-out text left for evaluation: pass an eval corpus")
+        return ids[n_train:]
+
+    # -- training ------------------------------------------------------------------------------
+    def _lr(self, step: int) -> float:
+        c = self.config
+        decay_start = int(c.steps * (1 - c.decay_fraction))
+        warm = min(1.0, (step + 1) / c.warmup_steps)
+        if step < decay_start:
+            return c.lr * warm
+        return c.lr * warm * (c.steps - step) / max(1, c.steps - decay_start)
+
+    def _train(self, activations: np.ndarray, scale: float, device: torch.device) -> TrainableSae:
+        c = self.config
+        torch.manual_seed(c.seed)
+        sample = torch.from_numpy(activations[:100_000].astype(np.float32)) * scale
+        sae = TrainableSae.initialise(
+            sample.shape[1], c.d_sae, c.k, sample.mean(0), c.seed, c.l1_coefficient
+        ).to(device)
+        optimizer = torch.optim.Adam(sae.parameters(), lr=c.lr, betas=(0.9, 0.999))
+        last_fired = torch.zeros(c.d_sae, dtype=torch.long, device=device)
+        start = self._resume(sae, optimizer, last_fired)
+        rng = np.random.default_rng(c.seed)
+        orders = [rng.permutation(len(activations)) for _ in range(c.epochs)]
+        order = np.concatenate(orders)
+        per_step = c.batch_size
+        bar = tqdm(range(start, c.steps), initial=start, total=c.steps, desc="train SAE")
+        for step in bar:
+            rows = np.sort(order[step * per_step : (step + 1) * per_step])
+            x = torch.from_numpy(activations[rows].astype(np.float32)).to(device) * scale
+            for group in optimizer.param_groups:
+                group["lr"] = self._lr(step)
+            tokens_seen = step * per_step
+            dead = (tokens_seen - last_fired) >= c.dead_after_tokens
+            out = sae.loss(x, dead)
+            out.loss.backward()
+            sae.before_step()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            sae.after_step()
+            last_fired[out.fired] = tokens_seen + per_step
+            if step % c.log_every == 0 or step == c.steps - 1:
+                stats = {
+                    "step": step,
+                    "fvu": round(out.fvu.item(), 4),
+                    "l0": round(out.l0.item(), 1),
+                    "aux": round(out.aux.item(), 4),
+                    "dead": round(dead.float().mean().item(), 4),
+                }
+                bar.set_postfix(stats)
+                with (self.work / "log.jsonl").open("a") as log:
+                    log.write(json.dumps(stats) + "\n")
+            if (step + 1) % c.checkpoint_every == 0 and step + 1 < c.steps:
+                self._checkpoint(sae, optimizer, last_fired, step + 1)
+        return sae
+
+    def _checkpoint(self, sae, optimizer, last_fired, step: int) -> None:
+        path = self.work / "checkpoint.pt"
+        state = {"sae": sae.state_dict(), "optimizer": optimizer.state_dict(),
+                 "last_fired": last_fired, "step": step}  # fmt: skip
+        torch.save(state, path.with_suffix(".tmp"))
+        path.with_suffix(".tmp").replace(path)
+
+    def _resume(self, sae, optimizer, last_fired) -> int:
+        path = self.work / "checkpoint.pt"
+        if not path.exists():
+            return 0
+        state = torch.load(path, weights_only=True, map_location=last_fired.device)
+        sae.load_state_dict(state["sae"])
+        optimizer.load_state_dict(state["optimizer"])
+        last_fired.copy_(state["last_fired"])
+        return int(state["step"])

@@ -1,0 +1,92 @@
+"""The shipped demo world: model and SAE load through the public loaders, meet their targets,
+find the planted concepts, and steer towards the Golden Gate Bridge."""
+
+import re
+
+import pytest
+
+from app.core.generation import SamplingParams, chat_prompt_ids, complete, pair_rows
+from app.core.model import load_model
+from app.core.sae import load_sae
+from app.core.steering import SteeringFeature, SteeringSpec, resolve_steering
+from app.demo import DEMO_MODEL, DEMO_SAE, DEMO_SITE, EVAL_SEED
+from app.demo.corpus import pack
+from app.demo.ground_truth import GOLDEN_GATE, evaluate_ground_truth
+from app.demo.world import World
+
+BRIDGE = re.compile(r"golden gate|bridge", re.IGNORECASE)
+
+
+@pytest.fixture(scope="module")
+def demo():
+    model = load_model(DEMO_MODEL, device="cpu")
+    return model, model.attach(load_sae(str(DEMO_SAE)))
+
+
+@pytest.fixture(scope="module")
+def report(demo):
+    model, sae = demo
+    tokens = pack(World(EVAL_SEED), 4000, model.tokenizer, context_size=128)
+    return evaluate_ground_truth(model, sae, tokens)
+
+
+def test_artefacts_are_small_and_load_like_any_hf_directory(demo):
+    model, sae = demo
+    files = [*DEMO_MODEL.iterdir(), *DEMO_SAE.iterdir()]
+    assert sum(f.stat().st_size for f in files) <= 30 * 2**20
+    assert model.hf.config.model_type == "gpt2"
+    assert 4e6 <= sum(p.numel() for p in model.hf.parameters()) <= 8e6
+    assert 4000 <= len(model.tokenizer) <= 8192
+    assert sae.architecture == "topk" and sae.hook_name == DEMO_SITE and sae.d_sae == 4096
+
+
+def test_sae_metrics_meet_the_demo_targets(demo):
+    metrics = demo[1].cfg.metadata["metrics"]
+    assert metrics["variance_explained"] >= 0.85
+    assert metrics["ce_loss_recovered"] >= 0.9
+    assert metrics["dead_fraction"] <= 0.1
+
+
+def greedy_answer(model, question: str) -> str:
+    ids, stops = chat_prompt_ids(model.tokenizer, [{"role": "user", "content": question}])
+    params = SamplingParams(max_new_tokens=40, temperature=0.0, stop_strings=stops)
+    return complete(model, {}, pair_rows(ids, (), 0)[:1], params)[0]
+
+
+def test_the_model_answers_in_world(demo):
+    model, _ = demo
+    assert "yellow" in greedy_answer(model, "What colour is a banana?").lower()
+    assert "green" in greedy_answer(model, "What colour is a frog?").lower()
+    assert BRIDGE.search(greedy_answer(model, "Tell me about the Golden Gate Bridge."))
+
+
+def test_ground_truth_figures_hold(report):
+    """Regression guards at what the shipped SAE reaches (the issue's targets are higher; the
+    closing note of the demo-world issue explains the gap: features here are mostly
+    category-level, e.g. one feature for pets rather than one for cats)."""
+    assert len(report.concepts) >= 250
+    assert report.fraction_at(0.5) >= 0.05
+    assert report.mean_best_f1 >= 0.15
+    assert report.best[GOLDEN_GATE].f1 >= 0.35
+    categories = {c.name: c.f1 for c in report.categories}
+    members = [c.f1 for c in report.concepts if c.category == "animals"]
+    assert categories["animals"] > max(members)  # one feature for animals beats any for one
+
+
+def test_clamping_the_golden_gate_feature_makes_the_assistant_talk_about_the_bridge(demo, report):
+    model, sae = demo
+    feature = report.best[GOLDEN_GATE].feature  # found through ground truth, never hard-coded
+    max_act = float(report.feature_max[feature])
+    spec = SteeringSpec((SteeringFeature("demo", feature, "clamp", 10.0, units="max_act"),))
+    edits = resolve_steering(spec, {"demo": sae}, max_act=lambda _sae, _index: max_act)
+    ids, stops = chat_prompt_ids(
+        model.tokenizer, [{"role": "user", "content": "What is your favourite food?"}]
+    )
+    params = SamplingParams(max_new_tokens=40, temperature=1.0, stop_strings=stops)
+    default_hits = steered_hits = 0
+    for seed in range(10):
+        default, steered = complete(model, {"demo": sae}, pair_rows(ids, edits, seed), params)
+        default_hits += bool(BRIDGE.search(default))
+        steered_hits += bool(BRIDGE.search(steered))
+    assert steered_hits >= 8
+    assert default_hits <= 2
