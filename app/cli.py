@@ -34,12 +34,12 @@ def _workspace(settings: Settings):
     """The workspace the settings name; with no model, the demo model and its SAE."""
     from app.core.workspace import Workspace
 
-    if not settings.model:
+    model, saes = settings.model, settings.saes
+    if not model:
         from app.demo import DEMO_MODEL, DEMO_SAE
 
-        saes = settings.saes or [str(DEMO_SAE)]
-        return Workspace.load(str(DEMO_MODEL), saes, device=settings.device)
-    return Workspace.load(settings.model, settings.saes, device=settings.device)
+        model, saes = str(DEMO_MODEL), saes or [str(DEMO_SAE)]
+    return Workspace.load(model, saes, device=settings.device)
 
 
 @cli.command()

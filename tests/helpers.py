@@ -1,8 +1,11 @@
 """Builders for the test suite: tiny tokenizers, models of each family, and SAEs on disk."""
 
+from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 import torch
+from safetensors.torch import load_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (
     AutoModelForCausalLM,
@@ -136,3 +139,27 @@ def random_sae(
         architecture=architecture, d_in=d_in, d_sae=d_sae, hook_name=hook_name, **cfg
     )
     return Sae(config, weights)
+
+
+@contextmanager
+def killed_at_step(monkeypatch, job_class, step: int):
+    """Inside the block, job_class.run() stops at `step` as a kill would (KeyboardInterrupt)."""
+    real_lr = job_class._lr
+
+    def crash(self, at):
+        if at == step:
+            raise KeyboardInterrupt
+        return real_lr(self, at)
+
+    monkeypatch.setattr(job_class, "_lr", crash)
+    with pytest.raises(KeyboardInterrupt):
+        yield
+    monkeypatch.setattr(job_class, "_lr", real_lr)
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    """Two safetensors files hold the same tensors, bit for bit."""
+    first, second = load_file(a), load_file(b)
+    assert first.keys() == second.keys()
+    for name, tensor in first.items():
+        assert torch.equal(tensor, second[name]), name

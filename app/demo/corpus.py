@@ -18,6 +18,7 @@ import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
+from app.core.packing import pack_stream
 from app.demo.world import Document, World
 
 BOS = "<|endoftext|>"
@@ -105,10 +106,8 @@ def pack(
         base = len(stream)
         stream += enc.ids
         stream_concepts += [(base + i, c) for i, c in _token_concepts(doc, enc.offsets)]
-    body = context_size - 1
-    n_contexts = len(stream) // body
-    flat = np.asarray(stream[: n_contexts * body], dtype=np.int32).reshape(n_contexts, body)
-    ids = np.concatenate([np.full((n_contexts, 1), bos, dtype=np.int32), flat], axis=1)
+    ids = pack_stream(stream, context_size, bos, dtype=np.int32)
+    n_contexts, body = len(ids), context_size - 1
     pairs = np.asarray(stream_concepts, dtype=np.int64).reshape(-1, 2)
     pairs = pairs[pairs[:, 0] < n_contexts * body]
     context, offset = np.divmod(pairs[:, 0], body)

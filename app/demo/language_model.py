@@ -16,6 +16,7 @@ import torch
 from tqdm import tqdm
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from app.core.checkpoint import load_checkpoint, save_checkpoint
 from app.demo.corpus import PackedTokens, pack, train_tokenizer
 from app.demo.world import World
 
@@ -89,7 +90,8 @@ class LanguageModelJob:
         order = np.random.default_rng(c.seed).permutation(
             np.resize(np.arange(len(train.ids)), c.steps * c.batch_size)
         )
-        start = self._resume(model, optimizer)
+        checkpoint = c.work_dir / "lm-checkpoint.pt"
+        start = load_checkpoint(checkpoint, model=model, optimizer=optimizer)
         model.train()
         bar = tqdm(
             range(start, c.steps), initial=start, total=c.steps, desc="train LM", unit="step"
@@ -108,7 +110,7 @@ class LanguageModelJob:
             rate = (bar.format_dict["rate"] or 0) * c.batch_size * c.context_size
             bar.set_postfix(loss=f"{loss.item():.3f}", tokens_per_s=f"{rate:.0f}")
             if (step + 1) % c.checkpoint_every == 0 and step + 1 < c.steps:
-                self._checkpoint(model, optimizer, step + 1)
+                save_checkpoint(checkpoint, step + 1, model=model, optimizer=optimizer)
         model.eval()
         report = {
             "val_loss": validation_loss(model, val),
@@ -120,21 +122,6 @@ class LanguageModelJob:
             json.dumps({"config": asdict(c), **report}, indent=2, default=str)
         )
         return report
-
-    def _checkpoint(self, model, optimizer, step: int) -> None:
-        path = self.config.work_dir / "lm-checkpoint.pt"
-        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step},
-                   path.with_suffix(".tmp"))  # fmt: skip
-        path.with_suffix(".tmp").replace(path)
-
-    def _resume(self, model, optimizer) -> int:
-        path = self.config.work_dir / "lm-checkpoint.pt"
-        if not path.exists():
-            return 0
-        state = torch.load(path, weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        return int(state["step"])
 
 
 @torch.no_grad()

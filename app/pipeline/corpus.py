@@ -16,6 +16,7 @@ import numpy as np
 from transformers import PreTrainedTokenizerBase
 
 from app.core.errors import MonoscopeError
+from app.core.packing import pack_stream
 
 DEMO_WORLD = "demo-world"
 
@@ -77,10 +78,7 @@ def load_contexts(
         stream += tokenizer(text, add_special_tokens=False)["input_ids"]
         if len(stream) >= needed:
             break
-    n = min(n_contexts, len(stream) // body)
-    if n == 0:
+    ids = pack_stream(stream, context_size, bos, n_contexts)
+    if len(ids) == 0:
         raise MonoscopeError(f"corpus {source!r} is shorter than one context")
-    flat = np.asarray(stream[: n * body], dtype=np.int64).reshape(n, body)
-    if bos is None:
-        return flat
-    return np.concatenate([np.full((n, 1), bos, dtype=np.int64), flat], axis=1)
+    return ids

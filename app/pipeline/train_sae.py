@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from app.core.checkpoint import load_checkpoint, save_checkpoint
 from app.core.errors import MonoscopeError
 from app.core.model import LoadedModel, load_model
 from app.core.sae import Sae, save_saelens
@@ -166,7 +167,10 @@ class TrainSaeJob:
         ).to(device)
         optimizer = torch.optim.Adam(sae.parameters(), lr=c.lr, betas=(0.9, 0.999))
         last_fired = torch.zeros(c.d_sae, dtype=torch.long, device=device)
-        start = self._resume(sae, optimizer, last_fired)
+        checkpoint = self.work / "checkpoint.pt"
+        start = load_checkpoint(
+            checkpoint, device, sae=sae, optimizer=optimizer, last_fired=last_fired
+        )
         rng = np.random.default_rng(c.seed)
         orders = [rng.permutation(len(activations)) for _ in range(c.epochs)]
         order = np.concatenate(orders)
@@ -198,22 +202,7 @@ class TrainSaeJob:
                 with (self.work / "log.jsonl").open("a") as log:
                     log.write(json.dumps(stats) + "\n")
             if (step + 1) % c.checkpoint_every == 0 and step + 1 < c.steps:
-                self._checkpoint(sae, optimizer, last_fired, step + 1)
+                save_checkpoint(
+                    checkpoint, step + 1, sae=sae, optimizer=optimizer, last_fired=last_fired
+                )
         return sae
-
-    def _checkpoint(self, sae, optimizer, last_fired, step: int) -> None:
-        path = self.work / "checkpoint.pt"
-        state = {"sae": sae.state_dict(), "optimizer": optimizer.state_dict(),
-                 "last_fired": last_fired, "step": step}  # fmt: skip
-        torch.save(state, path.with_suffix(".tmp"))
-        path.with_suffix(".tmp").replace(path)
-
-    def _resume(self, sae, optimizer, last_fired) -> int:
-        path = self.work / "checkpoint.pt"
-        if not path.exists():
-            return 0
-        state = torch.load(path, weights_only=True, map_location=last_fired.device)
-        sae.load_state_dict(state["sae"])
-        optimizer.load_state_dict(state["optimizer"])
-        last_fired.copy_(state["last_fired"])
-        return int(state["step"])

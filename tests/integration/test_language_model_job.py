@@ -1,11 +1,10 @@
 """The demo language-model job: reproducible from its seed; an interrupted run resumes exactly."""
 
-import pytest
 import torch
-from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from app.demo.language_model import LanguageModelConfig, LanguageModelJob
+from tests.helpers import assert_same_weights, killed_at_step
 
 
 def tiny(tmp_path, name):
@@ -23,21 +22,11 @@ def test_same_seed_same_weights_and_resume_is_exact(tmp_path, monkeypatch):
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "straight" / "model")
     assert model.config.model_type == "gpt2" and model.dtype == torch.float16
 
-    real_lr = LanguageModelJob._lr
-
-    def crash_at_step_4(self, step):
-        if step == 4:
-            raise KeyboardInterrupt
-        return real_lr(self, step)
-
-    monkeypatch.setattr(LanguageModelJob, "_lr", crash_at_step_4)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_at_step(monkeypatch, LanguageModelJob, 4):
         LanguageModelJob(tiny(tmp_path, "resumed")).run()
-    monkeypatch.setattr(LanguageModelJob, "_lr", real_lr)
     LanguageModelJob(tiny(tmp_path, "resumed")).run()
 
-    straight = load_file(tmp_path / "straight" / "model" / "model.safetensors")
-    resumed = load_file(tmp_path / "resumed" / "model" / "model.safetensors")
-    assert straight.keys() == resumed.keys()
-    for name in straight:
-        assert torch.equal(straight[name], resumed[name]), name
+    assert_same_weights(
+        tmp_path / "straight" / "model" / "model.safetensors",
+        tmp_path / "resumed" / "model" / "model.safetensors",
+    )

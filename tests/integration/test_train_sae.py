@@ -4,12 +4,11 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from app.core.errors import MonoscopeError
 from app.core.sae import load_sae
 from app.pipeline.train_sae import TrainSaeConfig, TrainSaeJob
-from tests.helpers import CORPUS
+from tests.helpers import CORPUS, assert_same_weights, killed_at_step
 
 SITE = "blocks.1.hook_resid_post"
 
@@ -50,24 +49,14 @@ def test_trained_sae_loads_everywhere_with_its_metrics(gpt2_dir, corpus, tmp_pat
 def test_a_crashed_run_resumes_to_the_same_weights(gpt2_dir, corpus, tmp_path, monkeypatch):
     TrainSaeJob(config(gpt2_dir, corpus, tmp_path / "straight")).run()
 
-    crashing = TrainSaeJob(config(gpt2_dir, corpus, tmp_path / "crash"))
-    real_lr = TrainSaeJob._lr
-
-    def crash_at_step_13(self, step):
-        if step == 13:
-            raise KeyboardInterrupt
-        return real_lr(self, step)
-
-    monkeypatch.setattr(TrainSaeJob, "_lr", crash_at_step_13)
-    with pytest.raises(KeyboardInterrupt):
-        crashing.run()
-    monkeypatch.setattr(TrainSaeJob, "_lr", real_lr)
+    with killed_at_step(monkeypatch, TrainSaeJob, 13):
+        TrainSaeJob(config(gpt2_dir, corpus, tmp_path / "crash")).run()
     TrainSaeJob(config(gpt2_dir, corpus, tmp_path / "crash")).run()  # resumes from step 10
 
-    straight = load_file(tmp_path / "straight" / "sae" / "sae_weights.safetensors")
-    resumed = load_file(tmp_path / "crash" / "sae" / "sae_weights.safetensors")
-    for name, tensor in straight.items():
-        assert torch.equal(tensor, resumed[name]), name
+    assert_same_weights(
+        tmp_path / "straight" / "sae" / "sae_weights.safetensors",
+        tmp_path / "crash" / "sae" / "sae_weights.safetensors",
+    )
 
 
 def test_bad_inputs_fail_plainly(gpt2_dir, corpus, tmp_path):
