@@ -24,12 +24,12 @@ test-fast: setup
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not slow" -x $(PYTEST_ARGS)
 
 lint: setup
-	$(VENV)/bin/ruff check app tests bench
-	$(VENV)/bin/ruff format --check app tests bench
+	$(VENV)/bin/ruff check app tests bench migrations
+	$(VENV)/bin/ruff format --check app tests bench migrations
 
 format: setup
-	$(VENV)/bin/ruff format app tests bench
-	$(VENV)/bin/ruff check --fix app tests bench
+	$(VENV)/bin/ruff format app tests bench migrations
+	$(VENV)/bin/ruff check --fix app tests bench migrations
 
 demo: setup
 	$(VENV)/bin/monoscope demo
@@ -40,6 +40,7 @@ serve: setup
 bench: setup
 	$(PY) -m bench.encode
 	$(PY) -m bench.steer
+	$(PY) -m bench.harvest
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -4,6 +4,8 @@ monoscope serve --model gpt2 --sae saes/res6
 monoscope inspect --model gpt2 --sae saes/res6 "The Golden Gate Bridge"
 monoscope steer --model gpt2 --sae saes/res6 -f res6:1234:clamp:10 "Tell me about yourself"
 monoscope convert-sae params.npz out/ --hook-name blocks.12.hook_resid_post
+monoscope ingest corpus.jsonl data/stores/web --model gpt2 --tokens 3000000
+monoscope harvest --model gpt2 --sae saes/res6 --corpus data/stores/web --tokens 3000000
 """
 
 from pathlib import Path
@@ -24,10 +26,35 @@ FIELDS = Settings.model_fields
 ModelOpt = Annotated[str | None, typer.Option(help=FIELDS["model"].description)]
 SaeOpt = Annotated[list[str] | None, typer.Option("--sae", help=FIELDS["saes"].description)]
 DeviceOpt = Annotated[str | None, typer.Option(help=FIELDS["device"].description)]
+DatabaseOpt = Annotated[str | None, typer.Option(help=FIELDS["database_url"].description)]
+CORPUS_HELP = (
+    "a .txt/.jsonl/.parquet/.arrow file, a local HF dataset directory, or demo-world[:SEED]."
+)
 
 
 def _settings(**overrides) -> Settings:
     return Settings(**{k: v for k, v in overrides.items() if v not in (None, [])})
+
+
+def _database(settings: Settings):
+    """The settings' database, migrated to the latest schema."""
+    from app.db.engine import connect, migrate
+
+    engine = connect(settings.database)
+    migrate(engine)
+    return engine
+
+
+def _tokenizer(model: str | None):
+    from transformers import AutoTokenizer
+
+    from app.demo import DEMO_MODEL
+
+    spec = model or str(DEMO_MODEL)
+    try:
+        return AutoTokenizer.from_pretrained(spec)
+    except (OSError, ValueError) as exc:
+        raise MonoscopeError(f"cannot load the tokenizer of {spec!r}: {exc}") from exc
 
 
 def _workspace(settings: Settings):
@@ -49,14 +76,18 @@ def serve(
     device: DeviceOpt = None,
     host: Annotated[str | None, typer.Option(help=FIELDS["host"].description)] = None,
     port: Annotated[int | None, typer.Option(help=FIELDS["port"].description)] = None,
+    database_url: DatabaseOpt = None,
 ) -> None:
     """Serve the web app with the model and SAEs resident."""
     import uvicorn
 
     from app.web.app import create_app
 
-    settings = _settings(model=model, saes=sae, device=device, host=host, port=port)
+    settings = _settings(
+        model=model, saes=sae, device=device, host=host, port=port, database_url=database_url
+    )
     workspace = _workspace(settings)  # bad paths fail here, plainly
+    _database(settings)  # so does an unreachable database
     uvicorn.run(create_app(settings, workspace), host=settings.host, port=settings.port)
 
 
@@ -65,9 +96,127 @@ def demo(
     device: DeviceOpt = None,
     host: Annotated[str | None, typer.Option(help=FIELDS["host"].description)] = None,
     port: Annotated[int | None, typer.Option(help=FIELDS["port"].description)] = None,
+    database_url: DatabaseOpt = None,
 ) -> None:
-    """Serve the shipped demo model and SAE: works offline, on a CPU."""
-    serve(model=None, sae=None, device=device, host=host, port=port)
+    """Serve the shipped demo model and SAE: works offline, on a CPU.
+
+    On first start it fills the database: harvests the demo SAE over 1M held-out tokens (a few
+    minutes on two CPU cores, resumable)."""
+    from app.pipeline.demo_build import build_demo_database, demo_database_ready
+
+    settings = _settings(device=device, database_url=database_url)
+    engine = _database(settings)
+    if not demo_database_ready(engine):
+        out.print(f"building the demo database in {engine.url.render_as_string()} ...")
+        build_demo_database(engine, settings.data_dir / "demo-harvest")
+    serve(model=None, sae=None, device=device, host=host, port=port, database_url=database_url)
+
+
+@cli.command()
+def migrate(database_url: DatabaseOpt = None) -> None:
+    """Create or upgrade the database schema (alembic upgrade head)."""
+    engine = _database(_settings(database_url=database_url))
+    out.print(f"database {engine.url.render_as_string()} is at the latest schema")
+
+
+@cli.command()
+def ingest(
+    source: Annotated[str, typer.Argument(help=CORPUS_HELP)],
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write the token store to.")],
+    model: Annotated[
+        str | None, typer.Option(help="Model whose tokenizer to use (default: the demo model).")
+    ] = None,
+    context_size: Annotated[int, typer.Option(help="Tokens per context, BOS included.")] = 128,
+    tokens: Annotated[
+        int | None, typer.Option(help="Stop after this many tokens (default: the whole corpus).")
+    ] = None,
+) -> None:
+    """Tokenize a corpus into fixed-length contexts on disk (a token store for harvest)."""
+    from app.pipeline.ingest import ingest as run_ingest
+
+    store = run_ingest(source, _tokenizer(model), out_dir, context_size, max_tokens=tokens)
+    meta = store.meta
+    out.print(
+        f"wrote {meta['contexts']:,} contexts × {meta['context_size']} tokens from "
+        f"{meta['documents']:,} documents to {out_dir} (fingerprint {meta['fingerprint']})"
+    )
+
+
+def _harvest(
+    model: str | None,
+    sae: str,
+    corpus: str,
+    tokens: int,
+    name: str | None,
+    batch_size: int,
+    replace: bool,
+    device: str | None,
+    database_url: str | None,
+) -> None:
+    from app.demo import DEMO_MODEL
+    from app.pipeline.harvest import HarvestConfig, HarvestJob
+
+    settings = _settings(device=device, database_url=database_url)
+    engine = _database(settings)
+    config = HarvestConfig(
+        model=model or str(DEMO_MODEL),
+        sae=sae,
+        corpus=corpus,
+        tokens=tokens,
+        name=name,
+        batch_size=batch_size,
+        replace=replace,
+        device=settings.device,
+        work_dir=settings.data_dir / "harvest",
+    )
+    result = HarvestJob(config, engine).run()
+    out.print(
+        f"harvested {result.model}/{result.sae}: {result.tokens:,} tokens, "
+        f"{result.alive:,} of {result.features:,} features alive, {result.examples:,} examples"
+    )
+    _print_metrics(f"{result.model}/{result.sae}", result.metrics)
+
+
+HarvestModelOpt = Annotated[
+    str | None, typer.Option(help="Hub id or local directory (default: the demo model).")
+]
+TokensOpt = Annotated[int, typer.Option(help="Tokens to harvest.")]
+NameOpt = Annotated[str | None, typer.Option(help="Name in the database and URLs.")]
+BatchOpt = Annotated[int, typer.Option(help="Contexts per forward pass.")]
+ReplaceOpt = Annotated[bool, typer.Option(help="Replace an SAE of that name.")]
+
+
+@cli.command()
+def harvest(
+    sae: Annotated[str, typer.Option("--sae", help="The SAE to harvest (any supported format).")],
+    corpus: Annotated[str, typer.Option(help="A token store from ingest, or " + CORPUS_HELP)],
+    model: HarvestModelOpt = None,
+    tokens: TokensOpt = 1_000_000,
+    name: NameOpt = None,
+    batch_size: BatchOpt = 16,
+    replace: ReplaceOpt = False,
+    device: DeviceOpt = None,
+    database_url: DatabaseOpt = None,
+) -> None:
+    """Fill the database with an SAE's feature dashboards: examples, statistics, logit effects,
+    neighbours. Resumable: run it again after a crash."""
+    _harvest(model, sae, corpus, tokens, name, batch_size, replace, device, database_url)
+
+
+@cli.command("add-sae")
+def add_sae(
+    path: Annotated[str, typer.Argument(help="SAELens or sparsify directory, params.npz, hf://")],
+    corpus: Annotated[str, typer.Option(help="A token store from ingest, or " + CORPUS_HELP)],
+    model: HarvestModelOpt = None,
+    tokens: TokensOpt = 1_000_000,
+    name: NameOpt = None,
+    batch_size: BatchOpt = 16,
+    replace: ReplaceOpt = False,
+    device: DeviceOpt = None,
+    database_url: DatabaseOpt = None,
+) -> None:
+    """Bring your own SAE: import it and harvest it into the database in one command."""
+    _harvest(model, path, corpus, tokens, name, batch_size, replace, device, database_url)
 
 
 @cli.command()

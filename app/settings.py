@@ -22,6 +22,11 @@ class Settings(BaseSettings):
     data_dir: Path = Field(
         Path("data"), description="Folder for the database, token stores and harvest outputs."
     )
+    database_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL of the database, e.g. postgresql://user@host/monoscope; "
+        "default: SQLite file monoscope.db in the data directory.",
+    )
     device: str = Field(
         "auto",
         description="Where models run: auto (CUDA when available, else CPU), cpu, cuda, cuda:N.",
@@ -37,6 +42,11 @@ class Settings(BaseSettings):
     )
     host: str = Field("127.0.0.1", description="Address the web server listens on.")
     port: int = Field(8000, ge=1, le=65535, description="Port the web server listens on.")
+
+    @property
+    def database(self) -> str:
+        """The database URL in force: database_url, or SQLite in the data directory."""
+        return self.database_url or f"sqlite:///{self.data_dir.resolve() / 'monoscope.db'}"
 
     @field_validator("saes", mode="before")
     @classmethod

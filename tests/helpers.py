@@ -163,3 +163,50 @@ def assert_same_weights(a: Path, b: Path) -> None:
     assert first.keys() == second.keys()
     for name, tensor in first.items():
         assert torch.equal(tensor, second[name]), name
+
+
+def database_snapshot(engine) -> dict[str, list]:
+    """Everything a harvest wrote, without generated ids and timestamps, in a stable order."""
+    from sqlalchemy import select
+
+    from app.db.models import Context, Example, Feature, SaeRow
+
+    with engine.connect() as connection:
+        saes = connection.execute(
+            select(SaeRow.name, SaeRow.site, SaeRow.metrics, SaeRow.harvest).order_by(SaeRow.name)
+        ).all()
+        features = connection.execute(
+            select(
+                Feature.index,
+                Feature.density,
+                Feature.max_act,
+                Feature.mean_act,
+                Feature.histogram,
+                Feature.top_logits,
+                Feature.bottom_logits,
+                Feature.neighbours,
+            ).order_by(Feature.index)
+        ).all()
+        examples = connection.execute(
+            select(
+                Feature.index,
+                Example.kind,
+                Example.rank,
+                Example.interval,
+                Context.row,
+                Example.max_act,
+                Example.activations,
+            )
+            .join(Feature, Feature.id == Example.feature_id)
+            .join(Context, Context.id == Example.context_id)
+            .order_by(Feature.index, Example.kind, Example.rank, Example.interval)
+        ).all()
+        contexts = connection.execute(
+            select(Context.corpus, Context.row, Context.token_ids).order_by(Context.row)
+        ).all()
+    return {
+        "saes": [tuple(r) for r in saes],
+        "features": [tuple(r) for r in features],
+        "examples": [tuple(r) for r in examples],
+        "contexts": [tuple(r) for r in contexts],
+    }

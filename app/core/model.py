@@ -149,6 +149,21 @@ class LoadedModel:
     def final_norm(self) -> nn.Module:
         return self.adapter.final_norm(self.hf)
 
+    def final_norm_scale(self) -> torch.Tensor | None:
+        """(d_model,) per-channel gain of the final norm, or None when it has none.
+
+        Gemma's RMSNorm stores its gain as an offset from 1."""
+        norm = self.final_norm()
+        weight = getattr(norm, "weight", None)
+        if weight is None:
+            return None
+        weight = weight.detach().float()
+        return 1.0 + weight if type(norm).__name__.startswith("Gemma") else weight
+
+    def unembedding(self) -> torch.Tensor:
+        """(vocab, d_model) output embedding matrix W_U, in the model's dtype."""
+        return self.hf.get_output_embeddings().weight.detach()
+
     def _register(self, site: Site, edit: SiteEdit) -> torch.utils.hooks.RemovableHandle:
         block = self.adapter.blocks(self.hf)[site.layer]
         if site.kind == "resid_pre":

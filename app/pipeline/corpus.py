@@ -4,8 +4,9 @@
     contexts = load_contexts("notes.jsonl", tokenizer, 128, 1000)   # a `text` field per line
 
 A source is `demo-world[:SEED]` (the generated world), a .txt file (documents separated by blank
-lines), a .jsonl file (one JSON object with a `text` field per line), or a .npy array of token ids
-(n, context_size) written earlier.
+lines), a .jsonl file (one JSON object with a `text` field per line), a .parquet or .arrow file
+with a `text` column, a local Hugging Face dataset directory (save_to_disk output or a snapshot
+of parquet/jsonl files), or a .npy array of token ids (n, context_size) written earlier.
 """
 
 import json
@@ -13,6 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 from transformers import PreTrainedTokenizerBase
 
 from app.core.errors import MonoscopeError
@@ -21,7 +24,74 @@ from app.core.packing import pack_stream
 DEMO_WORLD = "demo-world"
 
 
+TEXT_FILES = (".txt", ".jsonl", ".parquet", ".arrow")
+
+
+def _jsonl_texts(path: Path) -> Iterator[str]:
+    with path.open(encoding="utf-8") as lines:
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                text = json.loads(line)["text"]
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise MonoscopeError(
+                    f"{path}:{number}: expected a JSON object with a text field"
+                ) from exc
+            yield str(text)
+
+
+def _arrow_batches(path: Path) -> Iterator[pa.RecordBatch]:
+    """Record batches of a Parquet file or an Arrow IPC stream (how HF datasets save to disk)."""
+    try:
+        if path.suffix == ".parquet":
+            yield from pq.ParquetFile(path).iter_batches(batch_size=1024, columns=["text"])
+        else:
+            with pa.memory_map(str(path)) as source:
+                try:
+                    batches = iter(pa.ipc.open_stream(source))
+                except pa.ArrowInvalid:
+                    reader = pa.ipc.open_file(source)
+                    batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
+                yield from batches
+    except (pa.ArrowInvalid, pa.ArrowException, KeyError, OSError) as exc:
+        raise MonoscopeError(f"{path}: cannot read a text column: {exc}") from exc
+
+
+def _table_texts(path: Path) -> Iterator[str]:
+    for batch in _arrow_batches(path):
+        if "text" not in batch.schema.names:
+            raise MonoscopeError(f"{path}: no text column (columns: {batch.schema.names})")
+        yield from (str(t) for t in batch.column("text").to_pylist() if t is not None)
+
+
+def _file_texts(path: Path) -> Iterator[str]:
+    if path.suffix == ".jsonl":
+        yield from _jsonl_texts(path)
+    elif path.suffix in (".parquet", ".arrow"):
+        yield from _table_texts(path)
+    elif path.suffix == ".txt":
+        for block in path.read_text(encoding="utf-8").split("\n\n"):
+            if block.strip():
+                yield block.strip() + "\n"
+    else:
+        raise MonoscopeError(
+            f"corpus {str(path)!r}: expected .txt, .jsonl, .parquet, .arrow, a dataset "
+            "directory or demo-world"
+        )
+
+
+def dataset_files(folder: Path) -> list[Path]:
+    """The data files of a local dataset directory (save_to_disk output or a hub snapshot)."""
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and p.suffix in TEXT_FILES and not p.name.startswith("cache-")
+    )
+
+
 def iter_texts(source: str) -> Iterator[str]:
+    """Documents of a corpus, in order; bad bytes or a missing text field are one clear error."""
     if source == DEMO_WORLD or source.startswith(DEMO_WORLD + ":"):
         from app.demo.world import World
 
@@ -34,26 +104,21 @@ def iter_texts(source: str) -> Iterator[str]:
             yield world.document(index).text
             index += 1
     path = Path(source)
-    if not path.is_file():
-        raise MonoscopeError(f"corpus {source!r} not found (a file, or demo-world[:SEED])")
-    if path.suffix == ".jsonl":
-        with path.open(encoding="utf-8") as lines:
-            for number, line in enumerate(lines, 1):
-                if not line.strip():
-                    continue
-                try:
-                    text = json.loads(line)["text"]
-                except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                    raise MonoscopeError(
-                        f"{path}:{number}: expected a JSON object with a text field"
-                    ) from exc
-                yield str(text)
-    elif path.suffix == ".txt":
-        for block in path.read_text(encoding="utf-8").split("\n\n"):
-            if block.strip():
-                yield block.strip() + "\n"
+    if path.is_dir():
+        files = dataset_files(path)
+        if not files:
+            raise MonoscopeError(f"corpus {source!r}: no .txt/.jsonl/.parquet/.arrow files inside")
+    elif path.is_file():
+        files = [path]
     else:
-        raise MonoscopeError(f"corpus {source!r}: expected .txt, .jsonl, .npy or demo-world")
+        raise MonoscopeError(
+            f"corpus {source!r} not found (a file, a dataset directory, or demo-world[:SEED])"
+        )
+    for file in files:
+        try:
+            yield from _file_texts(file)
+        except UnicodeDecodeError as exc:
+            raise MonoscopeError(f"corpus {str(file)!r} is not UTF-8 text ({exc.reason})") from exc
 
 
 def load_contexts(

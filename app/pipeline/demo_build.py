@@ -1,13 +1,20 @@
-"""Rebuild the shipped demo model and SAE from their seeds: `monoscope build-demo`.
+"""Rebuild the shipped demo model and SAE from their seeds (`monoscope build-demo`), and fill the
+demo database from them (`monoscope demo` on first start).
 
 The configurations here are the ones the committed weights were made with.
 """
 
 from pathlib import Path
 
+from sqlalchemy import Engine
+
 from app.core.sae import Sae
+from app.core.workspace import sae_name
+from app.db.engine import session_scope
+from app.db.queries import find_sae
 from app.demo import DEMO_MODEL, DEMO_SAE, DEMO_SITE, TRAIN_SEED
 from app.demo.language_model import LanguageModelConfig, LanguageModelJob
+from app.pipeline.harvest import HarvestConfig, HarvestJob
 from app.pipeline.train_sae import TrainSaeConfig, TrainSaeJob
 
 
@@ -38,3 +45,27 @@ def build_language_model(work_dir: Path) -> dict:
 
 def build_sae(work_dir: Path) -> Sae:
     return TrainSaeJob(sae_config(work_dir)).run()
+
+
+DEMO_DB_SEED = 3  # world seed of the text the demo database shows: held out from training
+DEMO_DB_TOKENS = 1_048_576
+
+
+def demo_harvest_config(work_dir: Path, tokens: int = DEMO_DB_TOKENS) -> HarvestConfig:
+    return HarvestConfig(
+        model=str(DEMO_MODEL),
+        sae=str(DEMO_SAE),
+        corpus=f"demo-world:{DEMO_DB_SEED}",
+        tokens=tokens,
+        work_dir=work_dir,
+    )
+
+
+def demo_database_ready(engine: Engine) -> bool:
+    with session_scope(engine) as session:
+        return find_sae(session, DEMO_MODEL.name, sae_name(str(DEMO_SAE))) is not None
+
+
+def build_demo_database(engine: Engine, work_dir: Path, tokens: int = DEMO_DB_TOKENS) -> None:
+    """Harvest the shipped SAE over held-out world text into the database (resumable)."""
+    HarvestJob(demo_harvest_config(work_dir, tokens), engine).run()

@@ -11,6 +11,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from app.core.workspace import Workspace
+from app.db.engine import connect, migrate
 from app.settings import Settings
 from app.web.routes import home
 
@@ -23,6 +24,8 @@ def create_app(settings: Settings | None = None, workspace: Workspace | None = N
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        app.state.engine = connect(settings.database)
+        migrate(app.state.engine)
         app.state.workspace = workspace or (
             Workspace.load(settings.model, settings.saes, device=settings.device)
             if settings.model
@@ -30,6 +33,7 @@ def create_app(settings: Settings | None = None, workspace: Workspace | None = N
         )
         yield
         app.state.workspace = None
+        app.state.engine.dispose()
 
     app = FastAPI(title="Monoscope", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings

@@ -1,9 +1,11 @@
 """Typed dependencies: routes receive what the app factory put on app.state."""
 
+from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.templating import Jinja2Templates
+from sqlalchemy.orm import Session
 
 from app.core.workspace import Workspace
 from app.settings import Settings
@@ -17,10 +19,17 @@ def _workspace(request: Request) -> Workspace | None:
     return request.app.state.workspace
 
 
+def _session(request: Request) -> Iterator[Session]:
+    """A read session per request; routes that write commit explicitly."""
+    with Session(request.app.state.engine) as session:
+        yield session
+
+
 def _templates(request: Request) -> Jinja2Templates:
     return request.app.state.templates
 
 
 SettingsDep = Annotated[Settings, Depends(_settings)]
 WorkspaceDep = Annotated[Workspace | None, Depends(_workspace)]
+SessionDep = Annotated[Session, Depends(_session)]
 TemplatesDep = Annotated[Jinja2Templates, Depends(_templates)]

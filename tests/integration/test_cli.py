@@ -150,3 +150,37 @@ def test_eval_ground_truth_prints_json_for_the_demo():
     assert 0 <= report["fraction_f1_at_least_0.5"] <= 1
     best = report["concepts"][0]
     assert {"key", "feature", "f1", "precision", "recall", "occurrences"} <= best.keys()
+
+
+def test_ingest_then_harvest_into_the_database(gpt2_dir, sae_dir, tmp_path):
+    env = {"MONOSCOPE_DATA_DIR": str(tmp_path / "data"), "MONOSCOPE_DATABASE_URL": ""}
+    (tmp_path / "corpus.jsonl").write_text(
+        "".join(f'{{"text": "Document {i}: the fox saw the bridge."}}\n' for i in range(400))
+    )
+    store = tmp_path / "store"
+    ingested = run_cli(
+        "ingest", str(tmp_path / "corpus.jsonl"), str(store), "--model", str(gpt2_dir),
+        "--context-size", "32", env=env,
+    )  # fmt: skip
+    assert ingested.returncode == 0, ingested.stderr
+    assert "contexts × 32 tokens from 400 documents" in ingested.stdout
+    harvest = ["harvest", "--model", str(gpt2_dir), "--sae", str(sae_dir), "--corpus", str(store)]
+    done = run_cli(*harvest, "--tokens", "2048", env=env)
+    assert done.returncode == 0, done.stderr
+    assert "features alive" in done.stdout and "variance_explained" in done.stdout
+    assert (tmp_path / "data" / "monoscope.db").is_file()
+    again = run_cli(*harvest, "--tokens", "2048", env=env)
+    assert again.returncode == 2 and "already in the database; pass --replace" in again.stderr
+    too_many = run_cli(*harvest, "--tokens", "10000000", "--name", "other", env=env)
+    assert too_many.returncode == 2
+    last_line = too_many.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("error: --tokens 10,000,000 is more than the corpus holds")
+
+
+def test_harvest_with_an_unreachable_database_is_one_line(sae_dir, tmp_path):
+    result = run_cli(
+        "harvest", "--sae", str(sae_dir), "--corpus", "demo-world",
+        env={"MONOSCOPE_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"},
+    )  # fmt: skip
+    assert result.returncode == 2 and result.stderr.startswith("error: cannot open database")
+    assert "Traceback" not in result.stderr

@@ -16,8 +16,10 @@ def sae_dir(tmp_path_factory):
     return folder
 
 
-def test_health_and_home_list_the_resident_model(gpt2_dir, sae_dir):
-    settings = Settings(model=str(gpt2_dir), saes=[str(sae_dir)], device="cpu")
+def test_health_and_home_list_the_resident_model(gpt2_dir, sae_dir, tmp_path):
+    settings = Settings(
+        model=str(gpt2_dir), saes=[str(sae_dir)], device="cpu", data_dir=tmp_path / "data"
+    )
     with TestClient(create_app(settings)) as client:
         health = client.get("/healthz").json()
         assert health["model"] == gpt2_dir.name and health["device"] == "cpu"
@@ -38,5 +40,6 @@ def test_empty_server_renders(tmp_path):
             "model": None,
             "device": None,
             "saes": [],
+            "harvested": [],
         }
         assert "No model loaded" in client.get("/").text

@@ -59,3 +59,8 @@ def test_the_rule_detects_a_violation(tmp_path):
         "bad.py imports fastapi",
         "bad.py imports app.db.models",
     ]
+
+
+def test_db_layer_knows_nothing_of_torch_web_or_jobs():
+    banned = ("torch", "transformers", "fastapi", "jinja2", "app.web", "app.pipeline", "app.cli")
+    assert _violations(APP / "db", banned) == []

@@ -4,7 +4,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel
 
-from app.web.deps import TemplatesDep, WorkspaceDep
+from app.db.queries import list_saes
+from app.web.deps import SessionDep, TemplatesDep, WorkspaceDep
 
 router = APIRouter()
 
@@ -23,13 +24,16 @@ class Health(BaseModel):
     model: str | None
     device: str | None
     saes: list[SaeSummary]
+    harvested: list[str]  # model/sae pairs the database holds dashboards for
 
 
-def _health(workspace) -> Health:
+def _health(workspace, session) -> Health:
+    harvested = [f"{s.model.name}/{s.name}" for s in list_saes(session)]
     if workspace is None:
-        return Health(status="ok", model=None, device=None, saes=[])
+        return Health(status="ok", model=None, device=None, saes=[], harvested=harvested)
     return Health(
         status="ok",
+        harvested=harvested,
         model=workspace.model.name,
         device=str(workspace.model.device),
         saes=[
@@ -47,10 +51,11 @@ def _health(workspace) -> Health:
 
 
 @router.get("/healthz", response_model=Health)
-def healthz(workspace: WorkspaceDep) -> Health:
-    return _health(workspace)
+def healthz(workspace: WorkspaceDep, session: SessionDep) -> Health:
+    return _health(workspace, session)
 
 
 @router.get("/", response_class=HTMLResponse, name="home")
-def index(request: Request, workspace: WorkspaceDep, templates: TemplatesDep):
-    return templates.TemplateResponse(request, "home/index.html", {"health": _health(workspace)})
+def index(request: Request, workspace: WorkspaceDep, session: SessionDep, templates: TemplatesDep):
+    health = _health(workspace, session)
+    return templates.TemplateResponse(request, "home/index.html", {"health": health})

@@ -1,0 +1,224 @@
+"""Harvest maths: what a feature page shows, computed from activations without a loop per feature.
+
+    stats = FeatureStatistics(d_sae, histogram_edges(first_batch_max))
+    for acts in batches:                                      # (batch, pos, d_sae)
+        sparse = sparsify(acts, skip_first=True)              # BOS excluded
+        stats.update(sparse)
+        rows, features, values = context_maxima(sparse, d_sae, first_row)   # kept on disk
+    picked = select_examples(rows, features, values, d_sae, n_top=32, n_intervals=5, per_interval=5)
+    top_ids, top_values, bottom_ids, bottom_values = logit_effects(directions, W_U, norm_scale)
+    neighbour_ids, cosines = decoder_neighbours(W_dec)
+
+Examples are chosen from every (context, feature) pair with a positive context maximum, so the top
+list is exact and the interval samples are stratified over the feature's final (0, max] range:
+interval i holds contexts whose maximum lies in (i/n, (i+1)/n] x max, drawn by a seeded hash, and
+never repeats a top example. An interval with no candidates is left out, never shown empty.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+HISTOGRAM_BINS = 64
+HISTOGRAM_DECADES = 6.0
+
+
+def histogram_edges(peak: float, bins: int = HISTOGRAM_BINS) -> np.ndarray:
+    """log10 bin edges spanning HISTOGRAM_DECADES below a decade above the first batch's peak.
+
+    Fixed once per harvest so that every feature's histogram shares the same axis."""
+    top = float(np.ceil(np.log10(max(peak, 1e-6)))) + 1.0
+    return np.linspace(top - HISTOGRAM_DECADES, top, bins + 1)
+
+
+@dataclass(frozen=True)
+class SparseActivations:
+    """The non-zero entries of a batch of feature activations (batch, pos, d_sae)."""
+
+    context: torch.Tensor  # (n,) int64: row within the batch
+    position: torch.Tensor  # (n,) int64: token position, counted after any skipped first token
+    feature: torch.Tensor  # (n,) int64
+    value: torch.Tensor  # (n,) float32
+    batch: int
+    tokens: int  # tokens that count (BOS excluded)
+
+
+def sparsify(acts: torch.Tensor, skip_first: bool) -> SparseActivations:
+    """One scan of the dense activations; everything else works on the non-zeros.
+
+    skip_first drops position 0 (the BOS token, whose residual is an outlier)."""
+    if skip_first:
+        acts = acts[:, 1:]
+    context, position, feature = acts.nonzero(as_tuple=True)
+    value = acts[context, position, feature].float()
+    return SparseActivations(
+        context.cpu(),
+        position.cpu(),
+        feature.cpu(),
+        value.cpu(),
+        batch=acts.shape[0],
+        tokens=acts.shape[0] * acts.shape[1],
+    )
+
+
+class FeatureStatistics:
+    """Running per-feature counts, sums, maxima and log-activation histograms over tokens."""
+
+    def __init__(self, d_sae: int, log10_edges: np.ndarray):
+        self.log10_edges = np.asarray(log10_edges, dtype=np.float64)
+        bins = len(self.log10_edges) - 1
+        self.tokens = torch.zeros((), dtype=torch.int64)
+        self.counts = torch.zeros(d_sae, dtype=torch.int64)
+        self.sums = torch.zeros(d_sae, dtype=torch.float64)
+        self.maxima = torch.zeros(d_sae, dtype=torch.float32)
+        self.histogram = torch.zeros(d_sae, bins, dtype=torch.int64)
+
+    def update(self, sparse: SparseActivations) -> None:
+        feature, value = sparse.feature, sparse.value
+        self.tokens += sparse.tokens
+        self.counts += torch.bincount(feature, minlength=self.counts.shape[0])
+        self.sums.index_add_(0, feature, value.double())
+        self.maxima.scatter_reduce_(0, feature, value, reduce="amax")
+        bins = self.histogram.shape[1]
+        lo, hi = self.log10_edges[0], self.log10_edges[-1]
+        position = ((value.log10() - lo) * (bins / (hi - lo))).floor().long().clamp_(0, bins - 1)
+        self.histogram.view(-1).index_add_(0, feature * bins + position, torch.ones_like(position))
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {
+            "tokens": self.tokens,
+            "counts": self.counts,
+            "sums": self.sums,
+            "maxima": self.maxima,
+            "histogram": self.histogram,
+        }
+
+
+def context_maxima(
+    sparse: SparseActivations, d_sae: int, first_row: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row, feature, value) of every positive per-context maximum; rows count from first_row."""
+    peak = torch.zeros(sparse.batch * d_sae, dtype=torch.float32)
+    peak.scatter_reduce_(0, sparse.context * d_sae + sparse.feature, sparse.value, reduce="amax")
+    (flat,) = peak.nonzero(as_tuple=True)
+    return (
+        (flat // d_sae + first_row).numpy().astype(np.int64),
+        (flat % d_sae).numpy().astype(np.int32),
+        peak[flat].numpy(),
+    )
+
+
+@dataclass(frozen=True)
+class ExampleSelection:
+    """Chosen (feature, context row) pairs; kind 0 = top, 1 = interval sample."""
+
+    features: np.ndarray  # (n,) int32
+    rows: np.ndarray  # (n,) int64
+    values: np.ndarray  # (n,) float32: the context's maximum activation of the feature
+    kinds: np.ndarray  # (n,) int8
+    ranks: np.ndarray  # (n,) int32: top: 0 = strongest; interval: position in its interval
+    intervals: np.ndarray  # (n,) int32: interval index (0 = lowest), -1 for top examples
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """A fixed pseudo-random permutation of uint64: the sampling priority of a pair."""
+    x = (x + np.uint64(0x9E3779B97F4A7C15)).astype(np.uint64)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def _rank_within_groups(group: np.ndarray) -> np.ndarray:
+    """For a sorted array of group keys, each element's position inside its group."""
+    starts = np.r_[0, np.flatnonzero(group[1:] != group[:-1]) + 1]
+    lengths = np.diff(np.r_[starts, len(group)])
+    return np.arange(len(group)) - np.repeat(starts, lengths)
+
+
+def select_examples(
+    rows: np.ndarray,
+    features: np.ndarray,
+    values: np.ndarray,
+    d_sae: int,
+    n_top: int = 32,
+    n_intervals: int = 5,
+    per_interval: int = 5,
+    seed: int = 0,
+) -> ExampleSelection:
+    """Top contexts and interval samples per feature from sparse per-context maxima."""
+    order = np.lexsort((rows, -values, features))  # feature, then strongest first, then row
+    rows, features, values = rows[order], features[order], values[order]
+    rank = _rank_within_groups(features)
+    is_top = rank < n_top
+
+    peak = np.zeros(d_sae, dtype=np.float32)
+    np.maximum.at(peak, features, values)
+    rest = ~is_top
+    r_rows, r_features, r_values = rows[rest], features[rest], values[rest]
+    fraction = r_values / peak[r_features]
+    interval = np.clip(np.ceil(fraction * n_intervals).astype(np.int32) - 1, 0, n_intervals - 1)
+    key = (r_features.astype(np.uint64) << np.uint64(40)) ^ r_rows.astype(np.uint64)
+    priority = _splitmix64(key ^ np.uint64(seed))
+    sample_order = np.lexsort((r_rows, priority, interval, r_features))
+    group = r_features[sample_order].astype(np.int64) * n_intervals + interval[sample_order]
+    within = _rank_within_groups(group)
+    keep = sample_order[within < per_interval]
+    keep_rank = within[within < per_interval]
+
+    return ExampleSelection(
+        features=np.r_[features[is_top], r_features[keep]].astype(np.int32),
+        rows=np.r_[rows[is_top], r_rows[keep]].astype(np.int64),
+        values=np.r_[values[is_top], r_values[keep]].astype(np.float32),
+        kinds=np.r_[np.zeros(is_top.sum(), np.int8), np.ones(len(keep), np.int8)],
+        ranks=np.r_[rank[is_top], keep_rank].astype(np.int32),
+        intervals=np.r_[np.full(is_top.sum(), -1, np.int32), interval[keep]].astype(np.int32),
+    )
+
+
+@torch.inference_mode()
+def logit_effects(
+    directions: torch.Tensor,  # (d_sae, d_model): what each feature adds to the residual stream
+    unembedding: torch.Tensor,  # (vocab, d_model)
+    norm_scale: torch.Tensor | None = None,  # (d_model,) final norm gain
+    k: int = 10,
+    chunk: int = 512,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Top and bottom k tokens of W_dec (diag(norm gain)) W_U^T: ids and values, each (d_sae, k)."""
+    W_U = unembedding.float()
+    if norm_scale is not None:
+        W_U = W_U * norm_scale.float().to(W_U.device)
+    k = min(k, W_U.shape[0])
+    parts: list[list[torch.Tensor]] = [[], [], [], []]
+    for start in range(0, directions.shape[0], chunk):
+        effects = directions[start : start + chunk].float().to(W_U.device) @ W_U.T
+        top = effects.topk(k, dim=-1)
+        bottom = effects.topk(k, dim=-1, largest=False)
+        results = (top.indices, top.values, bottom.indices, bottom.values)
+        for part, tensor in zip(parts, results, strict=True):
+            part.append(tensor.cpu())
+    top_ids, top_values, bottom_ids, bottom_values = (torch.cat(p) for p in parts)
+    return top_ids, top_values, bottom_ids, bottom_values
+
+
+@torch.inference_mode()
+def decoder_neighbours(
+    W_dec: torch.Tensor,  # (d_sae, d_in)
+    k: int = 10,
+    chunk: int = 1024,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k features whose decoder rows are most cosine-similar to each one's (itself excluded).
+
+    Computed chunk by chunk so memory stays (chunk, d_sae)."""
+    unit = torch.nn.functional.normalize(W_dec.float(), dim=-1)
+    d_sae = unit.shape[0]
+    k = min(k, d_sae - 1)
+    ids, cosines = [], []
+    for start in range(0, d_sae, chunk):
+        sims = unit[start : start + chunk] @ unit.T  # (chunk, d_sae)
+        own = torch.arange(start, start + sims.shape[0], device=sims.device)
+        sims[torch.arange(sims.shape[0], device=sims.device), own] = -float("inf")
+        best = sims.topk(k, dim=-1)
+        ids.append(best.indices.cpu())
+        cosines.append(best.values.cpu())
+    return torch.cat(ids), torch.cat(cosines)

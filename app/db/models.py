@@ -1,0 +1,194 @@
+"""The schema: SQLAlchemy 2.0 declarative models. Every change here comes with an Alembic migration.
+
+Feature rows carry what a feature page shows in one read (statistics, histogram, logit effects,
+neighbours as JSON); examples point at contexts, whose token ids are stored once and shared by
+every feature that fires on them. Per-token activations are packed float16 bytes.
+"""
+
+from datetime import UTC, datetime
+from typing import ClassVar
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+# SQLite only gives an INTEGER PRIMARY KEY its rowid fast path; PostgreSQL gets 64-bit ids.
+Id = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map: ClassVar = {dict: JSON, list: JSON}
+
+
+class Model(Base):
+    __tablename__ = "models"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    source: Mapped[str] = mapped_column(Text)  # hub id or local directory
+    architecture: Mapped[str] = mapped_column(String(100))
+    n_layers: Mapped[int]
+    d_model: Mapped[int]
+    vocab_size: Mapped[int]
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    saes: Mapped[list["SaeRow"]] = relationship(back_populates="model")
+
+
+class Token(Base):
+    """The model's vocabulary as display text, so pages render tokens without the tokenizer."""
+
+    __tablename__ = "tokens"
+
+    model_id: Mapped[int] = mapped_column(
+        Id, ForeignKey("models.id", ondelete="CASCADE"), primary_key=True
+    )
+    token_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    text: Mapped[str] = mapped_column(Text)
+
+
+class SaeRow(Base):
+    __tablename__ = "saes"
+    __table_args__ = (UniqueConstraint("model_id", "name"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    model_id: Mapped[int] = mapped_column(Id, ForeignKey("models.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(200))
+    source: Mapped[str] = mapped_column(Text)
+    site: Mapped[str] = mapped_column(
+        String(100)
+    )  # TransformerLens name, e.g. blocks.6.hook_resid_post
+    architecture: Mapped[str] = mapped_column(String(50))
+    d_in: Mapped[int]
+    d_sae: Mapped[int]
+    metrics: Mapped[dict] = mapped_column(default=dict)  # l0, variance_explained, ... (SaeMetrics)
+    harvest: Mapped[dict] = mapped_column(
+        default=dict
+    )  # corpus, tokens, context_size, histogram bins
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    model: Mapped[Model] = relationship(back_populates="saes")
+
+
+class Context(Base):
+    """A window of the corpus, stored once however many features it illustrates."""
+
+    __tablename__ = "contexts"
+    __table_args__ = (UniqueConstraint("model_id", "corpus", "row"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    model_id: Mapped[int] = mapped_column(Id, ForeignKey("models.id", ondelete="CASCADE"))
+    corpus: Mapped[str] = mapped_column(String(64))  # token store fingerprint
+    row: Mapped[int] = mapped_column(BigInteger)  # context number in that store
+    token_ids: Mapped[bytes] = mapped_column(LargeBinary)  # int32, little-endian
+
+
+class Feature(Base):
+    __tablename__ = "features"
+    __table_args__ = (
+        UniqueConstraint("sae_id", "index"),
+        # Keyset pagination: every sortable column is indexed with the index as tie-breaker.
+        Index("ix_features_sae_density", "sae_id", "density", "index"),
+        Index("ix_features_sae_max_act", "sae_id", "max_act", "index"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    sae_id: Mapped[int] = mapped_column(Id, ForeignKey("saes.id", ondelete="CASCADE"))
+    index: Mapped[int]
+    density: Mapped[float] = mapped_column(Float)  # firing tokens / harvested tokens
+    max_act: Mapped[float] = mapped_column(Float)
+    mean_act: Mapped[float] = mapped_column(Float)  # over the tokens where it fires
+    histogram: Mapped[dict] = mapped_column(default=dict)  # {"log10_edges": [...], "counts": [...]}
+    top_logits: Mapped[list] = mapped_column(default=list)  # [[token_id, text, value], ...]
+    bottom_logits: Mapped[list] = mapped_column(default=list)
+    neighbours: Mapped[list] = mapped_column(default=list)  # [[index, cosine], ...]
+
+    sae: Mapped[SaeRow] = relationship()
+
+
+class Example(Base):
+    __tablename__ = "examples"
+    __table_args__ = (Index("ix_examples_feature_kind_rank", "feature_id", "kind", "rank"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    feature_id: Mapped[int] = mapped_column(Id, ForeignKey("features.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(16))  # top | quantile
+    rank: Mapped[int]  # top: 0 = strongest; quantile: bin * per_bin + position in the bin
+    interval: Mapped[int | None]  # quantile bin, 0 = lowest
+    context_id: Mapped[int] = mapped_column(Id, ForeignKey("contexts.id", ondelete="CASCADE"))
+    max_act: Mapped[float] = mapped_column(Float)
+    activations: Mapped[bytes] = mapped_column(LargeBinary)  # float16 per token, little-endian
+
+    context: Mapped[Context] = relationship()
+
+
+class Explanation(Base):
+    __tablename__ = "explanations"
+    __table_args__ = (Index("ix_explanations_feature", "feature_id"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    feature_id: Mapped[int] = mapped_column(Id, ForeignKey("features.id", ondelete="CASCADE"))
+    text: Mapped[str] = mapped_column(Text)
+    method: Mapped[str] = mapped_column(String(50))  # offline | openai | self | human
+    explainer_model: Mapped[str | None] = mapped_column(String(200))
+    scores: Mapped[dict] = mapped_column(default=dict)  # {"detection": {...}, "simulation": ...}
+    author: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class FeatureList(Base):
+    __tablename__ = "feature_lists"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    slug: Mapped[str] = mapped_column(String(32), unique=True)
+    title: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str] = mapped_column(Text, default="")
+    author: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class FeatureListItem(Base):
+    __tablename__ = "feature_list_items"
+    __table_args__ = (UniqueConstraint("list_id", "feature_id"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    list_id: Mapped[int] = mapped_column(Id, ForeignKey("feature_lists.id", ondelete="CASCADE"))
+    feature_id: Mapped[int] = mapped_column(Id, ForeignKey("features.id", ondelete="CASCADE"))
+    position: Mapped[int]
+    note: Mapped[str] = mapped_column(Text, default="")
+
+
+class SteeringSession(Base):
+    __tablename__ = "steering_sessions"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    share_id: Mapped[str] = mapped_column(String(32), unique=True)
+    config: Mapped[dict] = mapped_column(default=dict)  # features, strengths, generation settings
+    transcript: Mapped[list] = mapped_column(default=list)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    prefix: Mapped[str] = mapped_column(String(16))  # shown in listings; the key itself is not kept
+    key_hash: Mapped[str] = mapped_column(String(128), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -1,0 +1,153 @@
+"""The reads behind pages and the API; each page costs a fixed, small number of round trips.
+
+sae = find_sae(session, "monoscope-demo", "res1")
+detail = feature_detail(session, "monoscope-demo", "res1", 946)   # 3 queries
+page = list_features(session, sae.id, sort="density", descending=True, limit=50)
+page2 = list_features(session, sae.id, sort="density", descending=True, after=page.next_key)
+"""
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+from sqlalchemy import select, tuple_
+from sqlalchemy.orm import Session
+
+from app.db.codec import unpack_activations, unpack_ids
+from app.db.models import Context, Example, Explanation, Feature, Model, SaeRow, Token
+
+SortKey = Literal["index", "density", "max_act"]
+SORT_COLUMNS = {"index": Feature.index, "density": Feature.density, "max_act": Feature.max_act}
+
+
+@dataclass(frozen=True)
+class ExampleView:
+    kind: str
+    rank: int
+    interval: int | None
+    max_act: float
+    context_row: int
+    token_ids: np.ndarray  # (pos,) int32
+    activations: np.ndarray  # (pos,) float32
+
+    @property
+    def max_position(self) -> int:
+        return int(self.activations.argmax())
+
+
+@dataclass(frozen=True)
+class FeatureDetail:
+    model: Model
+    sae: SaeRow
+    feature: Feature
+    examples: list[ExampleView]
+    explanations: list[Explanation]
+
+    def of_kind(self, kind: str) -> list[ExampleView]:
+        return [e for e in self.examples if e.kind == kind]
+
+
+@dataclass(frozen=True)
+class FeaturePage:
+    features: list[Feature]
+    next_key: tuple[float | int, int] | None = None  # pass as `after` for the following page
+    sort: SortKey = "index"
+    descending: bool = False
+    filters: dict = field(default_factory=dict)
+
+
+def find_model(session: Session, name: str) -> Model | None:
+    return session.scalar(select(Model).where(Model.name == name))
+
+
+def find_sae(session: Session, model: str, sae: str) -> SaeRow | None:
+    return session.scalar(select(SaeRow).join(Model).where(Model.name == model, SaeRow.name == sae))
+
+
+def list_saes(session: Session) -> list[SaeRow]:
+    return list(session.scalars(select(SaeRow).join(Model).order_by(Model.name, SaeRow.name)))
+
+
+def feature_detail(session: Session, model: str, sae: str, index: int) -> FeatureDetail | None:
+    """Everything a feature page shows, in three queries: feature, examples, explanations."""
+    row = session.execute(
+        select(Feature, SaeRow, Model)
+        .join(SaeRow, SaeRow.id == Feature.sae_id)
+        .join(Model, Model.id == SaeRow.model_id)
+        .where(Model.name == model, SaeRow.name == sae, Feature.index == index)
+    ).one_or_none()
+    if row is None:
+        return None
+    feature, sae_row, model_row = row
+    examples = [
+        ExampleView(
+            kind=e.kind,
+            rank=e.rank,
+            interval=e.interval,
+            max_act=e.max_act,
+            context_row=c.row,
+            token_ids=unpack_ids(c.token_ids),
+            activations=unpack_activations(e.activations),
+        )
+        for e, c in session.execute(
+            select(Example, Context)
+            .join(Context, Context.id == Example.context_id)
+            .where(Example.feature_id == feature.id)
+            .order_by(Example.kind.desc(), Example.rank)  # top first, then quantiles by rank
+        ).tuples()
+    ]
+    explanations = list(
+        session.scalars(
+            select(Explanation)
+            .where(Explanation.feature_id == feature.id)
+            .order_by(Explanation.created_at.desc(), Explanation.id.desc())
+        )
+    )
+    return FeatureDetail(model_row, sae_row, feature, examples, explanations)
+
+
+def list_features(
+    session: Session,
+    sae_id: int,
+    sort: SortKey = "index",
+    descending: bool = False,
+    after: tuple[float | int, int] | None = None,
+    limit: int = 50,
+    min_density: float | None = None,
+    max_density: float | None = None,
+) -> FeaturePage:
+    """One page of an SAE's features by keyset pagination: as fast at page 10,000 as at page 1.
+
+    `after` is the (sort value, index) of the last row of the previous page."""
+    column = SORT_COLUMNS[sort]
+    keys = (column, Feature.index) if sort != "index" else (Feature.index,)
+    statement = select(Feature).where(Feature.sae_id == sae_id)
+    if min_density is not None:
+        statement = statement.where(Feature.density >= min_density)
+    if max_density is not None:
+        statement = statement.where(Feature.density <= max_density)
+    if after is not None:
+        boundary = tuple_(*keys) if len(keys) > 1 else keys[0]
+        value = tuple_(*after) if len(keys) > 1 else after[1]
+        statement = statement.where(boundary < value if descending else boundary > value)
+    order = [k.desc() if descending else k.asc() for k in keys]
+    features = list(session.scalars(statement.order_by(*order).limit(limit + 1)))
+    next_key = None
+    if len(features) > limit:
+        features = features[:limit]
+        last = features[-1]
+        next_key = (getattr(last, column.key), last.index)
+    return FeaturePage(features, next_key, sort, descending)
+
+
+def vocabulary(session: Session, model_id: int) -> list[str]:
+    """Display text of every token id of a model (pages cache it per model)."""
+    rows = session.execute(
+        select(Token.token_id, Token.text)
+        .where(Token.model_id == model_id)
+        .order_by(Token.token_id)
+    ).all()
+    texts = [""] * (rows[-1][0] + 1 if rows else 0)
+    for token_id, text in rows:
+        texts[token_id] = text
+    return texts

@@ -1,0 +1,121 @@
+"""Full-text search over explanations, one function over two engines.
+
+    hits = search_explanations(session, "golden gate", model="monoscope-demo", limit=20)
+
+SQLite ranks with FTS5's bm25 (porter stemming); PostgreSQL with ts_rank over an English tsvector
+(GIN index). A query is a set of words that must all match, the last one also as a prefix, so
+typing "brid" finds "bridge". Operators and quotes in the query are taken as plain words.
+"""
+
+import re
+from dataclasses import dataclass
+
+from sqlalchemy import Select, column, func, literal_column, select, table
+from sqlalchemy.orm import Session
+
+from app.db.models import Explanation, Feature, Model, SaeRow
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+MAX_TERMS = 16
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    model: str
+    sae: str
+    index: int
+    density: float
+    max_act: float
+    explanation_id: int
+    text: str
+    method: str
+    scores: dict
+    rank: float  # higher is better
+
+
+def _words(query: str) -> list[str]:
+    return _WORD.findall(query.lower())[:MAX_TERMS]
+
+
+def fts5_query(query: str) -> str | None:
+    """A MATCH expression that cannot be a syntax error: each word quoted, the last a prefix."""
+    words = _words(query)
+    if not words:
+        return None
+    quoted = [f'"{w}"' for w in words]
+    quoted[-1] += "*"
+    return " ".join(quoted)
+
+
+def tsquery(query: str) -> str | None:
+    """A to_tsquery expression: words ANDed, the last a prefix; no user-supplied operators."""
+    words = _words(query)
+    if not words:
+        return None
+    return " & ".join([*words[:-1], words[-1] + ":*"])
+
+
+def _hits(session: Session, statement: Select) -> list[SearchHit]:
+    return [SearchHit(**row._mapping) for row in session.execute(statement)]
+
+
+def search_explanations(
+    session: Session,
+    query: str,
+    model: str | None = None,
+    sae: str | None = None,
+    limit: int = 20,
+    offset: int = 0,
+) -> list[SearchHit]:
+    """Explanations matching every word of the query, best first."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "sqlite":
+        match = fts5_query(query)
+        if match is None:
+            return []
+        fts = table("explanations_fts", column("rowid"))
+        ranked = (
+            select(
+                fts.c.rowid.label("id"),
+                (-func.bm25(literal_column("explanations_fts"))).label("rank"),
+            )
+            .where(literal_column("explanations_fts").op("MATCH")(match))
+            .subquery()
+        )
+    else:
+        expression = tsquery(query)
+        if expression is None:
+            return []
+        ts = func.to_tsquery("english", expression)
+        vector = func.to_tsvector("english", Explanation.text)
+        ranked = (
+            select(Explanation.id.label("id"), func.ts_rank(vector, ts).label("rank"))
+            .where(vector.op("@@")(ts))
+            .subquery()
+        )
+    statement = (
+        select(
+            Model.name.label("model"),
+            SaeRow.name.label("sae"),
+            Feature.index.label("index"),
+            Feature.density,
+            Feature.max_act,
+            Explanation.id.label("explanation_id"),
+            Explanation.text,
+            Explanation.method,
+            Explanation.scores,
+            ranked.c.rank,
+        )
+        .join(Explanation, Explanation.id == ranked.c.id)
+        .join(Feature, Feature.id == Explanation.feature_id)
+        .join(SaeRow, SaeRow.id == Feature.sae_id)
+        .join(Model, Model.id == SaeRow.model_id)
+        .order_by(ranked.c.rank.desc(), Explanation.id)
+        .limit(limit)
+        .offset(offset)
+    )
+    if model is not None:
+        statement = statement.where(Model.name == model)
+    if sae is not None:
+        statement = statement.where(SaeRow.name == sae)
+    return _hits(session, statement)

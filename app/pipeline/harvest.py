@@ -1,0 +1,423 @@
+"""`monoscope harvest`: everything a feature page shows, from a model, an SAE and a token store.
+
+    HarvestJob(HarvestConfig(model="app/demo/monoscope-demo", sae="app/demo/saes/res1",
+                             corpus="data/stores/world", tokens=1_000_000), engine).run()
+
+One pass over the contexts runs the model to the SAE's site (stopping there), encodes, and keeps
+per-feature statistics plus two sparse spills on disk: every positive per-context maximum, and
+every non-zero token activation. Examples are then chosen from the maxima (core.harvest), and
+their per-token highlights gathered from the token spill instead of a second model pass, so they
+are exactly the values that ranked them. Logit effects and decoder neighbours come from the
+weights. The database is written at the end in one transaction.
+
+The pass checkpoints every few batches (statistics + spill shards); a killed harvest resumes from
+the last checkpoint and ends with exactly the database content of an uninterrupted one.
+"""
+
+import hashlib
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from sqlalchemy import Engine
+from tqdm import tqdm
+
+from app.core.checkpoint import load_checkpoint, save_checkpoint
+from app.core.errors import MonoscopeError
+from app.core.harvest import (
+    ExampleSelection,
+    FeatureStatistics,
+    context_maxima,
+    decoder_neighbours,
+    histogram_edges,
+    logit_effects,
+    select_examples,
+    sparsify,
+)
+from app.core.model import LoadedModel, load_model
+from app.core.sae import Sae, load_sae
+from app.core.sae.metrics import evaluate_sae
+from app.core.workspace import sae_name
+from app.db import store as db
+from app.db.engine import session_scope
+from app.db.queries import find_sae
+from app.pipeline.ingest import TokenStore, ingest
+
+KIND_NAMES = ("top", "quantile")
+
+
+@dataclass(frozen=True)
+class HarvestConfig:
+    model: str
+    """Hub id or local directory of the model."""
+    sae: str
+    """SAE to harvest: SAELens or sparsify directory, Gemma Scope params.npz, hf://..."""
+    corpus: str
+    """A token store from `monoscope ingest`, or any corpus ingest reads (ingested first)."""
+    tokens: int = 1_000_000
+    """Tokens to harvest (whole contexts; BOS included in the count)."""
+    context_size: int = 128
+    """Context length when the corpus still has to be ingested."""
+    name: str | None = None
+    """Name of the SAE in the database and in URLs (default: its folder name)."""
+    batch_size: int = 16
+    """Contexts per forward pass."""
+    n_top: int = 32
+    n_intervals: int = 5
+    per_interval: int = 5
+    n_logits: int = 10
+    n_neighbours: int = 10
+    eval_contexts: int = 64
+    """Contexts for variance explained and CE loss recovered (0 skips them)."""
+    checkpoint_every: int = 25
+    """Batches between checkpoints."""
+    seed: int = 0
+    device: str = "auto"
+    replace: bool = False
+    """Replace an SAE of the same name already in the database."""
+    work_dir: Path = Path("data/harvest")
+    progress: bool = True
+
+    def fingerprint(self, *parts: str) -> str:
+        body = json.dumps(parts, sort_keys=True)
+        return hashlib.sha256(body.encode()).hexdigest()[:12]
+
+
+@dataclass
+class HarvestResult:
+    model: str
+    sae: str
+    tokens: int
+    features: int
+    alive: int
+    examples: int
+    metrics: dict = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)  # per phase
+
+
+class HarvestJob:
+    def __init__(
+        self,
+        config: HarvestConfig,
+        engine: Engine,
+        model: LoadedModel | None = None,
+        sae: Sae | None = None,
+    ):
+        self.config = config
+        self.engine = engine
+        self._model, self._sae = model, sae
+
+    # -- the job -------------------------------------------------------------------------------
+    def run(self) -> HarvestResult:
+        c = self.config
+        if c.tokens <= 0:
+            raise MonoscopeError("--tokens must be positive")
+        model = self._model or load_model(c.model, device=c.device)
+        sae = self._sae or model.attach(load_sae(c.sae), source=c.sae)
+        name = c.name or sae_name(c.sae)
+        self._check_name_free(model, name)
+        corpus = self._token_store(model)
+        n_contexts = math.ceil(c.tokens / corpus.context_size)
+        if n_contexts > len(corpus.ids):
+            raise MonoscopeError(
+                f"--tokens {c.tokens:,} is more than the corpus holds "
+                f"({len(corpus.ids) * corpus.context_size:,} tokens in {corpus.path})"
+            )
+        work = c.work_dir / (
+            "harvest-"
+            + c.fingerprint(model.name, c.sae, corpus.fingerprint, n_contexts, c.batch_size)
+        )
+        clock = time.perf_counter()
+        stats, shards = self._first_pass(model, sae, corpus, n_contexts, work)
+        seconds = {"pass": time.perf_counter() - clock}
+        clock = time.perf_counter()
+        selection = select_examples(
+            *self._concatenated(shards, ("rows", "features", "values")),
+            d_sae=sae.d_sae,
+            n_top=c.n_top,
+            n_intervals=c.n_intervals,
+            per_interval=c.per_interval,
+            seed=c.seed,
+        )
+        highlights = self._highlights(shards, selection, sae.d_sae, corpus.context_size)
+        seconds["examples"] = time.perf_counter() - clock
+        clock = time.perf_counter()
+        metrics = self._metrics(model, sae, corpus, stats)
+        result = self._write(model, sae, name, corpus, stats, selection, highlights, metrics)
+        seconds["metrics_and_write"] = time.perf_counter() - clock
+        result.seconds = {k: round(v, 3) for k, v in seconds.items()}
+        shutil.rmtree(work, ignore_errors=True)
+        return result
+
+    def _check_name_free(self, model: LoadedModel, name: str) -> None:
+        with session_scope(self.engine) as session:
+            if find_sae(session, model.name, name) is not None and not self.config.replace:
+                raise MonoscopeError(
+                    f"{model.name}/{name} is already in the database; pass --replace to harvest "
+                    "it again, or --name to store it under another name"
+                )
+
+    def _token_store(self, model: LoadedModel) -> TokenStore:
+        c = self.config
+        if TokenStore.is_store(c.corpus):
+            corpus = TokenStore.open(Path(c.corpus))
+            if corpus.meta["vocab_size"] != len(model.tokenizer):
+                raise MonoscopeError(
+                    f"token store {c.corpus} was made with another tokenizer "
+                    f"({corpus.meta['vocab_size']} tokens, {model.name} has "
+                    f"{len(model.tokenizer)})"
+                )
+            return corpus
+        path = c.work_dir / (
+            "store-" + c.fingerprint(model.name, c.corpus, c.context_size, c.tokens)
+        )
+        if TokenStore.is_store(path):
+            return TokenStore.open(path)
+        return ingest(
+            c.corpus,
+            model.tokenizer,
+            path,
+            c.context_size,
+            max_tokens=c.tokens,
+            progress=c.progress,
+        )
+
+    # -- pass over the corpus ------------------------------------------------------------------
+    @torch.inference_mode()
+    def _first_pass(
+        self, model: LoadedModel, sae: Sae, corpus: TokenStore, n_contexts: int, work: Path
+    ) -> tuple[FeatureStatistics, list[Path]]:
+        c = self.config
+        work.mkdir(parents=True, exist_ok=True)
+        checkpoint = work / "checkpoint.pt"
+        n_batches = math.ceil(n_contexts / c.batch_size)
+        skip_first = corpus.meta["bos"] is not None
+        edges = torch.zeros(65, dtype=torch.float64)
+        stats: FeatureStatistics | None = None
+        done = 0
+        if checkpoint.exists():
+            edges = torch.load(checkpoint, weights_only=True)["log10_edges"]
+            stats = FeatureStatistics(sae.d_sae, edges.numpy())
+            done = load_checkpoint(checkpoint, log10_edges=edges, **stats.state())
+        shards = sorted(work.glob("shard-*.npz"))
+        for stale in [s for s in shards if int(s.stem.split("-")[2]) > done]:
+            stale.unlink()  # written after the last checkpoint: those batches run again
+        shards = [s for s in shards if s.exists()]
+
+        pending: list[dict[str, np.ndarray]] = []
+        bar = tqdm(
+            total=n_contexts * corpus.context_size,
+            initial=min(done * c.batch_size, n_contexts) * corpus.context_size,
+            unit="tok",
+            unit_scale=True,
+            desc="harvest",
+            disable=not c.progress,
+        )
+        shard_start = done
+        for batch in range(done, n_batches):
+            first = batch * c.batch_size
+            ids = torch.from_numpy(
+                np.asarray(corpus.ids[first : min(first + c.batch_size, n_contexts)], np.int64)
+            )
+            x = model.capture(ids, [sae.hook_name])[model.site(sae.hook_name).name]
+            acts = sae.encode(x)
+            sparse = sparsify(acts, skip_first=skip_first)
+            if stats is None:
+                peak = float(sparse.value.max()) if len(sparse.value) else 1.0
+                edges = torch.from_numpy(histogram_edges(peak))
+                stats = FeatureStatistics(sae.d_sae, edges.numpy())
+            stats.update(sparse)
+            rows, features, values = context_maxima(sparse, sae.d_sae, first)
+            pending.append(
+                {
+                    "rows": rows,
+                    "features": features,
+                    "values": values,
+                    "token_rows": (sparse.context + first).numpy().astype(np.int64),
+                    "token_positions": (sparse.position + skip_first).numpy().astype(np.int16),
+                    "token_features": sparse.feature.numpy().astype(np.int32),
+                    "token_values": sparse.value.numpy().astype(np.float16),
+                }
+            )
+            bar.update(len(ids) * corpus.context_size)
+            if batch + 1 == n_batches or (batch + 1 - shard_start) >= c.checkpoint_every:
+                shards.append(self._write_shard(work, shard_start, batch + 1, pending))
+                save_checkpoint(checkpoint, batch + 1, log10_edges=edges, **stats.state())
+                pending, shard_start = [], batch + 1
+        bar.close()
+        assert stats is not None
+        return stats, shards
+
+    @staticmethod
+    def _write_shard(work: Path, start: int, end: int, parts: list[dict]) -> Path:
+        path = work / f"shard-{start:07d}-{end:07d}.npz"
+        partial = path.with_suffix(".tmp.npz")
+        np.savez(partial, **{key: np.concatenate([p[key] for p in parts]) for key in parts[0]})
+        partial.replace(path)
+        return path
+
+    @staticmethod
+    def _concatenated(shards: list[Path], keys: tuple[str, ...]) -> list[np.ndarray]:
+        loaded = [np.load(s) for s in shards]
+        return [np.concatenate([shard[key] for shard in loaded]) for key in keys]
+
+    @staticmethod
+    def _highlights(
+        shards: list[Path], selection: ExampleSelection, d_sae: int, context_size: int
+    ) -> np.ndarray:
+        """(examples, pos) float16 per-token activations of each chosen (feature, context)."""
+        keys = selection.rows * d_sae + selection.features
+        if len(keys) == 0:
+            return np.zeros((0, context_size), dtype=np.float16)
+        order = np.argsort(keys)
+        sorted_keys = keys[order]
+        out = np.zeros((len(keys), context_size), dtype=np.float16)
+        for shard in shards:
+            data = np.load(shard)
+            entry = data["token_rows"] * d_sae + data["token_features"]
+            at = np.searchsorted(sorted_keys, entry).clip(max=len(keys) - 1)
+            match = sorted_keys[at] == entry
+            out[order[at[match]], data["token_positions"][match]] = data["token_values"][match]
+        return out
+
+    # -- results -------------------------------------------------------------------------------
+    def _metrics(
+        self, model: LoadedModel, sae: Sae, corpus: TokenStore, stats: FeatureStatistics
+    ) -> dict:
+        """Reconstruction metrics on a few contexts; sparsity metrics over every harvested token."""
+        c = self.config
+        metrics: dict = {}
+        if c.eval_contexts > 0:
+            ids = torch.from_numpy(np.asarray(corpus.ids[: c.eval_contexts], np.int64))
+            metrics = evaluate_sae(model, sae, ids).to_dict()
+        tokens = max(int(stats.tokens), 1)
+        density = stats.counts.double() / tokens
+        metrics |= {
+            "tokens": int(stats.tokens),
+            "eval_tokens": metrics.get("tokens", 0),
+            "l0": round(float(stats.counts.sum()) / tokens, 4),
+            "dead_fraction": round(float((stats.counts == 0).double().mean()), 6),
+            "dense_1pct_fraction": round(float((density > 0.01).double().mean()), 6),
+            "dense_10pct_fraction": round(float((density > 0.10).double().mean()), 6),
+        }
+        return metrics
+
+    def _feature_columns(
+        self, model: LoadedModel, sae: Sae, stats: FeatureStatistics, vocabulary: list[str]
+    ) -> dict[str, list]:
+        c = self.config
+        d_sae = sae.d_sae
+        directions = sae.decoder_directions(torch.arange(d_sae, device=sae.device))
+        top_ids, top_values, bottom_ids, bottom_values = logit_effects(
+            directions, model.unembedding(), model.final_norm_scale(), k=c.n_logits
+        )
+        neighbour_ids, cosines = decoder_neighbours(sae.W_dec, k=c.n_neighbours)
+        tokens = max(int(stats.tokens), 1)
+        counts = stats.counts.numpy()
+        mean = np.where(counts > 0, stats.sums.numpy() / np.maximum(counts, 1), 0.0)
+
+        def effects(ids: torch.Tensor, values: torch.Tensor, f: int) -> list:
+            return [
+                [int(t), db.printable(vocabulary[int(t)]), round(float(v), 4)]
+                for t, v in zip(ids[f], values[f], strict=True)
+            ]
+
+        histogram = stats.histogram.numpy()
+        return {
+            "index": list(range(d_sae)),
+            "density": (counts / tokens).tolist(),
+            "max_act": stats.maxima.numpy().astype(float).tolist(),
+            "mean_act": mean.astype(float).tolist(),
+            "histogram": [{"counts": histogram[f].tolist()} for f in range(d_sae)],
+            "top_logits": [effects(top_ids, top_values, f) for f in range(d_sae)],
+            "bottom_logits": [effects(bottom_ids, bottom_values, f) for f in range(d_sae)],
+            "neighbours": [
+                [
+                    [int(i), round(float(s), 4)]
+                    for i, s in zip(neighbour_ids[f], cosines[f], strict=True)
+                ]
+                for f in range(d_sae)
+            ],
+        }
+
+    def _write(
+        self,
+        model: LoadedModel,
+        sae: Sae,
+        name: str,
+        corpus: TokenStore,
+        stats: FeatureStatistics,
+        selection: ExampleSelection,
+        highlights: np.ndarray,
+        metrics: dict,
+    ) -> HarvestResult:
+        c = self.config
+        tokenizer = model.tokenizer
+        vocabulary = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+        columns = self._feature_columns(model, sae, stats, vocabulary)
+        harvest = {
+            "corpus": corpus.meta["source"],
+            "store": corpus.fingerprint,
+            "contexts": math.ceil(c.tokens / corpus.context_size),
+            "context_size": corpus.context_size,
+            "tokens": int(stats.tokens),
+            "histogram_log10_edges": [round(e, 6) for e in stats.log10_edges.tolist()],
+            "config": {
+                k: v
+                for k, v in asdict(c).items()
+                if k not in ("work_dir", "progress", "replace", "device")
+            },
+        }
+        with session_scope(self.engine) as session:
+            model_row = db.upsert_model(
+                session,
+                db.ModelInfo(
+                    name=model.name,
+                    source=c.model,
+                    architecture=str(model.hf.config.model_type),
+                    n_layers=model.n_layers,
+                    d_model=model.d_model,
+                    vocab_size=len(tokenizer),
+                ),
+                vocabulary,
+            )
+            sae_row = db.create_sae(
+                session,
+                model_row,
+                db.SaeInfo(
+                    name=name,
+                    source=c.sae,
+                    site=model.site(sae.hook_name).name,
+                    architecture=sae.architecture,
+                    d_in=sae.d_in,
+                    d_sae=sae.d_sae,
+                    metrics=metrics,
+                    harvest=json.loads(json.dumps(harvest, default=str)),
+                ),
+                replace=c.replace,
+            )
+            rows = np.unique(selection.rows)
+            context_ids = db.insert_contexts(
+                session, model_row.id, corpus.fingerprint, rows, np.asarray(corpus.ids[rows])
+            )
+            feature_ids = db.insert_features(session, sae_row.id, columns)
+            db.insert_examples(
+                session,
+                feature_ids=feature_ids[selection.features],
+                context_ids=np.array([context_ids[int(r)] for r in selection.rows]),
+                kinds=[KIND_NAMES[k] for k in selection.kinds],
+                ranks=selection.ranks,
+                intervals=selection.intervals,
+                max_acts=selection.values,
+                activations=highlights,
+            )
+            db.delete_orphan_contexts(session, model_row.id)
+        alive = int((stats.counts > 0).sum())
+        return HarvestResult(
+            model.name, name, int(stats.tokens), sae.d_sae, alive, len(selection.rows), metrics
+        )

@@ -1,0 +1,89 @@
+"""Harvest throughput against a bare forward + SAE encode over the same tokens.
+
+    python -m bench.harvest [--model DIR --sae DIR] [--tokens 262144] [--device cuda]
+
+Default: the shipped demo model and SAE on held-out demo-world text. Prints tokens/s of the bare
+loop, of the harvest pass (forward + encode + statistics + spills + checkpoints) and of the whole
+harvest (plus example selection, logit effects, neighbours, metrics and the SQLite write), and
+their ratios to the bare loop (target: harvest pass / bare >= 0.8).
+"""
+
+import argparse
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from app.core.model import load_model
+from app.core.sae import load_sae
+from app.db.engine import connect, migrate
+from app.demo import DEMO_MODEL, DEMO_SAE
+from app.pipeline.harvest import HarvestConfig, HarvestJob
+from app.pipeline.ingest import ingest
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=str(DEMO_MODEL))
+    parser.add_argument("--sae", default=str(DEMO_SAE))
+    parser.add_argument("--corpus", default="demo-world:3")
+    parser.add_argument("--tokens", type=int, default=262_144)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="monoscope-bench-harvest-"))
+    model = load_model(args.model, device=args.device)
+    sae = model.attach(load_sae(args.sae), source=args.sae)
+    store = ingest(args.corpus, model.tokenizer, work / "store", 128, args.tokens, progress=False)
+    engine = connect(f"sqlite:///{work / 'bench.db'}")
+    migrate(engine)
+
+    @torch.inference_mode()
+    def bare() -> None:
+        for start in range(0, len(store.ids), args.batch_size):
+            ids = torch.from_numpy(np.asarray(store.ids[start : start + args.batch_size], np.int64))
+            sae.encode(model.capture(ids, [sae.hook_name])[sae.hook_name])
+        if model.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def harvest() -> dict[str, float]:
+        config = HarvestConfig(
+            model=args.model,
+            sae=args.sae,
+            corpus=str(store.path),
+            tokens=store.ids.size,
+            batch_size=args.batch_size,
+            replace=True,
+            work_dir=work / "harvest",
+            progress=False,
+        )
+        return HarvestJob(config, engine, model=model, sae=sae).run().seconds
+
+    bare()  # warm-up
+    bare_times, pass_times, total_times = [], [], []
+    for _ in range(args.repeats):  # interleaved, so drift hits both alike
+        start = time.perf_counter()
+        bare()
+        bare_times.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        phases = harvest()
+        total_times.append(time.perf_counter() - start)
+        pass_times.append(phases["pass"])
+    tokens = store.ids.size
+    bare_s, pass_s, total_s = (statistics.median(t) for t in (bare_times, pass_times, total_times))
+    print(f"{tokens:,} tokens, {sae.d_sae} features ({sae.architecture}), {model.device}")
+    print(f"bare forward + encode : {tokens / bare_s:10,.0f} tok/s")
+    print(f"harvest pass          : {tokens / pass_s:10,.0f} tok/s   ratio {bare_s / pass_s:.2f}")
+    print(f"whole harvest         : {tokens / total_s:10,.0f} tok/s   ratio {bare_s / total_s:.2f}")
+    print(f"last run's phases (s) : {phases}")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

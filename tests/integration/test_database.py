@@ -1,0 +1,179 @@
+"""Schema, migrations and queries on SQLite and PostgreSQL (the `engine` fixture runs both)."""
+
+import numpy as np
+import pytest
+from alembic import command
+from sqlalchemy import inspect, text
+
+from app.db import store as db
+from app.db.engine import alembic_config, connect, migrate, session_scope
+from app.db.models import Explanation, Feature
+from app.db.queries import find_sae, list_features
+from app.db.search import search_explanations
+
+
+def _downgrade_to_base(engine) -> None:
+    with engine.begin() as connection:
+        config = alembic_config(engine)
+        config.attributes["connection"] = connection
+        command.downgrade(config, "base")
+
+
+def test_migrations_go_down_and_up_and_match_the_models(engine):
+    command.check(alembic_config(engine))  # raises if the models and migrations differ
+    _downgrade_to_base(engine)
+    assert set(inspect(engine).get_table_names()) <= {"alembic_version"}
+    migrate(engine)
+    assert {"features", "examples", "contexts", "explanations", "api_keys"} <= set(
+        inspect(engine).get_table_names()
+    )
+    command.check(alembic_config(engine))
+
+
+def test_an_empty_sqlite_file_upgrades_to_head_in_wal_mode(tmp_path):
+    engine = connect(f"sqlite:///{tmp_path / 'new' / 'monoscope.db'}")
+    migrate(engine)
+    with engine.connect() as connection:
+        assert connection.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert connection.execute(text("PRAGMA foreign_keys")).scalar() == 1
+
+
+def _sae(session, name="res1", d_sae=500):
+    model = db.upsert_model(
+        session,
+        db.ModelInfo("tiny", "tests/tiny", "gpt2", 2, 16, 3),
+        ["<bos>", "Golden", " Gate"],
+    )
+    sae = db.create_sae(
+        session,
+        model,
+        db.SaeInfo(name, "saes/" + name, "blocks.1.hook_resid_post", "topk", 16, d_sae, {}, {}),
+    )
+    rng = np.random.default_rng(0)
+    density = rng.random(d_sae).round(2)  # many ties: pagination must still be exact
+    db.insert_features(
+        session,
+        sae.id,
+        {
+            "index": list(range(d_sae)),
+            "density": density.tolist(),
+            "max_act": (rng.random(d_sae) * 10).tolist(),
+            "mean_act": [1.0] * d_sae,
+        },
+    )
+    return sae
+
+
+def _walk(session, sae_id, sort, descending, limit):
+    seen, after = [], None
+    while True:
+        page = list_features(session, sae_id, sort, descending, after=after, limit=limit)
+        seen += [(getattr(f, sort), f.index) for f in page.features]
+        if page.next_key is None:
+            return seen
+        after = page.next_key
+
+
+@pytest.mark.parametrize("sort", ["index", "density", "max_act"])
+@pytest.mark.parametrize("descending", [False, True])
+def test_keyset_pages_walk_every_feature_once_in_order(engine, sort, descending):
+    with session_scope(engine) as session:
+        sae = _sae(session)
+        walked = _walk(session, sae.id, sort, descending, limit=37)
+        everything = sorted(
+            ((getattr(f, sort), f.index) for f in session.query(Feature)), reverse=descending
+        )
+    assert walked == everything
+
+
+def test_a_failed_transaction_leaves_no_rows(engine):
+    with pytest.raises(RuntimeError), session_scope(engine) as session:
+        _sae(session)
+        raise RuntimeError("crash in the middle of an import")
+    with session_scope(engine) as session:
+        assert all(n == 0 for n in db.count_rows(session).values())
+
+
+def test_the_same_sae_name_twice_needs_replace(engine):
+    with session_scope(engine) as session:
+        _sae(session)
+    with pytest.raises(Exception, match="already in the database"), session_scope(engine) as s:
+        _sae(s)
+
+
+LABELS = [
+    "the Golden Gate Bridge in San Francisco",
+    "bridges and other large structures",
+    "French words for food",
+    "Python for loops",
+    "golden colours and gold",
+]
+
+
+def _labelled(session):
+    sae = _sae(session, d_sae=len(LABELS))
+    for index, label in enumerate(LABELS):
+        feature = session.query(Feature).filter_by(sae_id=sae.id, index=index).one()
+        session.add(Explanation(feature_id=feature.id, text=label, method="offline"))
+    session.flush()
+    return sae
+
+
+def test_label_search_ranks_matches_stems_and_prefixes(engine):
+    with session_scope(engine) as session:
+        _labelled(session)
+        hits = search_explanations(session, "golden gate")
+        assert [h.index for h in hits] == [0]
+        assert {h.index for h in search_explanations(session, "bridge")} == {0, 1}
+        assert {h.index for h in search_explanations(session, "brid")} == {0, 1}  # prefix
+        assert {h.index for h in search_explanations(session, "loop")} == {3}  # stemming
+        assert search_explanations(session, "golden", sae="nope") == []
+        assert {h.index for h in search_explanations(session, "golden", model="tiny")} == {0, 4}
+        hit = search_explanations(session, "french")[0]
+        assert (hit.model, hit.sae, hit.text) == ("tiny", "res1", LABELS[2])
+
+
+HOSTILE = [
+    '"',
+    "*",
+    "AND OR NOT",
+    "golden' OR 1=1; DROP TABLE features; --",
+    "gate)(",
+    "NEAR(golden gate)",
+    "^golden",
+    "col:golden",
+    "!!! :* & |",
+    "\x00golden",
+    "",
+    "   ",
+    "x" * 5000,
+]
+
+
+@pytest.mark.parametrize("query", HOSTILE)
+def test_search_takes_any_string_as_plain_words(engine, query):
+    with session_scope(engine) as session:
+        _labelled(session)
+        hits = search_explanations(session, query)
+        assert all(h.text in LABELS for h in hits)
+        assert session.query(Feature).count() == len(LABELS)
+
+
+def test_an_edited_or_deleted_label_leaves_the_index(engine):
+    with session_scope(engine) as session:
+        _labelled(session)
+        explanation = session.query(Explanation).filter_by(text=LABELS[3]).one()
+        explanation.text = "recursion loops"
+        session.flush()
+        assert [h.text for h in search_explanations(session, "recursion")] == ["recursion loops"]
+        assert search_explanations(session, "python") == []
+        session.delete(explanation)
+        session.flush()
+        assert search_explanations(session, "recursion") == []
+
+
+def test_find_sae_by_model_and_name(engine):
+    with session_scope(engine) as session:
+        _sae(session)
+        assert find_sae(session, "tiny", "res1").d_sae == 500
+        assert find_sae(session, "tiny", "nope") is None

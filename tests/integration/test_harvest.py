@@ -1,0 +1,192 @@
+"""Harvest into SQLite and PostgreSQL: exact against brute force, resumable, all-or-nothing."""
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from app.core.errors import MonoscopeError
+from app.core.sae import save_saelens
+from app.db import store as db
+from app.db.engine import session_scope
+from app.db.queries import feature_detail
+from app.pipeline import harvest as harvest_module
+from app.pipeline.harvest import HarvestConfig, HarvestJob
+from app.pipeline.ingest import TokenStore, ingest
+from tests.helpers import CORPUS, database_snapshot, random_sae
+
+CONTEXT = 16
+TOKENS = 40 * CONTEXT
+
+
+@pytest.fixture(scope="module")
+def corpus(gpt2, tmp_path_factory) -> TokenStore:
+    folder = tmp_path_factory.mktemp("harvest")
+    (folder / "corpus.txt").write_text("\n\n".join(CORPUS))
+    return ingest(
+        str(folder / "corpus.txt"), gpt2.tokenizer, folder / "store", CONTEXT, progress=False
+    )
+
+
+@pytest.fixture(scope="module")
+def sae_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("sae") / "res1"
+    save_saelens(random_sae(d_sae=64, hook_name="blocks.1.hook_resid_post", seed=3), folder)
+    return folder
+
+
+def _config(corpus, sae_dir, tmp_path, **changes) -> HarvestConfig:
+    config = HarvestConfig(
+        model="tiny-gpt2",
+        sae=str(sae_dir),
+        corpus=str(corpus.path),
+        tokens=TOKENS,
+        batch_size=4,
+        n_top=5,
+        n_intervals=3,
+        per_interval=2,
+        n_logits=4,
+        n_neighbours=3,
+        eval_contexts=8,
+        checkpoint_every=2,
+        work_dir=tmp_path / "work",
+        progress=False,
+        device="cpu",
+    )
+    return replace(config, **changes)
+
+
+def _run(engine, gpt2, config):
+    return HarvestJob(config, engine, model=gpt2).run()
+
+
+def _brute_force(gpt2, sae_dir, corpus):
+    from app.core.sae import load_sae
+
+    sae = gpt2.attach(load_sae(str(sae_dir)))
+    ids = torch.from_numpy(np.asarray(corpus.ids[: TOKENS // CONTEXT], np.int64))
+    x = gpt2.capture(ids, [sae.hook_name])[sae.hook_name]
+    acts = sae.encode(x)[:, 1:]  # BOS excluded
+    return acts
+
+
+def test_harvest_matches_brute_force(engine, gpt2, corpus, sae_dir, tmp_path):
+    result = _run(engine, gpt2, _config(corpus, sae_dir, tmp_path))
+    acts = _brute_force(gpt2, sae_dir, corpus)
+    flat = acts.reshape(-1, acts.shape[-1])
+    assert result.tokens == flat.shape[0]
+    with session_scope(engine) as session:
+        for index in range(64):
+            detail = feature_detail(session, gpt2.name, "res1", index)
+            feature = detail.feature
+            column = flat[:, index]
+            assert feature.density == pytest.approx(float((column > 0).float().mean()))
+            assert feature.max_act == pytest.approx(float(column.max()), rel=1e-5)
+            per_context = acts[:, :, index].amax(dim=1)
+            top = detail.of_kind("top")
+            expected_rows = sorted(
+                (i for i in range(len(per_context)) if per_context[i] > 0),
+                key=lambda i: (-float(per_context[i]), i),
+            )[:5]
+            assert [e.context_row for e in top] == expected_rows
+            for example in detail.examples:
+                row = example.context_row
+                assert np.array_equal(example.token_ids, corpus.ids[row])
+                truth = torch.cat([torch.zeros(1), acts[row, :, index]]).numpy()
+                np.testing.assert_allclose(example.activations, truth, rtol=1e-3, atol=1e-3)
+                assert example.max_act == pytest.approx(float(truth.max()), rel=1e-5)
+            quantiles = detail.of_kind("quantile")
+            assert {e.context_row for e in quantiles}.isdisjoint(expected_rows)
+            assert all(e.max_act > 0 for e in detail.examples)  # never an all-zero example
+            assert len(feature.top_logits) == 4 and len(feature.neighbours) == 3
+        sae_row = detail.sae
+        l0 = float((flat > 0).sum(1).float().mean())
+        assert sae_row.metrics["l0"] == pytest.approx(l0, abs=1e-4)
+        assert sae_row.metrics["eval_tokens"] > 0 and "variance_explained" in sae_row.metrics
+
+
+def test_logit_effects_use_the_final_norm_gain(engine, gpt2, corpus, sae_dir, tmp_path):
+    _run(engine, gpt2, _config(corpus, sae_dir, tmp_path))
+    from app.core.sae import load_sae
+
+    sae = load_sae(str(sae_dir))
+    W_U = gpt2.unembedding().float() * gpt2.final_norm_scale()
+    effects = sae.W_dec[7].float() @ W_U.T
+    with session_scope(engine) as session:
+        feature = feature_detail(session, gpt2.name, "res1", 7).feature
+    assert [t[0] for t in feature.top_logits] == effects.topk(4).indices.tolist()
+    assert [t[0] for t in feature.bottom_logits] == effects.topk(4, largest=False).indices.tolist()
+    vocab = gpt2.tokenizer.decode([feature.top_logits[0][0]])
+    assert feature.top_logits[0][1] == vocab
+
+
+def test_a_killed_harvest_resumes_to_the_same_database(
+    engine, gpt2, corpus, sae_dir, tmp_path, monkeypatch
+):
+    _run(engine, gpt2, _config(corpus, sae_dir, tmp_path / "a"))
+    uninterrupted = database_snapshot(engine)
+
+    real_save = harvest_module.save_checkpoint
+    calls = []
+
+    def crash_on_third(path, step, **parts):
+        calls.append(step)
+        if len(calls) == 3:  # the third shard is on disk, its checkpoint is not
+            raise KeyboardInterrupt
+        real_save(path, step, **parts)
+
+    config = _config(corpus, sae_dir, tmp_path / "b", replace=True)
+    monkeypatch.setattr(harvest_module, "save_checkpoint", crash_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        _run(engine, gpt2, config)
+    monkeypatch.setattr(harvest_module, "save_checkpoint", real_save)
+    assert database_snapshot(engine) == uninterrupted  # the crash wrote nothing
+    _run(engine, gpt2, config)
+    resumed = database_snapshot(engine)
+    assert resumed == uninterrupted
+
+
+def _assert_empty(engine):
+    with session_scope(engine) as session:
+        assert all(n == 0 for n in db.count_rows(session).values())
+
+
+def test_a_failure_while_writing_leaves_no_rows(
+    engine, gpt2, corpus, sae_dir, tmp_path, monkeypatch
+):
+    def fail(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(db, "insert_examples", fail)
+    with pytest.raises(RuntimeError, match="disk full"):
+        _run(engine, gpt2, _config(corpus, sae_dir, tmp_path))
+    _assert_empty(engine)
+
+
+def test_bad_inputs_are_clear_errors_with_nothing_written(engine, gpt2, corpus, tmp_path):
+    wrong_width = tmp_path / "wide"
+    save_saelens(random_sae(d_in=24, hook_name="blocks.1.hook_resid_post"), wrong_width)
+    cases = [
+        (_config(corpus, wrong_width, tmp_path), "d_in is 24"),
+        (_config(corpus, tmp_path / "missing", tmp_path), "missing"),
+        (_config(corpus, wrong_width, tmp_path, tokens=10**9), "d_in is 24"),
+    ]
+    for config, message in cases:
+        with pytest.raises(MonoscopeError, match=message):
+            _run(engine, gpt2, config)
+    _assert_empty(engine)
+
+
+def test_a_budget_beyond_the_corpus_or_a_taken_name(engine, gpt2, corpus, sae_dir, tmp_path):
+    with pytest.raises(MonoscopeError, match="more than the corpus holds"):
+        _run(engine, gpt2, _config(corpus, sae_dir, tmp_path, tokens=10**9))
+    _assert_empty(engine)
+    _run(engine, gpt2, _config(corpus, sae_dir, tmp_path))
+    with pytest.raises(MonoscopeError, match="already in the database"):
+        _run(engine, gpt2, _config(corpus, sae_dir, tmp_path))
+    _run(engine, gpt2, _config(corpus, sae_dir, tmp_path, name="again"))
+    with session_scope(engine) as session:
+        counts = db.count_rows(session)
+    assert counts["saes"] == 2 and counts["features"] == 128
