@@ -9,9 +9,9 @@ from app.db.engine import connect
 from app.db.models import Base
 from app.settings import Settings
 
-# Full-text search lives outside the models (FTS5 tables, a GIN expression index); autogenerate
-# must neither drop nor re-create it.
-FTS_OBJECTS = ("explanations_fts", "ix_explanations_text_fts")
+# Full-text search lives outside the models (FTS5 tables; a generated tsvector column and its GIN
+# index); autogenerate must neither drop nor re-create it.
+FTS_OBJECTS = ("explanations_fts", "ix_explanations_text_fts", "search_vector")
 
 
 def include_object(obj, name, type_, reflected, compare_to) -> bool:

@@ -2,8 +2,8 @@
 
     hits = search_explanations(session, "golden gate", model="monoscope-demo", limit=20)
 
-SQLite ranks with FTS5's bm25 (porter stemming); PostgreSQL with ts_rank over an English tsvector
-(GIN index). A query is a set of words that must all match, the last one also as a prefix, so
+SQLite ranks with FTS5's bm25 (porter stemming); PostgreSQL with ts_rank over a stored English
+tsvector column (GIN index) that the migration adds outside the ORM model. A query is a set of words that must all match, the last one also as a prefix, so
 typing "brid" finds "bridge". Operators and quotes in the query are taken as plain words.
 """
 
@@ -87,7 +87,7 @@ def search_explanations(
         if expression is None:
             return []
         ts = func.to_tsquery("english", expression)
-        vector = func.to_tsvector("english", Explanation.text)
+        vector = literal_column("explanations.search_vector")  # generated column, GIN-indexed
         ranked = (
             select(Explanation.id.label("id"), func.ts_rank(vector, ts).label("rank"))
             .where(vector.op("@@")(ts))

@@ -179,8 +179,9 @@ def upgrade() -> None:
 
 
 def create_explanation_search() -> None:
-    """SQLite: an external-content FTS5 table kept in step by triggers; PostgreSQL: a GIN index
-    over the explanation's tsvector. app.db.search queries both."""
+    """SQLite: an external-content FTS5 table kept in step by triggers; PostgreSQL: a stored,
+    generated English tsvector with a GIN index (ranking reads it instead of re-parsing text).
+    app.db.search queries both."""
     if op.get_bind().dialect.name == "sqlite":
         op.execute(
             "CREATE VIRTUAL TABLE explanations_fts USING fts5(text, content='explanations', "
@@ -203,8 +204,11 @@ def create_explanation_search() -> None:
         )
     else:
         op.execute(
-            "CREATE INDEX ix_explanations_text_fts ON explanations "
-            "USING gin (to_tsvector('english', text))"
+            "ALTER TABLE explanations ADD COLUMN search_vector tsvector "
+            "GENERATED ALWAYS AS (to_tsvector('english', text)) STORED"
+        )
+        op.execute(
+            "CREATE INDEX ix_explanations_text_fts ON explanations USING gin (search_vector)"
         )
 
 
@@ -215,6 +219,7 @@ def downgrade() -> None:
         op.execute("DROP TABLE explanations_fts")
     else:
         op.execute("DROP INDEX ix_explanations_text_fts")
+        op.execute("ALTER TABLE explanations DROP COLUMN search_vector")
     op.drop_table("feature_list_items")
     with op.batch_alter_table("explanations", schema=None) as batch_op:
         batch_op.drop_index("ix_explanations_feature")
