@@ -3,8 +3,9 @@
     hits = search_explanations(session, "golden gate", model="monoscope-demo", limit=20)
 
 SQLite ranks with FTS5's bm25 (porter stemming); PostgreSQL with ts_rank over a stored English
-tsvector column (GIN index) that the migration adds outside the ORM model. A query is a set of words that must all match, the last one also as a prefix, so
-typing "brid" finds "bridge". Operators and quotes in the query are taken as plain words.
+tsvector column (GIN index) that the migration adds outside the ORM model. A query is a set of
+words that must all match, the last one also as a prefix, so typing "brid" finds "bridge".
+Operators and quotes in the query are taken as plain words.
 """
 
 import re
@@ -74,25 +75,25 @@ def search_explanations(
         if match is None:
             return []
         fts = table("explanations_fts", column("rowid"))
-        ranked = (
-            select(
-                fts.c.rowid.label("id"),
-                (-func.bm25(literal_column("explanations_fts"))).label("rank"),
-            )
-            .where(literal_column("explanations_fts").op("MATCH")(match))
-            .subquery()
+        rank = -func.bm25(literal_column("explanations_fts"))
+        matches = select(fts.c.rowid.label("id"), rank.label("rank")).where(
+            literal_column("explanations_fts").op("MATCH")(match)
         )
+        key = fts.c.rowid
     else:
         expression = tsquery(query)
         if expression is None:
             return []
         ts = func.to_tsquery("english", expression)
         vector = literal_column("explanations.search_vector")  # generated column, GIN-indexed
-        ranked = (
-            select(Explanation.id.label("id"), func.ts_rank(vector, ts).label("rank"))
-            .where(vector.op("@@")(ts))
-            .subquery()
-        )
+        rank = func.ts_rank(vector, ts)
+        matches = select(Explanation.id.label("id"), rank.label("rank")).where(vector.op("@@")(ts))
+        key = Explanation.id
+    if model is None and sae is None:
+        # Unfiltered, the best page is found before any join: a common word matching tens of
+        # thousands of labels then costs one ranking pass, not a join per match.
+        matches = matches.order_by(rank.desc(), key).limit(limit + offset)
+    ranked = matches.subquery()
     statement = (
         select(
             Model.name.label("model"),

@@ -9,10 +9,13 @@ from app.core.generation import SamplingParams, chat_prompt_ids, complete, pair_
 from app.core.model import load_model
 from app.core.sae import load_sae
 from app.core.steering import SteeringFeature, SteeringSpec, resolve_steering
+from app.db.engine import session_scope
+from app.db.queries import feature_detail, vocabulary
 from app.demo import DEMO_MODEL, DEMO_SAE, DEMO_SITE, EVAL_SEED
 from app.demo.corpus import pack
 from app.demo.ground_truth import GOLDEN_GATE, evaluate_ground_truth
 from app.demo.world import World
+from app.pipeline.demo_build import build_demo_database, demo_database_ready
 
 BRIDGE = re.compile(r"golden gate|bridge", re.IGNORECASE)
 
@@ -90,3 +93,54 @@ def test_clamping_the_golden_gate_feature_makes_the_assistant_talk_about_the_bri
         steered_hits += bool(BRIDGE.search(steered))
     assert steered_hits >= 8
     assert default_hits <= 2
+
+
+def test_the_demo_database_shows_the_golden_gate_feature(engine, report, tmp_path):
+    build_demo_database(engine, tmp_path / "work", tokens=65_536)
+    assert demo_database_ready(engine)
+    feature = report.best[GOLDEN_GATE].feature  # found through ground truth, never hard-coded
+    with session_scope(engine) as session:
+        detail = feature_detail(session, DEMO_MODEL.name, "res1", feature)
+        vocab = vocabulary(session, detail.model.id)
+    texts = ["".join(vocab[t] for t in e.token_ids) for e in detail.of_kind("top")]
+    assert len(texts) == 32 and all("Gate" in t or "Golden" in t for t in texts)
+    peaks = [vocab[e.token_ids[e.max_position]] for e in detail.of_kind("top")]
+    assert sum(p.strip() in ("Gate", "Golden", "Bridge") for p in peaks) >= 28
+    assert " Bridge" in [token for _, token, _ in detail.feature.top_logits[:3]]
+    assert detail.of_kind("quantile") and detail.sae.metrics["variance_explained"] > 0.9
+
+
+@pytest.mark.slow
+def test_monoscope_demo_builds_its_database_then_serves(tmp_path):
+    """The README's first command, end to end: 1M tokens harvested, then the server answers."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "MONOSCOPE_DATA_DIR": str(tmp_path), "MONOSCOPE_DATABASE_URL": ""}
+    server = subprocess.Popen(
+        [sys.executable, "-c", "from app.cli import main; main()", "demo", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 900
+        while time.monotonic() < deadline:
+            assert server.poll() is None, "monoscope demo exited"
+            try:
+                health = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).json()
+                break
+            except httpx.TransportError:
+                time.sleep(2)
+        assert health["harvested"] == ["monoscope-demo/res1"]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
