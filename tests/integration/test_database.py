@@ -177,3 +177,30 @@ def test_find_sae_by_model_and_name(engine):
         _sae(session)
         assert find_sae(session, "tiny", "res1").d_sae == 500
         assert find_sae(session, "tiny", "nope") is None
+
+
+def _plan(session, statement) -> str:
+    compiled = statement.compile(session.get_bind(), compile_kwargs={"literal_binds": True})
+    if session.get_bind().dialect.name == "sqlite":
+        rows = session.execute(text(f"EXPLAIN QUERY PLAN {compiled}")).all()
+        return " ".join(str(r[-1]) for r in rows)
+    session.execute(text("SET LOCAL enable_seqscan = off"))  # tiny tables: ask for the index
+    return " ".join(r[0] for r in session.execute(text(f"EXPLAIN {compiled}")))
+
+
+def test_page_queries_use_their_indexes(engine):
+    from sqlalchemy import select, tuple_
+
+    from app.db.models import Example
+
+    with session_scope(engine) as session:
+        sae = _sae(session)
+        listing = (
+            select(Feature)
+            .where(Feature.sae_id == sae.id, tuple_(Feature.density, Feature.index) < (0.5, 10))
+            .order_by(Feature.density.desc(), Feature.index.desc())
+            .limit(50)
+        )
+        assert "ix_features_sae_density" in _plan(session, listing)
+        examples = select(Example).where(Example.feature_id == 3).order_by(Example.rank)
+        assert "ix_examples_feature_kind_rank" in _plan(session, examples)
