@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from app.core.errors import MonoscopeError
@@ -100,15 +101,15 @@ def demo(
 ) -> None:
     """Serve the shipped demo model and SAE: works offline, on a CPU.
 
-    On first start it fills the database: harvests the demo SAE over 1M held-out tokens (a few
-    minutes on two CPU cores, resumable)."""
+    On first start it fills the database: harvests the demo SAE over 1M held-out tokens and labels
+    its features with the offline explainer (about two minutes on two CPU cores, resumable)."""
     from app.pipeline.demo_build import build_demo_database, demo_database_ready
 
     settings = _settings(device=device, database_url=database_url)
     engine = _database(settings)
     if not demo_database_ready(engine):
         out.print(f"building the demo database in {engine.url.render_as_string()} ...")
-        build_demo_database(engine, settings.data_dir / "demo-harvest")
+    build_demo_database(engine, settings.data_dir / "demo-harvest")  # labels resume too
     serve(model=None, sae=None, device=device, host=host, port=port, database_url=database_url)
 
 
@@ -201,6 +202,48 @@ def harvest(
     """Fill the database with an SAE's feature dashboards: examples, statistics, logit effects,
     neighbours. Resumable: run it again after a crash."""
     _harvest(model, sae, corpus, tokens, name, batch_size, replace, device, database_url)
+
+
+@cli.command()
+def explain(
+    sae: Annotated[str, typer.Option("--sae", help="The SAE's name in the database.")],
+    model: Annotated[
+        str | None, typer.Option(help="The model's name in the database (default: the demo).")
+    ] = None,
+    explainer: Annotated[
+        str, typer.Option(help="offline (no LLM; the default), openai or self.")
+    ] = "offline",
+    features: Annotated[
+        str | None, typer.Option(help="Comma-separated feature indices (default: all alive).")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Label again features already labelled.")] = False,
+    database_url: DatabaseOpt = None,
+) -> None:
+    """Label an SAE's features. Resumable and idempotent: run it again to continue or retry."""
+    from app.demo import DEMO_MODEL
+    from app.pipeline.explain import offline_explainer, run_explain
+
+    engine = _database(_settings(database_url=database_url))
+    model_name = model or DEMO_MODEL.name
+    if explainer != "offline":
+        raise MonoscopeError(f"unknown explainer {explainer!r}; use offline, openai or self")
+    chosen = offline_explainer(engine, model_name)
+    wanted = _indices(features)
+    result = run_explain(engine, model_name, sae, chosen, features=wanted, force=force)
+    out.print(
+        f"labelled {result.explained:,} features, {result.failed:,} failed, "
+        f"{result.skipped:,} already labelled (run {result.run_id}; "
+        f"{result.prompt_tokens + result.completion_tokens:,} tokens, ${result.cost_usd:.4f})"
+    )
+
+
+def _indices(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError as exc:
+        raise MonoscopeError(f"bad --features {text!r}: expected indices like 1,2,3") from exc
 
 
 @cli.command("add-sae")
@@ -381,8 +424,10 @@ def ground_truth(
     ] = 20,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     device: DeviceOpt = None,
+    database_url: DatabaseOpt = None,
 ) -> None:
-    """How well the SAE's features match the demo world's planted concepts (F1 per concept)."""
+    """How well the SAE's features match the demo world's planted concepts (F1 per concept), and,
+    when the database holds labels for it, how often the best feature's label names the concept."""
     import json
 
     from app.core.model import load_model
@@ -397,8 +442,16 @@ def ground_truth(
     context = min(128, loaded.tokenizer.model_max_length)
     tokens = pack(World(EVAL_SEED if seed is None else seed), documents, loaded.tokenizer, context)
     report = evaluate_ground_truth(loaded, attached, tokens, min_occurrences)
+    from app.core.workspace import sae_name
+    from app.demo.ground_truth import label_accuracy
+    from app.pipeline.explain import labels
+
+    engine = _database(_settings(database_url=database_url))
+    found = labels(engine, loaded.name, sae_name(sae or str(DEMO_SAE)))
+    accuracy = label_accuracy(report, found) if found else None
     if as_json:
-        print(json.dumps(report.to_dict(), indent=2))
+        extra = {"labels": accuracy.to_dict()} if accuracy else {}
+        print(json.dumps(report.to_dict() | extra, indent=2))
         return
     for title, rows in (("concept", report.concepts), ("category", report.categories)):
         table = Table(title=f"best feature per {title}")
@@ -408,7 +461,20 @@ def ground_truth(
             table.add_row(c.key, str(c.occurrences), str(c.feature), f"{c.f1:.3f}",
                           f"{c.precision:.3f}", f"{c.recall:.3f}")  # fmt: skip
         out.print(table)
-    _print_metrics("ground truth", report.summary())
+    if accuracy is not None:
+        table = Table(title="labels of the best features (F1 ≥ 0.5)")
+        for column in ("concept", "feature", "F1", "label", "names it"):
+            table.add_column(column)
+        for row in accuracy.rows:
+            named = "yes" if row["named"] else "no"
+            table.add_row(
+                row["concept"], str(row["feature"]), f"{row['f1']:.3f}", escape(row["label"]), named
+            )
+        out.print(table)
+    summary = report.summary()
+    if accuracy is not None:
+        summary["label_accuracy"] = round(accuracy.accuracy, 4)
+    _print_metrics("ground truth", summary)
 
 
 @cli.command("convert-sae")

@@ -137,6 +137,25 @@ class Example(Base):
     context: Mapped[Context] = relationship()
 
 
+class InterpRun(Base):
+    """One explain or score run: what it used and what it cost."""
+
+    __tablename__ = "interp_runs"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    sae_id: Mapped[int] = mapped_column(Id, ForeignKey("saes.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(16))  # explain | score
+    method: Mapped[str] = mapped_column(String(50))
+    explainer_model: Mapped[str | None] = mapped_column(String(200))
+    features: Mapped[int] = mapped_column(default=0)
+    failures: Mapped[int] = mapped_column(default=0)
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
 class Explanation(Base):
     __tablename__ = "explanations"
     __table_args__ = (Index("ix_explanations_feature", "feature_id"),)
@@ -146,9 +165,16 @@ class Explanation(Base):
     text: Mapped[str] = mapped_column(Text)
     method: Mapped[str] = mapped_column(String(50))  # offline | openai | self | human
     explainer_model: Mapped[str | None] = mapped_column(String(200))
-    scores: Mapped[dict] = mapped_column(default=dict)  # {"detection": {...}, "simulation": ...}
+    scores: Mapped[dict] = mapped_column(default=dict)  # {"simulation": {"value": ..., ...}, ...}
     author: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # A failed attempt (refusal, unparseable reply, no credit, timeout) is kept with its reason,
+    # shown as such and retried; its text is empty and it never carries a score.
+    status: Mapped[str] = mapped_column(String(16), default="ok", server_default="ok")
+    error: Mapped[str | None] = mapped_column(Text)
+    run_id: Mapped[int | None] = mapped_column(
+        Id, ForeignKey("interp_runs.id", ondelete="SET NULL")
+    )
 
 
 class FeatureList(Base):

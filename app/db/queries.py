@@ -68,42 +68,64 @@ def list_saes(session: Session) -> list[SaeRow]:
     return list(session.scalars(select(SaeRow).join(Model).order_by(Model.name, SaeRow.name)))
 
 
-def feature_detail(session: Session, model: str, sae: str, index: int) -> FeatureDetail | None:
-    """Everything a feature page shows, in three queries: feature, examples, explanations."""
-    row = session.execute(
+def _example_view(e: Example, c: Context) -> ExampleView:
+    return ExampleView(
+        kind=e.kind,
+        rank=e.rank,
+        interval=e.interval,
+        max_act=e.max_act,
+        context_row=c.row,
+        token_ids=unpack_ids(c.token_ids),
+        activations=unpack_activations(e.activations),
+    )
+
+
+def feature_details(
+    session: Session, model: str, sae: str, indices: list[int]
+) -> list[FeatureDetail]:
+    """Feature pages for many features in three queries (batch jobs such as explain use it)."""
+    rows = session.execute(
         select(Feature, SaeRow, Model)
         .join(SaeRow, SaeRow.id == Feature.sae_id)
         .join(Model, Model.id == SaeRow.model_id)
-        .where(Model.name == model, SaeRow.name == sae, Feature.index == index)
-    ).one_or_none()
-    if row is None:
-        return None
-    feature, sae_row, model_row = row
-    examples = [
-        ExampleView(
-            kind=e.kind,
-            rank=e.rank,
-            interval=e.interval,
-            max_act=e.max_act,
-            context_row=c.row,
-            token_ids=unpack_ids(c.token_ids),
-            activations=unpack_activations(e.activations),
-        )
-        for e, c in session.execute(
-            select(Example, Context)
-            .join(Context, Context.id == Example.context_id)
-            .where(Example.feature_id == feature.id)
-            .order_by(Example.kind.desc(), Example.rank)  # top first, then quantiles by rank
-        ).tuples()
+        .where(Model.name == model, SaeRow.name == sae, Feature.index.in_(indices))
+        .order_by(Feature.index)
+    ).all()
+    ids = [feature.id for feature, _, _ in rows]
+    examples: dict[int, list[ExampleView]] = {i: [] for i in ids}
+    for e, c in session.execute(
+        select(Example, Context)
+        .join(Context, Context.id == Example.context_id)
+        .where(Example.feature_id.in_(ids))
+        .order_by(Example.feature_id, Example.kind.desc(), Example.rank)  # top, then quantiles
+    ).tuples():
+        examples[e.feature_id].append(_example_view(e, c))
+    explanations: dict[int, list[Explanation]] = {i: [] for i in ids}
+    for explanation in session.scalars(
+        select(Explanation)
+        .where(Explanation.feature_id.in_(ids))
+        .order_by(Explanation.created_at.desc(), Explanation.id.desc())
+    ):
+        explanations[explanation.feature_id].append(explanation)
+    return [
+        FeatureDetail(model_row, sae_row, feature, examples[feature.id], explanations[feature.id])
+        for feature, sae_row, model_row in rows
     ]
-    explanations = list(
-        session.scalars(
-            select(Explanation)
-            .where(Explanation.feature_id == feature.id)
-            .order_by(Explanation.created_at.desc(), Explanation.id.desc())
-        )
-    )
-    return FeatureDetail(model_row, sae_row, feature, examples, explanations)
+
+
+def feature_detail(session: Session, model: str, sae: str, index: int) -> FeatureDetail | None:
+    """Everything a feature page shows, in three queries: feature, examples, explanations."""
+    found = feature_details(session, model, sae, [index])
+    return found[0] if found else None
+
+
+def token_counts(session: Session, model_id: int, vocab_size: int) -> np.ndarray:
+    """(vocab,) how often each token occurs in the model's stored contexts: a background
+    frequency for contrasting a feature's tokens with the corpus."""
+    counts = np.zeros(vocab_size, dtype=np.int64)
+    for (blob,) in session.execute(select(Context.token_ids).where(Context.model_id == model_id)):
+        counts += np.bincount(unpack_ids(blob), minlength=vocab_size)[:vocab_size]
+    return counts
 
 
 def list_features(

@@ -8,6 +8,7 @@ token" against "concept present at the token", and the best feature kept. BOS po
 neither side. One pass over the tokens; the (concept, feature) overlap counts are one bincount.
 """
 
+import re
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -163,3 +164,52 @@ def _best_features(
         )
     matches.sort(key=lambda c: (-c.f1, c.key))
     return tuple(matches)
+
+
+def names_concept(label: str, terms: tuple[str, ...]) -> bool:
+    """Whether a label names a concept: one of its terms appears as whole words."""
+    text = label.lower()
+    return any(re.search(rf"(?<!\w){re.escape(term)}(?!\w)", text) for term in terms)
+
+
+@dataclass(frozen=True)
+class LabelAccuracy:
+    threshold: float
+    concepts: int  # concepts whose best feature reaches the F1 threshold
+    named: int  # ... and whose best feature's label names the concept or a synonym
+    rows: tuple[dict, ...]
+
+    @property
+    def accuracy(self) -> float:
+        return self.named / self.concepts if self.concepts else 0.0
+
+    def to_dict(self) -> dict:
+        return {
+            "f1_threshold": self.threshold,
+            "concepts": self.concepts,
+            "named": self.named,
+            "label_accuracy": round(self.accuracy, 4),
+            "labels": list(self.rows),
+        }
+
+
+def label_accuracy(
+    report: GroundTruthReport, labels: dict[int, str], threshold: float = 0.5
+) -> LabelAccuracy:
+    """Among concepts whose best feature has F1 >= threshold, the share whose label names it."""
+    rows = []
+    for match in report.concepts:
+        if match.f1 < threshold:
+            continue
+        label = labels.get(match.feature, "")
+        terms = CATALOGUE.by_key[match.key].label_terms()
+        rows.append(
+            {
+                "concept": match.key,
+                "feature": match.feature,
+                "f1": match.f1,
+                "label": label,
+                "named": bool(label) and names_concept(label, terms),
+            }
+        )
+    return LabelAccuracy(threshold, len(rows), sum(r["named"] for r in rows), tuple(rows))

@@ -4,6 +4,7 @@ demo database from them (`monoscope demo` on first start).
 The configurations here are the ones the committed weights were made with.
 """
 
+from dataclasses import replace
 from pathlib import Path
 
 from sqlalchemy import Engine
@@ -14,6 +15,7 @@ from app.db.engine import session_scope
 from app.db.queries import find_sae
 from app.demo import DEMO_MODEL, DEMO_SAE, DEMO_SITE, TRAIN_SEED
 from app.demo.language_model import LanguageModelConfig, LanguageModelJob
+from app.pipeline.explain import offline_explainer, run_explain
 from app.pipeline.harvest import HarvestConfig, HarvestJob
 from app.pipeline.train_sae import TrainSaeConfig, TrainSaeJob
 
@@ -49,6 +51,7 @@ def build_sae(work_dir: Path) -> Sae:
 
 DEMO_DB_SEED = 3  # world seed of the text the demo database shows: held out from training
 DEMO_DB_TOKENS = 1_048_576
+DEMO_SAE_NAME = sae_name(str(DEMO_SAE))
 
 
 def demo_harvest_config(work_dir: Path, tokens: int = DEMO_DB_TOKENS) -> HarvestConfig:
@@ -63,9 +66,18 @@ def demo_harvest_config(work_dir: Path, tokens: int = DEMO_DB_TOKENS) -> Harvest
 
 def demo_database_ready(engine: Engine) -> bool:
     with session_scope(engine) as session:
-        return find_sae(session, DEMO_MODEL.name, sae_name(str(DEMO_SAE))) is not None
+        return find_sae(session, DEMO_MODEL.name, DEMO_SAE_NAME) is not None
 
 
-def build_demo_database(engine: Engine, work_dir: Path, tokens: int = DEMO_DB_TOKENS) -> None:
-    """Harvest the shipped SAE over held-out world text into the database (resumable)."""
-    HarvestJob(demo_harvest_config(work_dir, tokens), engine).run()
+def build_demo_database(
+    engine: Engine, work_dir: Path, tokens: int = DEMO_DB_TOKENS, progress: bool = True
+) -> None:
+    """Harvest the shipped SAE over held-out world text into the database, then label every
+    feature with the offline explainer. Each step resumes where a crash left it."""
+    config = demo_harvest_config(work_dir, tokens)
+    if not demo_database_ready(engine):
+        HarvestJob(replace(config, progress=progress), engine).run()
+    run_explain(
+        engine, DEMO_MODEL.name, DEMO_SAE_NAME, offline_explainer(engine, DEMO_MODEL.name),
+        progress=progress,
+    )  # fmt: skip

@@ -144,6 +144,23 @@ def upgrade() -> None:
         )
 
     op.create_table(
+        "interp_runs",
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
+        sa.Column("sae_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
+        sa.Column("kind", sa.String(length=16), nullable=False),
+        sa.Column("method", sa.String(length=50), nullable=False),
+        sa.Column("explainer_model", sa.String(length=200), nullable=True),
+        sa.Column("features", sa.Integer(), nullable=False),
+        sa.Column("failures", sa.Integer(), nullable=False),
+        sa.Column("prompt_tokens", sa.BigInteger(), nullable=False),
+        sa.Column("completion_tokens", sa.BigInteger(), nullable=False),
+        sa.Column("cost_usd", sa.Float(), nullable=False),
+        sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
+        sa.ForeignKeyConstraint(["sae_id"], ["saes.id"], ondelete="CASCADE"),
+        sa.PrimaryKeyConstraint("id"),
+    )
+    op.create_table(
         "explanations",
         sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
         sa.Column(
@@ -155,7 +172,11 @@ def upgrade() -> None:
         sa.Column("scores", sa.JSON(), nullable=False),
         sa.Column("author", sa.String(length=200), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("status", sa.String(length=16), server_default="ok", nullable=False),
+        sa.Column("error", sa.Text(), nullable=True),
+        sa.Column("run_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=True),
         sa.ForeignKeyConstraint(["feature_id"], ["features.id"], ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(["run_id"], ["interp_runs.id"], ondelete="SET NULL"),
         sa.PrimaryKeyConstraint("id"),
     )
     with op.batch_alter_table("explanations", schema=None) as batch_op:
@@ -225,6 +246,7 @@ def downgrade() -> None:
         batch_op.drop_index("ix_explanations_feature")
 
     op.drop_table("explanations")
+    op.drop_table("interp_runs")
     with op.batch_alter_table("examples", schema=None) as batch_op:
         batch_op.drop_index("ix_examples_feature_kind_rank")
 

@@ -140,10 +140,13 @@ def test_train_sae_refuses_relu_without_l1(gpt2_dir, tmp_path):
     assert result.stderr.startswith("error: a ReLU SAE (--k 0) needs an L1 coefficient")
 
 
-def test_eval_ground_truth_prints_json_for_the_demo():
+def test_eval_ground_truth_prints_json_for_the_demo(tmp_path):
     import json
 
-    result = run_cli("eval", "ground-truth", "--json", "--documents", "300", "--device", "cpu")
+    env = {"MONOSCOPE_DATA_DIR": str(tmp_path), "MONOSCOPE_DATABASE_URL": ""}
+    result = run_cli(
+        "eval", "ground-truth", "--json", "--documents", "300", "--device", "cpu", env=env
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["concepts_evaluated"] == len(report["concepts"]) > 20

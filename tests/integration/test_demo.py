@@ -13,9 +13,10 @@ from app.db.engine import session_scope
 from app.db.queries import feature_detail, vocabulary
 from app.demo import DEMO_MODEL, DEMO_SAE, DEMO_SITE, EVAL_SEED
 from app.demo.corpus import pack
-from app.demo.ground_truth import GOLDEN_GATE, evaluate_ground_truth
+from app.demo.ground_truth import GOLDEN_GATE, evaluate_ground_truth, label_accuracy
 from app.demo.world import World
 from app.pipeline.demo_build import build_demo_database, demo_database_ready
+from app.pipeline.explain import labels
 
 BRIDGE = re.compile(r"golden gate|bridge", re.IGNORECASE)
 
@@ -96,7 +97,7 @@ def test_clamping_the_golden_gate_feature_makes_the_assistant_talk_about_the_bri
 
 
 def test_the_demo_database_shows_the_golden_gate_feature(engine, report, tmp_path):
-    build_demo_database(engine, tmp_path / "work", tokens=65_536)
+    build_demo_database(engine, tmp_path / "work", tokens=65_536, progress=False)
     assert demo_database_ready(engine)
     feature = report.best[GOLDEN_GATE].feature  # found through ground truth, never hard-coded
     with session_scope(engine) as session:
@@ -108,6 +109,10 @@ def test_the_demo_database_shows_the_golden_gate_feature(engine, report, tmp_pat
     assert sum(p.strip() in ("Gate", "Golden", "Bridge") for p in peaks) >= 28
     assert " Bridge" in [token for _, token, _ in detail.feature.top_logits[:3]]
     assert detail.of_kind("quantile") and detail.sae.metrics["variance_explained"] > 0.9
+    [label] = [e.text for e in detail.explanations if e.method == "offline"]
+    assert "Golden Gate" in label
+    accuracy = label_accuracy(report, labels(engine, DEMO_MODEL.name, "res1"))
+    assert accuracy.concepts >= 10 and accuracy.accuracy >= 0.6  # the target
 
 
 @pytest.mark.slow

@@ -1,0 +1,91 @@
+"""The explain job on SQLite and PostgreSQL: labels stored, resumable, failures kept and retried."""
+
+import pytest
+from sqlalchemy import select
+
+from app.autointerp.base import Outcome
+from app.core.errors import MonoscopeError
+from app.db.engine import session_scope
+from app.db.models import Explanation, Feature, InterpRun
+from app.db.search import search_explanations
+from app.pipeline.explain import labels, offline_explainer, run_explain
+from app.pipeline.harvest import HarvestJob
+from tests.integration.test_harvest import _config, corpus, sae_dir  # noqa: F401 (fixtures)
+
+
+@pytest.fixture
+def harvested(engine, gpt2, corpus, sae_dir, tmp_path):  # noqa: F811
+    HarvestJob(_config(corpus, sae_dir, tmp_path), engine, model=gpt2).run()
+    return engine
+
+
+class Scripted:
+    """An explainer whose outcomes a test decides: failures for some features."""
+
+    method, model = "openai", "scripted-1"
+
+    def __init__(self, failing: set[int]):
+        self.failing = failing
+        self.calls: list[int] = []
+
+    async def explain_batch(self, evidence):
+        self.calls += [e.index for e in evidence]
+        return [
+            Outcome(error="HTTP 402: no credit")
+            if e.index in self.failing
+            else Outcome(f"label {e.index}", prompt_tokens=100, completion_tokens=10, cost_usd=0.01)
+            for e in evidence
+        ]
+
+
+def _alive(engine) -> list[int]:
+    with session_scope(engine) as session:
+        return list(session.scalars(select(Feature.index).where(Feature.density > 0)))
+
+
+def test_offline_labels_every_alive_feature_once(harvested, gpt2):
+    engine = harvested
+    explainer = offline_explainer(engine, gpt2.name)
+    first = run_explain(engine, gpt2.name, "res1", explainer, progress=False)
+    alive = _alive(engine)
+    assert first.explained + first.failed == len(alive) and first.explained > 0
+    found = labels(engine, gpt2.name, "res1")
+    assert set(found) <= set(alive) and all(found.values())
+    again = run_explain(engine, gpt2.name, "res1", explainer, progress=False)
+    assert again.explained == 0 and again.skipped == first.explained
+    forced = run_explain(engine, gpt2.name, "res1", explainer, features=[alive[0]], force=True,
+                         progress=False)  # fmt: skip
+    assert forced.explained == 1
+    with session_scope(engine) as session:
+        assert session.query(Explanation).count() == first.explained + first.failed
+    label = found[alive[0]]
+    with session_scope(engine) as session:  # labels are searchable as soon as they are stored
+        hits = search_explanations(session, label, limit=100)
+    assert alive[0] in [h.index for h in hits]
+
+
+def test_failures_are_stored_with_their_reason_and_retried(harvested, gpt2):
+    engine = harvested
+    alive = _alive(engine)
+    failing = set(alive[:3])
+    result = run_explain(engine, gpt2.name, "res1", Scripted(failing), progress=False)
+    assert result.failed == 3 and result.explained == len(alive) - 3
+    assert result.prompt_tokens == 100 * (len(alive) - 3)
+    with session_scope(engine) as session:
+        failed = session.query(Explanation).filter_by(status="failed").all()
+        assert {f.error for f in failed} == {"HTTP 402: no credit"}
+        assert all(f.text == "" and f.scores == {} for f in failed)
+        run = session.get(InterpRun, result.run_id)
+        assert (run.features, run.failures) == (len(alive) - 3, 3)
+        assert run.cost_usd == pytest.approx(0.01 * (len(alive) - 3))
+    retry = Scripted(set())
+    second = run_explain(engine, gpt2.name, "res1", retry, progress=False)
+    assert sorted(retry.calls) == sorted(failing) and second.explained == 3
+    with session_scope(engine) as session:
+        assert session.query(Explanation).filter_by(status="failed").count() == 0
+        assert session.query(Explanation).count() == len(alive)
+
+
+def test_an_unknown_sae_is_a_clear_error(engine):
+    with pytest.raises(MonoscopeError, match="no SAE nowhere/none"):
+        run_explain(engine, "nowhere", "none", Scripted(set()), progress=False)
