@@ -211,8 +211,12 @@ def explain(
         str | None, typer.Option(help="The model's name in the database (default: the demo).")
     ] = None,
     explainer: Annotated[
-        str, typer.Option(help="offline (no LLM; the default), openai or self.")
-    ] = "offline",
+        str | None,
+        typer.Option(
+            help="offline (no LLM), openai (the MONOSCOPE_EXPLAINER_* endpoint) or self (the "
+            "resident model); default: openai when an endpoint is set, else offline."
+        ),
+    ] = None,
     features: Annotated[
         str | None, typer.Option(help="Comma-separated feature indices (default: all alive).")
     ] = None,
@@ -221,13 +225,12 @@ def explain(
 ) -> None:
     """Label an SAE's features. Resumable and idempotent: run it again to continue or retry."""
     from app.demo import DEMO_MODEL
-    from app.pipeline.explain import offline_explainer, run_explain
+    from app.pipeline.explain import run_explain
 
-    engine = _database(_settings(database_url=database_url))
+    settings = _settings(database_url=database_url)
+    engine = _database(settings)
     model_name = model or DEMO_MODEL.name
-    if explainer != "offline":
-        raise MonoscopeError(f"unknown explainer {explainer!r}; use offline, openai or self")
-    chosen = offline_explainer(engine, model_name)
+    chosen = _explainer(explainer, settings, engine, model_name)
     wanted = _indices(features)
     result = run_explain(engine, model_name, sae, chosen, features=wanted, force=force)
     out.print(
@@ -235,6 +238,45 @@ def explain(
         f"{result.skipped:,} already labelled (run {result.run_id}; "
         f"{result.prompt_tokens + result.completion_tokens:,} tokens, ${result.cost_usd:.4f})"
     )
+
+
+def _explainer(name: str | None, settings: Settings, engine, model_name: str):
+    from app.db.engine import session_scope
+    from app.db.queries import find_model
+    from app.pipeline.explain import offline_explainer
+
+    name = name or ("openai" if settings.explainer_base_url else "offline")
+    if name == "offline":
+        return offline_explainer(engine, model_name)
+    if name == "openai":
+        from app.autointerp.llm import ChatClient, LLMExplainer
+
+        if not settings.explainer_base_url:
+            raise MonoscopeError("--explainer openai needs MONOSCOPE_EXPLAINER_BASE_URL")
+        key = settings.explainer_api_key
+        client = ChatClient(
+            settings.explainer_base_url,
+            settings.explainer_model,
+            key.get_secret_value() if key else None,
+            timeout=settings.explainer_timeout,
+        )
+        return LLMExplainer(
+            client,
+            settings.explainer_concurrency,
+            settings.explainer_price_prompt,
+            settings.explainer_price_completion,
+        )
+    if name == "self":
+        from app.autointerp.self_explain import SelfExplainer
+        from app.core.model import load_model
+
+        with session_scope(engine) as session:
+            row = find_model(session, model_name)
+            if row is None:
+                raise MonoscopeError(f"no model {model_name!r} in the database")
+            source = row.source
+        return SelfExplainer(load_model(source, device=settings.device))
+    raise MonoscopeError(f"unknown explainer {name!r}; use offline, openai or self")
 
 
 def _indices(text: str | None) -> list[int] | None:

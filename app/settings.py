@@ -9,7 +9,7 @@ Field descriptions double as CLI help and README documentation.
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.core.device import resolve_device
@@ -39,6 +39,28 @@ class Settings(BaseSettings):
         description="SAEs to attach to the model, comma-separated: SAELens or sparsify "
         "directories, "
         "Gemma Scope params.npz files, or hf://owner/repo/folder.",
+    )
+    explainer_base_url: str | None = Field(
+        None,
+        description="OpenAI-compatible chat-completions endpoint for LLM labels and scores, e.g. "
+        "https://api.openai.com/v1, http://localhost:11434/v1 (Ollama), http://localhost:8080/v1 "
+        "(llama.cpp, vLLM) or https://openrouter.ai/api/v1; unset: the offline explainer.",
+    )
+    explainer_model: str = Field("gpt-4o-mini", description="Model name sent to that endpoint.")
+    explainer_api_key: SecretStr | None = Field(
+        None, description="Bearer key for that endpoint (never logged or stored)."
+    )
+    explainer_concurrency: int = Field(
+        8, ge=1, le=256, description="Requests in flight at once to the endpoint."
+    )
+    explainer_timeout: float = Field(
+        60.0, gt=0, description="Seconds before a request to the endpoint is retried."
+    )
+    explainer_price_prompt: float = Field(
+        0.0, ge=0, description="USD per million prompt tokens, for the cost of each run."
+    )
+    explainer_price_completion: float = Field(
+        0.0, ge=0, description="USD per million completion tokens, for the cost of each run."
     )
     host: str = Field("127.0.0.1", description="Address the web server listens on.")
     port: int = Field(8000, ge=1, le=65535, description="Port the web server listens on.")

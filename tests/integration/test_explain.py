@@ -89,3 +89,33 @@ def test_failures_are_stored_with_their_reason_and_retried(harvested, gpt2):
 def test_an_unknown_sae_is_a_clear_error(engine):
     with pytest.raises(MonoscopeError, match="no SAE nowhere/none"):
         run_explain(engine, "nowhere", "none", Scripted(set()), progress=False)
+
+
+def test_llm_labels_through_a_real_endpoint_resume_without_new_requests(harvested, gpt2):
+    from app.autointerp.llm import ChatClient, LLMExplainer
+    from tests.llm_server import ScriptedLLM, ok, status
+
+    engine = harvested
+    alive = _alive(engine)[:5]
+    script = [ok("[EXPLANATION]: tiny things")] * 2 + [status(402)] + [ok("[EXPLANATION]: more")]
+    with ScriptedLLM(script) as llm:
+        explainer = LLMExplainer(ChatClient(llm.url, "scripted", backoff=0.01), concurrency=1)
+        first = run_explain(engine, gpt2.name, "res1", explainer, features=alive, progress=False)
+        assert (first.explained, first.failed) == (4, 1) and len(llm.requests) == 5
+        second = run_explain(engine, gpt2.name, "res1", explainer, features=alive, progress=False)
+        assert second.explained == 1 and len(llm.requests) == 6  # only the failure is retried
+    found = labels(engine, gpt2.name, "res1", method="openai")
+    assert set(found) == set(alive) and set(found.values()) <= {"tiny things", "more"}
+
+
+def test_a_model_that_cannot_explain_leaves_failures_with_its_reply(harvested, gpt2):
+    from app.autointerp.self_explain import SelfExplainer
+
+    engine = harvested
+    alive = _alive(engine)[:2]
+    explainer = SelfExplainer(gpt2, max_new_tokens=8)
+    result = run_explain(engine, gpt2.name, "res1", explainer, features=alive, progress=False)
+    assert result.failed == 2 and result.explained == 0
+    with session_scope(engine) as session:
+        errors = [e.error for e in session.query(Explanation).filter_by(method="self")]
+    assert all(e.startswith(("unparseable reply", "prompt longer")) for e in errors)
