@@ -153,7 +153,7 @@ def _harvest(
     replace: bool,
     device: str | None,
     database_url: str | None,
-) -> None:
+):
     from app.demo import DEMO_MODEL
     from app.pipeline.harvest import HarvestConfig, HarvestJob
 
@@ -176,6 +176,7 @@ def _harvest(
         f"{result.alive:,} of {result.features:,} features alive, {result.examples:,} examples"
     )
     _print_metrics(f"{result.model}/{result.sae}", result.metrics)
+    return result
 
 
 HarvestModelOpt = Annotated[
@@ -240,6 +241,79 @@ def explain(
     )
 
 
+@cli.command()
+def score(
+    sae: Annotated[str, typer.Option("--sae", help="The SAE's name in the database.")],
+    model: Annotated[
+        str | None, typer.Option(help="The model's name in the database (default: the demo).")
+    ] = None,
+    scorer: Annotated[
+        list[str] | None,
+        typer.Option(help="simulation (offline), detection or fuzzing (LLM); repeatable."),
+    ] = None,
+    features: Annotated[
+        str | None, typer.Option(help="Comma-separated feature indices (default: all labelled).")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Score again labels already scored.")] = False,
+    device: DeviceOpt = None,
+    database_url: DatabaseOpt = None,
+) -> None:
+    """Score stored labels on held-out examples and negatives. Resumable and idempotent."""
+    from app.demo import DEMO_MODEL
+    from app.pipeline.score import run_score
+
+    settings = _settings(database_url=database_url, device=device)
+    engine = _database(settings)
+    model_name = model or DEMO_MODEL.name
+    scorers = scorer or (
+        ["simulation", "detection"] if settings.explainer_base_url else ["simulation"]
+    )
+    resident, resident_sae = _resident(engine, model_name, sae, settings.device)
+    judge = None
+    if any(s in ("detection", "fuzzing") for s in scorers) and settings.explainer_base_url:
+        from app.autointerp.scoring import LLMJudge
+
+        judge = LLMJudge(_chat_client(settings))
+    result = run_score(
+        engine, model_name, sae, scorers, resident, resident_sae, judge=judge,
+        features=_indices(features), force=force, concurrency=settings.explainer_concurrency,
+    )  # fmt: skip
+    out.print(
+        f"scored {result.scored:,}, failed {result.failed:,}, already scored {result.skipped:,} "
+        f"({result.prompt_tokens + result.completion_tokens:,} LLM tokens)"
+    )
+
+
+def _resident(engine, model_name: str, sae: str, device: str):
+    """The model and SAE a stored SAE was harvested from, loaded from their recorded sources."""
+    from app.core.model import load_model
+    from app.core.sae import load_sae
+    from app.db.engine import session_scope
+    from app.db.queries import find_sae
+
+    with session_scope(engine) as session:
+        row = find_sae(session, model_name, sae)
+        if row is None:
+            raise MonoscopeError(f"no SAE {model_name}/{sae} in the database; harvest it first")
+        sources = row.model.source, row.source
+    loaded = load_model(sources[0], device=device)
+    return loaded, loaded.attach(load_sae(sources[1]), source=sources[1])
+
+
+def _chat_client(settings: Settings):
+    from app.autointerp.llm import ChatClient
+
+    if not settings.explainer_base_url:
+        raise MonoscopeError("an LLM explainer or judge needs MONOSCOPE_EXPLAINER_BASE_URL")
+    key = settings.explainer_api_key
+    return ChatClient(
+        settings.explainer_base_url,
+        settings.explainer_model,
+        key.get_secret_value() if key else None,
+        timeout=settings.explainer_timeout,
+    )
+
+
 def _explainer(name: str | None, settings: Settings, engine, model_name: str):
     from app.db.engine import session_scope
     from app.db.queries import find_model
@@ -249,19 +323,10 @@ def _explainer(name: str | None, settings: Settings, engine, model_name: str):
     if name == "offline":
         return offline_explainer(engine, model_name)
     if name == "openai":
-        from app.autointerp.llm import ChatClient, LLMExplainer
+        from app.autointerp.llm import LLMExplainer
 
-        if not settings.explainer_base_url:
-            raise MonoscopeError("--explainer openai needs MONOSCOPE_EXPLAINER_BASE_URL")
-        key = settings.explainer_api_key
-        client = ChatClient(
-            settings.explainer_base_url,
-            settings.explainer_model,
-            key.get_secret_value() if key else None,
-            timeout=settings.explainer_timeout,
-        )
         return LLMExplainer(
-            client,
+            _chat_client(settings),
             settings.explainer_concurrency,
             settings.explainer_price_prompt,
             settings.explainer_price_completion,
@@ -300,8 +365,23 @@ def add_sae(
     device: DeviceOpt = None,
     database_url: DatabaseOpt = None,
 ) -> None:
-    """Bring your own SAE: import it and harvest it into the database in one command."""
-    _harvest(model, path, corpus, tokens, name, batch_size, replace, device, database_url)
+    """Bring your own SAE in one command: import it, harvest it into the database, label its
+    features (the LLM explainer when an endpoint is set, else offline) and score the labels."""
+    from app.pipeline.explain import run_explain
+    from app.pipeline.score import run_score
+
+    result = _harvest(model, path, corpus, tokens, name, batch_size, replace, device, database_url)
+    settings = _settings(database_url=database_url, device=device)
+    engine = _database(settings)
+    explained = run_explain(
+        engine, result.model, result.sae, _explainer(None, settings, engine, result.model)
+    )
+    resident, resident_sae = _resident(engine, result.model, result.sae, settings.device)
+    scored = run_score(engine, result.model, result.sae, ["simulation"], resident, resident_sae)
+    out.print(
+        f"labelled {explained.explained:,} features ({explained.failed:,} failed); "
+        f"scored {scored.scored:,} labels by simulation"
+    )
 
 
 @cli.command()
@@ -485,14 +565,19 @@ def ground_truth(
     tokens = pack(World(EVAL_SEED if seed is None else seed), documents, loaded.tokenizer, context)
     report = evaluate_ground_truth(loaded, attached, tokens, min_occurrences)
     from app.core.workspace import sae_name
-    from app.demo.ground_truth import label_accuracy
-    from app.pipeline.explain import labels
+    from app.demo.ground_truth import label_accuracy, score_agreement
+    from app.pipeline.explain import label_scores, labels
 
     engine = _database(_settings(database_url=database_url))
-    found = labels(engine, loaded.name, sae_name(sae or str(DEMO_SAE)))
+    stored_name = sae_name(sae or str(DEMO_SAE))
+    found = labels(engine, loaded.name, stored_name)
     accuracy = label_accuracy(report, found) if found else None
+    simulation = label_scores(engine, loaded.name, stored_name, "simulation")
+    agreement = score_agreement(report, found, simulation) if simulation else None
     if as_json:
         extra = {"labels": accuracy.to_dict()} if accuracy else {}
+        if agreement:
+            extra["simulation_vs_label_correctness"] = agreement
         print(json.dumps(report.to_dict() | extra, indent=2))
         return
     for title, rows in (("concept", report.concepts), ("category", report.categories)):
@@ -516,6 +601,8 @@ def ground_truth(
     summary = report.summary()
     if accuracy is not None:
         summary["label_accuracy"] = round(accuracy.accuracy, 4)
+    if agreement:
+        summary |= {f"simulation_{k}": v for k, v in agreement.items()}
     _print_metrics("ground truth", summary)
 
 

@@ -13,8 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 MARK_FRACTION = 0.3
-EXPLAIN_TOP = 20  # top examples an explainer sees; the rest are held out for scoring
-EXPLAIN_PER_INTERVAL = 2  # interval samples per interval an explainer sees
+HOLD_OUT_EVERY = 3  # one top example in three is held out for scoring
 
 
 @dataclass(frozen=True)
@@ -62,19 +61,22 @@ class FeatureEvidence:
         )
 
     def split(self) -> tuple[list[Example], list[Example]]:
-        """(shown to explainers, held out for scoring): disjoint by construction."""
+        """(shown to explainers, held out for scoring): disjoint by construction.
+
+        Every third top example (ranks 2, 5, 8, ...) and the second half of each interval's
+        samples are held out, so scorers see strong and weak examples alike."""
         shown: list[Example] = []
         held: list[Example] = []
-        top_seen = 0
-        per_interval: dict[int | None, int] = {}
+        intervals: dict[int | None, list[Example]] = {}
+        for rank, example in enumerate(e for e in self.examples if e.kind == "top"):
+            (held if rank % HOLD_OUT_EVERY == HOLD_OUT_EVERY - 1 else shown).append(example)
         for example in self.examples:
-            if example.kind == "top":
-                (shown if top_seen < EXPLAIN_TOP else held).append(example)
-                top_seen += 1
-            else:
-                seen = per_interval.get(example.interval, 0)
-                (shown if seen < EXPLAIN_PER_INTERVAL else held).append(example)
-                per_interval[example.interval] = seen + 1
+            if example.kind != "top":
+                intervals.setdefault(example.interval, []).append(example)
+        for samples in intervals.values():
+            half = (len(samples) + 1) // 2
+            shown += samples[:half]
+            held += samples[half:]
         return shown, held
 
 

@@ -213,3 +213,25 @@ def label_accuracy(
             }
         )
     return LabelAccuracy(threshold, len(rows), sum(r["named"] for r in rows), tuple(rows))
+
+
+def score_agreement(
+    report: GroundTruthReport, labels: dict[int, str], scores: dict[int, float]
+) -> dict:
+    """How a label score tracks label correctness, over every concept's best feature: the
+    correlation of the score with "the label names the concept" (point-biserial)."""
+    rows = label_accuracy(report, labels, threshold=0.0).rows
+    pairs = [(scores[r["feature"]], float(r["named"])) for r in rows if r["feature"] in scores]
+    if len(pairs) < 3:
+        return {"concepts": len(pairs)}
+    value, named = (np.array(column) for column in zip(*pairs, strict=True))
+    spread = value.std() > 0 and named.std() > 0
+    return {
+        "concepts": len(pairs),
+        "named_share": round(float(named.mean()), 4),
+        "correlation": round(float(np.corrcoef(value, named)[0, 1]), 4) if spread else 0.0,
+        "mean_score_named": round(float(value[named == 1].mean()), 4) if named.any() else None,
+        "mean_score_not_named": round(float(value[named == 0].mean()), 4)
+        if (named == 0).any()
+        else None,
+    }

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
-from app.core.sae import Sae
+from app.core.model import load_model
+from app.core.sae import Sae, load_sae
 from app.core.workspace import sae_name
 from app.db.engine import session_scope
 from app.db.queries import find_sae
@@ -17,6 +18,7 @@ from app.demo import DEMO_MODEL, DEMO_SAE, DEMO_SITE, TRAIN_SEED
 from app.demo.language_model import LanguageModelConfig, LanguageModelJob
 from app.pipeline.explain import offline_explainer, run_explain
 from app.pipeline.harvest import HarvestConfig, HarvestJob
+from app.pipeline.score import run_score
 from app.pipeline.train_sae import TrainSaeConfig, TrainSaeJob
 
 
@@ -72,8 +74,9 @@ def demo_database_ready(engine: Engine) -> bool:
 def build_demo_database(
     engine: Engine, work_dir: Path, tokens: int = DEMO_DB_TOKENS, progress: bool = True
 ) -> None:
-    """Harvest the shipped SAE over held-out world text into the database, then label every
-    feature with the offline explainer. Each step resumes where a crash left it."""
+    """Harvest the shipped SAE over held-out world text into the database, label every feature
+    with the offline explainer and score the labels by simulation. Each step resumes where a
+    crash left it."""
     config = demo_harvest_config(work_dir, tokens)
     if not demo_database_ready(engine):
         HarvestJob(replace(config, progress=progress), engine).run()
@@ -81,3 +84,6 @@ def build_demo_database(
         engine, DEMO_MODEL.name, DEMO_SAE_NAME, offline_explainer(engine, DEMO_MODEL.name),
         progress=progress,
     )  # fmt: skip
+    model = load_model(DEMO_MODEL, device="cpu")
+    sae = model.attach(load_sae(str(DEMO_SAE)))
+    run_score(engine, DEMO_MODEL.name, DEMO_SAE_NAME, ["simulation"], model, sae, progress=progress)

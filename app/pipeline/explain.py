@@ -65,6 +65,25 @@ def labels(engine: Engine, model: str, sae: str, method: str | None = None) -> d
         return dict(session.execute(statement).tuples().all())
 
 
+def label_scores(engine: Engine, model: str, sae: str, scorer: str) -> dict[int, float]:
+    """feature index -> the scorer's value for its newest scored label."""
+    with session_scope(engine) as session:
+        rows = session.execute(
+            select(Feature.index, Explanation.scores)
+            .join(Explanation, Explanation.feature_id == Feature.id)
+            .join(SaeRow, SaeRow.id == Feature.sae_id)
+            .join(Model, Model.id == SaeRow.model_id)
+            .where(Model.name == model, SaeRow.name == sae, Explanation.status == "ok")
+            .order_by(Explanation.created_at, Explanation.id)
+        ).tuples()
+        found = {}
+        for index, scores in rows:
+            value = (scores or {}).get(scorer, {}).get("value")
+            if value is not None:
+                found[index] = float(value)
+        return found
+
+
 def _todo(session, sae_id: int, explainer: Explainer, features, force: bool) -> tuple[list, int]:
     """(alive features still to label, alive features considered)."""
     alive = select(Feature.index).where(Feature.sae_id == sae_id, Feature.density > 0)

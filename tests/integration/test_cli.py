@@ -178,6 +178,21 @@ def test_ingest_then_harvest_into_the_database(gpt2_dir, sae_dir, tmp_path):
     assert too_many.returncode == 2
     last_line = too_many.stderr.strip().splitlines()[-1]
     assert last_line.startswith("error: --tokens 10,000,000 is more than the corpus holds")
+    name = gpt2_dir.name
+    labelled = run_cli("explain", "--model", name, "--sae", "res1", env=env)
+    assert labelled.returncode == 0 and "labelled" in labelled.stdout, labelled.stderr
+    again = run_cli("explain", "--model", name, "--sae", "res1", env=env)
+    assert "labelled 0 features" in again.stdout
+    scored = run_cli("score", "--model", name, "--sae", "res1", env=env)
+    assert scored.returncode == 0 and "scored" in scored.stdout, scored.stderr
+    judged = run_cli("score", "--model", name, "--sae", "res1", "--scorer", "detection", env=env)
+    assert judged.returncode == 2 and "need an LLM" in judged.stderr
+    added = run_cli(
+        "add-sae", str(sae_dir), "--model", str(gpt2_dir), "--corpus", str(store),
+        "--tokens", "2048", "--name", "added", env=env,
+    )  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    assert "labelled" in added.stdout and "scored" in added.stdout
 
 
 def test_harvest_with_an_unreachable_database_is_one_line(sae_dir, tmp_path):
@@ -187,3 +202,13 @@ def test_harvest_with_an_unreachable_database_is_one_line(sae_dir, tmp_path):
     )  # fmt: skip
     assert result.returncode == 2 and result.stderr.startswith("error: cannot open database")
     assert "Traceback" not in result.stderr
+
+
+def test_every_setting_is_documented_in_the_readme():
+    from pathlib import Path
+
+    from app.settings import Settings
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    for name in Settings.model_fields:
+        assert f"MONOSCOPE_{name.upper()}" in readme, name

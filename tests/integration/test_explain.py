@@ -6,7 +6,7 @@ from sqlalchemy import select
 from app.autointerp.base import Outcome
 from app.core.errors import MonoscopeError
 from app.db.engine import session_scope
-from app.db.models import Explanation, Feature, InterpRun
+from app.db.models import Explanation, Feature, InterpRun, SaeRow
 from app.db.search import search_explanations
 from app.pipeline.explain import labels, offline_explainer, run_explain
 from app.pipeline.harvest import HarvestJob
@@ -119,3 +119,58 @@ def test_a_model_that_cannot_explain_leaves_failures_with_its_reply(harvested, g
     with session_scope(engine) as session:
         errors = [e.error for e in session.query(Explanation).filter_by(method="self")]
     assert all(e.startswith(("unparseable reply", "prompt longer")) for e in errors)
+
+
+def _score(engine, gpt2, scorers, **options):
+    from app.core.sae import load_sae
+    from app.pipeline.score import run_score
+
+    with session_scope(engine) as session:
+        source = session.query(SaeRow).one().source
+    sae = gpt2.attach(load_sae(source))
+    return run_score(engine, gpt2.name, "res1", scorers, gpt2, sae, progress=False, **options)
+
+
+def _scores(engine) -> list[dict]:
+    with session_scope(engine) as session:
+        return [e.scores for e in session.query(Explanation).filter_by(status="ok")]
+
+
+def test_simulation_scores_are_stored_once_and_redone_on_force(harvested, gpt2):
+    engine = harvested
+    run_explain(engine, gpt2.name, "res1", offline_explainer(engine, gpt2.name), progress=False)
+    first = _score(engine, gpt2, ["simulation"])
+    scores = _scores(engine)
+    assert first.scored + first.failed == len(scores) and first.scored > 0
+    stored = [s["simulation"] for s in scores if "failed" not in s["simulation"]]
+    assert all(-1 <= s["value"] <= 1 for s in stored)
+    assert any(s["negatives"] > 0 for s in stored)  # dense random features may have none
+    again = _score(engine, gpt2, ["simulation"])
+    assert again.scored == 0 and again.skipped == first.scored
+    forced = _score(engine, gpt2, ["simulation"], force=True)
+    assert forced.scored == first.scored
+
+
+def test_judged_scores_and_their_failures(harvested, gpt2):
+    from app.autointerp.llm import ChatClient
+    from app.autointerp.scoring import LLMJudge
+    from tests.llm_server import ScriptedLLM, malformed, ok
+
+    engine = harvested
+    alive = _alive(engine)[:3]
+    run_explain(engine, gpt2.name, "res1", Scripted(set()), features=alive, progress=False)
+    with pytest.raises(MonoscopeError, match="need an LLM"):
+        _score(engine, gpt2, ["detection"])
+    with ScriptedLLM([malformed(), ok("[ANSWER]: [1, 2]")]) as llm:
+        judge = LLMJudge(ChatClient(llm.url, "judge", backoff=0.01, max_retries=0))
+        first = _score(engine, gpt2, ["detection", "fuzzing"], judge=judge, concurrency=1)
+        assert first.failed >= 1 and len(llm.requests) == 6
+        second = _score(engine, gpt2, ["detection", "fuzzing"], judge=judge, concurrency=1)
+        assert second.skipped == first.scored and len(llm.requests) == 6 + first.failed
+    for scores in _scores(engine):
+        for name in ("detection", "fuzzing"):
+            score = scores[name]
+            assert "failed" in score or 0 <= score["balanced_accuracy"] <= 1
+        if "failed" not in scores["detection"]:
+            assert set(scores["detection"]["examples"]) <= {"top", "quantile", "negative",
+                                                            "hard_negative"}  # fmt: skip

@@ -36,7 +36,7 @@ def test_split_keeps_explainer_and_scorer_examples_disjoint():
     tops = [_example(["a"], [float(i + 1)]) for i in range(30)]
     quantiles = [_example(["b"], [0.5], "quantile", i // 5) for i in range(25)]
     shown, held = _evidence(tops + quantiles).split()
-    assert len(shown) == 20 + 5 * 2 and len(held) == 10 + 5 * 3
+    assert len(shown) == 20 + 5 * 3 and len(held) == 10 + 5 * 2
     assert not {id(e) for e in shown} & {id(e) for e in held}
 
 

@@ -1,0 +1,187 @@
+"""`monoscope score`: score stored labels on examples their explainer never saw.
+
+    result = run_score(engine, "monoscope-demo", "res1", ["simulation"], model, sae)
+    result = run_score(engine, "gpt2", "res6", ["detection", "fuzzing"], model, sae, judge=judge)
+
+Positives are each feature's held-out examples (evidence.split); negatives come from a pool of
+stored contexts run once through the model and SAE: random contexts where the feature never
+fires, and hard negatives, contexts that contain the feature's peak tokens and still do not
+fire. Scores are stored in the label's `scores` (with what they were computed on); a failure is
+stored as {"failed": reason}, never as a score, and is retried on the next run. Resumable and
+idempotent: a label that already has a scorer's score is skipped unless force=True.
+"""
+
+import asyncio
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from sqlalchemy import Engine, func, select
+from tqdm import tqdm
+
+from app.autointerp.evidence import Example, FeatureEvidence
+from app.autointerp.scoring import LLMJudge, ScoreError, ScoringSet, simulation_score
+from app.core.errors import MonoscopeError
+from app.core.model import LoadedModel
+from app.core.sae import Sae
+from app.db.codec import unpack_ids
+from app.db.engine import session_scope
+from app.db.models import Context, Explanation, Feature
+from app.db.queries import feature_details, find_sae, vocabulary
+
+SCORERS = ("simulation", "detection", "fuzzing")
+JUDGED = ("detection", "fuzzing")
+BATCH = 256
+JUDGE_POSITIVES = 6  # per judged prompt: held-out activating excerpts ...
+JUDGE_NEGATIVES = 6  # ... and excerpts where the feature does not fire
+
+
+@dataclass
+class ScoreResult:
+    scored: int = 0
+    failed: int = 0
+    skipped: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class NegativePool:
+    """Stored contexts, encoded once: for any feature, contexts where it never fires."""
+
+    def __init__(self, model: LoadedModel, sae: Sae, ids: np.ndarray, vocab: list[str], seed: int):
+        self.ids, self.vocab = ids, vocab
+        self.skip_first = model.tokenizer.bos_token_id is not None
+        self.rng_seed = seed
+        peaks = []
+        with torch.inference_mode():
+            for start in range(0, len(ids), 16):
+                batch = torch.from_numpy(ids[start : start + 16].astype(np.int64))
+                acts = sae.encode(model.capture(batch, [sae.hook_name])[sae.hook_name])
+                peaks.append(acts[:, int(self.skip_first) :].amax(dim=1).float().cpu())
+        self.peak = torch.cat(peaks).numpy()  # (contexts, d_sae)
+
+    def negatives(self, feature: int, peak_tokens: set[int], k: int) -> list[Example]:
+        quiet = np.flatnonzero(self.peak[:, feature] <= 0)
+        rng = random.Random(self.rng_seed * 1_000_003 + feature)
+        hard = [int(c) for c in quiet if peak_tokens & set(self.ids[c].tolist())]
+        chosen = rng.sample(hard, min(len(hard), k // 2))
+        rest = [int(c) for c in quiet if int(c) not in set(chosen)]
+        chosen_random = rng.sample(rest, min(len(rest), k - len(chosen)))
+        start = int(self.skip_first)
+        return [
+            Example(
+                tuple(self.vocab[t] for t in self.ids[c][start:]),
+                np.zeros(len(self.ids[c]) - start, np.float32),
+                kind,
+            )
+            for kind, contexts in (("hard_negative", chosen), ("negative", chosen_random))
+            for c in contexts
+        ]
+
+
+def negative_pool(
+    engine: Engine, model_id: int, model: LoadedModel, sae: Sae, vocab: list[str], size: int,
+    seed: int = 0,
+) -> NegativePool:  # fmt: skip
+    with session_scope(engine) as session:
+        rows = session.execute(
+            select(Context.token_ids).where(Context.model_id == model_id).order_by(Context.id)
+        ).scalars().all()  # fmt: skip
+    if not rows:
+        raise MonoscopeError("no stored contexts to draw negatives from; harvest first")
+    picked = random.Random(seed).sample(range(len(rows)), min(size, len(rows)))
+    lengths = {len(unpack_ids(rows[i])) for i in picked}
+    if len(lengths) != 1:
+        raise MonoscopeError("stored contexts differ in length; score one corpus at a time")
+    ids = np.stack([unpack_ids(rows[i]) for i in sorted(picked)])
+    return NegativePool(model, sae, ids, vocab, seed)
+
+
+def _needs(explanation: Explanation, scorer: str, force: bool) -> bool:
+    current = (explanation.scores or {}).get(scorer)
+    return force or current is None or "failed" in current
+
+
+def run_score(
+    engine: Engine,
+    model: str,
+    sae: str,
+    scorers: list[str],
+    resident: LoadedModel,
+    resident_sae: Sae,
+    judge: LLMJudge | None = None,
+    features: list[int] | None = None,
+    force: bool = False,
+    n_negatives: int = 10,
+    pool_size: int = 64,
+    concurrency: int = 8,
+    progress: bool = True,
+) -> ScoreResult:
+    unknown = [s for s in scorers if s not in SCORERS]
+    if unknown:
+        raise MonoscopeError(f"unknown scorer {unknown[0]!r}; use {', '.join(SCORERS)}")
+    if any(s in JUDGED for s in scorers) and judge is None:
+        raise MonoscopeError("detection and fuzzing need an LLM: set MONOSCOPE_EXPLAINER_BASE_URL")
+    with session_scope(engine) as session:
+        sae_row = find_sae(session, model, sae)
+        if sae_row is None:
+            raise MonoscopeError(f"no SAE {model}/{sae} in the database; harvest it first")
+        vocab = vocabulary(session, sae_row.model_id)
+        labelled = (
+            select(Feature.index)
+            .join(Explanation)
+            .where(Feature.sae_id == sae_row.id, Explanation.status == "ok")
+        )
+        if features is not None:
+            labelled = labelled.where(Feature.index.in_(features))
+        todo = sorted(set(session.scalars(labelled)))
+        model_id = sae_row.model_id
+        n_labels = session.scalar(
+            select(func.count()).select_from(Explanation).join(Feature)
+            .where(Feature.sae_id == sae_row.id, Explanation.status == "ok")
+        )  # fmt: skip
+    pool = negative_pool(engine, model_id, resident, resident_sae, vocab, pool_size)
+    result = ScoreResult()
+    bar = tqdm(total=n_labels if features is None else None, unit="label", desc="score",
+               disable=not progress)  # fmt: skip
+    for start in range(0, len(todo), BATCH):
+        with session_scope(engine) as session:
+            details = feature_details(session, model, sae, todo[start : start + BATCH])
+            updates, jobs, targets = [], [], []
+            for detail in details:
+                evidence = FeatureEvidence.from_detail(detail, vocab)
+                peak_tokens = {int(e.token_ids[e.max_position]) for e in detail.of_kind("top")}
+                positives = evidence.split()[1]
+                negatives = pool.negatives(detail.feature.index, peak_tokens, n_negatives)
+                scoring = ScoringSet(positives, negatives)
+                judged = ScoringSet(positives[:JUDGE_POSITIVES], negatives[:JUDGE_NEGATIVES])
+                for explanation in (e for e in detail.explanations if e.status == "ok"):
+                    bar.update(1)
+                    for scorer in scorers:
+                        if not _needs(explanation, scorer, force):
+                            result.skipped += 1
+                        elif scorer == "simulation":
+                            try:
+                                score = simulation_score(explanation.text, scoring)
+                            except ScoreError as exc:
+                                score = {"failed": str(exc)}
+                            updates.append((explanation, scorer, score))
+                        else:
+                            jobs.append((scorer, explanation.text, judged, detail.feature.index,
+                                         evidence.max_act))  # fmt: skip
+                            targets.append((explanation, scorer))
+            if jobs:
+                assert judge is not None
+                judged_scores = asyncio.run(judge.score_many(jobs, concurrency))
+                updates += [(e, s, v) for (e, s), v in zip(targets, judged_scores, strict=True)]
+            for explanation, scorer, score in updates:
+                # A new dict, so the JSON column is seen as changed.
+                explanation.scores = dict(explanation.scores or {}) | {scorer: score}
+                usage = score.get("usage", {})
+                result.prompt_tokens += usage.get("prompt_tokens", 0)
+                result.completion_tokens += usage.get("completion_tokens", 0)
+                result.failed += "failed" in score
+                result.scored += "failed" not in score
+    bar.close()
+    return result
