@@ -48,7 +48,10 @@ class ScoringSet:
 
 
 def label_terms(label: str) -> set[str]:
-    return {w for w in _WORD.findall(label.lower()) if w not in STOPWORDS}
+    """The label's content words; "→ token" (what the feature predicts, not where it fires) is
+    left out."""
+    firing = label.split("→")[0]
+    return {w for w in _WORD.findall(firing.lower()) if w not in STOPWORDS}
 
 
 def _matches(token: str, terms: set[str]) -> bool:

@@ -74,3 +74,9 @@ def test_fuzzed_examples_move_the_marks_off_the_firing_tokens():
     fuzzed = _mislabelled(example, 5.0, random.Random(0))
     real, fake = marked(example, 5.0), marked(fuzzed, 5.0)
     assert sum(fake) == sum(real) and not any(r and f for r, f in zip(real, fake, strict=True))
+
+
+def test_the_predicted_token_after_an_arrow_is_not_a_firing_word():
+    from app.autointerp.scoring import label_terms
+
+    assert label_terms("Golden Gate (Gate) → Bridge") == {"golden", "gate"}
