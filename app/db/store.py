@@ -79,16 +79,20 @@ def upsert_model(session: Session, info: ModelInfo, vocabulary: Sequence[str]) -
     return model
 
 
+def name_taken(model: str, sae: str) -> MonoscopeError:
+    return MonoscopeError(
+        f"{model}/{sae} is already in the database; pass --replace to harvest it again, "
+        "or --name to store it under another name"
+    )
+
+
 def create_sae(session: Session, model: Model, info: SaeInfo, replace: bool = False) -> SaeRow:
     existing = session.scalar(
         select(SaeRow).where(SaeRow.model_id == model.id, SaeRow.name == info.name)
     )
     if existing is not None:
         if not replace:
-            raise MonoscopeError(
-                f"{model.name}/{info.name} is already in the database; pass --replace to "
-                "harvest it again, or --name to store it under another name"
-            )
+            raise name_taken(model.name, info.name)
         session.delete(existing)
         session.flush()
     sae = SaeRow(model_id=model.id, **info.__dict__)

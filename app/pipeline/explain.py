@@ -49,33 +49,32 @@ def offline_explainer(engine: Engine, model: str) -> OfflineExplainer:
     return OfflineExplainer(background_counts(vocab, counts))
 
 
+def _ok_explanations(model: str, sae: str, column):
+    """(feature index, column) of an SAE's successful explanations, oldest first, so that a
+    dict built from the rows keeps each feature's newest."""
+    return (
+        select(Feature.index, column)
+        .join(Explanation, Explanation.feature_id == Feature.id)
+        .join(SaeRow, SaeRow.id == Feature.sae_id)
+        .join(Model, Model.id == SaeRow.model_id)
+        .where(Model.name == model, SaeRow.name == sae, Explanation.status == "ok")
+        .order_by(Explanation.created_at, Explanation.id)
+    )
+
+
 def labels(engine: Engine, model: str, sae: str, method: str | None = None) -> dict[int, str]:
     """feature index -> its newest successful label (optionally from one method)."""
+    statement = _ok_explanations(model, sae, Explanation.text)
+    if method is not None:
+        statement = statement.where(Explanation.method == method)
     with session_scope(engine) as session:
-        statement = (
-            select(Feature.index, Explanation.text)
-            .join(Explanation, Explanation.feature_id == Feature.id)
-            .join(SaeRow, SaeRow.id == Feature.sae_id)
-            .join(Model, Model.id == SaeRow.model_id)
-            .where(Model.name == model, SaeRow.name == sae, Explanation.status == "ok")
-            .order_by(Explanation.created_at, Explanation.id)
-        )
-        if method is not None:
-            statement = statement.where(Explanation.method == method)
         return dict(session.execute(statement).tuples().all())
 
 
 def label_scores(engine: Engine, model: str, sae: str, scorer: str) -> dict[int, float]:
     """feature index -> the scorer's value for its newest scored label."""
     with session_scope(engine) as session:
-        rows = session.execute(
-            select(Feature.index, Explanation.scores)
-            .join(Explanation, Explanation.feature_id == Feature.id)
-            .join(SaeRow, SaeRow.id == Feature.sae_id)
-            .join(Model, Model.id == SaeRow.model_id)
-            .where(Model.name == model, SaeRow.name == sae, Explanation.status == "ok")
-            .order_by(Explanation.created_at, Explanation.id)
-        ).tuples()
+        rows = session.execute(_ok_explanations(model, sae, Explanation.scores)).tuples()
         found = {}
         for index, scores in rows:
             value = (scores or {}).get(scorer, {}).get("value")

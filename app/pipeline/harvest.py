@@ -157,10 +157,7 @@ class HarvestJob:
     def _check_name_free(self, model: LoadedModel, name: str) -> None:
         with session_scope(self.engine) as session:
             if find_sae(session, model.name, name) is not None and not self.config.replace:
-                raise MonoscopeError(
-                    f"{model.name}/{name} is already in the database; pass --replace to harvest "
-                    "it again, or --name to store it under another name"
-                )
+                raise db.name_taken(model.name, name)
 
     def _token_store(self, model: LoadedModel) -> TokenStore:
         c = self.config
