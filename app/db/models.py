@@ -77,6 +77,9 @@ class SaeRow(Base):
     d_in: Mapped[int]
     d_sae: Mapped[int]
     metrics: Mapped[dict] = mapped_column(default=dict)  # l0, variance_explained, ... (SaeMetrics)
+    # Aggregates over all features (density and score histograms, label coverage) that pages
+    # show and that would cost a full scan per request at a million features; see app.db.labels.
+    summary: Mapped[dict] = mapped_column(default=dict, server_default="{}")
     harvest: Mapped[dict] = mapped_column(
         default=dict
     )  # corpus, tokens, context_size, histogram bins
@@ -105,6 +108,7 @@ class Feature(Base):
         # Keyset pagination: every sortable column is indexed with the index as tie-breaker.
         Index("ix_features_sae_density", "sae_id", "density", "index"),
         Index("ix_features_sae_max_act", "sae_id", "max_act", "index"),
+        Index("ix_features_sae_label_score", "sae_id", "label_score", "index"),
     )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
@@ -117,6 +121,10 @@ class Feature(Base):
     top_logits: Mapped[list] = mapped_column(default=list)  # [[token_id, text, value], ...]
     bottom_logits: Mapped[list] = mapped_column(default=list)
     neighbours: Mapped[list] = mapped_column(default=list)  # [[index, cosine], ...]
+    # The label a feature is shown by and its headline score, kept by app.db.labels after every
+    # explain or score run, so listings sort and filter by them without touching explanations.
+    label: Mapped[str | None] = mapped_column(Text)
+    label_score: Mapped[float | None] = mapped_column(Float)
 
     sae: Mapped[SaeRow] = relationship()
 

@@ -11,13 +11,20 @@ from typing import Literal
 
 import numpy as np
 from sqlalchemy import select, tuple_
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased, contains_eager
 
 from app.db.codec import unpack_activations, unpack_ids
+from app.db.labels import label_order
 from app.db.models import Context, Example, Explanation, Feature, Model, SaeRow, Token
+from app.db.search import features_matching
 
-SortKey = Literal["index", "density", "max_act"]
-SORT_COLUMNS = {"index": Feature.index, "density": Feature.density, "max_act": Feature.max_act}
+SortKey = Literal["index", "density", "max_act", "score"]
+SORT_COLUMNS = {
+    "index": Feature.index,
+    "density": Feature.density,
+    "max_act": Feature.max_act,
+    "score": Feature.label_score,
+}
 
 
 @dataclass(frozen=True)
@@ -64,8 +71,28 @@ def find_sae(session: Session, model: str, sae: str) -> SaeRow | None:
     return session.scalar(select(SaeRow).join(Model).where(Model.name == model, SaeRow.name == sae))
 
 
+def find_feature(session: Session, sae_id: int, index: int) -> Feature | None:
+    return session.scalar(select(Feature).where(Feature.sae_id == sae_id, Feature.index == index))
+
+
+def labels_of(session: Session, sae_id: int, indices: list[int]) -> list[Feature]:
+    """Feature rows (label, density, max activation) for a set of indices, in one query."""
+    if not indices:
+        return []
+    return list(
+        session.scalars(select(Feature).where(Feature.sae_id == sae_id, Feature.index.in_(indices)))
+    )
+
+
 def list_saes(session: Session) -> list[SaeRow]:
-    return list(session.scalars(select(SaeRow).join(Model).order_by(Model.name, SaeRow.name)))
+    return list(
+        session.scalars(
+            select(SaeRow)
+            .join(Model)
+            .options(contains_eager(SaeRow.model))
+            .order_by(Model.name, SaeRow.name)
+        )
+    )
 
 
 def _example_view(e: Example, c: Context) -> ExampleView:
@@ -128,6 +155,17 @@ def token_counts(session: Session, model_id: int, vocab_size: int) -> np.ndarray
     return counts
 
 
+@dataclass(frozen=True)
+class FeatureFilters:
+    """What narrows an SAE's feature listing; None means no constraint."""
+
+    labelled: bool | None = None
+    alive: bool | None = None
+    min_density: float | None = None
+    max_density: float | None = None
+    label_query: str | None = None
+
+
 def list_features(
     session: Session,
     sae_id: int,
@@ -135,19 +173,31 @@ def list_features(
     descending: bool = False,
     after: tuple[float | int, int] | None = None,
     limit: int = 50,
-    min_density: float | None = None,
-    max_density: float | None = None,
+    filters: FeatureFilters | None = None,
 ) -> FeaturePage:
     """One page of an SAE's features by keyset pagination: as fast at page 10,000 as at page 1.
 
-    `after` is the (sort value, index) of the last row of the previous page."""
+    `after` is the (sort value, index) of the last row of the previous page. Sorting by score
+    lists only scored features (an unscored one has no place in that order)."""
     column = SORT_COLUMNS[sort]
     keys = (column, Feature.index) if sort != "index" else (Feature.index,)
     statement = select(Feature).where(Feature.sae_id == sae_id)
-    if min_density is not None:
-        statement = statement.where(Feature.density >= min_density)
-    if max_density is not None:
-        statement = statement.where(Feature.density <= max_density)
+    if sort == "score":
+        statement = statement.where(Feature.label_score.is_not(None))
+    f = filters or FeatureFilters()
+    if f.min_density is not None:
+        statement = statement.where(Feature.density >= f.min_density)
+    if f.max_density is not None:
+        statement = statement.where(Feature.density <= f.max_density)
+    if f.labelled is not None:
+        label = Feature.label
+        statement = statement.where(label.is_not(None) if f.labelled else label.is_(None))
+    if f.alive is not None:
+        statement = statement.where(Feature.density > 0 if f.alive else Feature.density == 0)
+    if f.label_query:
+        matching = features_matching(session, f.label_query)
+        if matching is not None:
+            statement = statement.where(Feature.id.in_(matching))
     if after is not None:
         boundary = tuple_(*keys) if len(keys) > 1 else keys[0]
         value = tuple_(*after) if len(keys) > 1 else after[1]
@@ -162,6 +212,79 @@ def list_features(
     return FeaturePage(features, next_key, sort, descending)
 
 
+@dataclass(frozen=True)
+class Neighbour:
+    index: int
+    cosine: float
+    label: str | None
+    density: float | None
+
+
+@dataclass(frozen=True)
+class FeatureView:
+    """A feature page's data: the detail (labels best first) and its labelled neighbours."""
+
+    detail: FeatureDetail
+    neighbours: list[Neighbour]
+
+
+def feature_view(session: Session, model: str, sae: str, index: int) -> FeatureView | None:
+    """A feature page in three round trips: feature with SAE, model and labels; examples with
+    their contexts; the neighbours' labels."""
+    rows = session.execute(
+        select(Feature, SaeRow, Model, Explanation)
+        .join(SaeRow, SaeRow.id == Feature.sae_id)
+        .join(Model, Model.id == SaeRow.model_id)
+        .outerjoin(Explanation, Explanation.feature_id == Feature.id)
+        .where(Model.name == model, SaeRow.name == sae, Feature.index == index)
+    ).all()
+    if not rows:
+        return None
+    feature, sae_row, model_row, _ = rows[0]
+    labels = sorted(
+        (e for *_, e in rows if e is not None),
+        key=lambda e: (e.status == "ok", *label_order(e.scores, e.id)),
+        reverse=True,
+    )
+    examples = [
+        _example_view(e, c)
+        for e, c in session.execute(
+            select(Example, Context)
+            .join(Context, Context.id == Example.context_id)
+            .where(Example.feature_id == feature.id)
+            .order_by(Example.kind.desc(), Example.rank)
+        ).tuples()
+    ]
+    cosines = {int(i): float(c) for i, c in feature.neighbours or []}
+    near = aliased(Feature)
+    found = {
+        i: (label, density)
+        for i, label, density in session.execute(
+            select(near.index, near.label, near.density).where(
+                near.sae_id == sae_row.id, near.index.in_(list(cosines))
+            )
+        )
+    } if cosines else {}  # fmt: skip
+    neighbours = [
+        Neighbour(i, c, *found.get(i, (None, None)))
+        for i, c in sorted(cosines.items(), key=lambda ic: -ic[1])
+    ]
+    detail = FeatureDetail(model_row, sae_row, feature, examples, labels)
+    return FeatureView(detail, neighbours)
+
+
+def top_examples(session: Session, feature_ids: list[int]) -> dict[int, ExampleView]:
+    """Each feature's strongest example, for result lists that show a snippet per feature."""
+    if not feature_ids:
+        return {}
+    rows = session.execute(
+        select(Example, Context)
+        .join(Context, Context.id == Example.context_id)
+        .where(Example.feature_id.in_(feature_ids), Example.kind == "top", Example.rank == 0)
+    ).tuples()
+    return {e.feature_id: _example_view(e, c) for e, c in rows}
+
+
 def vocabulary(session: Session, model_id: int) -> list[str]:
     """Display text of every token id of a model (pages cache it per model)."""
     rows = session.execute(
@@ -173,3 +296,22 @@ def vocabulary(session: Session, model_id: int) -> list[str]:
     for token_id, text in rows:
         texts[token_id] = text
     return texts
+
+
+class VocabularyCache:
+    """Per-process cache of each model's vocabulary: pages render token text without a query.
+
+    Keyed by the model row's id and source, so a model re-imported under the same name from
+    elsewhere is read again."""
+
+    def __init__(self, capacity: int = 8):
+        self.capacity = capacity
+        self._cache: dict[tuple[int, str], list[str]] = {}
+
+    def get(self, session: Session, model: Model) -> list[str]:
+        key = (model.id, model.source)
+        if key not in self._cache:
+            if len(self._cache) >= self.capacity:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[key] = vocabulary(session, model.id)
+        return self._cache[key]

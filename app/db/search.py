@@ -25,6 +25,8 @@ class SearchHit:
     model: str
     sae: str
     index: int
+    model_id: int
+    feature_id: int
     density: float
     max_act: float
     explanation_id: int
@@ -60,6 +62,38 @@ def _hits(session: Session, statement: Select) -> list[SearchHit]:
     return [SearchHit(**row._mapping) for row in session.execute(statement)]
 
 
+def _matches(session: Session, query: str):
+    """(SELECT id, rank of matching explanations, rank expression, key column), or None when
+    the query has no words."""
+    if session.get_bind().dialect.name == "sqlite":
+        match = fts5_query(query)
+        if match is None:
+            return None
+        fts = table("explanations_fts", column("rowid"))
+        rank = -func.bm25(literal_column("explanations_fts"))
+        matches = select(fts.c.rowid.label("id"), rank.label("rank")).where(
+            literal_column("explanations_fts").op("MATCH")(match)
+        )
+        return matches, rank, fts.c.rowid
+    expression = tsquery(query)
+    if expression is None:
+        return None
+    ts = func.to_tsquery("english", expression)
+    vector = literal_column("explanations.search_vector")  # generated column, GIN-indexed
+    rank = func.ts_rank(vector, ts)
+    matches = select(Explanation.id.label("id"), rank.label("rank")).where(vector.op("@@")(ts))
+    return matches, rank, Explanation.id
+
+
+def features_matching(session: Session, query: str) -> Select | None:
+    """SELECT of the feature ids with a label matching the query (for filtering listings)."""
+    found = _matches(session, query)
+    if found is None:
+        return None
+    ids = found[0].subquery()
+    return select(Explanation.feature_id).join(ids, ids.c.id == Explanation.id)
+
+
 def search_explanations(
     session: Session,
     query: str,
@@ -69,26 +103,10 @@ def search_explanations(
     offset: int = 0,
 ) -> list[SearchHit]:
     """Explanations matching every word of the query, best first."""
-    dialect = session.get_bind().dialect.name
-    if dialect == "sqlite":
-        match = fts5_query(query)
-        if match is None:
-            return []
-        fts = table("explanations_fts", column("rowid"))
-        rank = -func.bm25(literal_column("explanations_fts"))
-        matches = select(fts.c.rowid.label("id"), rank.label("rank")).where(
-            literal_column("explanations_fts").op("MATCH")(match)
-        )
-        key = fts.c.rowid
-    else:
-        expression = tsquery(query)
-        if expression is None:
-            return []
-        ts = func.to_tsquery("english", expression)
-        vector = literal_column("explanations.search_vector")  # generated column, GIN-indexed
-        rank = func.ts_rank(vector, ts)
-        matches = select(Explanation.id.label("id"), rank.label("rank")).where(vector.op("@@")(ts))
-        key = Explanation.id
+    found = _matches(session, query)
+    if found is None:
+        return []
+    matches, rank, key = found
     if model is None and sae is None:
         # Unfiltered, the best page is found before any join: a common word matching tens of
         # thousands of labels then costs one ranking pass, not a join per match.
@@ -99,6 +117,8 @@ def search_explanations(
             Model.name.label("model"),
             SaeRow.name.label("sae"),
             Feature.index.label("index"),
+            Model.id.label("model_id"),
+            Feature.id.label("feature_id"),
             Feature.density,
             Feature.max_act,
             Explanation.id.label("explanation_id"),

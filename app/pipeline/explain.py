@@ -21,6 +21,7 @@ from app.autointerp.evidence import FeatureEvidence
 from app.autointerp.offline import OfflineExplainer, background_counts
 from app.core.errors import MonoscopeError
 from app.db.engine import session_scope
+from app.db.labels import refresh_sae
 from app.db.models import Explanation, Feature, InterpRun, Model, SaeRow
 from app.db.queries import feature_details, find_model, find_sae, token_counts, vocabulary
 
@@ -120,7 +121,8 @@ def run_explain(
         if sae_row is None:
             raise MonoscopeError(f"no SAE {model}/{sae} in the database; harvest it first")
         vocab = vocabulary(session, sae_row.model_id)
-        todo, considered = _todo(session, sae_row.id, explainer, features, force)
+        sae_id = sae_row.id
+        todo, considered = _todo(session, sae_id, explainer, features, force)
         run = InterpRun(
             sae_id=sae_row.id, kind="explain", method=explainer.method,
             explainer_model=explainer.model,
@@ -172,4 +174,6 @@ def run_explain(
             run.finished_at = datetime.now(UTC)
         bar.update(len(batch))
     bar.close()
+    with session_scope(engine) as session:
+        refresh_sae(session, sae_id)
     return result

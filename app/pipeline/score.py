@@ -27,6 +27,7 @@ from app.core.model import LoadedModel
 from app.core.sae import Sae
 from app.db.codec import unpack_ids
 from app.db.engine import session_scope
+from app.db.labels import refresh_sae
 from app.db.models import Context, Explanation, Feature
 from app.db.queries import feature_details, find_sae, vocabulary
 
@@ -136,7 +137,7 @@ def run_score(
         if features is not None:
             labelled = labelled.where(Feature.index.in_(features))
         todo = sorted(set(session.scalars(labelled)))
-        model_id = sae_row.model_id
+        model_id, sae_id = sae_row.model_id, sae_row.id
         n_labels = session.scalar(
             select(func.count()).select_from(Explanation).join(Feature)
             .where(Feature.sae_id == sae_row.id, Explanation.status == "ok")
@@ -184,4 +185,6 @@ def run_score(
                 result.failed += "failed" in score
                 result.scored += "failed" not in score
     bar.close()
+    with session_scope(engine) as session:
+        refresh_sae(session, sae_id)
     return result

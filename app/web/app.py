@@ -6,16 +6,66 @@ uvicorn.run(create_app(Settings(model="gpt2", saes=["saes/res6"])))
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.gzip import GZipMiddleware
+from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.core.workspace import Workspace
 from app.db.engine import connect, migrate
+from app.db.queries import VocabularyCache
 from app.settings import Settings
-from app.web.routes import home
+from app.web import views
+from app.web.routes import api, features, home, search
 
 ROOT = Path(__file__).resolve().parents[2]
+# Front-end libraries come from the npm registry (package.json), not copies in this repository.
+VENDOR = {
+    "htmx": ROOT / "node_modules/htmx.org/dist",
+    "htmx-sse": ROOT / "node_modules/htmx-ext-sse/dist",
+}
+
+
+def _templates() -> Jinja2Templates:
+    templates = Jinja2Templates(directory=ROOT / "templates")
+    templates.env.filters |= {
+        "density": views.format_density,
+        "num": views.format_number,
+        "token": views.display_token,
+    }
+    templates.env.globals["vendor_ready"] = all(p.is_dir() for p in VENDOR.values())
+    return templates
+
+
+def _error_handlers(app: FastAPI) -> None:
+    """4xx answers: JSON under /api, a page with the message everywhere else."""
+
+    def respond(request: Request, status: int, message: str):
+        if request.url.path.startswith("/api/") or request.url.path == "/healthz":
+            return JSONResponse({"detail": message}, status_code=status)
+        return request.app.state.templates.TemplateResponse(
+            request, "errors/error.html", {"status": status, "message": message},
+            status_code=status,
+        )  # fmt: skip
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        message = exc.detail if isinstance(exc.detail, str) else "Request failed."
+        if exc.status_code == 404 and message == "Not Found":
+            message = "There is no page at this address."
+        return respond(request, exc.status_code, message)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):
+        if request.url.path.startswith("/api/"):
+            return JSONResponse({"detail": exc.errors()}, status_code=422)
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'][1:]) or 'input'}: {e['msg']}" for e in exc.errors()
+        )
+        return respond(request, 422, f"Bad request: {problems}")
 
 
 def create_app(settings: Settings | None = None, workspace: Workspace | None = None) -> FastAPI:
@@ -38,7 +88,14 @@ def create_app(settings: Settings | None = None, workspace: Workspace | None = N
     app = FastAPI(title="Monoscope", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
     app.state.workspace = None
-    app.state.templates = Jinja2Templates(directory=ROOT / "templates")
+    app.state.templates = _templates()
+    app.state.vocabularies = VocabularyCache()
+    app.add_middleware(GZipMiddleware, minimum_size=2_000)  # token-heavy pages shrink ~10×
     app.mount("/static", StaticFiles(directory=ROOT / "static"), name="static")
-    app.include_router(home.router)
+    for name, directory in VENDOR.items():
+        app.mount(f"/vendor/{name}", StaticFiles(directory=directory, check_dir=False), name=name)
+    _error_handlers(app)
+    # Fixed paths first: /{model}/{sae} would otherwise swallow /search/text.
+    for module in (api, home, search, features):
+        app.include_router(module.router)
     return app

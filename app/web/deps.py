@@ -8,6 +8,7 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy.orm import Session
 
 from app.core.workspace import Workspace
+from app.db.queries import VocabularyCache
 from app.settings import Settings
 
 
@@ -33,3 +34,10 @@ SettingsDep = Annotated[Settings, Depends(_settings)]
 WorkspaceDep = Annotated[Workspace | None, Depends(_workspace)]
 SessionDep = Annotated[Session, Depends(_session)]
 TemplatesDep = Annotated[Jinja2Templates, Depends(_templates)]
+
+
+def _vocabularies(request: Request) -> VocabularyCache:
+    return request.app.state.vocabularies
+
+
+VocabularyDep = Annotated[VocabularyCache, Depends(_vocabularies)]

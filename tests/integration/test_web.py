@@ -1,45 +1,219 @@
-"""The app factory, health check and home page through the test client."""
+"""Pages and the JSON API through the test client, on SQLite and PostgreSQL."""
+
+import html
+import re
 
 import pytest
 from fastapi.testclient import TestClient
+from markupsafe import escape
+from sqlalchemy import event
 
-from app.core.sae import save_saelens
+from app.db.engine import session_scope
 from app.settings import Settings
 from app.web.app import create_app
-from tests.helpers import random_sae
+from tests.web_world import D_SAE, DEAD, HOSTILE_LABEL, IMG, SCRIPT, build_world
 
 
-@pytest.fixture(scope="module")
-def sae_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("web") / '"><img src=x onerror=alert(1)>'
-    save_saelens(random_sae(hook_name="blocks.1.hook_resid_post"), folder)
-    return folder
+@pytest.fixture
+def client(engine):
+    with session_scope(engine) as session:
+        build_world(session)
+    url = engine.url.render_as_string(hide_password=False)
+    with TestClient(create_app(Settings(database_url=url, model=None, saes=[]))) as client:
+        yield client
 
 
-def test_health_and_home_list_the_resident_model(gpt2_dir, sae_dir, tmp_path):
-    settings = Settings(
-        model=str(gpt2_dir), saes=[str(sae_dir)], device="cpu", data_dir=tmp_path / "data"
-    )
-    with TestClient(create_app(settings)) as client:
-        health = client.get("/healthz").json()
-        assert health["model"] == gpt2_dir.name and health["device"] == "cpu"
-        (sae,) = health["saes"]
-        assert sae["hook_name"] == "blocks.1.hook_resid_post" and sae["d_sae"] == 128
-        page = client.get("/")
+def assert_escaped(body: str) -> None:
+    """Hostile text appears only escaped: no live tag or handler from token or label text."""
+    assert SCRIPT not in body and "<img" not in body and "<b>bold" not in body
+    assert "onerror=alert(1)>" not in body  # the quote and bracket stay text
+
+
+def test_home_lists_each_sae_with_its_health(client):
+    page = client.get("/")
+    assert page.status_code == 200
+    assert "tiny / res1" in page.text
+    assert "81.0%" in page.text and "93.0%" in page.text  # variance explained, CE recovered
+    assert "12.5" in page.text  # L0
+    assert re.search(r"50\.0%.*labelled", page.text, re.S)  # 3 of 6 features labelled
+
+
+def test_sae_page_shows_metrics_charts_and_the_table(client):
+    page = client.get("/tiny/res1")
+    assert page.status_code == 200
+    assert "<svg" in page.text and "Feature density" in page.text
+    assert "Headline label scores" in page.text
+    assert escape(HOSTILE_LABEL) in page.text
+    assert_escaped(page.text)
+    assert "<title>tiny / res1 · Monoscope</title>" in page.text
+    assert 'property="og:description" content="6 features' in page.text
+
+
+def _indices(body: str) -> list[int]:
+    return [int(i) for i in re.findall(r'<td class="num"><a href="[^"]*/tiny/res1/(\d+)"', body)]
+
+
+@pytest.mark.parametrize(
+    "params, expected",
+    [
+        ({}, [0, 1, 2, 3, 4, 5]),
+        ({"sort": "density"}, [2, 0, 5, 1, 4, 3]),  # descending by default
+        ({"sort": "density", "order": "asc"}, [3, 4, 1, 5, 0, 2]),
+        ({"sort": "score"}, [0, 1, 2]),  # headline: detection 0.55 for #2 beats its simulation
+        ({"labelled": "no"}, [3, 4, 5]),
+        ({"alive": "no"}, [DEAD]),
+        ({"min_density": 0.004, "max_density": 0.02}, [0, 1, 5]),
+        ({"q": "fog"}, [1]),
+        ({"q": "bridg"}, [1]),  # prefix
+    ],
+)
+def test_the_feature_table_sorts_and_filters_from_the_url(client, params, expected):
+    page = client.get("/tiny/res1", params=params)
+    assert page.status_code == 200
+    assert _indices(page.text) == expected
+
+
+def test_keyset_pages_follow_next_links_through_every_feature(client):
+    seen, url = [], "/tiny/res1?sort=density&limit=25"
+    client.get(url)
+    while url:
+        page = client.get(url, headers={"HX-Request": "true", "HX-Target": "feature-table"})
         assert page.status_code == 200
-        assert "<img src=x" not in page.text  # hostile names are escaped
-        assert "&lt;img src=x onerror=alert(1)&gt;" in page.text
-        css = client.get("/static/css/monoscope.css")
-        assert css.status_code == 200
+        assert "<html" not in page.text  # htmx gets the table block only
+        seen += _indices(page.text)
+        found = re.search(r'class="next" rel="next" href="([^"]+)"', page.text)
+        url = html.unescape(found.group(1)) if found else None
+    assert sorted(seen) == list(range(D_SAE))
+    api, after, walked = "/api/v1/saes/tiny/res1/features", None, []
+    while True:
+        body = client.get(api, params={"sort": "density", "limit": 25} | (
+            {"after": after} if after else {})).json()  # fmt: skip
+        walked += [f["index"] for f in body["features"]]
+        if not (after := body["next_cursor"]):
+            break
+    assert walked == [2, 0, 5, 1, 4, 3]
 
 
-def test_empty_server_renders(tmp_path):
-    with TestClient(create_app(Settings(data_dir=tmp_path))) as client:
-        assert client.get("/healthz").json() == {
-            "status": "ok",
-            "model": None,
-            "device": None,
-            "saes": [],
-            "harvested": [],
-        }
-        assert "No model loaded" in client.get("/").text
+@pytest.mark.parametrize(
+    "params", [{"limit": 7}, {"sort": "colour"}, {"after": "x:y", "sort": "density"},
+               {"min_density": "lots"}],
+)  # fmt: skip
+def test_bad_table_parameters_get_a_clear_4xx_page(client, params):
+    page = client.get("/tiny/res1", params=params)
+    assert 400 <= page.status_code < 500
+    assert "That did not work" in page.text and "Traceback" not in page.text
+
+
+def test_feature_page_shows_the_whole_dashboard_with_hostile_text_escaped(client):
+    page = client.get("/tiny/res1/0")
+    assert page.status_code == 200
+    body = page.text
+    assert_escaped(body)
+    assert escape(SCRIPT) in body and escape(IMG) in body
+    # Labels best first, the failure shown as one.
+    assert body.index(escape(HOSTILE_LABEL)) < body.index("an older, weaker label")
+    assert "the explainer returned nothing" in body
+    assert body.count('class="example"') == 8
+    assert body.count("tok peak") == 8  # each example marks its max token
+    assert "Activation histogram" in body and "<rect" in body
+    assert "promotes" in body and "suppresses" in body
+    assert '/tiny/res1/1">#1</a>' in body and "Golden Gate Bridge in the fog" in body  # neighbour
+    assert re.search(r'rel="next" href="[^"]*/tiny/res1/1"', body) and "‹ #" not in body
+    og = re.search(r'property="og:description" content="([^"]*)"', body).group(1)
+    assert html.unescape(og).startswith(f"“{HOSTILE_LABEL}”")
+    assert "Test your own text" not in body  # no model loaded here
+
+
+def test_embed_mode_is_just_the_dashboard(client):
+    page = client.get("/tiny/res1/0", params={"embed": 1})
+    assert page.status_code == 200
+    assert 'class="embed"' in page.text and "site-header" not in page.text
+    assert "Top activations" in page.text
+
+
+def test_a_dead_feature_says_so(client):
+    page = client.get(f"/tiny/res1/{DEAD}")
+    assert page.status_code == 200
+    assert "it is dead" in page.text and "Top activations" not in page.text
+
+
+@pytest.mark.parametrize(
+    "path, message",
+    [
+        ("/tiny/res9", "No SAE"),
+        ("/nobody/res1/0", "No SAE"),
+        ("/tiny/res1/6", "features 0 to 5"),
+        ("/tiny/res1/abc", "not a feature index"),
+        ("/tiny/res1/0/extra/parts", "no page at this address"),
+        ("/api/v1/features/tiny/res1/99", "no feature 99"),
+    ],
+)
+def test_unknown_models_saes_and_indices_are_404s(client, path, message):
+    page = client.get(path)
+    assert page.status_code == 404
+    assert message in page.text
+
+
+def test_label_search_ranks_and_shows_snippets(client):
+    page = client.get("/search", params={"q": "golden gate"})
+    assert page.status_code == 200
+    results = re.findall(r'class="result-label" href="[^"]*(/tiny/res1/\d+)"', page.text)
+    assert sorted(results) == ["/tiny/res1/0", "/tiny/res1/1"]
+    assert 'class="snippet"' in page.text
+    assert_escaped(page.text)
+    assert "<title>“golden gate” · Search · Monoscope</title>" in page.text
+    filtered = client.get("/search", params={"q": "golden", "sae": "nope"})
+    assert "No label matches" in filtered.text
+
+
+@pytest.mark.parametrize("q", [SCRIPT, IMG, "'; DROP TABLE features; --", '"unbalanced', "x" * 500])
+def test_search_takes_hostile_queries_as_text(client, q):
+    page = client.get("/search", params={"q": q})
+    assert page.status_code == 200
+    assert_escaped(page.text)
+    assert client.get("/api/v1/search", params={"q": q}).status_code == 200
+
+
+def test_the_api_mirrors_the_pages(client):
+    saes = client.get("/api/v1/saes").json()
+    assert [(s["model"], s["name"], s["labelled"]) for s in saes] == [("tiny", "res1", 3)]
+    feature = client.get("/api/v1/features/tiny/res1/0").json()
+    assert feature["label"] == HOSTILE_LABEL
+    assert [label["text"] for label in feature["labels"]][:2] == [
+        HOSTILE_LABEL, "an older, weaker label"
+    ]  # fmt: skip
+    assert len(feature["top_examples"]) == 5 and len(feature["interval_examples"]) == 3
+    assert feature["top_examples"][0]["tokens"][5] == SCRIPT  # raw in JSON, as data
+    assert feature["neighbours"][0] == {"index": 1, "cosine": 0.62,
+                                        "label": "Golden Gate Bridge in the fog"}  # fmt: skip
+    hits = client.get("/api/v1/search", params={"q": "fog"}).json()
+    assert [(h["index"], h["url"].endswith("/tiny/res1/1")) for h in hits] == [(1, True)]
+    schema = client.get("/openapi.json").json()
+    documented = {"/api/v1/saes", "/api/v1/features/{model}/{sae}/{index}", "/api/v1/search",
+                  "/api/v1/activations", "/api/v1/saes/{model}/{sae}/features"}  # fmt: skip
+    assert documented <= set(schema["paths"])
+    live = client.post("/api/v1/activations", json={"text": "hello"})
+    assert live.status_code == 409 and "no model" in live.json()["detail"]
+
+
+def test_text_search_without_a_model_explains_itself(client):
+    page = client.get("/search/text")
+    assert page.status_code == 200 and "no model and SAE loaded" in page.text
+    assert client.get("/search/text", params={"text": "hi"}).status_code == 409
+
+
+def test_a_feature_page_costs_at_most_three_round_trips(client, engine):
+    client.get("/tiny/res1/0")  # warms the vocabulary cache
+    statements = []
+    app_engine = client.app.state.engine
+
+    def count(conn, cursor, statement, *args):
+        statements.append(statement)
+
+    event.listen(app_engine, "before_cursor_execute", count)
+    try:
+        assert client.get("/tiny/res1/0").status_code == 200
+    finally:
+        event.remove(app_engine, "before_cursor_execute", count)
+    queries = [s for s in statements if not s.lstrip().upper().startswith(("BEGIN", "ROLLBACK"))]
+    assert len(queries) <= 3, queries

@@ -58,4 +58,7 @@ def healthz(workspace: WorkspaceDep, session: SessionDep) -> Health:
 @router.get("/", response_class=HTMLResponse, name="home")
 def index(request: Request, workspace: WorkspaceDep, session: SessionDep, templates: TemplatesDep):
     health = _health(workspace, session)
-    return templates.TemplateResponse(request, "home/index.html", {"health": health})
+    saes = list_saes(session)
+    context = {"health": health, "saes": saes, "resident": set(health.harvested) & {
+        f"{health.model}/{s.name}" for s in health.saes}}  # fmt: skip
+    return templates.TemplateResponse(request, "home/index.html", context)

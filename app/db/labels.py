@@ -1,0 +1,103 @@
+"""Which label a feature is shown by, and the per-SAE aggregates pages show.
+
+    refresh_sae(session, sae_id)   # after any job that adds labels or scores
+
+A feature may carry many labels (one per explainer) with several scores each. Pages and listings
+need one: the best-scored label, by the first scorer of SCORE_PREFERENCE it has. Keeping that
+choice on the feature row (`label`, `label_score`) lets a million-feature listing sort and filter
+by score through an index, and keeping the SAE's histograms in `saes.summary` spares every SAE
+page a full scan. Written with Core statements on named columns only, so the migration that
+introduced these columns can run them too.
+"""
+
+from datetime import UTC, datetime
+
+import numpy as np
+from sqlalchemy import bindparam, select, update
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session
+
+from app.db.models import Explanation, Feature, SaeRow
+
+# LLM judges say more about a label than the offline simulation does, so they lead.
+SCORE_PREFERENCE = ("detection", "fuzzing", "simulation")
+DENSITY_LOG10_EDGES = [round(-8 + 0.25 * i, 2) for i in range(33)]  # 1e-8 … 1
+SCORE_EDGES = [round(-1 + 0.1 * i, 1) for i in range(21)]  # correlations and accuracies
+
+
+def headline_score(scores: dict | None) -> tuple[str, float] | None:
+    """(scorer, value) of the first preferred scorer that succeeded, else None."""
+    for scorer in SCORE_PREFERENCE:
+        entry = (scores or {}).get(scorer)
+        if entry and "value" in entry and entry["value"] is not None:
+            return scorer, float(entry["value"])
+    return None
+
+
+def label_order(scores: dict | None, explanation_id: int) -> tuple:
+    """Sort key, larger is better: scored before unscored, then by score, then newest."""
+    headline = headline_score(scores)
+    return (headline is not None, headline[1] if headline else 0.0, explanation_id)
+
+
+def refresh_labels(session: Session | Connection, sae_id: int) -> int:
+    """Store each feature's best label and its headline score; returns how many have one."""
+    best: dict[int, tuple[tuple, str, float | None]] = {}
+    rows = session.execute(
+        select(Explanation.feature_id, Explanation.id, Explanation.text, Explanation.scores)
+        .join(Feature, Feature.id == Explanation.feature_id)
+        .where(Feature.sae_id == sae_id, Explanation.status == "ok")
+    )
+    for feature_id, explanation_id, text, scores in rows:
+        key = label_order(scores, explanation_id)
+        if feature_id not in best or key > best[feature_id][0]:
+            headline = headline_score(scores)
+            best[feature_id] = (key, text, headline[1] if headline else None)
+    features = Feature.__table__
+    session.execute(
+        update(features).where(features.c.sae_id == sae_id).values(label=None, label_score=None)
+    )
+    if best:
+        session.execute(
+            update(features)
+            .where(features.c.id == bindparam("feature_id"))
+            .values(label=bindparam("text"), label_score=bindparam("score")),
+            [{"feature_id": f, "text": text, "score": s} for f, (_, text, s) in best.items()],
+        )
+    return len(best)
+
+
+def _histogram(values: np.ndarray, edges: list[float]) -> dict:
+    clipped = np.clip(values, edges[0], edges[-1])
+    counts, _ = np.histogram(clipped, bins=np.asarray(edges))
+    return {"edges": edges, "counts": counts.tolist()}
+
+
+def refresh_summary(session: Session | Connection, sae_id: int) -> dict:
+    """Recompute the SAE's coverage and histograms from its feature rows and store them."""
+    rows = session.execute(
+        select(Feature.density, Feature.label_score, Feature.label.is_not(None)).where(
+            Feature.sae_id == sae_id
+        )
+    ).all()
+    density = np.array([r[0] for r in rows], dtype=np.float64)
+    scores = np.array([r[1] for r in rows if r[1] is not None], dtype=np.float64)
+    alive = density > 0
+    summary = {
+        "features": len(rows),
+        "alive": int(alive.sum()),
+        "labelled": int(sum(1 for r in rows if r[2])),
+        "scored": int(scores.size),
+        "mean_score": round(float(scores.mean()), 4) if scores.size else None,
+        "density_log10": _histogram(np.log10(density[alive]), DENSITY_LOG10_EDGES),
+        "scores": _histogram(scores, SCORE_EDGES),
+        "updated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    saes = SaeRow.__table__
+    session.execute(update(saes).where(saes.c.id == sae_id).values(summary=summary))
+    return summary
+
+
+def refresh_sae(session: Session | Connection, sae_id: int) -> dict:
+    refresh_labels(session, sae_id)
+    return refresh_summary(session, sae_id)

@@ -1,0 +1,60 @@
+"""The model and SAEs this server holds, as pages and the API reach them.
+
+A database may describe SAEs the server has not loaded; pages still show everything stored and
+say plainly when a live computation (activations for typed text) needs an SAE that is not here.
+"""
+
+import threading
+from dataclasses import dataclass
+
+from fastapi import HTTPException
+
+from app.core.errors import MonoscopeError
+from app.core.inspect import Inspection, inspect
+from app.core.model import LoadedModel
+from app.core.sae import Sae
+from app.core.workspace import Workspace
+
+MAX_TEXT_TOKENS = 512
+MAX_TEXT_CHARS = 8_000
+# One forward at a time: the model is shared by every request thread and its memory is finite.
+_inference = threading.Lock()
+
+
+@dataclass(frozen=True)
+class Resident:
+    model: LoadedModel
+    sae_name: str
+    sae: Sae
+
+
+def resident(workspace: Workspace | None, model: str, sae: str) -> Resident | None:
+    if workspace is None or workspace.model.name != model or sae not in workspace.saes:
+        return None
+    return Resident(workspace.model, sae, workspace.saes[sae])
+
+
+def require_resident(workspace: Workspace | None, model: str, sae: str) -> Resident:
+    found = resident(workspace, model, sae)
+    if found is None:
+        raise HTTPException(
+            409, f"{model}/{sae} is not loaded on this server, so it cannot read new text"
+        )
+    return found
+
+
+def run_text(found: Resident, text: str, top_k: int = 10, reduce: str = "max") -> Inspection:
+    """Per-token and overall features of `text`, with limits a page can state."""
+    if not text.strip():
+        raise HTTPException(400, "Type some text to run through the model.")
+    if len(text) > MAX_TEXT_CHARS:
+        raise HTTPException(400, f"The text is {len(text):,} characters; the limit is "
+                                 f"{MAX_TEXT_CHARS:,}.")  # fmt: skip
+    try:
+        with _inference:
+            return inspect(
+                found.model, {found.sae_name: found.sae}, text, top_k=top_k, reduce=reduce,
+                max_tokens=MAX_TEXT_TOKENS,
+            )  # fmt: skip
+    except MonoscopeError as exc:
+        raise HTTPException(400, str(exc)) from exc

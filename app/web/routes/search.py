@@ -1,0 +1,157 @@
+"""Search by label text, and "which features fire on this text"; both are shareable URLs."""
+
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.responses import HTMLResponse
+from sqlalchemy.orm import Session
+
+from app.core.inspect import Inspection
+from app.db.labels import headline_score
+from app.db.models import Model
+from app.db.queries import find_sae, labels_of, list_saes, top_examples
+from app.db.search import SearchHit, search_explanations
+from app.web import views
+from app.web.deps import SessionDep, TemplatesDep, VocabularyDep, WorkspaceDep
+from app.web.resident import resident, run_text
+
+router = APIRouter()
+RESULTS_PER_PAGE = 20
+MAX_RESULT_OFFSET = 1_000
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    hit: SearchHit
+    headline: tuple[str, float] | None
+    snippet: views.ExampleRow | None
+
+
+def label_search(
+    session: Session, vocabularies, q: str, model: str | None, sae: str | None, page: int
+) -> list[SearchResult]:
+    """Ranked label matches with each feature's strongest example as a snippet."""
+    if page < 1 or (page - 1) * RESULTS_PER_PAGE > MAX_RESULT_OFFSET:
+        raise HTTPException(400, f"page must be between 1 and {MAX_RESULT_OFFSET // 20 + 1}")
+    hits = search_explanations(
+        session, q, model=model or None, sae=sae or None, limit=RESULTS_PER_PAGE,
+        offset=(page - 1) * RESULTS_PER_PAGE,
+    )  # fmt: skip
+    examples = top_examples(session, sorted({h.feature_id for h in hits}))
+    results = []
+    for hit in hits:
+        example = examples.get(hit.feature_id)
+        snippet = None
+        if example is not None:
+            vocab = vocabularies.get(session, session.get(Model, hit.model_id))
+            snippet = views.example_row(example, vocab, example.max_act, before=8, after=6)
+        results.append(SearchResult(hit, headline_score(hit.scores), snippet))
+    return results
+
+
+@router.get("/search", response_class=HTMLResponse, name="search")
+def search_page(
+    request: Request,
+    session: SessionDep,
+    templates: TemplatesDep,
+    vocabularies: VocabularyDep,
+    q: Annotated[str, Query(max_length=500)] = "",
+    model: str = "",
+    sae: str = "",
+    page: int = 1,
+):
+    results = label_search(session, vocabularies, q, model, sae, page) if q.strip() else []
+    context = {
+        "q": q,
+        "model": model,
+        "sae": sae,
+        "page": page,
+        "results": results,
+        "more": len(results) == RESULTS_PER_PAGE,
+        "saes": list_saes(session),
+    }
+    return templates.TemplateResponse(request, "search/labels.html", context)
+
+
+@dataclass(frozen=True)
+class FeatureLine:
+    index: int
+    value: float
+    label: str | None
+    max_act: float | None
+    density: float | None
+
+
+@dataclass(frozen=True)
+class TextReading:
+    cells: list[views.TokenCell]
+    overall: list[FeatureLine]
+    per_token: list[list[FeatureLine]]
+    excluded: set[int]
+
+
+def read_text(
+    session: Session, sae_id: int | None, inspection: Inspection, sae: str
+) -> TextReading:
+    """Labels for every feature that shows up, in one query, and a heat strip whose heat is each
+    token's strongest feature relative to that feature's stored maximum."""
+    found = inspection.saes[sae]
+    indices = {h.index for h in found.overall} | {h.index for row in found.per_token for h in row}
+    stored = labels_of(session, sae_id, sorted(indices)) if sae_id is not None else []
+    known = {f.index: f for f in stored}
+
+    def line(hit) -> FeatureLine:
+        f = known.get(hit.index)
+        return FeatureLine(
+            hit.index, hit.value, f.label if f else None, f.max_act if f else None,
+            f.density if f else None,
+        )  # fmt: skip
+
+    per_token = [[line(h) for h in row] for row in found.per_token]
+    heat = [max((h.value / h.max_act for h in row if h.max_act), default=0.0) for row in per_token]
+    cells = [
+        views.TokenCell(
+            views.display_token(text), heat[i], round(min(heat[i], 1.0), 3), False,
+            i in inspection.excluded_positions, i,
+        )
+        for i, text in enumerate(inspection.tokens)
+    ]  # fmt: skip
+    return TextReading(cells, [line(h) for h in found.overall], per_token,
+                       set(inspection.excluded_positions))  # fmt: skip
+
+
+@router.get("/search/text", response_class=HTMLResponse, name="search_text")
+def search_text_page(
+    request: Request,
+    session: SessionDep,
+    templates: TemplatesDep,
+    workspace: WorkspaceDep,
+    text: Annotated[str, Query(max_length=20_000)] = "",
+    sae: str = "",
+    reduce: Literal["max", "sum"] = "max",
+    pos: int | None = None,
+):
+    loaded = sorted(workspace.saes) if workspace else []
+    model = workspace.model.name if workspace else None
+    sae = sae or (loaded[0] if loaded else "")
+    context = {
+        "text": text, "sae": sae, "reduce": reduce, "pos": pos, "model": model,
+        "loaded": loaded, "reading": None,
+    }  # fmt: skip
+    if text:
+        found = resident(workspace, model or "", sae)
+        if not loaded:
+            raise HTTPException(409, "This server has no model and SAE loaded to read text with.")
+        if found is None:
+            raise HTTPException(409, f"SAE {sae!r} is not loaded on this server.")
+        sae_row = find_sae(session, model, sae)
+        if sae_row is None:
+            raise HTTPException(409, f"{model}/{sae} is loaded but not harvested into this "
+                                     "database, so its features have no pages yet.")  # fmt: skip
+        inspection = run_text(found, text, top_k=10, reduce=reduce)
+        reading = read_text(session, sae_row.id, inspection, sae)
+        if pos is not None and not 0 <= pos < len(reading.cells):
+            raise HTTPException(400, f"pos must be between 0 and {len(reading.cells) - 1}")
+        context["reading"] = reading
+    return templates.TemplateResponse(request, "search/text.html", context)

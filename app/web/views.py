@@ -1,0 +1,147 @@
+"""View models: what templates render, shaped from query results.
+
+Token text is hostile input (any byte sequence a tokenizer can emit); it reaches templates only
+as data and is escaped there. Nothing here builds markup.
+"""
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from app.db.labels import SCORE_PREFERENCE, headline_score
+from app.db.queries import ExampleView
+
+SPECIAL_TOKEN = ("<|", "|>")
+WINDOW_BEFORE, WINDOW_AFTER = 40, 12  # tokens shown around an example's peak
+
+
+def display_token(text: str) -> str:
+    """Whitespace a reader can see: a newline token shows as ↵, a tab as ⇥."""
+    return text.replace("\n", "↵").replace("\t", "⇥").replace("\r", "␍") or "∅"
+
+
+@dataclass(frozen=True)
+class TokenCell:
+    text: str
+    value: float
+    intensity: float  # 0..1, the highlight's opacity
+    peak: bool
+    special: bool
+    position: int
+
+
+def token_cells(
+    texts: list[str], activations: np.ndarray, scale: float, start: int = 0, end: int | None = None
+) -> list[TokenCell]:
+    """Highlight cells for texts[start:end], intensity relative to `scale` (the feature's max)."""
+    end = len(texts) if end is None else end
+    peak = int(activations.argmax()) if len(activations) and activations.max() > 0 else -1
+    scale = scale if scale > 0 else 1.0
+    return [
+        TokenCell(
+            text=display_token(texts[i]),
+            value=float(activations[i]),
+            intensity=round(min(max(float(activations[i]) / scale, 0.0), 1.0), 3),
+            peak=i == peak,
+            special=texts[i].startswith(SPECIAL_TOKEN[0]) and texts[i].endswith(SPECIAL_TOKEN[1]),
+            position=i,
+        )
+        for i in range(start, end)
+    ]
+
+
+@dataclass(frozen=True)
+class ExampleRow:
+    cells: list[TokenCell]
+    max_act: float
+    cut_before: bool  # the context goes on before the window
+    cut_after: bool
+    rank: int
+
+
+def example_row(
+    example: ExampleView,
+    vocab: list[str],
+    scale: float,
+    before: int = WINDOW_BEFORE,
+    after: int = WINDOW_AFTER,
+) -> ExampleRow:
+    texts = [vocab[t] if 0 <= t < len(vocab) else f"<{t}>" for t in example.token_ids.tolist()]
+    peak = example.max_position
+    start = max(peak - before, 0)
+    end = min(peak + after + 1, len(texts))
+    return ExampleRow(
+        token_cells(texts, example.activations, scale, start, end),
+        example.max_act,
+        start > 0,
+        end < len(texts),
+        example.rank,
+    )
+
+
+@dataclass(frozen=True)
+class IntervalGroup:
+    low: float
+    high: float
+    rows: list[ExampleRow]
+
+
+def interval_groups(
+    examples: list[ExampleView], vocab: list[str], max_act: float, n_intervals: int
+) -> list[IntervalGroup]:
+    """Quantile examples grouped by their activation interval, strongest interval first."""
+    groups: dict[int, list[ExampleRow]] = {}
+    for e in examples:
+        groups.setdefault(e.interval or 0, []).append(example_row(e, vocab, max_act))
+    width = max_act / max(n_intervals, 1)
+    return [
+        IntervalGroup(i * width, (i + 1) * width, groups[i]) for i in sorted(groups, reverse=True)
+    ]
+
+
+@dataclass(frozen=True)
+class LabelView:
+    text: str
+    method: str
+    explainer_model: str | None
+    status: str
+    error: str | None
+    headline: tuple[str, float] | None
+    scores: list[tuple[str, float | None, str | None]]  # (scorer, value, failure)
+
+
+def label_view(explanation) -> LabelView:
+    scores = explanation.scores or {}
+    ordered = [s for s in SCORE_PREFERENCE if s in scores] + sorted(
+        s for s in scores if s not in SCORE_PREFERENCE
+    )
+    return LabelView(
+        explanation.text,
+        explanation.method,
+        explanation.explainer_model,
+        explanation.status,
+        explanation.error,
+        headline_score(scores),
+        [(s, scores[s].get("value"), scores[s].get("failed")) for s in ordered],
+    )
+
+
+def format_density(density: float | None) -> str:
+    """Firing rate as a percentage with sensible precision; 0 reads 'dead'."""
+    if density is None:
+        return "–"
+    if density <= 0:
+        return "dead"
+    percent = density * 100
+    if percent >= 1:
+        return f"{percent:.1f}%"
+    if percent >= 0.01:
+        return f"{percent:.3f}%"
+    return f"{percent:.1e}%"
+
+
+def format_number(value: float | None, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:.{digits}g}" if abs(value) < 1e4 else f"{value:,.0f}"

@@ -1,0 +1,82 @@
+"""Pages that run the resident model: activations for typed text, per feature and overall."""
+
+import re
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.core.workspace import Workspace
+from app.db.engine import session_scope
+from app.demo import DEMO_MODEL, DEMO_SAE
+from app.settings import Settings
+from app.web.app import create_app
+from tests.web_world import SCRIPT, build_demo_rows
+
+
+@pytest.fixture(scope="module")
+def demo_workspace():
+    return Workspace.load(str(DEMO_MODEL), [str(DEMO_SAE)], device="cpu")
+
+
+@pytest.fixture
+def client(engine, demo_workspace):
+    tokenizer = demo_workspace.model.tokenizer
+    vocab = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+    with session_scope(engine) as session:
+        build_demo_rows(session, demo_workspace.saes["res1"].d_sae, vocab)
+    url = engine.url.render_as_string(hide_password=False)
+    app = create_app(Settings(database_url=url), workspace=demo_workspace)
+    with TestClient(app) as client:
+        yield client
+
+
+def test_feature_page_offers_the_test_your_text_box_and_it_reads_text(client):
+    page = client.get("/monoscope-demo/res1/7")
+    assert "Test your own text" in page.text
+    typed = f"The Golden Gate Bridge {SCRIPT}"
+    result = client.get("/monoscope-demo/res1/7/activations", params={"text": typed})
+    assert result.status_code == 200
+    assert SCRIPT not in result.text and "&lt;" in result.text  # typed text is escaped too
+    cells = re.findall(r'class="tok[^"]*"[^>]*title="[^"]*· ([\d.]+)"', result.text)
+    assert len(cells) > 5 and all(float(v) >= 0 for v in cells)
+
+
+@pytest.mark.parametrize(
+    "text, status, message",
+    [("   ", 400, "Type some text"), ("x" * 9000, 400, "limit is 8,000"), ("hi", 404, None)],
+)
+def test_the_text_box_rejects_bad_input_clearly(client, text, status, message):
+    index = 7 if status != 404 else 999_999
+    result = client.get(f"/monoscope-demo/res1/{index}/activations", params={"text": text})
+    assert result.status_code == status
+    assert message is None or message in result.text
+
+
+def test_which_features_fire_on_a_text(client):
+    params = {"text": "User: Tell me about the Golden Gate Bridge.", "pos": 8}
+    page = client.get("/search/text", params=params)
+    assert page.status_code == 200
+    assert "Top features (max, BOS excluded)" in page.text
+    assert re.search(r"Token 8: <span class=\"tok-text\">", page.text)
+    links = re.findall(r'href="[^"]*/monoscope-demo/res1/(\d+)"', page.text)
+    assert len(links) >= 10
+    assert "demo feature seven" in page.text or "no label" in page.text
+    tokens = re.findall(r'<a class="tok[^"]*"[^>]*href="([^"]+)"', page.text)
+    assert len(tokens) == 11 and all("pos=" in t for t in tokens)  # each token is a link
+    by_sum = client.get("/search/text", params=params | {"reduce": "sum"})
+    assert "Top features (sum, BOS excluded)" in by_sum.text
+    assert client.get("/search/text", params=params | {"pos": 99}).status_code == 400
+    assert client.get("/search/text", params=params | {"sae": "nope"}).status_code == 409
+
+
+def test_activations_api_reports_tokens_and_features(client):
+    body = client.post("/api/v1/activations", json={"text": "The Golden Gate Bridge", "top_k": 3})
+    assert body.status_code == 200
+    data = body.json()
+    assert data["model"] == "monoscope-demo" and data["sae"] == "res1"
+    assert data["excluded_positions"] == [0]
+    assert len(data["per_token"]) == len(data["tokens"])
+    assert 1 <= len(data["overall"]) <= 3
+    assert all(f["value"] > 0 for f in data["overall"])
+    assert client.post("/api/v1/activations", json={"text": ""}).status_code == 400
+    assert client.post("/api/v1/activations", json={"text": "x", "top_k": 0}).status_code == 422

@@ -1,0 +1,114 @@
+"""A small stored world for web tests, with hostile token and label text.
+
+sae_id = build_world(session)                  # model "tiny", SAE "res1", 6 features
+build_demo_rows(session)                       # "monoscope-demo/res1" rows for live text
+"""
+
+import numpy as np
+from sqlalchemy.orm import Session
+
+from app.db import store as db
+from app.db.labels import refresh_sae
+from app.db.models import Explanation, Feature
+
+SCRIPT = "<script>alert(1)</script>"
+IMG = '"><img src=x onerror=alert(1)>'
+VOCAB = ["<|endoftext|>", "Golden", " Gate", SCRIPT, IMG, " Bridge", "\n", " the", " fog", "&amp;"]
+HOSTILE_LABEL = "<b>bold</b> & <i>Golden Gate</i>"
+CONTEXT = 12
+D_SAE = 6
+DEAD = 3
+
+
+def _contexts(rng: np.random.Generator, n: int) -> np.ndarray:
+    ids = rng.integers(1, len(VOCAB), size=(n, CONTEXT)).astype(np.int32)
+    ids[:, 0] = 0  # BOS
+    ids[:, 5] = 3  # every context carries both hostile tokens
+    ids[:, 6] = 4
+    return ids
+
+
+def build_world(session: Session, name: str = "res1") -> int:
+    """Model 'tiny' and SAE `name`: feature 0 has a hostile label, three labels and examples on
+    hostile tokens; 1 and 2 are labelled; 3 is dead; 4 and 5 are alive without labels."""
+    rng = np.random.default_rng(0)
+    model = db.upsert_model(session, db.ModelInfo("tiny", "tests/tiny", "gpt2", 2, 16, 10), VOCAB)
+    metrics = {"l0": 12.5, "variance_explained": 0.81, "ce_loss_recovered": 0.93,
+               "dead_fraction": 1 / 6}  # fmt: skip
+    edges = [round(-3 + 0.1 * i, 2) for i in range(61)]
+    harvest = {"tokens": 4096, "histogram_log10_edges": edges, "config": {"n_intervals": 5}}
+    sae = db.create_sae(
+        session, model,
+        db.SaeInfo(name, "saes/" + name, "blocks.1.hook_resid_post", "topk", 16, D_SAE, metrics,
+                   harvest),
+    )  # fmt: skip
+    counts = [0] * 60
+    counts[30:40] = [5, 9, 14, 20, 25, 18, 10, 6, 3, 1]
+    feature_ids = db.insert_features(
+        session, sae.id,
+        {
+            "index": list(range(D_SAE)),
+            "density": [0.02, 0.005, 0.3, 0.0, 0.0004, 0.01],
+            "max_act": [5.0, 2.0, 1.0, 0.0, 3.0, 4.0],
+            "mean_act": [1.5, 0.7, 0.4, 0.0, 1.0, 1.1],
+            "histogram": [{"counts": counts}] * D_SAE,
+            "top_logits": [[[3, SCRIPT, 1.5], [5, " Bridge", 0.9]]] * D_SAE,
+            "bottom_logits": [[[4, IMG, -1.2]]] * D_SAE,
+            "neighbours": [[[1, 0.62], [4, 0.35]]] + [[]] * (D_SAE - 1),
+        },
+    )  # fmt: skip
+    contexts = _contexts(rng, 8)
+    context_ids = db.insert_contexts(session, model.id, "fp", np.arange(8), contexts)
+    acts = np.zeros((8, CONTEXT), np.float32)
+    acts[:, 5] = np.linspace(5.0, 1.0, 8)  # peaks on the <script> token
+    acts[:, 6] = 0.5
+    db.insert_examples(
+        session,
+        feature_ids=np.array([feature_ids[0]] * 8),
+        context_ids=np.array([context_ids[r] for r in range(8)]),
+        kinds=["top"] * 5 + ["quantile"] * 3,
+        ranks=np.array([0, 1, 2, 3, 4, 0, 1, 2]),
+        intervals=np.array([-1] * 5 + [1, 1, 0]),
+        max_acts=acts.max(axis=1),
+        activations=acts,
+    )
+    labels = [
+        (0, HOSTILE_LABEL, {"simulation": {"value": 0.8}}),
+        (0, "an older, weaker label", {"simulation": {"value": 0.2}}),
+        (0, "", None),  # a failure is shown as one, never as the label
+        (1, "Golden Gate Bridge in the fog", {"simulation": {"value": 0.6}}),
+        (2, "common words", {"detection": {"value": 0.55}, "simulation": {"value": 0.9}}),
+    ]
+    for index, text, scores in labels:
+        session.add(
+            Explanation(
+                feature_id=int(feature_ids[index]), text=text, method="offline",
+                scores=scores or {}, status="ok" if text else "failed",
+                error=None if text else "the explainer returned nothing",
+            )
+        )  # fmt: skip
+    session.flush()
+    refresh_sae(session, sae.id)
+    return sae.id
+
+
+def build_demo_rows(session: Session, d_sae: int, vocab: list[str]) -> int:
+    """Stored rows for the demo model and SAE (no examples), so pages can link live text to
+    features without a harvest."""
+    model = db.upsert_model(
+        session, db.ModelInfo("monoscope-demo", "demo", "gpt2", 4, 256, len(vocab)), vocab
+    )
+    sae = db.create_sae(
+        session, model,
+        db.SaeInfo("res1", "demo", "blocks.1.hook_resid_post", "topk", 256, d_sae, {}, {}),
+    )  # fmt: skip
+    db.insert_features(
+        session, sae.id,
+        {"index": list(range(d_sae)), "density": [0.01] * d_sae, "max_act": [4.0] * d_sae,
+         "mean_act": [1.0] * d_sae},
+    )  # fmt: skip
+    feature = session.query(Feature).filter_by(sae_id=sae.id, index=7).one()
+    session.add(Explanation(feature_id=feature.id, text="demo feature seven", method="offline"))
+    session.flush()
+    refresh_sae(session, sae.id)
+    return sae.id
