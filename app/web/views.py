@@ -142,6 +142,7 @@ def format_density(density: float | None) -> str:
 
 
 def format_number(value: float | None, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    """Significant digits for the eye; anything missing (None, NaN, an absent key) reads '–'."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
         return "–"
     return f"{value:.{digits}g}" if abs(value) < 1e4 else f"{value:,.0f}"

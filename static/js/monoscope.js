@@ -14,3 +14,18 @@ document.addEventListener("submit", (event) => {
   event.preventDefault();
   location.href = form.action.replace(/\/$/, "") + "/" + encodeURIComponent(form.elements.index.value);
 });
+
+// Hovering a token shows its activation at once (a title tooltip takes a second to appear).
+const readout = document.createElement("div");
+readout.id = "token-readout";
+readout.hidden = true;
+document.addEventListener("DOMContentLoaded", () => document.body.append(readout));
+document.addEventListener("mouseover", (event) => {
+  const token = event.target.closest(".tok[data-value]");
+  if (!token) { readout.hidden = true; return; }
+  readout.textContent = `${JSON.stringify(token.textContent)} ${token.dataset.value}`;
+  const box = token.getBoundingClientRect();
+  readout.style.left = `${box.left + window.scrollX}px`;
+  readout.style.top = `${box.bottom + window.scrollY + 4}px`;
+  readout.hidden = false;
+});

@@ -65,6 +65,7 @@ def _indices(body: str) -> list[int]:
         ({"min_density": 0.004, "max_density": 0.02}, [0, 1, 5]),
         ({"q": "fog"}, [1]),
         ({"q": "bridg"}, [1]),  # prefix
+        ({"q": "", "min_density": "", "max_density": "", "order": ""}, [0, 1, 2, 3, 4, 5]),
     ],
 )
 def test_the_feature_table_sorts_and_filters_from_the_url(client, params, expected):

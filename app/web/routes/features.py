@@ -5,7 +5,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.routing import NoMatchFound
 
 from app.db.labels import SCORE_EDGES
@@ -40,6 +40,12 @@ class TableQuery(BaseModel):
     max_density: float | None = None
     q: str = Field("", max_length=500)
     limit: int = 50
+
+    @field_validator("min_density", "max_density", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value):
+        """Forms send an empty box as an empty string: no bound."""
+        return None if isinstance(value, str) and not value.strip() else value
 
     @property
     def descending(self) -> bool:

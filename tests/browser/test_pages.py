@@ -1,0 +1,71 @@
+"""The site in headless Chromium: search, open a feature, hover, test text, paginate."""
+
+import re
+
+import pytest
+from playwright.sync_api import expect
+
+from tests.web_world import IMG, SCRIPT
+
+pytestmark = pytest.mark.browser
+
+
+def test_search_then_open_a_feature_and_hover_a_token(page, server_url):
+    page.goto(server_url)
+    page.fill(".big-search input[name=q]", "golden gate")
+    page.press(".big-search input[name=q]", "Enter")
+    expect(page).to_have_url(re.compile(r"/search\?q=golden\+gate"))
+    results = page.locator(".result-label")
+    expect(results.first).to_be_visible()
+    page.locator(".result-label", has_text="Golden Gate Bridge in the fog").click()
+    expect(page).to_have_url(re.compile(r"/tiny/res1/1$"))
+    page.locator(".neighbours a, .actions a[rel=prev]").first.click()
+    expect(page).to_have_url(re.compile(r"/tiny/res1/0$"))
+    expect(page.locator("h1")).to_contain_text("<b>bold</b>")  # shown as text, not markup
+    peak = page.locator(".top-examples .tok.peak").first
+    expect(peak).to_have_text(SCRIPT)  # hostile token text is visible text
+    peak.hover()
+    readout = page.locator("#token-readout")
+    expect(readout).to_be_visible()
+    expect(readout).to_contain_text("5.000")
+    assert page.locator("img").count() == 0 and page.dialogs == []
+    assert IMG in page.locator(".logits").inner_text()
+
+
+def test_test_your_text_box_shows_the_feature_on_each_token(page, server_url):
+    page.goto(f"{server_url}/monoscope-demo/res1/7")
+    page.fill(".test-text textarea", "The Golden Gate Bridge is red.")
+    page.click(".test-text button[type=submit]")
+    cells = page.locator("#test-result .tok")
+    expect(cells.first).to_be_visible()
+    assert cells.count() == 8  # BOS and seven tokens
+    expect(page.locator("#test-result")).to_contain_text("of its stored max")
+
+
+def test_the_feature_table_paginates_and_filters_in_place(page, server_url):
+    page.goto(f"{server_url}/monoscope-demo/res1")
+    first = page.locator("#feature-table tbody tr").first
+    expect(first.locator("td").first).to_have_text("0")
+    page.evaluate("window.sameDocument = true")  # survives only if htmx swaps in place
+    page.click("#feature-table a.next")
+    expect(page).to_have_url(re.compile(r"after=49"))  # htmx pushed the shareable URL
+    expect(page.locator("#feature-table tbody tr").first.locator("td").first).to_have_text("50")
+    page.fill("#feature-filters input[name=q]", "seven")
+    expect(page.locator("#feature-table tbody tr")).to_have_count(1)
+    expect(page).to_have_url(re.compile(r"q=seven"))
+    assert page.evaluate("window.sameDocument") is True
+    page.reload()  # the URL alone restores the view
+    expect(page.locator("#feature-table tbody tr")).to_have_count(1)
+
+
+def test_text_search_links_tokens_to_their_features(page, server_url):
+    page.goto(f"{server_url}/search/text")
+    page.fill(".text-form textarea", "User: Tell me about the Golden Gate Bridge.")
+    page.click(".text-form button[type=submit]")
+    tokens = page.locator(".heat a.tok")
+    expect(tokens).to_have_count(11)
+    tokens.nth(8).click()
+    expect(page.locator("#token-panel h2")).to_contain_text("Token 8")
+    expect(page).to_have_url(re.compile(r"pos=8"))
+    page.locator("#token-panel tbody a").first.click()
+    expect(page).to_have_url(re.compile(r"/monoscope-demo/res1/\d+$"))
