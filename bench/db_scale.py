@@ -6,10 +6,10 @@
 Builds the database through the real schema (alembic upgrade head), bulk-loads features (each
 with JSON histogram, logit effects and neighbours), 50 examples per feature over a shared pool of
 contexts with float16 per-token activations, and one label per feature; then times, on random
-targets: the feature page (3 queries: feature, examples with contexts, labels), a keyset page of
-50 features sorted by density at a random depth, and label full-text search. Prints p50/p95 in
-milliseconds against the targets (20 / 30 / 50 ms). Building takes minutes at full size; PostgreSQL
-is reset (schema public dropped) before loading.
+targets: the feature page (3 queries: feature with labels, examples with contexts, neighbours),
+a keyset page of 50 features sorted by density at a random depth, and label full-text search.
+Prints p50/p95 in milliseconds against the targets (20 / 30 / 50 ms). Building takes minutes at
+full size; PostgreSQL is reset (schema public dropped) before loading.
 """
 
 import argparse
@@ -25,7 +25,8 @@ from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
 from app.db.engine import connect, migrate
-from app.db.queries import feature_detail, find_sae, list_features
+from app.db.labels import refresh_summary
+from app.db.queries import feature_view, find_sae, list_features
 from app.db.search import search_explanations
 
 CONTEXT = 64
@@ -41,7 +42,7 @@ WORDS = [
 CHUNK = 10_000
 
 
-def _features(first: int, n: int, rng: np.random.Generator) -> Iterator[tuple]:
+def _features(first: int, n: int, rng: np.random.Generator, labels: list[str]) -> Iterator[tuple]:
     density = 10 ** rng.uniform(-6, -0.5, n)
     max_act = rng.gamma(2.0, 3.0, n)
     histogram = json.dumps({"counts": rng.integers(0, 1000, 40).tolist()})
@@ -49,7 +50,7 @@ def _features(first: int, n: int, rng: np.random.Generator) -> Iterator[tuple]:
     neighbours = json.dumps([[int(i), 0.4] for i in rng.integers(0, 1_000_000, 10)])
     for i in range(n):
         yield (1, first + i, float(density[i]), float(max_act[i]), float(max_act[i]) / 3,
-               histogram, logits, logits, neighbours)  # fmt: skip
+               histogram, logits, logits, neighbours, labels[i])  # fmt: skip
 
 
 def _label(rng: random.Random) -> str:
@@ -93,6 +94,7 @@ def build(engine: Engine, n_features: int, n_examples: int) -> None:
         f"768, {n_features}, '{{}}', '{{}}', {mark})",
         ("2026-01-01",),
     )
+    rows("tokens (model_id, token_id, text)", ((1, t, f"tok{t}") for t in range(50_000)))
     rows(
         "contexts (id, model_id, corpus, row, token_ids)",
         ((i + 1, 1, "bench", i, token_blobs[i % 1024]) for i in range(CONTEXT_POOL)),
@@ -100,10 +102,11 @@ def build(engine: Engine, n_features: int, n_examples: int) -> None:
     start = time.perf_counter()
     for first in range(0, n_features, CHUNK):
         n = min(CHUNK, n_features - first)
+        labels = [_label(words) for _ in range(n)]
         rows(
             "features (sae_id, index, density, max_act, mean_act, histogram, top_logits, "
-            "bottom_logits, neighbours)".replace("index", '"index"'),
-            _features(first, n, rng),
+            "bottom_logits, neighbours, label)".replace("index", '"index"'),
+            _features(first, n, rng, labels),
         )
         feature_ids = np.arange(first + 1, first + n + 1)
         contexts = rng.integers(1, CONTEXT_POOL + 1, (n, n_examples))
@@ -118,7 +121,10 @@ def build(engine: Engine, n_features: int, n_examples: int) -> None:
         )  # fmt: skip
         rows(
             "explanations (feature_id, text, method, scores, created_at)",
-            ((int(f), _label(words), "offline", "{}", "2026-01-01") for f in feature_ids),
+            (
+                (int(f), label, "offline", "{}", "2026-01-01")
+                for f, label in zip(feature_ids, labels, strict=True)
+            ),
         )
         raw.commit()
         done = first + n
@@ -132,6 +138,9 @@ def build(engine: Engine, n_features: int, n_examples: int) -> None:
         cursor.execute("ANALYZE")
     raw.commit()
     raw.close()
+    with Session(engine) as session:  # the SAE page's histograms, as jobs leave them
+        refresh_summary(session, 1)
+        session.commit()
 
 
 def _percentiles(run: Callable[[], object], n: int) -> tuple[float, float]:
@@ -155,8 +164,8 @@ def measure(engine: Engine, n_features: int, n: int) -> dict[str, tuple[float, f
         ]  # fmt: skip
 
         def page() -> None:
-            detail = feature_detail(session, "bench", "res", rng.randrange(n_features))
-            assert detail is not None and len(detail.examples) > 0
+            view = feature_view(session, "bench", "res", rng.randrange(n_features))
+            assert view is not None and len(view.detail.examples) > 0
 
         def listing() -> None:
             list_features(

@@ -21,7 +21,7 @@ def display_token(text: str) -> str:
     return text.replace("\n", "↵").replace("\t", "⇥").replace("\r", "␍") or "∅"
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # thousands per page: plain slots build several times faster than frozen
 class TokenCell:
     text: str
     value: float
@@ -37,18 +37,16 @@ def token_cells(
     """Highlight cells for texts[start:end], intensity relative to `scale` (the feature's max)."""
     end = len(texts) if end is None else end
     peak = int(activations.argmax()) if len(activations) and activations.max() > 0 else -1
-    scale = scale if scale > 0 else 1.0
-    return [
-        TokenCell(
-            text=display_token(texts[i]),
-            value=float(activations[i]),
-            intensity=round(min(max(float(activations[i]) / scale, 0.0), 1.0), 3),
-            peak=i == peak,
-            special=texts[i].startswith(SPECIAL_TOKEN[0]) and texts[i].endswith(SPECIAL_TOKEN[1]),
-            position=i,
-        )
-        for i in range(start, end)
-    ]
+    window = np.asarray(activations[start:end], dtype=np.float64)
+    values = window.tolist()
+    intensities = np.clip(window / (scale if scale > 0 else 1.0), 0.0, 1.0).round(3).tolist()
+    cells = []
+    for offset, (value, intensity) in enumerate(zip(values, intensities, strict=True)):
+        i = start + offset
+        text = texts[i]
+        special = text.startswith(SPECIAL_TOKEN[0]) and text.endswith(SPECIAL_TOKEN[1])
+        cells.append(TokenCell(display_token(text), value, intensity, i == peak, special, i))
+    return cells
 
 
 @dataclass(frozen=True)

@@ -12,11 +12,11 @@ from app.db.queries import find_sae, list_features
 from app.db.search import search_explanations
 
 
-def _downgrade_to_base(engine) -> None:
+def _downgrade_to_base(engine, revision: str = "base") -> None:
     with engine.begin() as connection:
         config = alembic_config(engine)
         config.attributes["connection"] = connection
-        command.downgrade(config, "base")
+        command.downgrade(config, revision)
 
 
 def test_migrations_go_down_and_up_and_match_the_models(engine):
@@ -28,6 +28,23 @@ def test_migrations_go_down_and_up_and_match_the_models(engine):
         inspect(engine).get_table_names()
     )
     command.check(alembic_config(engine))
+
+
+def test_migration_0002_keeps_data_going_down_and_fills_labels_going_up(engine):
+    from tests.web_world import HOSTILE_LABEL, build_world
+
+    with session_scope(engine) as session:
+        build_world(session)
+        before = db.count_rows(session)
+    _downgrade_to_base(engine, "0001")  # drops the label columns without touching any row
+    assert "label" not in {c["name"] for c in inspect(engine).get_columns("features")}
+    migrate(engine)  # back up: the upgrade computes labels and summaries for stored SAEs
+    with session_scope(engine) as session:
+        assert db.count_rows(session) == before
+        labels = dict(session.query(Feature.index, Feature.label))
+        summary = find_sae(session, "tiny", "res1").summary
+    assert labels[0] == HOSTILE_LABEL and labels[3] is None
+    assert summary["labelled"] == 3 and summary["alive"] == 5 and summary["scored"] == 3
 
 
 def test_an_empty_sqlite_file_upgrades_to_head_in_wal_mode(tmp_path):

@@ -61,7 +61,11 @@ def test_offline_labels_every_alive_feature_once(harvested, gpt2):
     label = found[alive[0]]
     with session_scope(engine) as session:  # labels are searchable as soon as they are stored
         hits = search_explanations(session, label, limit=100)
+        shown = dict(session.execute(select(Feature.index, Feature.label)).all())
+        summary = session.scalar(select(SaeRow.summary))
     assert alive[0] in [h.index for h in hits]
+    assert {i: t for i, t in shown.items() if t} == found  # listings show each feature's label
+    assert summary["labelled"] == len(found) and summary["alive"] == len(alive)
 
 
 def test_failures_are_stored_with_their_reason_and_retried(harvested, gpt2):
@@ -149,6 +153,14 @@ def test_simulation_scores_are_stored_once_and_redone_on_force(harvested, gpt2):
     assert again.scored == 0 and again.skipped == first.scored
     forced = _score(engine, gpt2, ["simulation"], force=True)
     assert forced.scored == first.scored
+    with session_scope(engine) as session:  # the headline score follows onto the feature rows
+        headline = (
+            session.execute(select(Feature.label_score).where(Feature.label_score.is_not(None)))
+            .scalars()
+            .all()
+        )
+        summary = session.scalar(select(SaeRow.summary))
+    assert len(headline) == len(stored) == summary["scored"] == sum(summary["scores"]["counts"])
 
 
 def test_judged_scores_and_their_failures(harvested, gpt2):

@@ -37,7 +37,7 @@ def test_feature_page_offers_the_test_your_text_box_and_it_reads_text(client):
     result = client.get("/monoscope-demo/res1/7/activations", params={"text": typed})
     assert result.status_code == 200
     assert SCRIPT not in result.text and "&lt;" in result.text  # typed text is escaped too
-    cells = re.findall(r'class="tok[^"]*"[^>]*title="[^"]*· ([\d.]+)"', result.text)
+    cells = re.findall(r'class="tok[^"]*"[^>]*data-value="([\d.]+)"', result.text)
     assert len(cells) > 5 and all(float(v) >= 0 for v in cells)
 
 

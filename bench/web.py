@@ -1,0 +1,170 @@
+"""Pages under load: concurrent clients against a real server on the million-feature database.
+
+    python -m bench.web [--features 1000000] [--database sqlite:///data/bench/db-scale-1000000.db]
+                        [--clients 8] [--seconds 20]
+
+Starts `uvicorn` (one worker, a separate process) on a database that `bench.db_scale` builds (or
+reuses with --database), then drives it with httpx from --clients concurrent connections, one page
+kind at a time for --seconds each: the feature page at random indices, the SAE page's feature
+table at a random keyset depth (density order, 50 rows, as htmx fetches it) and label search.
+For each it prints requests/s and p50/p95 latency; next to it the same page's database queries
+run in-process, and the ratio says what HTTP, templates and the event loop add. Target: feature
+page p95 ≤ 100 ms.
+"""
+
+import argparse
+import asyncio
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from app.db.engine import connect
+from app.db.queries import FeatureFilters, feature_view, find_sae, list_features
+from app.db.search import search_explanations
+from bench.db_scale import WORDS, build
+
+FEATURE_TARGET_MS = 100
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ensure_database(url: str, features: int) -> None:
+    engine = connect(url)
+    with Session(engine) as session:
+        ready = engine.dialect.has_table(session.connection(), "saes") and find_sae(
+            session, "bench", "res"
+        )
+    if not ready:
+        print(f"building {features:,} synthetic features into {url} (minutes) ...")
+        build(engine, features, 50)
+    engine.dispose()
+
+
+def _targets(url: str, n_features: int, seed: int = 0):
+    """Random request paths per page kind, and the matching in-process query."""
+    rng = random.Random(seed)
+    engine = connect(url)
+    with Session(engine) as session:
+        boundaries = [
+            (d, i) for i, d in session.execute(text(
+                'SELECT "index", density FROM features WHERE sae_id = 1 ORDER BY random() LIMIT 500'
+            ))
+        ]  # fmt: skip
+    engine.dispose()
+
+    def feature():
+        index = rng.randrange(n_features)
+        return f"/bench/res/{index}", lambda s: feature_view(s, "bench", "res", index)
+
+    def listing():
+        after = rng.choice(boundaries)
+        path = f"/bench/res?sort=density&after={after[0]!r}:{after[1]}"
+        return path, lambda s: list_features(
+            s, 1, "density", True, after=after, limit=50, filters=FeatureFilters()
+        )
+
+    def search():
+        q = " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 2)))
+        return f"/search?q={q}", lambda s: search_explanations(s, q, limit=20)
+
+    return {"feature page": feature, "feature table": listing, "label search": search}
+
+
+async def _load(base: str, make, clients: int, seconds: float, headers: dict) -> list[float]:
+    latencies: list[float] = []
+    errors = 0
+    deadline = time.perf_counter() + seconds
+
+    async def client(http: httpx.AsyncClient) -> None:
+        nonlocal errors
+        while time.perf_counter() < deadline:
+            path, _ = make()
+            start = time.perf_counter()
+            response = await http.get(path, headers=headers)
+            latencies.append((time.perf_counter() - start) * 1000)
+            errors += response.status_code != 200
+
+    limits = httpx.Limits(max_connections=clients)
+    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=30) as http:
+        await asyncio.gather(*(client(http) for _ in range(clients)))
+    if errors:
+        print(f"  {errors} responses were not 200")
+    return latencies
+
+
+def _direct(url: str, make, n: int = 200) -> float:
+    engine = connect(url)
+    times = []
+    with Session(engine) as session:
+        for _ in range(n):
+            _, query = make()
+            start = time.perf_counter()
+            query(session)
+            times.append((time.perf_counter() - start) * 1000)
+    engine.dispose()
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--features", type=int, default=1_000_000)
+    parser.add_argument("--database", help="default: the SQLite file bench.db_scale keeps")
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=20)
+    args = parser.parse_args()
+    url = args.database or f"sqlite:///{Path('data/bench').resolve()}/db-scale-{args.features}.db"
+    _ensure_database(url, args.features)
+    port = _free_port()
+    env = os.environ | {"MONOSCOPE_DATABASE_URL": url, "HF_HUB_OFFLINE": "1"}
+    env.pop("MONOSCOPE_MODEL", None)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "--factory", "app.web.app:create_app",
+         "--port", str(port), "--log-level", "warning", "--no-access-log"],
+        env=env,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        print(f"{args.clients} clients, {args.seconds:g} s per page, {url.split('///')[-1]}")
+        print(f"{'page':15s} {'req/s':>7s} {'p50 ms':>8s} {'p95 ms':>8s} {'query p50':>10s} "
+              f"{'HTTP/query':>10s}")  # fmt: skip
+        for name, make in _targets(url, args.features).items():
+            # The table is fetched as htmx does after the first view: the block alone.
+            headers = (
+                {"HX-Request": "true", "HX-Target": "feature-table"} if "table" in name else {}
+            )
+            asyncio.run(_load(base, make, args.clients, 2, headers))  # warm up
+            latencies = sorted(asyncio.run(_load(base, make, args.clients, args.seconds, headers)))
+            p50 = statistics.median(latencies)
+            p95 = latencies[int(0.95 * (len(latencies) - 1))]
+            direct = _direct(url, make)
+            print(f"{name:15s} {len(latencies) / args.seconds:7.1f} {p50:8.1f} {p95:8.1f} "
+                  f"{direct:10.2f} {p50 / direct:9.1f}×")  # fmt: skip
+            if name == "feature page":
+                verdict = "ok" if p95 <= FEATURE_TARGET_MS else "over target"
+                print(f"  feature page p95 target ≤ {FEATURE_TARGET_MS} ms: {verdict}")
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+if __name__ == "__main__":
+    main()
