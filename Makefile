@@ -47,4 +47,4 @@ bench: setup
 	$(PY) -m bench.harvest
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) node_modules .pytest_cache .ruff_cache

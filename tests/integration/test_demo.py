@@ -113,6 +113,28 @@ def test_the_demo_database_shows_the_golden_gate_feature(engine, report, tmp_pat
     assert "Golden Gate" in label
     accuracy = label_accuracy(report, labels(engine, DEMO_MODEL.name, "res1"))
     assert accuracy.concepts >= 10 and accuracy.accuracy >= 0.6  # the issue's target
+    _the_site_shows_it(engine, feature)
+
+
+def _the_site_shows_it(engine, feature: int) -> None:
+    """The web pages over the demo database: the feature unfurls with its label and search finds
+    it."""
+    from fastapi.testclient import TestClient
+
+    from app.settings import Settings
+    from app.web.app import create_app
+
+    url = engine.url.render_as_string(hide_password=False)
+    with TestClient(create_app(Settings(database_url=url, model=None, saes=[]))) as client:
+        page = client.get(f"/monoscope-demo/res1/{feature}")
+        assert page.status_code == 200
+        title = page.text.split("<title>")[1].split("</title>")[0]
+        assert title.startswith(f"monoscope-demo/res1 #{feature}: ") and "Golden Gate" in title
+        assert page.text.count('class="example"') >= 32 and "<svg" in page.text
+        hits = client.get("/api/v1/search", params={"q": "golden gate"}).json()
+        assert feature in [h["index"] for h in hits]
+        table = client.get("/monoscope-demo/res1", params={"q": "golden gate", "sort": "score"})
+        assert f"/monoscope-demo/res1/{feature}" in table.text
 
 
 @pytest.mark.slow
