@@ -7,17 +7,20 @@ page2 = list_features(session, sae.id, sort="density", descending=True, after=pa
 """
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Literal
 
 import numpy as np
 from sqlalchemy import select, tuple_
-from sqlalchemy.orm import Session, aliased, contains_eager
+from sqlalchemy.orm import Session, aliased, contains_eager, load_only
 
 from app.db.codec import unpack_activations, unpack_ids
 from app.db.labels import label_order
 from app.db.models import Context, Example, Explanation, Feature, Model, SaeRow, Token
 from app.db.search import features_matching
 
+LISTED = (Feature.index, Feature.density, Feature.max_act, Feature.mean_act, Feature.label,
+          Feature.label_score)  # fmt: skip
 SortKey = Literal["index", "density", "max_act", "score"]
 SORT_COLUMNS = {
     "index": Feature.index,
@@ -37,7 +40,7 @@ class ExampleView:
     token_ids: np.ndarray  # (pos,) int32
     activations: np.ndarray  # (pos,) float32
 
-    @property
+    @cached_property
     def max_position(self) -> int:
         return int(self.activations.argmax())
 
@@ -181,7 +184,9 @@ def list_features(
     lists only scored features (an unscored one has no place in that order)."""
     column = SORT_COLUMNS[sort]
     keys = (column, Feature.index) if sort != "index" else (Feature.index,)
-    statement = select(Feature).where(Feature.sae_id == sae_id)
+    # Listings never show histograms, logit effects or neighbours: decoding that JSON for every
+    # row was the biggest cost of a table page.
+    statement = select(Feature).options(load_only(*LISTED)).where(Feature.sae_id == sae_id)
     if sort == "score":
         statement = statement.where(Feature.label_score.is_not(None))
     f = filters or FeatureFilters()

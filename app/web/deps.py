@@ -8,8 +8,8 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy.orm import Session
 
 from app.core.workspace import Workspace
-from app.db.queries import VocabularyCache
 from app.settings import Settings
+from app.web.markup import TokenTextCache
 
 
 def _settings(request: Request) -> Settings:
@@ -36,8 +36,8 @@ SessionDep = Annotated[Session, Depends(_session)]
 TemplatesDep = Annotated[Jinja2Templates, Depends(_templates)]
 
 
-def _vocabularies(request: Request) -> VocabularyCache:
+def _vocabularies(request: Request) -> TokenTextCache:
     return request.app.state.vocabularies
 
 
-VocabularyDep = Annotated[VocabularyCache, Depends(_vocabularies)]
+VocabularyDep = Annotated[TokenTextCache, Depends(_vocabularies)]

@@ -1,32 +1,101 @@
 """Token strips as HTML, built in Python: the one hot path where a template is too slow.
 
 A feature page shows about 3,000 tokens; a Jinja macro call per token cost more than every
-database query of the page together. Each piece of token text still goes through
-markupsafe.escape, exactly as autoescaping would, and numbers are formatted, never copied. Values
-ride in data-value, which static/js/monoscope.js shows on hover.
+database query of the page together. Token text still goes through markupsafe.escape, exactly as
+autoescaping would (once per vocabulary entry, cached with the vocabulary); numbers are formatted,
+never copied. Values ride in data-value, which static/js/monoscope.js shows on hover.
 """
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
+import numpy as np
 from markupsafe import Markup, escape
+from sqlalchemy.orm import Session
 
-from app.web.views import TokenCell
+from app.db.models import Model
+from app.db.queries import VocabularyCache
+from app.web.views import SPECIAL_TOKEN, TokenCell, display_token
+
+
+def _classes(value: float, peak: bool, special: bool) -> str:
+    return (
+        "tok"
+        + (" peak" if peak else "")
+        + (" special" if special else "")
+        + (" on" if value > 0 else "")
+    )
 
 
 def token_strip(cells: Sequence[TokenCell]) -> Markup:
+    """A strip for tokens that are not vocabulary entries (typed text, decoded by the tokenizer)."""
     parts = ['<span class="tokens">']
     for c in cells:
-        classes = "tok"
-        if c.peak:
-            classes += " peak"
-        if c.special:
-            classes += " special"
-        if c.value > 0:
-            classes += " on"
-        text = escape(c.text)
         parts.append(
-            f'<span class="{classes}" style="--a:{c.intensity:g}" data-pos="{c.position:d}" '
-            f'data-value="{c.value:.3f}">{text}</span>'
+            f'<span class="{_classes(c.value, c.peak, c.special)}" style="--a:{c.intensity:g}" '
+            f'data-pos="{c.position:d}" data-value="{c.value:.3f}">{escape(c.text)}</span>'
+        )
+    parts.append("</span>")
+    return Markup("".join(parts))
+
+
+@dataclass(frozen=True)
+class TokenTexts:
+    """A model's vocabulary three ways: raw text (for JSON), escaped display text, special flag."""
+
+    raw: list[str]
+    shown: list[str]
+    special: list[bool]
+
+    @classmethod
+    def of(cls, vocab: list[str]) -> "TokenTexts":
+        return cls(
+            vocab,
+            [str(escape(display_token(t))) for t in vocab],
+            [t.startswith(SPECIAL_TOKEN[0]) and t.endswith(SPECIAL_TOKEN[1]) for t in vocab],
+        )
+
+    def shown_at(self, token_id: int) -> str:
+        return self.shown[token_id] if 0 <= token_id < len(self.shown) else f"&lt;{token_id}&gt;"
+
+    def raw_at(self, token_id: int) -> str:
+        return self.raw[token_id] if 0 <= token_id < len(self.raw) else f"<{token_id}>"
+
+
+class TokenTextCache:
+    """Per-process TokenTexts per model, over the database's vocabulary cache."""
+
+    def __init__(self) -> None:
+        self._vocabularies = VocabularyCache()
+        self._texts: dict[int, TokenTexts] = {}
+
+    def get(self, session: Session, model: Model) -> TokenTexts:
+        vocab = self._vocabularies.get(session, model)
+        key = id(vocab)  # a re-read vocabulary is a new list, so its texts are rebuilt
+        if key not in self._texts:
+            self._texts = {key: TokenTexts.of(vocab)} | {
+                k: v for k, v in self._texts.items() if k != key
+            }
+            while len(self._texts) > self._vocabularies.capacity:
+                self._texts.pop(next(reversed(self._texts)))
+        return self._texts[key]
+
+
+def example_strip(
+    texts: TokenTexts, token_ids: np.ndarray, activations: np.ndarray, scale: float,
+    start: int, end: int, peak: int,
+) -> Markup:  # fmt: skip
+    """The strip of one stored example, token ids [start, end), shaded against `scale`."""
+    window = np.asarray(activations[start:end], dtype=np.float64)
+    intensities = np.clip(window / (scale if scale > 0 else 1.0), 0.0, 1.0).round(3).tolist()
+    parts = ['<span class="tokens">']
+    for offset, (token, value, intensity) in enumerate(
+        zip(token_ids[start:end].tolist(), window.tolist(), intensities, strict=True)
+    ):
+        special = 0 <= token < len(texts.special) and texts.special[token]
+        parts.append(
+            f'<span class="{_classes(value, start + offset == peak, special)}" '
+            f'style="--a:{intensity:g}" data-value="{value:.3f}">{texts.shown_at(token)}</span>'
         )
     parts.append("</span>")
     return Markup("".join(parts))

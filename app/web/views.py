@@ -1,16 +1,22 @@
 """View models: what templates render, shaped from query results.
 
 Token text is hostile input (any byte sequence a tokenizer can emit); it reaches templates only
-as data and is escaped there. Nothing here builds markup.
+as data and is escaped there, or in app.web.markup for token strips.
 """
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+from urllib.parse import quote
 
 import numpy as np
+from markupsafe import Markup
 
 from app.db.labels import SCORE_PREFERENCE, headline_score
 from app.db.queries import ExampleView
+
+if TYPE_CHECKING:
+    from app.web.markup import TokenTexts
 
 SPECIAL_TOKEN = ("<|", "|>")
 WINDOW_BEFORE, WINDOW_AFTER = 40, 12  # tokens shown around an example's peak
@@ -51,7 +57,8 @@ def token_cells(
 
 @dataclass(frozen=True)
 class ExampleRow:
-    cells: list[TokenCell]
+    html: Markup  # the shaded token strip (app.web.markup)
+    text: str | None  # the same window as plain text, when asked for
     max_act: float
     cut_before: bool  # the context goes on before the window
     cut_after: bool
@@ -60,20 +67,24 @@ class ExampleRow:
 
 def example_row(
     example: ExampleView,
-    vocab: list[str],
+    texts: "TokenTexts",
     scale: float,
     before: int = WINDOW_BEFORE,
     after: int = WINDOW_AFTER,
+    with_text: bool = False,
 ) -> ExampleRow:
-    texts = [vocab[t] if 0 <= t < len(vocab) else f"<{t}>" for t in example.token_ids.tolist()]
+    from app.web.markup import example_strip
+
+    ids = example.token_ids
     peak = example.max_position
     start = max(peak - before, 0)
-    end = min(peak + after + 1, len(texts))
+    end = min(peak + after + 1, len(ids))
     return ExampleRow(
-        token_cells(texts, example.activations, scale, start, end),
+        example_strip(texts, ids, example.activations, scale, start, end, peak),
+        "".join(texts.raw_at(t) for t in ids[start:end].tolist()) if with_text else None,
         example.max_act,
         start > 0,
-        end < len(texts),
+        end < len(ids),
         example.rank,
     )
 
@@ -86,12 +97,12 @@ class IntervalGroup:
 
 
 def interval_groups(
-    examples: list[ExampleView], vocab: list[str], max_act: float, n_intervals: int
+    examples: list[ExampleView], texts: "TokenTexts", max_act: float, n_intervals: int
 ) -> list[IntervalGroup]:
     """Quantile examples grouped by their activation interval, strongest interval first."""
     groups: dict[int, list[ExampleRow]] = {}
     for e in examples:
-        groups.setdefault(e.interval or 0, []).append(example_row(e, vocab, max_act))
+        groups.setdefault(e.interval or 0, []).append(example_row(e, texts, max_act))
     width = max_act / max(n_intervals, 1)
     return [
         IntervalGroup(i * width, (i + 1) * width, groups[i]) for i in sorted(groups, reverse=True)
@@ -123,6 +134,12 @@ def label_view(explanation) -> LabelView:
         headline_score(scores),
         [(s, scores[s].get("value"), scores[s].get("failed")) for s in ordered],
     )
+
+
+def feature_path(model: str, sae: str, index: int) -> str:
+    """A feature page's path. Starlette's url_for matches every route per call, which on a page
+    of 50 rows cost more than the page's queries; links in loops use this instead."""
+    return f"/{quote(model, safe='')}/{quote(sae, safe='')}/{int(index)}"
 
 
 def format_density(density: float | None) -> str:

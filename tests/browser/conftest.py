@@ -90,6 +90,8 @@ def page(browser, request):
     dialogs: list[str] = []
     page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
     page.dialogs = dialogs
+    page.requested = []  # every URL the page asked for: nothing may leave the server
+    page.on("request", lambda r: page.requested.append(r.url))
     yield page
     report = getattr(request.node, "report_call", None)
     if report is not None and report.failed:

@@ -30,6 +30,9 @@ def test_search_then_open_a_feature_and_hover_a_token(page, server_url):
     expect(readout).to_contain_text("5.000")
     assert page.locator("img").count() == 0 and page.dialogs == []
     assert IMG in page.locator(".logits").inner_text()
+    assert page.evaluate("typeof htmx") == "object"  # served locally from the npm package
+    outside = [u for u in page.requested if not u.startswith((server_url, "data:"))]
+    assert outside == []
 
 
 def test_test_your_text_box_shows_the_feature_on_each_token(page, server_url):

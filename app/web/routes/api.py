@@ -7,6 +7,7 @@ from pydantic import BaseModel, Field
 
 from app.db.queries import ExampleView, feature_view, find_sae, list_features, list_saes
 from app.web.deps import SessionDep, VocabularyDep, WorkspaceDep
+from app.web.markup import TokenTexts
 from app.web.resident import require_resident, run_text
 from app.web.routes.features import PAGE_SIZES, TableQuery, _sae_or_404, format_cursor, parse_cursor
 from app.web.routes.search import label_search, read_text
@@ -172,10 +173,10 @@ def api_features(
     )
 
 
-def _example_out(e: ExampleView, vocab: list[str]) -> ExampleOut:
+def _example_out(e: ExampleView, texts: TokenTexts) -> ExampleOut:
     return ExampleOut(
         rank=e.rank, interval=e.interval, max_act=e.max_act,
-        tokens=[vocab[t] if 0 <= t < len(vocab) else "" for t in e.token_ids.tolist()],
+        tokens=[texts.raw_at(t) for t in e.token_ids.tolist()],
         activations=[round(float(a), 4) for a in e.activations],
     )  # fmt: skip
 
@@ -234,7 +235,7 @@ def api_search(
             density=r.hit.density,
             max_act=r.hit.max_act,
             rank=r.hit.rank,
-            snippet="".join(c.text for c in r.snippet.cells) if r.snippet else None,
+            snippet=r.snippet.text if r.snippet else None,
             url=_feature_url(request, r.hit.model, r.hit.sae, r.hit.index),
         )
         for r in label_search(session, vocabularies, q, model, sae, page)

@@ -45,7 +45,9 @@ def label_search(
         snippet = None
         if example is not None:
             vocab = vocabularies.get(session, session.get(Model, hit.model_id))
-            snippet = views.example_row(example, vocab, example.max_act, before=8, after=6)
+            snippet = views.example_row(
+                example, vocab, example.max_act, before=8, after=6, with_text=True
+            )
         results.append(SearchResult(hit, headline_score(hit.scores), snippet))
     return results
 
