@@ -68,8 +68,8 @@ def server_url(tmp_path_factory):
     thread.join(timeout=10)
 
 
-@pytest.fixture(scope="session")
-def browser():
+@pytest.fixture(scope="package")  # Playwright's sync API holds an event loop while open: close
+def browser():  # it before other packages' tests call asyncio.run()
     if not shutil.which(CHROMIUM) and not Path(CHROMIUM).exists():
         if os.environ.get("CI"):
             pytest.fail(f"Chromium is not installed at {CHROMIUM}")
