@@ -40,6 +40,24 @@ class Settings(BaseSettings):
         "directories, "
         "Gemma Scope params.npz files, or hf://owner/repo/folder.",
     )
+    steer_max_features: int = Field(
+        8, ge=1, le=64, description="Features one steering chat may set."
+    )
+    steer_max_new_tokens: int = Field(
+        256, ge=1, le=4096, description="Most tokens one steered reply may generate."
+    )
+    steer_max_prompt_tokens: int = Field(
+        1024, ge=16, description="Longest conversation or prompt, in tokens, a reply may follow."
+    )
+    steer_queue: int = Field(
+        32, ge=1, description="Generations that may wait for the model; beyond that, HTTP 503."
+    )
+    steer_batch_rows: int = Field(
+        64, ge=2, description="Most rows (two per chat: default and steered) in one batch."
+    )
+    steer_rate_per_minute: int = Field(
+        30, ge=1, description="Generations one client (IP address) may start per minute (429)."
+    )
     explainer_base_url: str | None = Field(
         None,
         description="OpenAI-compatible chat-completions endpoint for LLM labels and scores, e.g. "

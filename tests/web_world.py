@@ -92,9 +92,11 @@ def build_world(session: Session, name: str = "res1") -> int:
     return sae.id
 
 
-def build_demo_rows(session: Session, d_sae: int, vocab: list[str]) -> int:
+def build_demo_rows(
+    session: Session, d_sae: int, vocab: list[str], labels: dict | None = None
+) -> int:
     """Stored rows for the demo model and SAE (no examples), so pages can link live text to
-    features without a harvest."""
+    features without a harvest. `labels` gives chosen features a label and a max activation."""
     model = db.upsert_model(
         session, db.ModelInfo("monoscope-demo", "demo", "gpt2", 4, 256, len(vocab)), vocab
     )
@@ -107,8 +109,10 @@ def build_demo_rows(session: Session, d_sae: int, vocab: list[str]) -> int:
         {"index": list(range(d_sae)), "density": [0.01] * d_sae, "max_act": [4.0] * d_sae,
          "mean_act": [1.0] * d_sae},
     )  # fmt: skip
-    feature = session.query(Feature).filter_by(sae_id=sae.id, index=7).one()
-    session.add(Explanation(feature_id=feature.id, text="demo feature seven", method="offline"))
+    for index, (text, max_act) in {7: ("demo feature seven", 4.0), **(labels or {})}.items():
+        feature = session.query(Feature).filter_by(sae_id=sae.id, index=index).one()
+        feature.max_act = max_act
+        session.add(Explanation(feature_id=feature.id, text=text, method="offline"))
     session.flush()
     refresh_sae(session, sae.id)
     return sae.id

@@ -41,6 +41,10 @@ class GenerationRow:
     prompt_ids: Sequence[int]
     edits: Sequence[FeatureEdit] | None = None
     seed: int = 0
+    # Rows of different requests share a batch (the server batches chats), each with its own
+    # sampling settings; None takes the batch's. Setting `cancelled` ends the row at the next step.
+    params: SamplingParams | None = None
+    cancelled: threading.Event | None = field(default=None, compare=False)
 
 
 @dataclass
@@ -50,7 +54,7 @@ class Step:
     texts: list[str]  # text that became final at this step ("" when none)
     token_ids: list[int | None]  # None for rows already finished
     finished: list[bool]
-    finish_reasons: list[str | None] = field(default_factory=list)  # eos | stop | length
+    finish_reasons: list[str | None] = field(default_factory=list)  # eos|stop|length|cancelled
 
 
 def chat_prompt_ids(
@@ -144,6 +148,10 @@ def generate(
         return
     if any(len(r.prompt_ids) == 0 for r in rows):
         raise MonoscopeError("every prompt needs at least one token")
+    limit = model.context_length
+    longest = max(len(r.prompt_ids) + (r.params or params).max_new_tokens for r in rows)
+    if limit is not None and longest > limit:
+        raise MonoscopeError(f"prompt and reply need {longest} positions; {model.name} has {limit}")
     tokenizer, device = model.tokenizer, model.device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     width = max(len(r.prompt_ids) for r in rows)
@@ -160,15 +168,24 @@ def generate(
         saes, [r.edits for r in rows], [len(r.prompt_ids) for r in rows], tokenizer.bos_token_id
     )
     generators = [torch.Generator().manual_seed(int(r.seed)) for r in rows]
-    streams = [_TextStream(tokenizer, params.stop_strings) for _ in rows]
+    row_params = [r.params or params for r in rows]
+    streams = [_TextStream(tokenizer, p.stop_strings) for p in row_params]
+    sampling_groups: dict[tuple[float, float], list[int]] = {}
+    for i, p in enumerate(row_params):
+        sampling_groups.setdefault((p.temperature, p.top_p), []).append(i)
     finished = [False] * len(rows)
     reasons: list[str | None] = [None] * len(rows)
     cache = DynamicCache()
     eos_ids = _eos_ids(model)
 
     with model.hooked(steerer.site_edits()):
-        for step_index in range(params.max_new_tokens):
+        for step_index in range(max(p.max_new_tokens for p in row_params)):
             if cancelled is not None and cancelled.is_set():
+                return
+            for i, row in enumerate(rows):
+                if row.cancelled is not None and row.cancelled.is_set() and not finished[i]:
+                    finished[i], reasons[i] = True, "cancelled"
+            if all(finished):
                 return
             steerer.set_step(positions, valid, input_ids)
             out = model.hf(
@@ -180,8 +197,11 @@ def generate(
             )
             cache = out.past_key_values
             uniforms = torch.cat([torch.rand(1, generator=g) for g in generators])
-            next_ids = sample_next(out.logits[:, -1, :], uniforms, params.temperature, params.top_p)
-            last_step = step_index == params.max_new_tokens - 1
+            logits = out.logits[:, -1, :]
+            next_ids = torch.empty(len(rows), dtype=torch.long)
+            for (temperature, top_p), group in sampling_groups.items():
+                picked = sample_next(logits[group], uniforms[group], temperature, top_p)
+                next_ids[group] = picked.cpu()
             texts, token_ids = [], []
             for i, token in enumerate(next_ids.tolist()):
                 if finished[i]:
@@ -196,7 +216,7 @@ def generate(
                 text = streams[i].push(token)
                 if streams[i].stopped:
                     finished[i], reasons[i] = True, "stop"
-                elif last_step:
+                elif step_index == row_params[i].max_new_tokens - 1:
                     finished[i], reasons[i] = True, "length"
                     text += streams[i].flush()
                 texts.append(text)

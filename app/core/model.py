@@ -124,6 +124,16 @@ class LoadedModel:
     def d_model(self) -> int:
         return int(self.hf.config.hidden_size)
 
+    @property
+    def context_length(self) -> int | None:
+        """Most positions the model can attend over (None when its config does not say)."""
+        config = self.hf.config
+        for key in ("max_position_embeddings", "n_positions", "n_ctx"):
+            value = getattr(config, key, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        return None
+
     def site(self, name: str | Site) -> Site:
         """Parse a site name and check that the model has that layer."""
         site = name if isinstance(name, Site) else parse_site(name)

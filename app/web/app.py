@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.gzip import GZipMiddleware
 from fastapi.responses import JSONResponse
@@ -14,12 +15,14 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.core.serving import InferenceWorker
 from app.core.workspace import Workspace
 from app.db.engine import connect, migrate
 from app.settings import Settings
 from app.web import views
 from app.web.markup import TokenTextCache, token_strip
-from app.web.routes import api, features, home, search
+from app.web.ratelimit import RateLimiter
+from app.web.routes import api, features, home, search, steer
 
 ROOT = Path(__file__).resolve().parents[2]
 # Front-end libraries come from the npm registry (package.json), not copies in this repository.
@@ -42,15 +45,20 @@ def _templates() -> Jinja2Templates:
     return templates
 
 
+def wants_json(request: Request) -> bool:
+    path = request.url.path
+    return path.startswith("/api/") or path == "/healthz" or path == "/steer/share"
+
+
 def _error_handlers(app: FastAPI) -> None:
     """4xx answers: JSON under /api, a page with the message everywhere else."""
 
-    def respond(request: Request, status: int, message: str):
-        if request.url.path.startswith("/api/") or request.url.path == "/healthz":
-            return JSONResponse({"detail": message}, status_code=status)
+    def respond(request: Request, status: int, message: str, headers: dict | None = None):
+        if wants_json(request):
+            return JSONResponse({"detail": message}, status_code=status, headers=headers)
         return request.app.state.templates.TemplateResponse(
             request, "errors/error.html", {"status": status, "message": message},
-            status_code=status,
+            status_code=status, headers=headers,
         )  # fmt: skip
 
     @app.exception_handler(StarletteHTTPException)
@@ -58,12 +66,12 @@ def _error_handlers(app: FastAPI) -> None:
         message = exc.detail if isinstance(exc.detail, str) else "Request failed."
         if exc.status_code == 404 and message == "Not Found":
             message = "There is no page at this address."
-        return respond(request, exc.status_code, message)
+        return respond(request, exc.status_code, message, exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
-        if request.url.path.startswith("/api/"):
-            return JSONResponse({"detail": exc.errors()}, status_code=422)
+        if wants_json(request):
+            return JSONResponse({"detail": jsonable_encoder(exc.errors())}, status_code=422)
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc'][1:]) or 'input'}: {e['msg']}" for e in exc.errors()
         )
@@ -83,13 +91,23 @@ def create_app(settings: Settings | None = None, workspace: Workspace | None = N
             if settings.model
             else None
         )
+        ws = app.state.workspace
+        app.state.inference = (
+            InferenceWorker(ws.model, ws.saes, settings.steer_queue, settings.steer_batch_rows)
+            if ws is not None
+            else None
+        )
+        app.state.steer_limiter = RateLimiter(settings.steer_rate_per_minute)
         yield
+        if app.state.inference is not None:
+            app.state.inference.close()
         app.state.workspace = None
         app.state.engine.dispose()
 
     app = FastAPI(title="Monoscope", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
     app.state.workspace = None
+    app.state.inference = None
     app.state.templates = _templates()
     app.state.vocabularies = TokenTextCache()
     # Token-heavy pages shrink ~10×; level 4 packs nearly as tight as 9 in a fraction of the time.
@@ -99,6 +117,6 @@ def create_app(settings: Settings | None = None, workspace: Workspace | None = N
         app.mount(f"/vendor/{name}", StaticFiles(directory=directory, check_dir=False), name=name)
     _error_handlers(app)
     # Fixed paths first: /{model}/{sae} would otherwise swallow /search/text.
-    for module in (api, home, search, features):
+    for module in (api, steer, home, search, features):
         app.include_router(module.router)
     return app

@@ -1,0 +1,337 @@
+"""The steering chat: default and steered replies side by side, streamed over SSE, shareable.
+
+Pages: /steer (preset features with ?f=model/sae/index:clamp|add:strength, repeatable),
+/steer/{share_id} (a saved session, to read and continue). JSON: /api/v1/steer (whole replies)
+and /api/v1/steer/stream (SSE: `token` events {side, text}, then `done` or `error`). Strengths are
+multiples of each feature's max activation, as harvested into the database.
+"""
+
+import asyncio
+import json
+import re
+import secrets
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.responses import HTMLResponse
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from sse_starlette import EventSourceResponse
+
+from app.core.errors import MonoscopeError
+from app.core.generation import GenerationRow, SamplingParams, chat_prompt_ids
+from app.core.serving import QueueFull, Ticket
+from app.core.steering import SteeringFeature, SteeringSpec, resolve_steering
+from app.core.workspace import Workspace
+from app.db.models import Feature, Model, SaeRow, SteeringSession
+from app.db.search import search_explanations
+from app.settings import Settings
+from app.web.deps import SessionDep, SettingsDep, TemplatesDep, WorkspaceDep
+
+router = APIRouter()
+MAX_STRENGTH = 10.0
+PRESET = re.compile(r"^(?P<model>[^/]+)/(?P<sae>[^/]+)/(?P<index>\d+):(?P<mode>clamp|add):"
+                    r"(?P<strength>-?\d+(?:\.\d+)?)$")  # fmt: skip
+
+
+class SteerFeature(BaseModel):
+    sae: str = Field(max_length=200)
+    index: int = Field(ge=0)
+    mode: Literal["clamp", "add"] = "clamp"
+    strength: float = Field(ge=-MAX_STRENGTH, le=MAX_STRENGTH,
+                            description="multiples of the feature's max activation")  # fmt: skip
+
+
+class Message(BaseModel):
+    role: Literal["system", "user", "assistant"]
+    content: str = Field(max_length=20_000)
+
+
+class SteerIn(BaseModel):
+    features: list[SteerFeature] = Field(default_factory=list, max_length=64)
+    mode: Literal["chat", "completion"] = "chat"
+    messages: list[Message] = Field(
+        default_factory=list, max_length=200,
+        description="chat mode: the steered side's conversation, ending with the new user turn",
+    )  # fmt: skip
+    default_messages: list[Message] | None = Field(
+        None, max_length=200, description="the default side's own history (default: messages)"
+    )
+    prompt: str = Field("", max_length=20_000, description="completion mode: text to continue")
+    max_new_tokens: int = Field(64, ge=1)
+    temperature: float = Field(0.7, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+
+
+class Reply(BaseModel):
+    text: str
+    finish_reason: str | None
+
+
+class SteerOut(BaseModel):
+    default: Reply
+    steered: Reply
+
+
+def _max_acts(session: Session, model: str, features: list[SteerFeature]) -> dict:
+    """(sae, index) -> (max activation, label) from the database, in one query."""
+    if not features:
+        return {}
+    rows = session.execute(
+        select(SaeRow.name, Feature.index, Feature.max_act, Feature.label)
+        .join(SaeRow, SaeRow.id == Feature.sae_id)
+        .join(Model, Model.id == SaeRow.model_id)
+        .where(
+            Model.name == model,
+            SaeRow.name.in_({f.sae for f in features}),
+            Feature.index.in_({f.index for f in features}),
+        )
+    )
+    return {(sae, index): (max_act, label) for sae, index, max_act, label in rows}
+
+
+def build_rows(
+    body: SteerIn, workspace: Workspace | None, session: Session, settings: Settings
+) -> list[GenerationRow]:
+    """The default and the steered row, after every limit the server enforces."""
+    if workspace is None or not workspace.saes:
+        raise HTTPException(409, "This server has no model and SAE loaded to steer.")
+    if len(body.features) > settings.steer_max_features:
+        raise HTTPException(400, f"{len(body.features)} features; the limit is "
+                                 f"{settings.steer_max_features}.")  # fmt: skip
+    if body.max_new_tokens > settings.steer_max_new_tokens:
+        raise HTTPException(400, f"max_new_tokens is {body.max_new_tokens}; the limit is "
+                                 f"{settings.steer_max_new_tokens}.")  # fmt: skip
+    known = _max_acts(session, workspace.model.name, body.features)
+    spec = SteeringSpec(tuple(
+        SteeringFeature(f.sae, f.index, f.mode, f.strength, units="max_act") for f in body.features
+    ))  # fmt: skip
+    try:
+        edits = resolve_steering(spec, workspace.saes, lambda s, i: known.get((s, i), (None,))[0])
+    except MonoscopeError as exc:
+        raise HTTPException(400, str(exc)) from exc
+    tokenizer = workspace.model.tokenizer
+    if body.mode == "chat":
+        if not body.messages or body.messages[-1].role != "user":
+            raise HTTPException(400, "A chat needs messages ending with the user's turn.")
+        sides = [body.default_messages or body.messages, body.messages]
+        if sides[0][-1].role != "user":
+            raise HTTPException(400, "default_messages must end with the user's turn too.")
+        try:
+            prompts = [chat_prompt_ids(tokenizer, [m.model_dump() for m in s]) for s in sides]
+        except MonoscopeError as exc:
+            raise HTTPException(400, str(exc)) from exc
+    else:
+        if not body.prompt.strip():
+            raise HTTPException(400, "Completion mode needs a prompt to continue.")
+        ids = tokenizer(body.prompt)["input_ids"]
+        prompts = [(ids, ()), (ids, ())]
+    longest = max(len(ids) for ids, _ in prompts)
+    if longest > settings.steer_max_prompt_tokens:
+        raise HTTPException(400, f"The conversation has {longest:,} tokens; the limit is "
+                                 f"{settings.steer_max_prompt_tokens:,}.")  # fmt: skip
+    window = workspace.model.context_length
+    if window is not None and longest + body.max_new_tokens > window:
+        raise HTTPException(400, f"The conversation ({longest:,} tokens) and the reply "
+                                 f"({body.max_new_tokens}) need {longest + body.max_new_tokens:,} "
+                                 f"positions; {workspace.model.name} has {window:,}. Start a new "
+                                 "chat or ask for fewer tokens.")  # fmt: skip
+    rows = []
+    for (ids, stops), edit in zip(prompts, (None, edits), strict=True):
+        params = SamplingParams(body.max_new_tokens, body.temperature, body.top_p, stops)
+        rows.append(GenerationRow(ids, edit, body.seed, params))
+    return rows
+
+
+def _client(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+def _start(request: Request, body: SteerIn, workspace, session, settings) -> Ticket:
+    rows = build_rows(body, workspace, session, settings)
+    wait = request.app.state.steer_limiter.check(_client(request))
+    if wait is not None:
+        raise HTTPException(429, f"Too many generations from this address; try again in {wait} s.",
+                            headers={"Retry-After": str(wait)})  # fmt: skip
+    try:
+        return request.app.state.inference.submit(rows, asyncio.get_running_loop())
+    except QueueFull as exc:
+        raise HTTPException(503, str(exc), headers={"Retry-After": "5"}) from exc
+
+
+SIDES = ("default", "steered")
+
+
+@router.post("/api/v1/steer", response_model=SteerOut, tags=["api"])
+async def api_steer(
+    request: Request, body: SteerIn, workspace: WorkspaceDep, session: SessionDep,
+    settings: SettingsDep,
+) -> SteerOut:  # fmt: skip
+    """Default and steered replies, whole. Same limits as the stream."""
+    ticket = _start(request, body, workspace, session, settings)
+    texts, reasons = ["", ""], [None, None]
+    try:
+        async for part in ticket.stream():
+            texts = [t + new for t, new in zip(texts, part.texts, strict=True)]
+            reasons = [r or new for r, new in zip(reasons, part.finish_reasons, strict=True)]
+    finally:
+        ticket.cancel()
+    return SteerOut(**{side: Reply(text=texts[i], finish_reason=reasons[i])
+                       for i, side in enumerate(SIDES)})  # fmt: skip
+
+
+@router.post("/api/v1/steer/stream", tags=["api"], response_class=EventSourceResponse)
+async def api_steer_stream(
+    request: Request, body: SteerIn, workspace: WorkspaceDep, session: SessionDep,
+    settings: SettingsDep,
+):  # fmt: skip
+    """Server-sent events: `token` {side, text} as each side grows, then `done` {default,
+    steered} with each side's finish reason, or `error` {detail}. Closing the connection stops
+    the generation."""
+    ticket = _start(request, body, workspace, session, settings)
+
+    async def events():
+        reasons: list[str | None] = [None, None]
+        try:
+            async for part in ticket.stream():
+                for side, text in zip(SIDES, part.texts, strict=True):
+                    if text:
+                        yield {"event": "token", "data": json.dumps({"side": side, "text": text})}
+                reasons = [r or new for r, new in zip(reasons, part.finish_reasons, strict=True)]
+            yield {"event": "done", "data": json.dumps(dict(zip(SIDES, reasons, strict=True)))}
+        except MonoscopeError as exc:
+            yield {"event": "error", "data": json.dumps({"detail": str(exc)})}
+        finally:
+            ticket.cancel()  # the client left, or we are done: either way free the rows
+
+    return EventSourceResponse(events(), ping=15)
+
+
+def parse_preset(text: str) -> tuple[str, str, int, str, float]:
+    found = PRESET.match(text)
+    if found is None:
+        raise HTTPException(400, f"Bad feature {text!r}: write model/sae/index:clamp|add:strength, "
+                                 "e.g. monoscope-demo/res1/946:clamp:10.")  # fmt: skip
+    strength = float(found["strength"])
+    if abs(strength) > MAX_STRENGTH:
+        raise HTTPException(400, f"Strength {strength:g} is outside ±{MAX_STRENGTH:g}.")
+    return found["model"], found["sae"], int(found["index"]), found["mode"], strength
+
+
+def _state_features(session: Session, workspace, presets: list[tuple]) -> list[dict]:
+    """Preset features as the page's script wants them, each checked against this server."""
+    if workspace is None:
+        return []
+    wanted = [SteerFeature(sae=s, index=i, mode=m, strength=v) for _, s, i, m, v in presets]
+    known = _max_acts(session, workspace.model.name, wanted)
+    features = []
+    for model, sae, index, mode, strength in presets:
+        if model != workspace.model.name or sae not in workspace.saes:
+            raise HTTPException(400, f"{model}/{sae} is not loaded on this server.")
+        if (sae, index) not in known:
+            raise HTTPException(400, f"{model}/{sae} has no stored feature {index}.")
+        max_act, label = known[(sae, index)]
+        features.append({"sae": sae, "index": index, "mode": mode, "strength": strength,
+                         "label": label, "max_act": max_act})  # fmt: skip
+    return features
+
+
+def _page(request, templates, workspace, settings, state: dict, share_id: str | None = None):
+    context = {
+        "state": state,
+        "share_id": share_id,
+        "model": workspace.model.name if workspace else None,
+        "loaded": sorted(workspace.saes) if workspace else [],
+        "limits": {
+            "max_features": settings.steer_max_features,
+            "max_new_tokens": settings.steer_max_new_tokens,
+            "max_strength": MAX_STRENGTH,
+        },
+    }
+    return templates.TemplateResponse(request, "steer/page.html", context)
+
+
+@router.get("/steer", response_class=HTMLResponse, name="steer_page")
+def steer_page(
+    request: Request, session: SessionDep, templates: TemplatesDep, workspace: WorkspaceDep,
+    settings: SettingsDep, f: Annotated[list[str] | None, Query(max_length=64)] = None,
+):  # fmt: skip
+    presets = [parse_preset(text) for text in f or []]
+    state = {"features": _state_features(session, workspace, presets), "settings": {},
+             "default": [], "steered": []}  # fmt: skip
+    return _page(request, templates, workspace, settings, state)
+
+
+@router.get("/steer/pick", response_class=HTMLResponse, name="steer_pick")
+def steer_pick(
+    request: Request, session: SessionDep, templates: TemplatesDep, workspace: WorkspaceDep,
+    q: Annotated[str, Query(max_length=200)] = "",
+):  # fmt: skip
+    """Label search among the features this server can steer with (htmx partial)."""
+    hits = []
+    if workspace is not None and q.strip():
+        hits = [
+            h for h in search_explanations(session, q, model=workspace.model.name, limit=40)
+            if h.sae in workspace.saes
+        ][:12]  # fmt: skip
+    return templates.TemplateResponse(request, "steer/_pick.html", {"hits": hits, "q": q})
+
+
+class ShareIn(BaseModel):
+    features: list[dict] = Field(default_factory=list, max_length=64)
+    settings: dict = Field(default_factory=dict)
+    default: list[Message] = Field(default_factory=list, max_length=400)
+    steered: list[Message] = Field(default_factory=list, max_length=400)
+
+
+class ShareOut(BaseModel):
+    id: str
+    url: str
+
+
+@router.post("/steer/share", response_model=ShareOut, name="steer_share")
+def steer_share(
+    request: Request, body: ShareIn, session: SessionDep, workspace: WorkspaceDep,
+    settings: SettingsDep,
+) -> ShareOut:  # fmt: skip
+    """Save the session (features, settings, both transcripts) under a short id."""
+    features = [SteerFeature.model_validate(f) for f in body.features]
+    if len(features) > settings.steer_max_features:
+        raise HTTPException(400, f"At most {settings.steer_max_features} features.")
+    known = _max_acts(session, workspace.model.name, features) if workspace else {}
+    share_id = secrets.token_urlsafe(6)
+    config = {
+        "model": workspace.model.name if workspace else None,
+        "features": [
+            f.model_dump() | {"label": known.get((f.sae, f.index), (None, None))[1],
+                              "max_act": known.get((f.sae, f.index), (None, None))[0]}
+            for f in features
+        ],
+        "settings": {k: body.settings[k] for k in ("mode", "temperature", "max_new_tokens", "seed")
+                     if k in body.settings},
+    }  # fmt: skip
+    transcript = {"default": [m.model_dump() for m in body.default],
+                  "steered": [m.model_dump() for m in body.steered]}  # fmt: skip
+    session.add(SteeringSession(share_id=share_id, config=config, transcript=[transcript]))
+    session.commit()
+    return ShareOut(id=share_id, url=str(request.url_for("steer_shared", share_id=share_id)))
+
+
+@router.get("/steer/{share_id}", response_class=HTMLResponse, name="steer_shared")
+def steer_shared(
+    request: Request, share_id: str, session: SessionDep, templates: TemplatesDep,
+    workspace: WorkspaceDep, settings: SettingsDep,
+):  # fmt: skip
+    saved = session.scalar(select(SteeringSession).where(SteeringSession.share_id == share_id))
+    if saved is None:
+        raise HTTPException(404, f"No shared steering session {share_id!r}.")
+    transcript = (saved.transcript or [{}])[0]
+    state = {
+        "features": saved.config.get("features", []),
+        "settings": saved.config.get("settings", {}),
+        "default": transcript.get("default", []),
+        "steered": transcript.get("steered", []),
+    }
+    return _page(request, templates, workspace, settings, state, share_id)

@@ -1,0 +1,164 @@
+// The steering chat: feature rows, two histories, and SSE streaming from /api/v1/steer/stream.
+// Every piece of text reaches the page through textContent, never as markup.
+(() => {
+  const state = JSON.parse(document.getElementById("steer-state").textContent);
+  const limits = JSON.parse(document.getElementById("steer-limits").textContent);
+  const $ = (id) => document.getElementById(id);
+  const settings = { mode: $("gen-mode"), temperature: $("gen-temperature"), max_new_tokens: $("gen-max-tokens"), seed: $("gen-seed") };
+  for (const [key, input] of Object.entries(settings)) if (state.settings[key] !== undefined) input.value = state.settings[key];
+  let controller = null;
+
+  // The slider is finer near zero: strength = sign · max · (position / 100)².
+  const toStrength = (p) => Math.round(Math.sign(p) * limits.max_strength * (Math.abs(p) / 100) ** 2 * 100) / 100;
+  const toSlider = (s) => Math.round(Math.sign(s) * 100 * Math.sqrt(Math.abs(s) / limits.max_strength));
+
+  function el(tag, props = {}, ...children) {
+    const node = Object.assign(document.createElement(tag), props);
+    node.append(...children);
+    return node;
+  }
+
+  function renderFeatures() {
+    const body = document.querySelector("#steer-features tbody");
+    body.replaceChildren();
+    $("no-features").hidden = state.features.length > 0;
+    state.features.forEach((f, i) => {
+      const mode = el("select", { className: "mode" }, el("option", { value: "clamp", textContent: "clamp" }), el("option", { value: "add", textContent: "add" }));
+      mode.value = f.mode;
+      mode.onchange = () => { f.mode = mode.value; };
+      const shown = el("output", { className: "strength", textContent: f.strength.toFixed(2) });
+      const slider = el("input", { type: "range", min: -100, max: 100, step: 1, value: toSlider(f.strength), className: "strength-slider" });
+      slider.setAttribute("aria-label", `strength of feature ${f.index}`);
+      slider.oninput = () => { f.strength = toStrength(Number(slider.value)); shown.textContent = f.strength.toFixed(2); };
+      const remove = el("button", { type: "button", className: "remove", textContent: "remove" });
+      remove.onclick = () => { state.features.splice(i, 1); renderFeatures(); };
+      const link = el("a", { href: `/${encodeURIComponent(modelName())}/${encodeURIComponent(f.sae)}/${f.index}`, textContent: `#${f.index}` });
+      body.append(el("tr", {}, el("td", {}, link, " ", el("span", { textContent: f.label || "no label" }), " ", el("span", { className: "muted", textContent: f.sae })),
+        el("td", {}, mode), el("td", { className: "strength-cell" }, slider, shown), el("td", {}, remove)));
+    });
+  }
+
+  const modelName = () => document.querySelector("h1").dataset.model;
+
+  document.addEventListener("click", (event) => {
+    const pick = event.target.closest("button.pick");
+    if (!pick) return;
+    if (state.features.length >= limits.max_features) { status(`At most ${limits.max_features} features.`); return; }
+    const index = Number(pick.dataset.index);
+    if (!state.features.some((f) => f.sae === pick.dataset.sae && f.index === index)) {
+      state.features.push({ sae: pick.dataset.sae, index, mode: "clamp", strength: 5, label: pick.dataset.label });
+    }
+    renderFeatures();
+  });
+
+  function status(text) { $("steer-status").textContent = text; }
+
+  function bubble(side, role, text) {
+    const node = el("div", { className: `message ${role}` }, el("span", { className: "role", textContent: role === "user" ? "You" : "Model" }), el("div", { className: "content", textContent: text }));
+    $(`${side}-messages`).append(node);
+    return node.querySelector(".content");
+  }
+
+  function renderTranscripts() {
+    for (const side of ["default", "steered"]) {
+      $(`${side}-messages`).replaceChildren();
+      for (const m of state[side]) bubble(side, m.role, m.content);
+    }
+  }
+
+  async function* events(response) {
+    const reader = response.body.getReader();
+    const decoder = new TextDecoder();
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return;
+      buffer += decoder.decode(value, { stream: true }).replaceAll("\r\n", "\n");
+      let end;
+      while ((end = buffer.indexOf("\n\n")) >= 0) {
+        const block = buffer.slice(0, end);
+        buffer = buffer.slice(end + 2);
+        let name = "message", data = "";
+        for (const line of block.split("\n")) {
+          if (line.startsWith("event:")) name = line.slice(6).trim();
+          else if (line.startsWith("data:")) data += line.slice(5).replace(/^ /, "");
+        }
+        if (data) yield { name, data: JSON.parse(data) };
+      }
+    }
+  }
+
+  async function send(message) {
+    const mode = settings.mode.value;
+    const user = { role: "user", content: message };
+    const history = mode === "chat" ? { default: [...state.default, user], steered: [...state.steered, user] } : null;
+    const outputs = {};
+    for (const side of ["default", "steered"]) {
+      bubble(side, "user", message);
+      outputs[side] = bubble(side, "assistant", "");
+      outputs[side].classList.add("streaming");
+    }
+    const body = {
+      features: state.features.map(({ sae, index, mode, strength }) => ({ sae, index, mode, strength })),
+      mode, max_new_tokens: Number(settings.max_new_tokens.value), temperature: Number(settings.temperature.value),
+      seed: Number(settings.seed.value),
+      ...(mode === "chat" ? { messages: history.steered, default_messages: history.default } : { prompt: message }),
+    };
+    controller = new AbortController();
+    $("steer-stop").hidden = false;
+    status("generating…");
+    try {
+      const response = await fetch("/api/v1/steer/stream", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body), signal: controller.signal });
+      if (!response.ok) {
+        const detail = await response.json().catch(() => ({}));
+        const text = typeof detail.detail === "string" ? detail.detail : `request failed (${response.status})`;
+        throw new Error(text);
+      }
+      for await (const event of events(response)) {
+        if (event.name === "token") outputs[event.data.side].textContent += event.data.text;
+        else if (event.name === "error") throw new Error(event.data.detail);
+        else if (event.name === "done") status("");
+      }
+      for (const side of ["default", "steered"]) {
+        state[side].push(user, { role: "assistant", content: outputs[side].textContent });
+      }
+    } catch (error) {
+      status(error.name === "AbortError" ? "stopped" : error.message);
+      for (const side of ["default", "steered"]) {
+        const messages = $(`${side}-messages`);
+        messages.lastChild.remove(); messages.lastChild.remove(); // the failed turn leaves no trace
+      }
+    } finally {
+      for (const side of ["default", "steered"]) outputs[side].classList.remove("streaming");
+      $("steer-stop").hidden = true;
+      controller = null;
+    }
+  }
+
+  $("steer-send").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const message = $("steer-message").value.trim();
+    if (!message || controller) return;
+    $("steer-message").value = "";
+    send(message);
+  });
+  $("steer-message").addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey) { event.preventDefault(); $("steer-send").requestSubmit(); }
+  });
+  $("steer-stop").onclick = () => controller && controller.abort();
+  $("steer-reset").onclick = () => { state.default = []; state.steered = []; renderTranscripts(); status(""); };
+  $("steer-share").onclick = async () => {
+    const body = { features: state.features.map(({ sae, index, mode, strength }) => ({ sae, index, mode, strength })),
+      settings: Object.fromEntries(Object.entries(settings).map(([k, input]) => [k, k === "mode" ? input.value : Number(input.value)])),
+      default: state.default, steered: state.steered };
+    const response = await fetch("/steer/share", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+    const result = await response.json();
+    if (!response.ok) { status(typeof result.detail === "string" ? result.detail : "sharing failed"); return; }
+    const link = $("share-link");
+    link.value = result.url; link.hidden = false; link.select();
+    status("share link ready");
+  };
+
+  renderFeatures();
+  renderTranscripts();
+})();

@@ -1,0 +1,97 @@
+"""The inference worker: batches requests, keeps each row's settings, bounds its queue."""
+
+import asyncio
+import time
+
+import pytest
+
+from app.core.generation import GenerationRow, SamplingParams, complete, generate
+from app.core.serving import InferenceWorker, QueueFull
+from app.core.steering import FeatureEdit
+
+
+@pytest.fixture
+def saes(gpt2, gpt2_sae):
+    return {"res1": gpt2_sae}
+
+
+def _ids(gpt2, text):
+    return gpt2.tokenizer(text)["input_ids"]
+
+
+def test_rows_with_their_own_settings_give_the_same_text_in_one_batch_as_alone(gpt2, saes):
+    steer = [FeatureEdit("res1", 3, "add", 40.0)]
+    rows = [
+        GenerationRow(_ids(gpt2, "The Golden Gate"), None, 1, SamplingParams(9, 1.0)),
+        GenerationRow(_ids(gpt2, "Once upon a time there"), steer, 2, SamplingParams(4, 0.0)),
+        GenerationRow(_ids(gpt2, "A"), None, 3, SamplingParams(12, 0.7, top_p=0.9)),
+    ]
+    together = complete(gpt2, saes, rows, SamplingParams(1))
+    alone = [complete(gpt2, saes, [row], SamplingParams(1))[0] for row in rows]
+    assert together == alone
+    counts = [0, 0, 0]
+    for step in generate(gpt2, saes, rows, SamplingParams(1)):
+        counts = [c + (t is not None) for c, t in zip(counts, step.token_ids, strict=True)]
+    assert counts[1] <= 4 and counts[2] <= 12 and max(counts) > 4  # each row's own limit
+
+
+async def _collect(ticket) -> tuple[list[str], list]:
+    texts, reasons = ["", ""], [None, None]
+    async for part in ticket.stream():
+        texts = [t + n for t, n in zip(texts, part.texts, strict=True)]
+        reasons = [r or n for r, n in zip(reasons, part.finish_reasons, strict=True)]
+    return texts, reasons
+
+
+def _pair(gpt2, seed, max_new_tokens=16):
+    params = SamplingParams(max_new_tokens, 1.0)
+    ids = _ids(gpt2, "The Golden Gate Bridge")
+    steer = [FeatureEdit("res1", 5, "add", 30.0)]
+    return [GenerationRow(ids, None, seed, params), GenerationRow(ids, steer, seed, params)]
+
+
+def test_concurrent_requests_share_batches_and_keep_their_replies(gpt2, saes):
+    worker = InferenceWorker(gpt2, saes, max_pending=16)
+
+    async def run():
+        loop = asyncio.get_running_loop()
+        tickets = [worker.submit(_pair(gpt2, seed), loop) for seed in (7, 7, 8, 9, 7, 8)]
+        return await asyncio.gather(*(_collect(t) for t in tickets))
+
+    try:
+        results = asyncio.run(run())
+    finally:
+        worker.close()
+    defaults = [texts[0] for texts, _ in results]
+    assert defaults[0] == defaults[1] == defaults[4] and defaults[2] == defaults[5]
+    expected = complete(gpt2, saes, _pair(gpt2, 7), SamplingParams(1))
+    assert results[0][0] == expected  # batched with others, the same as alone
+    assert worker.stats.largest_batch > 2  # requests really shared forward passes
+    assert worker.stats.requests == 6
+
+
+def test_a_full_queue_refuses_and_a_cancelled_request_stops(gpt2, saes):
+    worker = InferenceWorker(gpt2, saes, max_pending=1)
+
+    async def run():
+        loop = asyncio.get_running_loop()
+        long = worker.submit(_pair(gpt2, 1, max_new_tokens=400), loop)
+        stream = long.stream()
+        await anext(stream)  # the worker is now decoding it
+        waiting = worker.submit(_pair(gpt2, 2), loop)
+        with pytest.raises(QueueFull, match="busy"):
+            worker.submit(_pair(gpt2, 3), loop)
+        long.cancel()
+        started = time.monotonic()
+        async for _ in stream:
+            pass
+        stopped_after = time.monotonic() - started
+        texts, _ = await _collect(waiting)
+        return stopped_after, texts
+
+    try:
+        stopped_after, texts = asyncio.run(run())
+    finally:
+        worker.close()
+    assert stopped_after < 5 and worker.stats.steps < 400 + 16
+    assert worker.stats.cancelled == 1 and all(texts)

@@ -1,0 +1,229 @@
+"""The steering chat's server: replies, limits, queue, rate limit, cancellation and sharing."""
+
+import asyncio
+import json
+import re
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+import uvicorn
+from fastapi.testclient import TestClient
+
+from app.core.generation import GenerationRow, SamplingParams
+from app.core.inspect import inspect
+from app.core.steering import FeatureEdit
+from app.core.workspace import Workspace
+from app.db.engine import session_scope
+from app.demo import DEMO_MODEL, DEMO_SAE
+from app.settings import Settings
+from app.web.app import create_app
+from tests.web_world import SCRIPT, build_demo_rows
+
+QUESTION = [{"role": "user", "content": "What is your favourite food?"}]
+
+
+@pytest.fixture(scope="module")
+def demo_workspace():
+    return Workspace.load(str(DEMO_MODEL), [str(DEMO_SAE)], device="cpu")
+
+
+def golden_gate_feature(workspace) -> tuple[int, float]:
+    """The feature that fires hardest on ' Gate' in the bridge's name, found by running the
+    model (never hard-coded), with that activation as its max."""
+    found = inspect(workspace.model, workspace.saes, "We walked across the Golden Gate Bridge.")
+    position = found.tokens.index(" Gate")
+    top = found.saes["res1"].per_token[position][0]
+    return top.index, top.value
+
+
+@pytest.fixture
+def app_for(engine, demo_workspace):
+    tokenizer = demo_workspace.model.tokenizer
+    vocab = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+    bridge, max_act = golden_gate_feature(demo_workspace)
+    with session_scope(engine) as session:
+        build_demo_rows(session, demo_workspace.saes["res1"].d_sae, vocab,
+                        {bridge: ("Golden Gate Bridge", max_act)})  # fmt: skip
+    url = engine.url.render_as_string(hide_password=False)
+
+    def make(**limits):
+        return create_app(Settings(database_url=url, **limits), workspace=demo_workspace)
+
+    make.bridge = bridge
+    return make
+
+
+def _body(features=(), **extra):
+    return {"features": list(features), "messages": QUESTION, "max_new_tokens": 24,
+            "temperature": 0.0} | extra  # fmt: skip
+
+
+def test_steering_with_the_bridge_feature_talks_about_the_bridge(app_for):
+    clamp = {"sae": "res1", "index": app_for.bridge, "mode": "clamp", "strength": 10}
+    bridge = re.compile(r"golden gate|bridge", re.IGNORECASE)
+    hits = {"default": 0, "steered": 0}
+    with TestClient(app_for()) as client:
+        plain = client.post("/api/v1/steer", json=_body()).json()
+        assert plain["default"] == plain["steered"]  # no feature: the same reply twice
+        for seed in range(4):
+            reply = client.post("/api/v1/steer", json=_body([clamp], temperature=1.0, seed=seed))
+            for side in hits:
+                hits[side] += bool(bridge.search(reply.json()[side]["text"]))
+    assert hits["steered"] >= 3 and hits["default"] <= 1
+
+
+def test_the_stream_sends_tokens_for_both_sides_then_done(app_for):
+    with TestClient(app_for()) as client, client.stream(
+        "POST", "/api/v1/steer/stream", json=_body([{"sae": "res1", "index": 7, "strength": 2}])
+    ) as response:  # fmt: skip
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = re.findall(r"event: (\w+)\r?\ndata: (.*)", response.read().decode())
+    sides = {json.loads(d)["side"] for e, d in events if e == "token"}
+    assert sides == {"default", "steered"}
+    assert events[-1][0] == "done" and set(json.loads(events[-1][1])) == {"default", "steered"}
+
+
+@pytest.mark.parametrize(
+    "body, status, message",
+    [
+        (_body([{"sae": "res1", "index": 7, "strength": 1}] * 3), 400, "the limit is 2"),
+        (_body([{"sae": "res1", "index": 7, "strength": 11}]), 422, None),
+        (_body(max_new_tokens=500), 400, "the limit is 32"),
+        (_body(messages=[{"role": "user", "content": "word " * 200}]), 400, "the limit is 64"),
+        (_body([{"sae": "nope", "index": 7, "strength": 1}]), 400, "unknown SAE"),
+        (_body([{"sae": "res1", "index": 99999, "strength": 1}]), 400, "outside"),
+        (_body(messages=[{"role": "assistant", "content": "hi"}]), 400, "user's turn"),
+        (_body(mode="completion", prompt=""), 400, "needs a prompt"),
+        (
+            _body(max_new_tokens=250, messages=[{"role": "user", "content": "word " * 12}]),
+            400,
+            "monoscope-demo has 256",
+        ),
+    ],
+)
+def test_limits_are_enforced_with_clear_errors(app_for, body, status, message):
+    limits = {"steer_max_features": 2, "steer_max_new_tokens": 32, "steer_max_prompt_tokens": 64}
+    if body["max_new_tokens"] == 250:
+        limits["steer_max_new_tokens"] = 256  # the model's own window is the limit here
+    with TestClient(app_for(**limits)) as client:
+        for path in ("/api/v1/steer", "/api/v1/steer/stream"):
+            response = client.post(path, json=body)
+            assert response.status_code == status
+            assert message is None or message in response.json()["detail"]
+
+
+def test_a_client_over_its_rate_gets_429_with_retry_after(app_for):
+    with TestClient(app_for(steer_rate_per_minute=2)) as client:
+        assert [client.post("/api/v1/steer", json=_body(max_new_tokens=2)).status_code
+                for _ in range(2)] == [200, 200]  # fmt: skip
+        refused = client.post("/api/v1/steer", json=_body(max_new_tokens=2))
+    assert refused.status_code == 429 and 1 <= int(refused.headers["Retry-After"]) <= 60
+    assert "Too many generations" in refused.json()["detail"]
+
+
+def test_identical_seeds_give_identical_default_replies_under_concurrency(app_for):
+    body = _body([{"sae": "res1", "index": app_for.bridge, "strength": 2}], temperature=1.0,
+                 seed=11, max_new_tokens=20)  # fmt: skip
+    with TestClient(app_for()) as client, ThreadPoolExecutor(4) as pool:
+        replies = list(pool.map(lambda _: client.post("/api/v1/steer", json=body).json(), range(4)))
+        other = client.post("/api/v1/steer", json=body | {"seed": 12}).json()
+    assert len({r["default"]["text"] for r in replies}) == 1
+    assert len({r["steered"]["text"] for r in replies}) == 1
+    assert other["default"]["text"] != replies[0]["default"]["text"]
+
+
+@pytest.fixture
+def live_server(app_for):
+    """A real server, so closing a connection is a real disconnect."""
+    app = app_for(steer_queue=1)
+    app.state.bridge = app_for.bridge
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    yield app, f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def _occupy(worker, model, bridge: int):
+    """Keep the server's own worker busy with a big batch until the returned ticket is
+    cancelled, so that what the test sends next has to wait in its queue."""
+    ids = model.tokenizer("Once upon a time")["input_ids"]
+    params = SamplingParams(200, 1.0)
+    edits = [FeatureEdit("res1", bridge, "add", 40.0)]  # no end of text: it runs all 200 steps
+    rows = [GenerationRow(ids, edits, seed, params) for seed in range(worker.max_batch_rows)]
+    started = worker.stats.requests
+    ticket = worker.submit(rows, asyncio.new_event_loop())
+    _wait_for(lambda: worker.stats.requests > started)
+    return ticket
+
+
+def _wait_for(condition, seconds: float = 10) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert condition()
+
+
+def test_a_full_queue_answers_503_and_a_closed_stream_never_runs(live_server, demo_workspace):
+    app, base = live_server
+    worker = app.state.inference
+    with httpx.Client(base_url=base, timeout=60) as http, ThreadPoolExecutor(1) as pool:
+        blocker = _occupy(worker, demo_workspace.model, app.state.bridge)
+        waiting = pool.submit(http.post, "/api/v1/steer", json=_body(max_new_tokens=4))
+        _wait_for(lambda: worker.waiting == 1)
+        full = http.post("/api/v1/steer", json=_body(max_new_tokens=4))
+        assert full.status_code == 503 and "busy" in full.json()["detail"]
+        assert int(full.headers["Retry-After"]) > 0
+        blocker.cancel()
+        assert waiting.result().status_code == 200  # its turn came once the batch stopped
+
+        blocker = _occupy(worker, demo_workspace.model, app.state.bridge)
+        requests_before = worker.stats.requests
+        with http.stream("POST", "/api/v1/steer/stream", json=_body()) as stream:
+            assert stream.status_code == 200
+            _wait_for(lambda: worker.waiting == 1)
+        # The tab is closed while the request waits: the worker drops it without running it.
+        blocker.cancel()
+        _wait_for(lambda: worker.waiting == 0 and worker.stats.cancelled >= 3)
+        assert worker.stats.requests == requests_before
+
+
+def test_presets_and_shared_sessions_round_trip(app_for):
+    bridge = app_for.bridge
+    with TestClient(app_for()) as client:
+        page = client.get("/steer", params={"f": f"monoscope-demo/res1/{bridge}:clamp:4"})
+        assert page.status_code == 200
+        state = json.loads(re.search(r'id="steer-state" type="application/json">(.*?)</script>',
+                                     page.text, re.S).group(1))  # fmt: skip
+        [preset] = state["features"]
+        assert preset["max_act"] > 0 and {k: v for k, v in preset.items() if k != "max_act"} == {
+            "sae": "res1", "index": bridge, "mode": "clamp", "strength": 4.0,
+            "label": "Golden Gate Bridge",
+        }  # fmt: skip
+        for bad in ("monoscope-demo/res1/7:twist:1", "monoscope-demo/res1/7:clamp:99",
+                    "other/res1/7:clamp:1", "monoscope-demo/res1/999999:clamp:1"):  # fmt: skip
+            assert client.get("/steer", params={"f": bad}).status_code == 400
+        transcript = [{"role": "user", "content": SCRIPT}, {"role": "assistant", "content": "ok"}]
+        shared = client.post("/steer/share", json={
+            "features": [{"sae": "res1", "index": bridge, "mode": "clamp", "strength": 4}],
+            "settings": {"temperature": 0.5, "seed": 3}, "default": transcript,
+            "steered": transcript,
+        }).json()  # fmt: skip
+        assert re.fullmatch(r"[A-Za-z0-9_-]{8}", shared["id"])
+        again = client.get(f"/steer/{shared['id']}")
+        assert again.status_code == 200 and SCRIPT not in again.text  # escaped in the JSON
+        state = json.loads(re.search(r'id="steer-state" type="application/json">(.*?)</script>',
+                                     again.text, re.S).group(1))  # fmt: skip
+        assert state["steered"] == transcript and state["settings"]["seed"] == 3
+        assert state["features"][0]["label"] == "Golden Gate Bridge"
+        assert client.get("/steer/nothing-here").status_code == 404
+        picked = client.get("/steer/pick", params={"q": "golden gate"})
+        assert f'data-index="{bridge}"' in picked.text
