@@ -116,3 +116,13 @@ def build_demo_rows(
     session.flush()
     refresh_sae(session, sae.id)
     return sae.id
+
+
+def golden_gate_feature(workspace) -> tuple[int, float]:
+    """The demo SAE's feature that fires hardest on ' Gate' in the bridge's name, found by running
+    the model (never hard-coded), and that activation, to store as its max."""
+    from app.core.inspect import inspect
+
+    found = inspect(workspace.model, workspace.saes, "We walked across the Golden Gate Bridge.")
+    top = found.saes["res1"].per_token[found.tokens.index(" Gate")][0]
+    return top.index, top.value

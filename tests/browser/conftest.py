@@ -18,7 +18,7 @@ from app.db.engine import connect, migrate, session_scope
 from app.demo import DEMO_MODEL, DEMO_SAE
 from app.settings import Settings
 from app.web.app import create_app
-from tests.web_world import build_demo_rows, build_world
+from tests.web_world import build_demo_rows, build_world, golden_gate_feature
 
 CHROMIUM = os.environ.get("MONOSCOPE_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -48,9 +48,11 @@ def server_url(tmp_path_factory):
     tokenizer = workspace.model.tokenizer
     with session_scope(engine) as session:
         build_world(session)
+        bridge, max_act = golden_gate_feature(workspace)
         build_demo_rows(
             session, workspace.saes["res1"].d_sae,
             tokenizer.batch_decode([[i] for i in range(len(tokenizer))]),
+            {bridge: ("Golden Gate Bridge", max_act)},
         )  # fmt: skip
     engine.dispose()
     port = _free_port()

@@ -13,14 +13,13 @@ import uvicorn
 from fastapi.testclient import TestClient
 
 from app.core.generation import GenerationRow, SamplingParams
-from app.core.inspect import inspect
 from app.core.steering import FeatureEdit
 from app.core.workspace import Workspace
 from app.db.engine import session_scope
 from app.demo import DEMO_MODEL, DEMO_SAE
 from app.settings import Settings
 from app.web.app import create_app
-from tests.web_world import SCRIPT, build_demo_rows
+from tests.web_world import SCRIPT, build_demo_rows, golden_gate_feature
 
 QUESTION = [{"role": "user", "content": "What is your favourite food?"}]
 
@@ -28,15 +27,6 @@ QUESTION = [{"role": "user", "content": "What is your favourite food?"}]
 @pytest.fixture(scope="module")
 def demo_workspace():
     return Workspace.load(str(DEMO_MODEL), [str(DEMO_SAE)], device="cpu")
-
-
-def golden_gate_feature(workspace) -> tuple[int, float]:
-    """The feature that fires hardest on ' Gate' in the bridge's name, found by running the
-    model (never hard-coded), with that activation as its max."""
-    found = inspect(workspace.model, workspace.saes, "We walked across the Golden Gate Bridge.")
-    position = found.tokens.index(" Gate")
-    top = found.saes["res1"].per_token[position][0]
-    return top.index, top.value
 
 
 @pytest.fixture

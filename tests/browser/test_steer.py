@@ -1,0 +1,55 @@
+"""The steering chat in headless Chromium: pick the bridge feature, chat, share, continue."""
+
+import re
+
+import pytest
+from playwright.sync_api import expect
+
+pytestmark = pytest.mark.browser
+BRIDGE = re.compile(r"golden gate|bridge", re.IGNORECASE)
+
+
+def _reply(page, side: str):
+    return page.locator(f"#{side}-messages .message.assistant .content").last
+
+
+def test_pick_the_bridge_feature_chat_and_share(page, server_url):
+    page.goto(f"{server_url}/steer")
+    page.fill("#pick-q", "golden gate bridge")
+    page.locator("button.pick", has_text="Golden Gate Bridge").first.click()
+    row = page.locator("#steer-features tbody tr")
+    expect(row).to_have_count(1)
+    row.locator("input[type=range]").fill("100")  # the slider's end: 10 × max activation
+    expect(row.locator("output.strength")).to_have_text("10.00")
+    page.fill("#gen-temperature", "0")
+    page.fill("#steer-message", "What is your favourite food?")
+    page.press("#steer-message", "Enter")
+    for side in ("default", "steered"):  # both columns stream a reply and finish
+        expect(_reply(page, side)).not_to_have_text("")
+        expect(page.locator(f"#{side}-messages .streaming")).to_have_count(0)
+    steered, default = _reply(page, "steered").inner_text(), _reply(page, "default").inner_text()
+    assert BRIDGE.search(steered) and not BRIDGE.search(default)
+
+    page.click("#steer-share")
+    link = page.locator("#share-link")
+    expect(link).to_be_visible()
+    shared = link.input_value()
+    assert re.search(r"/steer/[A-Za-z0-9_-]{8}$", shared)
+
+    page.goto(shared)  # a visitor sees the transcript and the feature, and can go on
+    expect(page.locator("#steered-messages .message")).to_have_count(2)
+    expect(page.locator("#steer-features tbody tr")).to_contain_text("Golden Gate Bridge")
+    expect(_reply(page, "steered")).to_have_text(steered)
+    page.fill("#steer-message", "And what colour is it?")
+    page.press("#steer-message", "Enter")
+    expect(page.locator("#steered-messages .message")).to_have_count(4)
+    expect(page.locator("#steered-messages .streaming")).to_have_count(0)
+
+
+def test_a_preset_link_loads_the_feature_and_the_feature_page_links_to_it(page, server_url):
+    page.goto(f"{server_url}/monoscope-demo/res1/7")
+    page.click("text=Steer with this feature")
+    expect(page).to_have_url(re.compile(r"/steer\?f=monoscope-demo%2Fres1%2F7%3Aclamp%3A5"))
+    row = page.locator("#steer-features tbody tr")
+    expect(row).to_contain_text("demo feature seven")
+    expect(row.locator("output.strength")).to_have_text("5.00")
