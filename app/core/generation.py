@@ -170,9 +170,9 @@ def generate(
     generators = [torch.Generator().manual_seed(int(r.seed)) for r in rows]
     row_params = [r.params or params for r in rows]
     streams = [_TextStream(tokenizer, p.stop_strings) for p in row_params]
-    sampling_groups: dict[tuple[float, float], list[int]] = {}
-    for i, p in enumerate(row_params):
-        sampling_groups.setdefault((p.temperature, p.top_p), []).append(i)
+    # Rows still decoding, by their index in `rows`: finished rows leave the batch (and the KV
+    # cache), so a batch costs what its live rows cost.
+    alive = list(range(len(rows)))
     finished = [False] * len(rows)
     reasons: list[str | None] = [None] * len(rows)
     cache = DynamicCache()
@@ -196,22 +196,24 @@ def generate(
                 use_cache=True,
             )
             cache = out.past_key_values
-            uniforms = torch.cat([torch.rand(1, generator=g) for g in generators])
+            uniforms = torch.cat([torch.rand(1, generator=generators[i]) for i in alive])
             logits = out.logits[:, -1, :]
-            next_ids = torch.empty(len(rows), dtype=torch.long)
+            next_ids = torch.empty(len(alive), dtype=torch.long)
+            sampling_groups: dict[tuple[float, float], list[int]] = {}
+            for j, i in enumerate(alive):
+                p = row_params[i]
+                sampling_groups.setdefault((p.temperature, p.top_p), []).append(j)
             for (temperature, top_p), group in sampling_groups.items():
                 picked = sample_next(logits[group], uniforms[group], temperature, top_p)
                 next_ids[group] = picked.cpu()
-            texts, token_ids = [], []
-            for i, token in enumerate(next_ids.tolist()):
-                if finished[i]:
-                    texts.append("")
-                    token_ids.append(None)
+            texts, token_ids = [""] * len(rows), [None] * len(rows)
+            for i, token in zip(alive, next_ids.tolist(), strict=True):
+                if finished[i]:  # cancelled before this step
                     continue
-                token_ids.append(token)
+                token_ids[i] = token
                 if token in eos_ids:
                     finished[i], reasons[i] = True, "eos"
-                    texts.append(streams[i].flush())
+                    texts[i] = streams[i].flush()
                     continue
                 text = streams[i].push(token)
                 if streams[i].stopped:
@@ -219,10 +221,17 @@ def generate(
                 elif step_index == row_params[i].max_new_tokens - 1:
                     finished[i], reasons[i] = True, "length"
                     text += streams[i].flush()
-                texts.append(text)
+                texts[i] = text
             yield Step(texts, token_ids, list(finished), list(reasons))
             if all(finished):
                 return
+            keep = [j for j, i in enumerate(alive) if not finished[i]]
+            if len(keep) < len(alive):
+                index = torch.tensor(keep)
+                cache.batch_select_indices(index.to(device))
+                steerer.select_rows(index)
+                next_ids, attention, positions = next_ids[index], attention[index], positions[index]
+                alive = [alive[j] for j in keep]
             input_ids = next_ids[:, None].to(device)
             positions = positions[:, -1:] + 1
             attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=-1)

@@ -152,6 +152,14 @@ class BatchSteerer:
         self.prompt_lengths = torch.tensor(list(prompt_lengths))
         self._step_masks: torch.Tensor | None = None
 
+    def select_rows(self, keep: torch.Tensor) -> None:
+        """Keep only these rows (batch indices), as generation drops finished rows."""
+        self.batch = len(keep)
+        self.prompt_lengths = self.prompt_lengths[keep.cpu()]
+        for groups in self.groups_by_site.values():
+            for group in groups:
+                group.row_mask = group.row_mask[keep.to(group.row_mask.device)]
+
     def set_step(
         self,
         position_ids: torch.Tensor,  # (batch, pos) index of each token within its own row

@@ -217,3 +217,19 @@ def test_presets_and_shared_sessions_round_trip(app_for):
         assert client.get("/steer/nothing-here").status_code == 404
         picked = client.get("/steer/pick", params={"q": "golden gate"})
         assert f'data-index="{bridge}"' in picked.text
+
+
+def test_each_side_keeps_its_own_history_and_completion_mode_continues_text(app_for):
+    earlier = [{"role": "user", "content": "Hi!"}]
+    default_side = [*earlier, {"role": "assistant", "content": "Hello. I like pizza."}, *QUESTION]
+    steered_side = [*earlier, {"role": "assistant", "content": "The Bridge is red."}, *QUESTION]
+    with TestClient(app_for()) as client:
+        both = client.post("/api/v1/steer", json=_body(
+            messages=steered_side, default_messages=default_side)).json()  # fmt: skip
+        alone = client.post("/api/v1/steer", json=_body(messages=default_side)).json()
+        steered_alone = client.post("/api/v1/steer", json=_body(messages=steered_side)).json()
+        completion = client.post("/api/v1/steer", json=_body(
+            mode="completion", prompt="Once upon a time", messages=[])).json()  # fmt: skip
+    assert both["default"] == alone["default"]  # each column follows its own conversation
+    assert both["steered"] == steered_alone["steered"]
+    assert completion["default"]["text"] and completion["default"] == completion["steered"]

@@ -149,8 +149,11 @@ def _client(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
-def _start(request: Request, body: SteerIn, workspace, session, settings) -> Ticket:
-    rows = build_rows(body, workspace, session, settings)
+def _start(request: Request, body: SteerIn, workspace, settings) -> Ticket:
+    # A session of its own, closed before streaming: a request dependency's session would hold a
+    # pooled connection for the whole reply, and sixteen chats would exhaust the pool.
+    with Session(request.app.state.engine) as session:
+        rows = build_rows(body, workspace, session, settings)
     wait = request.app.state.steer_limiter.check(_client(request))
     if wait is not None:
         raise HTTPException(429, f"Too many generations from this address; try again in {wait} s.",
@@ -166,11 +169,10 @@ SIDES = ("default", "steered")
 
 @router.post("/api/v1/steer", response_model=SteerOut, tags=["api"])
 async def api_steer(
-    request: Request, body: SteerIn, workspace: WorkspaceDep, session: SessionDep,
-    settings: SettingsDep,
-) -> SteerOut:  # fmt: skip
+    request: Request, body: SteerIn, workspace: WorkspaceDep, settings: SettingsDep
+) -> SteerOut:
     """Default and steered replies, whole. Same limits as the stream."""
-    ticket = _start(request, body, workspace, session, settings)
+    ticket = _start(request, body, workspace, settings)
     texts, reasons = ["", ""], [None, None]
     try:
         async for part in ticket.stream():
@@ -184,13 +186,12 @@ async def api_steer(
 
 @router.post("/api/v1/steer/stream", tags=["api"], response_class=EventSourceResponse)
 async def api_steer_stream(
-    request: Request, body: SteerIn, workspace: WorkspaceDep, session: SessionDep,
-    settings: SettingsDep,
-):  # fmt: skip
+    request: Request, body: SteerIn, workspace: WorkspaceDep, settings: SettingsDep
+):
     """Server-sent events: `token` {side, text} as each side grows, then `done` {default,
     steered} with each side's finish reason, or `error` {detail}. Closing the connection stops
     the generation."""
-    ticket = _start(request, body, workspace, session, settings)
+    ticket = _start(request, body, workspace, settings)
 
     async def events():
         reasons: list[str | None] = [None, None]

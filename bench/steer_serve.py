@@ -1,0 +1,137 @@
+"""Streaming steering chats under load: does batching make concurrent chats cheap?
+
+    python -m bench.steer_serve [--clients 1,4,16] [--seconds 20] [--max-new-tokens 48]
+                                [--model DIR --sae DIR]
+
+Starts the real server (uvicorn, the demo model and SAE unless --model/--sae are given) and runs,
+for each concurrency level, that many clients that each send steering chats to
+/api/v1/steer/stream back to back (a clamped feature, the same question, a different seed per
+request) for --seconds. It reports aggregate generated tokens/s (both columns count: a chat is a
+default and a steered reply), time to the first token p50/p95, and throughput relative to one
+client. Target: 16 clients ≥ 4× one client. The clients share the machine with the server.
+Strengths are multiples of max activation, so the database must hold the SAE (`monoscope demo`
+builds the demo's); "tokens" are the stream's token events, one per generated token.
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+import httpx
+
+from app.demo import DEMO_MODEL, DEMO_SAE
+
+QUESTION = "What is your favourite food?"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def _chat(http: httpx.AsyncClient, body: dict) -> tuple[float, int]:
+    """(seconds to the first token, tokens received) for one streamed chat."""
+    start = time.perf_counter()
+    first, tokens = None, 0
+    async with http.stream("POST", "/api/v1/steer/stream", json=body) as response:
+        if response.status_code != 200:
+            raise RuntimeError(f"HTTP {response.status_code}: {await response.aread()}")
+        event = None
+        async for line in response.aiter_lines():
+            if line.startswith("event:"):
+                event = line[6:].strip()
+            elif line.startswith("data:") and event == "token":
+                tokens += 1
+                first = first if first is not None else time.perf_counter() - start
+            elif line.startswith("data:") and event == "error":
+                raise RuntimeError(json.loads(line[5:])["detail"])
+    return first or 0.0, tokens
+
+
+async def _load(base: str, clients: int, seconds: float, body: dict) -> tuple[int, list[float]]:
+    deadline = time.perf_counter() + seconds
+    tokens, firsts, seed = 0, [], 0
+
+    async def client(http: httpx.AsyncClient) -> None:
+        nonlocal tokens, seed
+        while time.perf_counter() < deadline:
+            seed += 1
+            first, n = await _chat(http, body | {"seed": seed})
+            tokens += n
+            firsts.append(first * 1000)
+
+    limits = httpx.Limits(max_connections=clients + 1)
+    async with httpx.AsyncClient(base_url=base, timeout=120, limits=limits) as http:
+        start = time.perf_counter()
+        await asyncio.gather(*(client(http) for _ in range(clients)))
+        elapsed = time.perf_counter() - start
+    return round(tokens / elapsed), sorted(firsts)
+
+
+def _feature(base: str) -> dict:
+    """A feature to clamp: the best label match for 'golden gate' when the database has labels,
+    else feature 0 of the first SAE."""
+    health = httpx.get(f"{base}/healthz").json()
+    sae = health["saes"][0]["name"]
+    hits = httpx.get(f"{base}/api/v1/search", params={"q": "golden gate"}).json()
+    index = next((h["index"] for h in hits if h["sae"] == sae), 0)
+    return {"sae": sae, "index": index, "mode": "clamp", "strength": 4}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", default="1,4,16")
+    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--model", default=str(DEMO_MODEL))
+    parser.add_argument("--sae", default=str(DEMO_SAE))
+    parser.add_argument("--database", help="default: the data directory's SQLite file")
+    args = parser.parse_args()
+    port = _free_port()
+    env = os.environ | {"MONOSCOPE_MODEL": args.model, "MONOSCOPE_SAES": args.sae,
+                        "MONOSCOPE_STEER_RATE_PER_MINUTE": "1000000", "HF_HUB_OFFLINE": "1",
+                        "MONOSCOPE_STEER_QUEUE": "256"}  # fmt: skip
+    if args.database:
+        env["MONOSCOPE_DATABASE_URL"] = args.database
+    server = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "--factory", "app.web.app:create_app",
+         "--port", str(port), "--log-level", "warning", "--no-access-log"],
+        env=env,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        feature = _feature(base)
+        body = {"features": [feature], "messages": [{"role": "user", "content": QUESTION}],
+                "max_new_tokens": args.max_new_tokens, "temperature": 1.0}  # fmt: skip
+        print(f"{args.seconds:g} s per level, {args.max_new_tokens} new tokens per side, "
+              f"feature {feature['sae']}/{feature['index']} clamped at 4× max activation")  # fmt: skip
+        print(f"{'clients':>7s} {'tokens/s':>9s} {'vs 1':>6s} {'TTFT p50 ms':>12s} "
+              f"{'TTFT p95 ms':>12s} {'chats':>6s}")  # fmt: skip
+        asyncio.run(_load(base, 2, 3, body))  # warm up
+        one = None
+        for clients in (int(c) for c in args.clients.split(",")):
+            rate, firsts = asyncio.run(_load(base, clients, args.seconds, body))
+            one = one or rate
+            p95 = firsts[int(0.95 * (len(firsts) - 1))]
+            print(f"{clients:7d} {rate:9d} {rate / one:5.1f}× {statistics.median(firsts):12.1f} "
+                  f"{p95:12.1f} {len(firsts):6d}")  # fmt: skip
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()
