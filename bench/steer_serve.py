@@ -116,8 +116,9 @@ def main() -> None:
         feature = _feature(base)
         body = {"features": [feature], "messages": [{"role": "user", "content": QUESTION}],
                 "max_new_tokens": args.max_new_tokens, "temperature": 1.0}  # fmt: skip
+        name = f"{feature['sae']}/{feature['index']}"
         print(f"{args.seconds:g} s per level, {args.max_new_tokens} new tokens per side, "
-              f"feature {feature['sae']}/{feature['index']} clamped at 4× max activation")  # fmt: skip
+              f"feature {name} clamped at 4× max activation")  # fmt: skip
         print(f"{'clients':>7s} {'tokens/s':>9s} {'vs 1':>6s} {'TTFT p50 ms':>12s} "
               f"{'TTFT p95 ms':>12s} {'chats':>6s}")  # fmt: skip
         asyncio.run(_load(base, 2, 3, body))  # warm up
