@@ -135,6 +135,71 @@ class _TextStream:
         return longest
 
 
+def _left_padded(rows: Sequence[GenerationRow], pad_id: int, device):
+    """(ids, attention, positions) for prompts of different lengths, right-aligned."""
+    width = max(len(r.prompt_ids) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):  # left padding keeps every row's next token in the last column
+        ids[i, width - len(row.prompt_ids) :] = torch.tensor(list(row.prompt_ids))
+        attention[i, width - len(row.prompt_ids) :] = 1
+    ids, attention = ids.to(device), attention.to(device)
+    return ids, attention, (attention.cumsum(-1) - 1).clamp(min=0)
+
+
+def _left_pad(t: torch.Tensor, length: int, dim: int) -> torch.Tensor:
+    missing = length - t.shape[dim]
+    if missing <= 0:
+        return t
+    shape = list(t.shape)
+    shape[dim] = missing
+    return torch.cat([t.new_zeros(shape), t], dim=dim)
+
+
+def _merge(cache, attention, new_cache, new_attention):
+    """Stack two batches' KV caches: the shorter one is padded on the left, where its
+    attention mask is zero, so every row keeps seeing exactly its own tokens."""
+    length = max(attention.shape[1], new_attention.shape[1])
+    for layer, new_layer in zip(cache.layers, new_cache.layers, strict=True):
+        layer.keys = torch.cat(
+            [_left_pad(layer.keys, length, 2), _left_pad(new_layer.keys, length, 2)]
+        )
+        layer.values = torch.cat(
+            [_left_pad(layer.values, length, 2), _left_pad(new_layer.values, length, 2)]
+        )
+    return torch.cat([_left_pad(attention, length, 1), _left_pad(new_attention, length, 1)])
+
+
+def _trim(cache, attention):
+    """Drop leading cache columns that no remaining row attends to (left by finished rows)."""
+    used = attention.any(dim=0).nonzero()
+    start = int(used[0]) if len(used) else 0
+    if start > 0:
+        for layer in cache.layers:
+            layer.keys, layer.values = layer.keys[:, :, start:], layer.values[:, :, start:]
+        attention = attention[:, start:]
+    return attention
+
+
+class _SteeringSlot:
+    """The hooks stay installed for the whole generation; the steerer they apply changes as
+    rows join and leave the batch."""
+
+    def __init__(self, steerer: BatchSteerer):
+        self.steerer = steerer
+        self._edits = steerer.site_edits()
+
+    def set(self, steerer: BatchSteerer) -> None:
+        self.steerer, self._edits = steerer, steerer.site_edits()
+
+    def hook(self, site: str) -> Callable[[torch.Tensor], torch.Tensor]:
+        def edit(x: torch.Tensor) -> torch.Tensor:
+            apply = self._edits.get(site)
+            return apply(x) if apply is not None else x
+
+        return edit
+
+
 @torch.inference_mode()
 def generate(
     model: LoadedModel,
@@ -142,75 +207,115 @@ def generate(
     rows: Sequence[GenerationRow],
     params: SamplingParams,
     cancelled: threading.Event | None = None,
+    admit: Callable[[int], Sequence[GenerationRow]] | None = None,
 ) -> Iterator[Step]:
-    """Decode all rows together with a KV cache; yields one Step per generated token."""
-    if not rows:
-        return
-    if any(len(r.prompt_ids) == 0 for r in rows):
-        raise MonoscopeError("every prompt needs at least one token")
-    limit = model.context_length
-    longest = max(len(r.prompt_ids) + (r.params or params).max_new_tokens for r in rows)
-    if limit is not None and longest > limit:
-        raise MonoscopeError(f"prompt and reply need {longest} positions; {model.name} has {limit}")
+    """Decode rows together with a KV cache; yields one Step per generated token.
+
+    Before every step `admit(rows_taken)` may hand over more rows (a server's waiting
+    requests): they are prefilled, merged into the running batch and reported at the end of the
+    Step lists from then on. Rows that finish leave the batch and the cache. Generation ends when
+    no row is left running."""
     tokenizer, device = model.tokenizer, model.device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    width = max(len(r.prompt_ids) for r in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):  # left padding keeps every row's next token in the last column
-        input_ids[i, width - len(row.prompt_ids) :] = torch.tensor(list(row.prompt_ids))
-        attention[i, width - len(row.prompt_ids) :] = 1
-    input_ids, attention = input_ids.to(device), attention.to(device)
-    positions = (attention.cumsum(-1) - 1).clamp(min=0)
-    valid = attention.bool()
-
-    steerer = BatchSteerer(
-        saes, [r.edits for r in rows], [len(r.prompt_ids) for r in rows], tokenizer.bos_token_id
-    )
-    generators = [torch.Generator().manual_seed(int(r.seed)) for r in rows]
-    row_params = [r.params or params for r in rows]
-    streams = [_TextStream(tokenizer, p.stop_strings) for p in row_params]
-    # Rows still decoding, by their index in `rows`: finished rows leave the batch (and the KV
-    # cache), so a batch costs what its live rows cost.
-    alive = list(range(len(rows)))
-    finished = [False] * len(rows)
-    reasons: list[str | None] = [None] * len(rows)
-    cache = DynamicCache()
+    bos = tokenizer.bos_token_id
     eos_ids = _eos_ids(model)
+    every: list[GenerationRow] = []
+    generators: list[torch.Generator] = []
+    row_params: list[SamplingParams] = []
+    streams: list[_TextStream] = []
+    generated: list[int] = []
+    finished: list[bool] = []
+    reasons: list[str | None] = []
+    alive: list[int] = []  # indices into `every` of the rows in the batch, in batch order
 
-    with model.hooked(steerer.site_edits()):
-        for step_index in range(max(p.max_new_tokens for p in row_params)):
+    def steerer_for(indices: list[int]) -> BatchSteerer:
+        chosen = [every[i] for i in indices]
+        return BatchSteerer(saes, [r.edits for r in chosen], [len(r.prompt_ids) for r in chosen],
+                            bos)  # fmt: skip
+
+    def register(new: Sequence[GenerationRow]) -> list[int]:
+        _check_rows(model, new, params)
+        first = len(every)
+        for row in new:
+            p = row.params or params
+            every.append(row)
+            generators.append(torch.Generator().manual_seed(int(row.seed)))
+            row_params.append(p)
+            streams.append(_TextStream(tokenizer, p.stop_strings))
+            generated.append(0)
+            finished.append(False)
+            reasons.append(None)
+        return list(range(first, len(every)))
+
+    main = steerer_for([])  # the running batch's steering
+    slot = _SteeringSlot(main)
+    sites = {model.site(sae.hook_name).name for sae in saes.values()}
+    cache = attention = positions = input_ids = None
+    incoming = list(rows)
+    with model.hooked({site: slot.hook(site) for site in sites}):
+        while True:
             if cancelled is not None and cancelled.is_set():
                 return
-            for i, row in enumerate(rows):
-                if row.cancelled is not None and row.cancelled.is_set() and not finished[i]:
+            for i in alive:
+                if (
+                    every[i].cancelled is not None
+                    and every[i].cancelled.is_set()
+                    and not finished[i]
+                ):
                     finished[i], reasons[i] = True, "cancelled"
-            if all(finished):
+            if admit is not None:
+                incoming += list(admit(len(alive) + len(incoming)))
+            if not incoming and all(finished[i] for i in alive):
                 return
-            steerer.set_step(positions, valid, input_ids)
-            out = model.hf(
-                input_ids=input_ids,
-                attention_mask=attention,
-                position_ids=positions,
-                past_key_values=cache,
-                use_cache=True,
-            )
-            cache = out.past_key_values
+            logits = []
+            if alive:
+                slot.set(main)
+                main.set_step(positions, torch.ones_like(input_ids, dtype=torch.bool), input_ids)
+                out = model.hf(
+                    input_ids=input_ids,
+                    attention_mask=attention,
+                    position_ids=positions,
+                    past_key_values=cache,
+                    use_cache=True,
+                )
+                cache = out.past_key_values
+                logits.append(out.logits[:, -1, :])
+            if incoming:
+                joined = register(incoming)
+                incoming = []
+                ids, new_attention, new_positions = _left_padded(
+                    [every[i] for i in joined], pad_id, device
+                )
+                slot.set(steerer_for(joined))
+                slot.steerer.set_step(new_positions, new_attention.bool(), ids)
+                out = model.hf(input_ids=ids, attention_mask=new_attention,
+                               position_ids=new_positions, past_key_values=DynamicCache(),
+                               use_cache=True)  # fmt: skip
+                logits.append(out.logits[:, -1, :])
+                if alive:
+                    attention = _merge(cache, attention, out.past_key_values, new_attention)
+                    positions = torch.cat([positions, new_positions[:, -1:]])
+                else:
+                    cache, attention = out.past_key_values, new_attention
+                    positions = new_positions[:, -1:]
+                alive += joined
+                main = steerer_for(alive)
+            step_logits = torch.cat(logits)
             uniforms = torch.cat([torch.rand(1, generator=generators[i]) for i in alive])
-            logits = out.logits[:, -1, :]
             next_ids = torch.empty(len(alive), dtype=torch.long)
             sampling_groups: dict[tuple[float, float], list[int]] = {}
             for j, i in enumerate(alive):
                 p = row_params[i]
                 sampling_groups.setdefault((p.temperature, p.top_p), []).append(j)
             for (temperature, top_p), group in sampling_groups.items():
-                picked = sample_next(logits[group], uniforms[group], temperature, top_p)
+                picked = sample_next(step_logits[group], uniforms[group], temperature, top_p)
                 next_ids[group] = picked.cpu()
-            texts, token_ids = [""] * len(rows), [None] * len(rows)
+            texts, token_ids = [""] * len(every), [None] * len(every)
             for i, token in zip(alive, next_ids.tolist(), strict=True):
                 if finished[i]:  # cancelled before this step
                     continue
                 token_ids[i] = token
+                generated[i] += 1
                 if token in eos_ids:
                     finished[i], reasons[i] = True, "eos"
                     texts[i] = streams[i].flush()
@@ -218,24 +323,41 @@ def generate(
                 text = streams[i].push(token)
                 if streams[i].stopped:
                     finished[i], reasons[i] = True, "stop"
-                elif step_index == row_params[i].max_new_tokens - 1:
+                elif generated[i] == row_params[i].max_new_tokens:
                     finished[i], reasons[i] = True, "length"
                     text += streams[i].flush()
                 texts[i] = text
             yield Step(texts, token_ids, list(finished), list(reasons))
-            if all(finished):
-                return
             keep = [j for j, i in enumerate(alive) if not finished[i]]
             if len(keep) < len(alive):
-                index = torch.tensor(keep)
+                index = torch.tensor(keep, dtype=torch.long)
                 cache.batch_select_indices(index.to(device))
-                steerer.select_rows(index)
-                next_ids, attention, positions = next_ids[index], attention[index], positions[index]
+                main.select_rows(index)
+                next_ids = next_ids[index]
+                attention, positions = attention[index], positions[index]
                 alive = [alive[j] for j in keep]
+                if alive:
+                    attention = _trim(cache, attention)
+            if not alive:
+                if admit is None:
+                    return
+                cache = attention = positions = input_ids = None
+                continue
             input_ids = next_ids[:, None].to(device)
-            positions = positions[:, -1:] + 1
+            positions = positions + 1
             attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=-1)
-            valid = torch.ones_like(input_ids, dtype=torch.bool)
+
+
+def _check_rows(model: LoadedModel, rows: Sequence[GenerationRow], params: SamplingParams) -> None:
+    if any(len(r.prompt_ids) == 0 for r in rows):
+        raise MonoscopeError("every prompt needs at least one token")
+    limit = model.context_length
+    for r in rows:
+        need = len(r.prompt_ids) + (r.params or params).max_new_tokens
+        if limit is not None and need > limit:
+            raise MonoscopeError(
+                f"prompt and reply need {need} positions; {model.name} has {limit}"
+            )
 
 
 def _eos_ids(model: LoadedModel) -> set[int]:

@@ -6,11 +6,11 @@
         ...
     ticket.cancel()                               # e.g. the client went away
 
-Requests wait in a bounded queue. Whenever the worker is free it takes every waiting request (up
-to max_batch_rows rows) and decodes them as one batch with `generate`: each row keeps its own
-seed, steering and sampling settings, so sharing a batch never changes a reply. Requests that
-arrive meanwhile form the next batch. A cancelled request's rows stop at the next step, and a
-batch whose requests are all cancelled stops at once.
+Requests wait in a bounded queue. The worker decodes them as one running batch with `generate`
+(continuous batching): before every step, waiting requests join as far as max_batch_rows allows,
+and finished rows leave. Each row keeps its own seed, steering and sampling settings, so sharing
+a batch never changes a reply. A cancelled request's rows stop at the next step; a request
+cancelled while it waits is dropped unrun.
 """
 
 import asyncio
@@ -39,6 +39,7 @@ class Part:
 
 
 _DONE = object()
+JOIN_EVERY = 4  # steps between joins while a batch is running
 
 
 @dataclass
@@ -66,7 +67,7 @@ class Ticket:
 
 @dataclass
 class WorkerStats:
-    batches: int = 0
+    batches: int = 0  # runs of generate: a run lasts while any row is decoding
     requests: int = 0
     rows: int = 0
     largest_batch: int = 0  # rows
@@ -123,49 +124,84 @@ class InferenceWorker:
             self._wake.notify()
         self._thread.join(timeout=30)
 
-    def _next_batch(self) -> list[Ticket]:
+    def _take(self, room: int, block: bool) -> list[Ticket]:
+        """Waiting tickets whose rows fit in `room`, oldest first; cancelled ones are dropped."""
         with self._wake:
-            while not self._pending and not self._stopping:
+            while block and not self._pending and not self._stopping:
                 self._wake.wait()
-            batch, rows = [], 0
-            while self._pending and rows + len(self._pending[0].rows) <= self.max_batch_rows:
+            taken: list[Ticket] = []
+            while self._pending and len(self._pending[0].rows) <= room:
                 ticket = self._pending.popleft()
-                if ticket.cancelled.is_set():
+                if ticket.cancelled.is_set():  # its client left while it waited
                     self.stats.cancelled += 1
                     ticket._put(_DONE)
                     continue
-                batch.append(ticket)
-                rows += len(ticket.rows)
-            return batch
+                taken.append(ticket)
+                room -= len(ticket.rows)
+            return taken
 
     def _run(self) -> None:
+        # Every row carries its own params; this is only generate's fallback.
+        fallback = SamplingParams()
         while not self._stopping:
-            batch = self._next_batch()
-            if not batch:
+            first = self._take(self.max_batch_rows, block=True)
+            if not first:
                 continue
-            rows = [row for ticket in batch for row in ticket.rows]
+            batch = _RunningBatch(self)
             self.stats.batches += 1
-            self.stats.requests += len(batch)
-            self.stats.rows += len(rows)
-            self.stats.largest_batch = max(self.stats.largest_batch, len(rows))
-            bounds, start = [], 0
-            for ticket in batch:
-                bounds.append((start, start + len(ticket.rows)))
-                start += len(ticket.rows)
-            # Every row carries its own params; this only sets the batch's longest run.
-            fallback = SamplingParams(max_new_tokens=1)
+            rows = batch.enlist(first, 0)
+            active = batch.active
             try:
-                for step in generate(self.model, self.saes, rows, fallback):
+                for step in generate(self.model, self.saes, rows, fallback, admit=batch.admit):
                     self.stats.steps += 1
-                    for ticket, (a, b) in zip(batch, bounds, strict=True):
+                    still = []
+                    for ticket, a, b in active:
                         if not ticket.cancelled.is_set():
-                            ticket._put(
-                                Part(step.texts[a:b], step.finished[a:b], step.finish_reasons[a:b])
-                            )
-            except Exception as exc:  # handed to every request of the batch
-                for ticket in batch:
+                            part = Part(step.texts[a:b], step.finished[a:b],
+                                        step.finish_reasons[a:b])  # fmt: skip
+                            ticket._put(part)
+                        if all(step.finished[a:b]):
+                            self.stats.cancelled += "cancelled" in step.finish_reasons[a:b]
+                            ticket._put(_DONE)
+                        else:
+                            still.append((ticket, a, b))
+                    active[:] = still
+            except Exception as exc:  # handed to every request still in the batch
+                for ticket, _, _ in active:
                     ticket._put(exc)
             finally:
-                for ticket in batch:
+                for ticket, _, _ in active:
                     self.stats.cancelled += ticket.cancelled.is_set()
                     ticket._put(_DONE)
+
+
+class _RunningBatch:
+    """The requests in one run of generate and where each one's rows sit in its Steps."""
+
+    def __init__(self, worker: InferenceWorker):
+        self.worker = worker
+        self.active: list[tuple[Ticket, int, int]] = []  # ticket, its rows' span in the Steps
+        self.total = 0
+        self.calls = 0
+
+    def enlist(self, tickets: list[Ticket], running: int) -> list[GenerationRow]:
+        rows = []
+        for ticket in tickets:
+            self.active.append((ticket, self.total, self.total + len(ticket.rows)))
+            self.total += len(ticket.rows)
+            rows += ticket.rows
+        stats = self.worker.stats
+        stats.requests += len(tickets)
+        stats.rows += len(rows)
+        stats.largest_batch = max(stats.largest_batch, running + len(rows))
+        return rows
+
+    def admit(self, running: int) -> list[GenerationRow]:
+        """Requests that arrived meanwhile join the running batch. Each join costs a prefill
+        forward of its own, so while rows are decoding joins happen every JOIN_EVERY steps:
+        a few milliseconds more to the first token, several joiners per prefill."""
+        self.calls += 1
+        if running and self.calls % JOIN_EVERY:
+            return []
+        room = self.worker.max_batch_rows - running
+        return self.enlist(self.worker._take(room, block=False), running)

@@ -95,3 +95,25 @@ def test_a_full_queue_refuses_and_a_cancelled_request_stops(gpt2, saes):
         worker.close()
     assert stopped_after < 5 and worker.stats.steps < 240
     assert worker.stats.cancelled == 1 and all(texts)
+
+
+def test_rows_that_join_a_running_batch_read_as_if_alone(gpt2, saes):
+    steer = [FeatureEdit("res1", 3, "add", 40.0)]
+    first = [GenerationRow(_ids(gpt2, "The Golden Gate"), None, 1, SamplingParams(12, 1.0))]
+    later = {
+        3: [GenerationRow(_ids(gpt2, "Once upon a time there was"), steer, 2,
+                          SamplingParams(10, 1.0))],
+        6: [GenerationRow(_ids(gpt2, "A"), None, 3, SamplingParams(5, 0.0)),
+            GenerationRow(_ids(gpt2, "B b b b b b b b b"), steer, 4, SamplingParams(8, 0.7))],
+    }  # fmt: skip
+    calls = iter(range(1000))
+
+    def admit(_running: int):
+        return later.get(next(calls), [])
+
+    texts: list[str] = []
+    for step in generate(gpt2, saes, first, SamplingParams(1), admit=admit):
+        texts += [""] * (len(step.texts) - len(texts))
+        texts = [t + new for t, new in zip(texts, step.texts, strict=True)]
+    rows = first + later[3] + later[6]
+    assert texts == [complete(gpt2, saes, [row], SamplingParams(1))[0] for row in rows]
