@@ -234,7 +234,7 @@ def generate(
                             bos)  # fmt: skip
 
     def register(new: Sequence[GenerationRow]) -> list[int]:
-        _check_rows(model, new, params)
+        check_rows(model, new, params)
         first = len(every)
         for row in new:
             p = row.params or params
@@ -348,7 +348,8 @@ def generate(
             attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=-1)
 
 
-def _check_rows(model: LoadedModel, rows: Sequence[GenerationRow], params: SamplingParams) -> None:
+def check_rows(model: LoadedModel, rows: Sequence[GenerationRow], params: SamplingParams) -> None:
+    """Refuse rows the model cannot decode: empty prompts, or prompt + reply beyond its window."""
     if any(len(r.prompt_ids) == 0 for r in rows):
         raise MonoscopeError("every prompt needs at least one token")
     limit = model.context_length

@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from app.core.errors import MonoscopeError
-from app.core.generation import GenerationRow, SamplingParams, generate
+from app.core.generation import GenerationRow, SamplingParams, check_rows, generate
 from app.core.model import LoadedModel
 from app.core.sae import Sae
 
@@ -102,6 +102,9 @@ class InferenceWorker:
             raise MonoscopeError(f"a request may have at most {self.max_batch_rows} rows")
         if any(r.params is None for r in rows):
             raise MonoscopeError("every queued row needs its own sampling params")
+        # Checked here, not when the rows join a batch, where a refusal would fail every
+        # request sharing it.
+        check_rows(self.model, rows, SamplingParams())
         ticket = Ticket([], loop)
         ticket.rows = [
             GenerationRow(r.prompt_ids, r.edits, r.seed, r.params, ticket.cancelled) for r in rows

@@ -5,6 +5,7 @@ import time
 
 import pytest
 
+from app.core.errors import MonoscopeError
 from app.core.generation import GenerationRow, SamplingParams, complete, generate
 from app.core.serving import InferenceWorker, QueueFull
 from app.core.steering import FeatureEdit
@@ -117,3 +118,14 @@ def test_rows_that_join_a_running_batch_read_as_if_alone(gpt2, saes):
         texts = [t + new for t, new in zip(texts, step.texts, strict=True)]
     rows = first + later[3] + later[6]
     assert texts == [complete(gpt2, saes, [row], SamplingParams(1))[0] for row in rows]
+
+
+def test_a_row_the_model_cannot_fit_is_refused_at_the_door(gpt2, saes):
+    worker = InferenceWorker(gpt2, saes)
+    too_long = GenerationRow(_ids(gpt2, "A"), None, 0, SamplingParams(10_000))
+    try:
+        with pytest.raises(MonoscopeError, match="positions"):
+            worker.submit([too_long], asyncio.new_event_loop())
+        assert worker.waiting == 0
+    finally:
+        worker.close()
