@@ -80,3 +80,27 @@ def test_activations_api_reports_tokens_and_features(client):
     assert all(f["value"] > 0 for f in data["overall"])
     assert client.post("/api/v1/activations", json={"text": ""}).status_code == 400
     assert client.post("/api/v1/activations", json={"text": "x", "top_k": 0}).status_code == 422
+
+
+def test_the_heat_strip_can_follow_one_feature(client):
+    text = "User: Tell me about the Golden Gate Bridge."
+    top = client.post("/api/v1/activations", json={"text": text, "top_k": 1}).json()
+    feature = top["overall"][0]["index"]
+    page = client.get("/search/text", params={"text": text, "feature": feature})
+    assert page.status_code == 200
+    assert f'heat: feature <a href="/monoscope-demo/res1/{feature}">#{feature}</a>' in page.text
+    assert 'class="clear-focus"' in page.text
+    shares = [
+        int(p) for p in re.findall(r'<a class="tok[^"]*"[^>]*title="[^"]*· (\d+)%"', page.text)
+    ]
+    peak = max(range(len(shares)), key=shares.__getitem__)
+    per_token = client.post("/api/v1/activations", json={"text": text, "top_k": 100}).json()
+    strongest = max(
+        range(len(per_token["tokens"])),
+        key=lambda i: next(
+            (f["value"] for f in per_token["per_token"][i] if f["index"] == feature), 0
+        ),
+    )
+    assert peak == strongest  # the hottest token is where that feature fires hardest
+    bad = client.get("/search/text", params={"text": text, "feature": 10**6})
+    assert bad.status_code == 400

@@ -7,7 +7,7 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse
 from sqlalchemy.orm import Session
 
-from app.core.inspect import Inspection
+from app.core.inspect import FeatureHit, Inspection
 from app.db.labels import headline_score
 from app.db.models import Model
 from app.db.queries import find_sae, labels_of, list_saes, top_examples
@@ -91,15 +91,20 @@ class TextReading:
     overall: list[FeatureLine]
     per_token: list[list[FeatureLine]]
     excluded: set[int]
+    focus: FeatureLine | None = None  # the feature the heat strip shows, when one is chosen
 
 
 def read_text(
-    session: Session, sae_id: int | None, inspection: Inspection, sae: str
-) -> TextReading:
-    """Labels for every feature that shows up, in one query, and a heat strip whose heat is each
-    token's strongest feature relative to that feature's stored maximum."""
+    session: Session, sae_id: int | None, inspection: Inspection, sae: str,
+    focus: int | None = None,
+) -> TextReading:  # fmt: skip
+    """Labels for every feature that shows up, in one query, and a heat strip: each token's
+    strongest feature relative to that feature's stored maximum, or, with `focus`, that one
+    feature's activation relative to its maximum."""
     found = inspection.saes[sae]
     indices = {h.index for h in found.overall} | {h.index for row in found.per_token for h in row}
+    if focus is not None:
+        indices.add(focus)
     stored = labels_of(session, sae_id, sorted(indices)) if sae_id is not None else []
     known = {f.index: f for f in stored}
 
@@ -112,6 +117,12 @@ def read_text(
 
     per_token = [[line(h) for h in row] for row in found.per_token]
     heat = [max((h.value / h.max_act for h in row if h.max_act), default=0.0) for row in per_token]
+    focused = None
+    if focus is not None:
+        values = found.activations[:, focus].tolist()
+        focused = line(FeatureHit(focus, max(values)))
+        scale = focused.max_act or max(max(values), 1e-9)
+        heat = [max(v, 0.0) / scale for v in values]
     cells = [
         views.TokenCell(
             views.display_token(text), heat[i], round(min(heat[i], 1.0), 3), False,
@@ -120,7 +131,7 @@ def read_text(
         for i, text in enumerate(inspection.tokens)
     ]  # fmt: skip
     return TextReading(cells, [line(h) for h in found.overall], per_token,
-                       set(inspection.excluded_positions))  # fmt: skip
+                       set(inspection.excluded_positions), focused)  # fmt: skip
 
 
 @router.get("/search/text", response_class=HTMLResponse, name="search_text")
@@ -133,12 +144,13 @@ def search_text_page(
     sae: str = "",
     reduce: Literal["max", "sum"] = "max",
     pos: int | None = None,
+    feature: Annotated[int | None, Query(ge=0)] = None,
 ):
     loaded = sorted(workspace.saes) if workspace else []
     model = workspace.model.name if workspace else None
     sae = sae or (loaded[0] if loaded else "")
     context = {
-        "text": text, "sae": sae, "reduce": reduce, "pos": pos, "model": model,
+        "text": text, "sae": sae, "reduce": reduce, "pos": pos, "model": model, "feature": feature,
         "loaded": loaded, "reading": None,
     }  # fmt: skip
     if text:
@@ -151,8 +163,10 @@ def search_text_page(
         if sae_row is None:
             raise HTTPException(409, f"{model}/{sae} is loaded but not harvested into this "
                                      "database, so its features have no pages yet.")  # fmt: skip
+        if feature is not None and feature >= found.sae.d_sae:
+            raise HTTPException(400, f"{sae} has features 0 to {found.sae.d_sae - 1}.")
         inspection = run_text(found, text, top_k=10, reduce=reduce)
-        reading = read_text(session, sae_row.id, inspection, sae)
+        reading = read_text(session, sae_row.id, inspection, sae, focus=feature)
         if pos is not None and not 0 <= pos < len(reading.cells):
             raise HTTPException(400, f"pos must be between 0 and {len(reading.cells) - 1}")
         context["reading"] = reading
