@@ -1,0 +1,86 @@
+"""Attribution on the demo model: gradient × activation against exact ablations."""
+
+import numpy as np
+import pytest
+import torch
+
+from app.core.attribution import ablate, attribute
+from app.core.errors import MonoscopeError
+from app.core.workspace import Workspace
+from app.demo import DEMO_MODEL, DEMO_SAE
+
+PROMPT = "User: What colour is a banana?\nAssistant: A banana is"
+
+
+@pytest.fixture(scope="module")
+def demo():
+    workspace = Workspace.load(str(DEMO_MODEL), [str(DEMO_SAE)], device="cpu")
+    return workspace.model, workspace.saes["res1"]
+
+
+def _zeroed_by_hand(model, sae, text: str, feature: int) -> torch.Tensor:
+    """Next-token logits with one feature zeroed, written out for this linear, unnormalised
+    SAE: x' = x − f_i · W_dec[i] after BOS (which is what decode(f without i) + error is)."""
+    ids = torch.tensor([model.tokenizer(text)["input_ids"]])
+
+    def edit(x):
+        f = sae.encode(x)[..., feature]
+        out = x.clone()
+        out[:, 1:] -= f[:, 1:, None] * sae.W_dec[feature]
+        return out
+
+    with torch.inference_mode(), model.hooked({sae.hook_name: edit}):
+        return model.hf(input_ids=ids).logits[0, -1].float()
+
+
+def test_exact_effects_equal_a_direct_rerun_with_the_feature_zeroed(demo):
+    model, sae = demo
+    assert sae.cfg.normalize_activations == "none" and not sae.cfg.rescale_acts_by_decoder_norm
+    found = attribute(model, sae, PROMPT, exact=8)
+    assert found.target_text == " yellow" and found.prob > 0.5
+    for effect in found.by_attribution[:8]:
+        logits = _zeroed_by_hand(model, sae, PROMPT, effect.index)
+        assert effect.delta_logit == pytest.approx(
+            float(logits[found.target]) - found.logit, abs=1e-3
+        )
+        prob = float(torch.softmax(logits, -1)[found.target])
+        assert effect.delta_prob == pytest.approx(prob - found.prob, abs=1e-4)
+
+
+@pytest.mark.parametrize("text", [PROMPT, "Mia has a dog. The dog is brown. Mia's pet is"])
+def test_gradient_times_activation_tracks_the_exact_effects(demo, text):
+    model, sae = demo
+    found = attribute(model, sae, text, top_k=32, exact=32)
+    exact = [e for e in found.by_attribution if e.delta_logit is not None]
+    assert len(exact) == 32
+    estimate = np.array([e.attribution for e in exact])
+    measured = -np.array([e.delta_logit for e in exact])  # zeroing removes the contribution
+    assert np.corrcoef(estimate, measured)[0, 1] > 0.8
+    assert np.mean(np.sign(estimate) == np.sign(measured)) > 0.8
+
+
+def test_rankings_cross_reference_and_ablation_batches_agree(demo):
+    model, sae = demo
+    found = attribute(model, sae, PROMPT, top_k=10, exact=0)
+    assert [e.activation_rank for e in found.by_activation] == list(range(1, 11))
+    assert [e.attribution_rank for e in found.by_attribution] == list(range(1, 11))
+    assert any(e.activation_rank > 10 for e in found.by_attribution)  # quiet but load-bearing
+    ids = model.tokenizer(PROMPT)["input_ids"]
+    sets = [[e.index] for e in found.by_attribution[:5]] + [[]]
+    batched = ablate(model, sae, ids, sets, batch_size=6)
+    one_by_one = torch.cat([ablate(model, sae, ids, [s], batch_size=1) for s in sets])
+    assert torch.allclose(batched, one_by_one, atol=1e-4)
+    assert float(batched[-1, found.target]) == pytest.approx(
+        found.logit, abs=1e-4
+    )  # nothing zeroed
+
+
+def test_a_chosen_target_and_bad_input(demo):
+    model, sae = demo
+    brown = model.tokenizer(" brown")["input_ids"][-1]
+    found = attribute(model, sae, PROMPT, target=brown, exact=4)
+    assert found.target == brown and found.prob < 0.1
+    with pytest.raises(MonoscopeError, match="outside the vocabulary"):
+        attribute(model, sae, PROMPT, target=10**7)
+    with pytest.raises(MonoscopeError, match="limit is 4"):
+        attribute(model, sae, PROMPT, max_tokens=4)
