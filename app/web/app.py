@@ -22,7 +22,7 @@ from app.settings import Settings
 from app.web import views
 from app.web.markup import TokenTextCache, token_strip
 from app.web.ratelimit import RateLimiter
-from app.web.routes import api, features, home, search, steer
+from app.web.routes import api, features, home, inspect, search, steer
 
 ROOT = Path(__file__).resolve().parents[2]
 # Front-end libraries come from the npm registry (package.json), not copies in this repository.
@@ -117,6 +117,6 @@ def create_app(settings: Settings | None = None, workspace: Workspace | None = N
         app.mount(f"/vendor/{name}", StaticFiles(directory=directory, check_dir=False), name=name)
     _error_handlers(app)
     # Fixed paths first: /{model}/{sae} would otherwise swallow /search/text.
-    for module in (api, steer, home, search, features):
+    for module in (api, steer, inspect, home, search, features):
         app.include_router(module.router)
     return app

@@ -18,7 +18,7 @@ from app.core.workspace import Workspace
 MAX_TEXT_TOKENS = 512
 MAX_TEXT_CHARS = 8_000
 # One forward at a time: the model is shared by every request thread and its memory is finite.
-_inference = threading.Lock()
+inference_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ def run_text(found: Resident, text: str, top_k: int = 10, reduce: str = "max") -
         raise HTTPException(400, f"The text is {len(text):,} characters; the limit is "
                                  f"{MAX_TEXT_CHARS:,}.")  # fmt: skip
     try:
-        with _inference:
+        with inference_lock:
             return inspect(
                 found.model, {found.sae_name: found.sae}, text, top_k=top_k, reduce=reduce,
                 max_tokens=MAX_TEXT_TOKENS,

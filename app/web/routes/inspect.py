@@ -1,0 +1,191 @@
+"""/inspect: which features a next-token prediction depends on, beside which are loudest.
+
+The page and /api/v1/inspect share `run_inspection`: attribution (gradient × activation for every
+feature, exact ablation for the top ones) and, when asked, the predictions with a set of features
+zeroed at once.
+"""
+
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
+import torch
+from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.responses import HTMLResponse
+from pydantic import BaseModel, Field
+from sqlalchemy.orm import Session
+
+from app.core.attribution import Attribution, FeatureEffect, ablate, attribute
+from app.core.errors import MonoscopeError
+from app.core.generation import chat_prompt_ids
+from app.db.queries import find_sae, labels_of
+from app.web.deps import SessionDep, TemplatesDep, WorkspaceDep
+from app.web.resident import MAX_TEXT_CHARS, MAX_TEXT_TOKENS, inference_lock, require_resident
+
+router = APIRouter()
+MAX_EXACT = 64
+MAX_ABLATE = 64
+
+
+@dataclass(frozen=True)
+class Inspected:
+    model: str
+    sae: str
+    prompt: str  # the text the model read (a chat is rendered with its template)
+    found: Attribution
+    labels: dict[int, str | None]
+    ablated: list[int]
+    after_ablation: list[tuple[int, str, float]]  # top predictions with `ablated` zeroed
+    target_after: float | None  # the target's probability with `ablated` zeroed
+
+
+def _target_id(tokenizer, target: str | None) -> int | None:
+    if target is None or target == "":
+        return None
+    ids = tokenizer(target, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        raise HTTPException(400, f"The target {target!r} is {len(ids)} tokens; give one token "
+                                 "(a leading space usually matters).")  # fmt: skip
+    return ids[0]
+
+
+def run_inspection(
+    session: Session, workspace, text: str, sae: str | None, target: str | None, mode: str,
+    top_k: int, exact: int, zeroed: list[int],
+) -> Inspected:  # fmt: skip
+    if workspace is None or not workspace.saes:
+        raise HTTPException(409, "This server has no model and SAE loaded to inspect with.")
+    model = workspace.model
+    sae = sae or sorted(workspace.saes)[0]
+    found_sae = require_resident(workspace, model.name, sae).sae
+    if not text.strip():
+        raise HTTPException(400, "Type a prompt to inspect.")
+    if len(text) > MAX_TEXT_CHARS:
+        raise HTTPException(400, f"The prompt is {len(text):,} characters; the limit is "
+                                 f"{MAX_TEXT_CHARS:,}.")  # fmt: skip
+    if any(not 0 <= i < found_sae.d_sae for i in zeroed) or len(zeroed) > MAX_ABLATE:
+        raise HTTPException(400, f"Ablate at most {MAX_ABLATE} features, each 0 to "
+                                 f"{found_sae.d_sae - 1}.")  # fmt: skip
+    prompt = text
+    if mode == "chat":
+        ids, _ = chat_prompt_ids(model.tokenizer, [{"role": "user", "content": text}])
+        prompt = model.tokenizer.decode(ids, skip_special_tokens=True)
+    target_id = _target_id(model.tokenizer, target)
+    try:
+        with inference_lock:
+            found = attribute(model, found_sae, prompt, target=target_id, top_k=top_k,
+                              exact=exact, max_tokens=MAX_TEXT_TOKENS)  # fmt: skip
+            after, target_after = [], None
+            if zeroed:
+                ids = model.tokenizer(prompt)["input_ids"]
+                probs = torch.softmax(ablate(model, found_sae, ids, [zeroed])[0], dim=-1)
+                top = probs.topk(10)
+                decode = model.tokenizer.decode
+                after = [(int(t), decode([int(t)]), float(p)) for p, t in zip(*top, strict=True)]
+                target_after = float(probs[found.target])
+    except MonoscopeError as exc:
+        raise HTTPException(400, str(exc)) from exc
+    shown = {e.index for e in found.by_activation + found.by_attribution} | set(zeroed)
+    sae_row = find_sae(session, model.name, sae)
+    labels = (
+        {f.index: f.label for f in labels_of(session, sae_row.id, sorted(shown))} if sae_row else {}
+    )
+    return Inspected(model.name, sae, prompt, found, labels, sorted(set(zeroed)), after,
+                     target_after)  # fmt: skip
+
+
+def _parse_ablate(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise HTTPException(400, f"ablate must be feature indices separated by commas, not "
+                                 f"{text!r}.") from None  # fmt: skip
+
+
+@router.get("/inspect", response_class=HTMLResponse, name="inspect_page")
+def inspect_page(
+    request: Request,
+    session: SessionDep,
+    templates: TemplatesDep,
+    workspace: WorkspaceDep,
+    text: Annotated[str, Query(max_length=20_000)] = "",
+    sae: str = "",
+    target: Annotated[str, Query(max_length=200)] = "",
+    mode: Literal["text", "chat"] = "text",
+    exact: Annotated[int, Query(ge=0, le=MAX_EXACT)] = 32,
+    ablate: Annotated[str, Query(max_length=2_000)] = "",
+):
+    loaded = sorted(workspace.saes) if workspace else []
+    context = {"text": text, "sae": sae or (loaded[0] if loaded else ""), "target": target,
+               "mode": mode, "exact": exact, "loaded": loaded, "result": None,
+               "model": workspace.model.name if workspace else None}  # fmt: skip
+    if text:
+        context["result"] = run_inspection(
+            session, workspace, text, sae or None, target, mode, 20, exact, _parse_ablate(ablate)
+        )
+    return templates.TemplateResponse(request, "inspect/page.html", context)
+
+
+class InspectIn(BaseModel):
+    text: str = Field(max_length=MAX_TEXT_CHARS)
+    sae: str | None = None
+    target: str | None = Field(None, max_length=200, description="one token; default: top")
+    mode: Literal["text", "chat"] = "text"
+    top_k: int = Field(20, ge=1, le=200)
+    exact: int = Field(32, ge=0, le=MAX_EXACT)
+    ablate: list[int] = Field(default_factory=list, max_length=MAX_ABLATE,
+                              description="features to zero together")  # fmt: skip
+
+
+class EffectOut(BaseModel):
+    index: int
+    label: str | None
+    activation: float
+    attribution: float
+    activation_rank: int
+    attribution_rank: int
+    delta_logit: float | None
+    delta_prob: float | None
+
+
+class PredictionOut(BaseModel):
+    token_id: int
+    token: str
+    prob: float
+
+
+class InspectOut(BaseModel):
+    model: str
+    sae: str
+    tokens: list[str]
+    target: PredictionOut
+    predictions: list[PredictionOut]
+    by_activation: list[EffectOut]
+    by_attribution: list[EffectOut]
+    ablated: list[int]
+    after_ablation: list[PredictionOut]
+    target_prob_after_ablation: float | None
+
+
+@router.post("/api/v1/inspect", response_model=InspectOut, tags=["api"])
+def api_inspect(body: InspectIn, session: SessionDep, workspace: WorkspaceDep) -> InspectOut:
+    """Features ranked by activation and by attribution to the target's logit, with exact
+    ablation effects for the top `exact`, and predictions with `ablate` zeroed together."""
+    found = run_inspection(session, workspace, body.text, body.sae, body.target, body.mode,
+                           body.top_k, body.exact, body.ablate)  # fmt: skip
+    a = found.found
+
+    def out(e: FeatureEffect) -> EffectOut:
+        return EffectOut(label=found.labels.get(e.index), **e.__dict__)
+
+    def predictions(items) -> list[PredictionOut]:
+        return [PredictionOut(token_id=t, token=s, prob=p) for t, s, p in items]
+
+    return InspectOut(
+        model=found.model, sae=found.sae, tokens=a.tokens,
+        target=PredictionOut(token_id=a.target, token=a.target_text, prob=a.prob),
+        predictions=predictions(a.predictions),
+        by_activation=[out(e) for e in a.by_activation],
+        by_attribution=[out(e) for e in a.by_attribution],
+        ablated=found.ablated, after_ablation=predictions(found.after_ablation),
+        target_prob_after_ablation=found.target_after,
+    )  # fmt: skip
