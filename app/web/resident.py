@@ -34,6 +34,28 @@ def resident(workspace: Workspace | None, model: str, sae: str) -> Resident | No
     return Resident(workspace.model, sae, workspace.saes[sae])
 
 
+def require_loaded(workspace: Workspace | None, purpose: str) -> Workspace:
+    """The workspace, or a 409 saying the server has nothing loaded to `purpose`."""
+    if workspace is None or not workspace.saes:
+        raise HTTPException(409, f"This server has no model and SAE loaded to {purpose}.")
+    return workspace
+
+
+def loaded_sae(workspace: Workspace | None, sae: str | None, purpose: str) -> Resident:
+    """A loaded SAE by name (default: the first), on the loaded model."""
+    workspace = require_loaded(workspace, purpose)
+    return require_resident(workspace, workspace.model.name, sae or sorted(workspace.saes)[0])
+
+
+def check_text(text: str, empty: str) -> None:
+    """Typed text a page may run: not blank (`empty` says what to do), within the limit."""
+    if not text.strip():
+        raise HTTPException(400, empty)
+    if len(text) > MAX_TEXT_CHARS:
+        raise HTTPException(400, f"The text is {len(text):,} characters; the limit is "
+                                 f"{MAX_TEXT_CHARS:,}.")  # fmt: skip
+
+
 def require_resident(workspace: Workspace | None, model: str, sae: str) -> Resident:
     found = resident(workspace, model, sae)
     if found is None:
@@ -45,11 +67,7 @@ def require_resident(workspace: Workspace | None, model: str, sae: str) -> Resid
 
 def run_text(found: Resident, text: str, top_k: int = 10, reduce: str = "max") -> Inspection:
     """Per-token and overall features of `text`, with limits a page can state."""
-    if not text.strip():
-        raise HTTPException(400, "Type some text to run through the model.")
-    if len(text) > MAX_TEXT_CHARS:
-        raise HTTPException(400, f"The text is {len(text):,} characters; the limit is "
-                                 f"{MAX_TEXT_CHARS:,}.")  # fmt: skip
+    check_text(text, "Type some text to run through the model.")
     try:
         with inference_lock:
             return inspect(

@@ -5,11 +5,11 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, HTTPException, Query, Request
 from pydantic import BaseModel, Field
 
-from app.db.queries import ExampleView, feature_view, find_sae, list_features, list_saes
+from app.db.queries import ExampleView, feature_view, find_sae, list_saes
 from app.web.deps import SessionDep, VocabularyDep, WorkspaceDep
 from app.web.markup import TokenTexts
-from app.web.resident import require_resident, run_text
-from app.web.routes.features import PAGE_SIZES, TableQuery, _sae_or_404, format_cursor, parse_cursor
+from app.web.resident import loaded_sae, run_text
+from app.web.routes.features import TableQuery, _sae_or_404, format_cursor, table_page
 from app.web.routes.search import label_search, read_text
 
 router = APIRouter(prefix="/api/v1", tags=["api"])
@@ -149,13 +149,7 @@ def api_features(
     query: Annotated[TableQuery, Query()],
     after: str | None = None,
 ) -> FeatureListOut:
-    if query.limit not in PAGE_SIZES:
-        raise HTTPException(400, f"limit must be one of {', '.join(map(str, PAGE_SIZES))}")
-    sae_row = _sae_or_404(session, model, sae)
-    page = list_features(
-        session, sae_row.id, query.sort, query.descending, after=parse_cursor(after, query.sort),
-        limit=query.limit, filters=query.filters,
-    )  # fmt: skip
+    _, page = table_page(session, model, sae, query, after)
     return FeatureListOut(
         features=[
             FeatureRowOut(
@@ -247,11 +241,8 @@ def api_activations(
     body: ActivationsIn, session: SessionDep, workspace: WorkspaceDep
 ) -> ActivationsOut:
     """Which features fire on a text: per token and overall (BOS excluded from overall)."""
-    if workspace is None or not workspace.saes:
-        raise HTTPException(409, "This server has no model and SAE loaded to read text with.")
-    model = workspace.model.name
-    sae = body.sae or sorted(workspace.saes)[0]
-    found = require_resident(workspace, model, sae)
+    found = loaded_sae(workspace, body.sae, "read text with")
+    model, sae = found.model.name, found.sae_name
     inspection = run_text(found, body.text, top_k=body.top_k, reduce=body.reduce)
     sae_row = find_sae(session, model, sae)  # not harvested yet: features come without labels
     reading = read_text(session, sae_row.id if sae_row else None, inspection, sae)

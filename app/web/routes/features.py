@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.routing import NoMatchFound
 
 from app.db.labels import SCORE_EDGES
+from app.db.models import SaeRow
 from app.db.queries import (
     FeatureFilters,
     FeaturePage,
@@ -120,6 +121,20 @@ def _score_chart(summary: dict):
     )  # fmt: skip
 
 
+def table_page(
+    session, model: str, sae: str, query: TableQuery, after: str | None
+) -> tuple[SaeRow, FeaturePage]:
+    """The SAE and one page of its feature table, as the page and the API both read it."""
+    if query.limit not in PAGE_SIZES:
+        raise HTTPException(400, f"limit must be one of {', '.join(map(str, PAGE_SIZES))}")
+    sae_row = _sae_or_404(session, model, sae)
+    page = list_features(
+        session, sae_row.id, query.sort, query.descending,
+        after=parse_cursor(after, query.sort), limit=query.limit, filters=query.filters,
+    )  # fmt: skip
+    return sae_row, page
+
+
 @router.get("/{model}/{sae}", response_class=HTMLResponse, name="sae_page")
 def sae_page(
     request: Request,
@@ -130,13 +145,7 @@ def sae_page(
     query: Annotated[TableQuery, Query()],
     after: str | None = None,
 ):
-    if query.limit not in PAGE_SIZES:
-        raise HTTPException(400, f"limit must be one of {', '.join(map(str, PAGE_SIZES))}")
-    sae_row = _sae_or_404(session, model, sae)
-    page: FeaturePage = list_features(
-        session, sae_row.id, query.sort, query.descending,
-        after=parse_cursor(after, query.sort), limit=query.limit, filters=query.filters,
-    )  # fmt: skip
+    sae_row, page = table_page(session, model, sae, query, after)
     context = {
         "model": model,
         "sae": sae_row,

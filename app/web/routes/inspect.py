@@ -19,7 +19,13 @@ from app.core.errors import MonoscopeError
 from app.core.generation import chat_prompt_ids
 from app.db.queries import find_sae, labels_of
 from app.web.deps import SessionDep, TemplatesDep, WorkspaceDep
-from app.web.resident import MAX_TEXT_CHARS, MAX_TEXT_TOKENS, inference_lock, require_resident
+from app.web.resident import (
+    MAX_TEXT_CHARS,
+    MAX_TEXT_TOKENS,
+    check_text,
+    inference_lock,
+    loaded_sae,
+)
 
 router = APIRouter()
 MAX_EXACT = 64
@@ -52,16 +58,9 @@ def run_inspection(
     session: Session, workspace, text: str, sae: str | None, target: str | None, mode: str,
     top_k: int, exact: int, zeroed: list[int],
 ) -> Inspected:  # fmt: skip
-    if workspace is None or not workspace.saes:
-        raise HTTPException(409, "This server has no model and SAE loaded to inspect with.")
-    model = workspace.model
-    sae = sae or sorted(workspace.saes)[0]
-    found_sae = require_resident(workspace, model.name, sae).sae
-    if not text.strip():
-        raise HTTPException(400, "Type a prompt to inspect.")
-    if len(text) > MAX_TEXT_CHARS:
-        raise HTTPException(400, f"The prompt is {len(text):,} characters; the limit is "
-                                 f"{MAX_TEXT_CHARS:,}.")  # fmt: skip
+    loaded = loaded_sae(workspace, sae, "inspect with")
+    model, sae, found_sae = loaded.model, loaded.sae_name, loaded.sae
+    check_text(text, "Type a prompt to inspect.")
     if any(not 0 <= i < found_sae.d_sae for i in zeroed) or len(zeroed) > MAX_ABLATE:
         raise HTTPException(400, f"Ablate at most {MAX_ABLATE} features, each 0 to "
                                  f"{found_sae.d_sae - 1}.")  # fmt: skip
@@ -76,8 +75,7 @@ def run_inspection(
                               exact=exact, max_tokens=MAX_TEXT_TOKENS)  # fmt: skip
             after, target_after = [], None
             if zeroed:
-                ids = model.tokenizer(prompt)["input_ids"]
-                probs = torch.softmax(ablate(model, found_sae, ids, [zeroed])[0], dim=-1)
+                probs = torch.softmax(ablate(model, found_sae, found.token_ids, [zeroed])[0], -1)
                 top = probs.topk(10)
                 decode = model.tokenizer.decode
                 after = [(int(t), decode([int(t)]), float(p)) for p, t in zip(*top, strict=True)]

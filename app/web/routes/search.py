@@ -14,7 +14,7 @@ from app.db.queries import find_sae, labels_of, list_saes, top_examples
 from app.db.search import SearchHit, search_explanations
 from app.web import views
 from app.web.deps import SessionDep, TemplatesDep, VocabularyDep, WorkspaceDep
-from app.web.resident import resident, run_text
+from app.web.resident import require_loaded, resident, run_text
 
 router = APIRouter()
 RESULTS_PER_PAGE = 20
@@ -155,8 +155,7 @@ def search_text_page(
     }  # fmt: skip
     if text:
         found = resident(workspace, model or "", sae)
-        if not loaded:
-            raise HTTPException(409, "This server has no model and SAE loaded to read text with.")
+        require_loaded(workspace, "read text with")
         if found is None:
             raise HTTPException(409, f"SAE {sae!r} is not loaded on this server.")
         sae_row = find_sae(session, model, sae)

@@ -28,6 +28,7 @@ from app.db.models import Feature, Model, SaeRow, SteeringSession
 from app.db.search import search_explanations
 from app.settings import Settings
 from app.web.deps import SessionDep, SettingsDep, TemplatesDep, WorkspaceDep
+from app.web.resident import require_loaded
 
 router = APIRouter()
 MAX_STRENGTH = 10.0
@@ -96,8 +97,7 @@ def build_rows(
     body: SteerIn, workspace: Workspace | None, session: Session, settings: Settings
 ) -> list[GenerationRow]:
     """The default and the steered row, after every limit the server enforces."""
-    if workspace is None or not workspace.saes:
-        raise HTTPException(409, "This server has no model and SAE loaded to steer.")
+    workspace = require_loaded(workspace, "steer")
     if len(body.features) > settings.steer_max_features:
         raise HTTPException(400, f"{len(body.features)} features; the limit is "
                                  f"{settings.steer_max_features}.")  # fmt: skip
