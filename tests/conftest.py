@@ -70,3 +70,12 @@ def gpt2(gpt2_dir) -> LoadedModel:
 def gpt2_sae(gpt2):
     """A standard SAE attached at blocks.1.hook_resid_post of the tiny GPT-2."""
     return gpt2.attach(random_sae(hook_name="blocks.1.hook_resid_post"))
+
+
+@pytest.fixture(scope="session")
+def demo_workspace():
+    """The shipped demo model with its SAE "res1", as `monoscope demo` serves them."""
+    from app.core.workspace import Workspace
+    from app.demo import DEMO_MODEL, DEMO_SAE
+
+    return Workspace.load(str(DEMO_MODEL), [str(DEMO_SAE)], device="cpu")

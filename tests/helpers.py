@@ -210,3 +210,27 @@ def database_snapshot(engine) -> dict[str, list]:
         "examples": [tuple(r) for r in examples],
         "contexts": [tuple(r) for r in contexts],
     }
+
+
+@contextmanager
+def serving(app, timeout: float = 30.0):
+    """A real uvicorn server for `app` in a thread, on a free port; yields its base URL. Real
+    sockets make a closed connection a real disconnect, and let a browser connect."""
+    import threading
+    import time
+
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

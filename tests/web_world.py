@@ -1,7 +1,7 @@
 """A small stored world for web tests, with hostile token and label text.
 
 sae_id = build_world(session)                  # model "tiny", SAE "res1", 6 features
-build_demo_rows(session)                       # "monoscope-demo/res1" rows for live text
+build_demo_rows(session, demo_workspace)       # "monoscope-demo/res1" rows for live text
 """
 
 import numpy as np
@@ -92,11 +92,12 @@ def build_world(session: Session, name: str = "res1") -> int:
     return sae.id
 
 
-def build_demo_rows(
-    session: Session, d_sae: int, vocab: list[str], labels: dict | None = None
-) -> int:
+def build_demo_rows(session: Session, workspace, labels: dict | None = None) -> int:
     """Stored rows for the demo model and SAE (no examples), so pages can link live text to
     features without a harvest. `labels` gives chosen features a label and a max activation."""
+    tokenizer = workspace.model.tokenizer
+    vocab = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+    d_sae = workspace.saes["res1"].d_sae
     model = db.upsert_model(
         session, db.ModelInfo("monoscope-demo", "demo", "gpt2", 4, 256, len(vocab)), vocab
     )

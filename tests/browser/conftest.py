@@ -5,19 +5,14 @@ Failing tests leave a full-page screenshot in test-artifacts/.
 
 import os
 import shutil
-import socket
-import threading
-import time
 from pathlib import Path
 
 import pytest
-import uvicorn
 
-from app.core.workspace import Workspace
 from app.db.engine import connect, migrate, session_scope
-from app.demo import DEMO_MODEL, DEMO_SAE
 from app.settings import Settings
 from app.web.app import create_app
+from tests.helpers import serving
 from tests.web_world import build_demo_rows, build_world, golden_gate_feature
 
 CHROMIUM = os.environ.get("MONOSCOPE_CHROMIUM", "/usr/bin/chromium")
@@ -33,41 +28,18 @@ def pytest_runtest_makereport(item, call):
     setattr(item, f"report_{report.when}", report)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
-def server_url(tmp_path_factory):
+def server_url(tmp_path_factory, demo_workspace):
     url = f"sqlite:///{tmp_path_factory.mktemp('browser') / 'monoscope.db'}"
     engine = connect(url)
     migrate(engine)
-    workspace = Workspace.load(str(DEMO_MODEL), [str(DEMO_SAE)], device="cpu")
-    tokenizer = workspace.model.tokenizer
     with session_scope(engine) as session:
         build_world(session)
-        bridge, max_act = golden_gate_feature(workspace)
-        build_demo_rows(
-            session, workspace.saes["res1"].d_sae,
-            tokenizer.batch_decode([[i] for i in range(len(tokenizer))]),
-            {bridge: ("Golden Gate Bridge", max_act)},
-        )  # fmt: skip
+        bridge, max_act = golden_gate_feature(demo_workspace)
+        build_demo_rows(session, demo_workspace, {bridge: ("Golden Gate Bridge", max_act)})
     engine.dispose()
-    port = _free_port()
-    app = create_app(Settings(database_url=url), workspace=workspace)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline:
-            raise RuntimeError("the test server did not start")
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serving(create_app(Settings(database_url=url), workspace=demo_workspace)) as base:
+        yield base
 
 
 @pytest.fixture(scope="package")  # Playwright's sync API holds an event loop while open: close

@@ -6,16 +6,13 @@ import torch
 
 from app.core.attribution import ablate, attribute
 from app.core.errors import MonoscopeError
-from app.core.workspace import Workspace
-from app.demo import DEMO_MODEL, DEMO_SAE
 
 PROMPT = "User: What colour is a banana?\nAssistant: A banana is"
 
 
 @pytest.fixture(scope="module")
-def demo():
-    workspace = Workspace.load(str(DEMO_MODEL), [str(DEMO_SAE)], device="cpu")
-    return workspace.model, workspace.saes["res1"]
+def demo(demo_workspace):
+    return demo_workspace.model, demo_workspace.saes["res1"]
 
 
 def _zeroed_by_hand(model, sae, text: str, feature: int) -> torch.Tensor:

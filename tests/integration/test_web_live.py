@@ -5,25 +5,16 @@ import re
 import pytest
 from fastapi.testclient import TestClient
 
-from app.core.workspace import Workspace
 from app.db.engine import session_scope
-from app.demo import DEMO_MODEL, DEMO_SAE
 from app.settings import Settings
 from app.web.app import create_app
 from tests.web_world import SCRIPT, build_demo_rows
 
 
-@pytest.fixture(scope="module")
-def demo_workspace():
-    return Workspace.load(str(DEMO_MODEL), [str(DEMO_SAE)], device="cpu")
-
-
 @pytest.fixture
 def client(engine, demo_workspace):
-    tokenizer = demo_workspace.model.tokenizer
-    vocab = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
     with session_scope(engine) as session:
-        build_demo_rows(session, demo_workspace.saes["res1"].d_sae, vocab)
+        build_demo_rows(session, demo_workspace)
     url = engine.url.render_as_string(hide_password=False)
     app = create_app(Settings(database_url=url), workspace=demo_workspace)
     with TestClient(app) as client:

@@ -3,39 +3,29 @@
 import asyncio
 import json
 import re
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 
 from app.core.generation import GenerationRow, SamplingParams
 from app.core.steering import FeatureEdit
-from app.core.workspace import Workspace
 from app.db.engine import session_scope
-from app.demo import DEMO_MODEL, DEMO_SAE
 from app.settings import Settings
 from app.web.app import create_app
+from tests.helpers import serving
 from tests.web_world import SCRIPT, build_demo_rows, golden_gate_feature
 
 QUESTION = [{"role": "user", "content": "What is your favourite food?"}]
 
 
-@pytest.fixture(scope="module")
-def demo_workspace():
-    return Workspace.load(str(DEMO_MODEL), [str(DEMO_SAE)], device="cpu")
-
-
 @pytest.fixture
 def app_for(engine, demo_workspace):
-    tokenizer = demo_workspace.model.tokenizer
-    vocab = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
     bridge, max_act = golden_gate_feature(demo_workspace)
     with session_scope(engine) as session:
-        build_demo_rows(session, demo_workspace.saes["res1"].d_sae, vocab,
+        build_demo_rows(session, demo_workspace,
                         {bridge: ("Golden Gate Bridge", max_act)})  # fmt: skip
     url = engine.url.render_as_string(hide_password=False)
 
@@ -131,15 +121,8 @@ def live_server(app_for):
     """A real server, so closing a connection is a real disconnect."""
     app = app_for(steer_queue=1)
     app.state.bridge = app_for.bridge
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    yield app, f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serving(app) as base:
+        yield app, base
 
 
 def _occupy(worker, model, bridge: int):
