@@ -16,24 +16,15 @@ builds the demo's); "tokens" are the stream's token events, one per generated to
 import argparse
 import asyncio
 import json
-import os
-import socket
 import statistics
-import subprocess
-import sys
 import time
 
 import httpx
 
 from app.demo import DEMO_MODEL, DEMO_SAE
+from bench.server import running_server
 
 QUESTION = "What is your favourite food?"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def _chat(http: httpx.AsyncClient, body: dict) -> tuple[float, int]:
@@ -94,25 +85,15 @@ def main() -> None:
     parser.add_argument("--sae", default=str(DEMO_SAE))
     parser.add_argument("--database", help="default: the data directory's SQLite file")
     args = parser.parse_args()
-    port = _free_port()
-    env = os.environ | {"MONOSCOPE_MODEL": args.model, "MONOSCOPE_SAES": args.sae,
-                        "MONOSCOPE_STEER_RATE_PER_MINUTE": "1000000", "HF_HUB_OFFLINE": "1",
-                        "MONOSCOPE_STEER_QUEUE": "256"}  # fmt: skip
+    settings = {
+        "MONOSCOPE_MODEL": args.model,
+        "MONOSCOPE_SAES": args.sae,
+        "MONOSCOPE_STEER_RATE_PER_MINUTE": "1000000",  # the load is the point, not the limit
+        "MONOSCOPE_STEER_QUEUE": "256",
+    }
     if args.database:
-        env["MONOSCOPE_DATABASE_URL"] = args.database
-    server = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "--factory", "app.web.app:create_app",
-         "--port", str(port), "--log-level", "warning", "--no-access-log"],
-        env=env,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(600):
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
+        settings["MONOSCOPE_DATABASE_URL"] = args.database
+    with running_server(settings) as base:
         feature = _feature(base)
         body = {"features": [feature], "messages": [{"role": "user", "content": QUESTION}],
                 "max_new_tokens": args.max_new_tokens, "temperature": 1.0}  # fmt: skip
@@ -129,9 +110,6 @@ def main() -> None:
             p95 = firsts[int(0.95 * (len(firsts) - 1))]
             print(f"{clients:7d} {rate:9d} {rate / one:5.1f}× {statistics.median(firsts):12.1f} "
                   f"{p95:12.1f} {len(firsts):6d}")  # fmt: skip
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 if __name__ == "__main__":

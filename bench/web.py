@@ -14,12 +14,8 @@ page p95 ≤ 100 ms. The clients share the machine with the server (--workers uv
 
 import argparse
 import asyncio
-import os
 import random
-import socket
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -31,14 +27,9 @@ from app.db.engine import connect
 from app.db.queries import FeatureFilters, feature_view, find_sae, list_features
 from app.db.search import search_explanations
 from bench.db_scale import WORDS, build
+from bench.server import running_server
 
 FEATURE_TARGET_MS = 100
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _ensure_database(url: str, features: int) -> None:
@@ -128,23 +119,9 @@ def main() -> None:
     args = parser.parse_args()
     url = args.database or f"sqlite:///{Path('data/bench').resolve()}/db-scale-{args.features}.db"
     _ensure_database(url, args.features)
-    port = _free_port()
-    env = os.environ | {"MONOSCOPE_DATABASE_URL": url, "HF_HUB_OFFLINE": "1"}
-    env.pop("MONOSCOPE_MODEL", None)
-    server = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "--factory", "app.web.app:create_app",
-         "--port", str(port), "--workers", str(args.workers), "--log-level", "warning",
-         "--no-access-log"],
-        env=env,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(300):
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
+    with running_server(
+        {"MONOSCOPE_DATABASE_URL": url}, "--workers", str(args.workers), drop=("MONOSCOPE_MODEL",)
+    ) as base:
         print(f"{args.seconds:g} s per page and concurrency, {args.workers} worker(s), "
               f"{url.split('///')[-1]}")  # fmt: skip
         print(f"{'page':15s} {'clients':>7s} {'req/s':>7s} {'p50 ms':>8s} {'p95 ms':>8s} "
@@ -165,9 +142,6 @@ def main() -> None:
                     verdict = "  ok" if p95 <= FEATURE_TARGET_MS else "  over the 100 ms target"
                 print(f"{name:15s} {clients:7d} {len(latencies) / args.seconds:7.1f} {p50:8.1f} "
                       f"{p95:8.1f} {direct:10.2f} {p50 / direct:9.1f}×{verdict}")  # fmt: skip
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
 
 
 if __name__ == "__main__":
