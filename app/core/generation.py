@@ -5,14 +5,12 @@
         print(step.texts)                       # new text of each row at this step
 
 Rows with the same seed draw the same uniform number at every step and sample by inverse CDF, so
-a default and a steered row differ only by the intervention. `pair_stream` is the default-vs-
-steered case; `astream` runs any of these in a worker thread for an async consumer (SSE) and
-stops the generation when the consumer goes away.
+a default and a steered row differ only by the intervention (`pair_rows` builds that pair). A
+server streams these Steps through app.core.serving, which batches many requests into one run.
 """
 
-import asyncio
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -206,7 +204,6 @@ def generate(
     saes: Mapping[str, Sae],
     rows: Sequence[GenerationRow],
     params: SamplingParams,
-    cancelled: threading.Event | None = None,
     admit: Callable[[int], Sequence[GenerationRow]] | None = None,
 ) -> Iterator[Step]:
     """Decode rows together with a KV cache; yields one Step per generated token.
@@ -254,8 +251,6 @@ def generate(
     incoming = list(rows)
     with model.hooked({site: slot.hook(site) for site in sites}):
         while True:
-            if cancelled is not None and cancelled.is_set():
-                return
             for i in alive:
                 if (
                     every[i].cancelled is not None
@@ -385,37 +380,3 @@ def pair_rows(
 ) -> list[GenerationRow]:
     """A default row and a steered row that differ only by the intervention."""
     return [GenerationRow(prompt_ids, None, seed), GenerationRow(prompt_ids, edits, seed)]
-
-
-async def astream(
-    run: Callable[[threading.Event], Iterator[Step]], max_buffered: int = 64
-) -> AsyncIterator[Step]:
-    """Run a blocking generation in a thread; stop it as soon as the consumer stops listening."""
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue = asyncio.Queue(max_buffered)
-    cancelled = threading.Event()
-    done = object()
-
-    def worker() -> None:
-        try:
-            for step in run(cancelled):
-                asyncio.run_coroutine_threadsafe(queue.put(step), loop).result()
-        except BaseException as exc:  # handed to the consumer, raised there
-            asyncio.run_coroutine_threadsafe(queue.put(exc), loop).result()
-        else:
-            asyncio.run_coroutine_threadsafe(queue.put(done), loop).result()
-
-    thread = threading.Thread(target=worker, name="monoscope-generate", daemon=True)
-    thread.start()
-    try:
-        while (item := await queue.get()) is not done:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        cancelled.set()
-        while thread.is_alive():  # drain so the worker never blocks on a full queue
-            try:
-                queue.get_nowait()
-            except asyncio.QueueEmpty:
-                await asyncio.sleep(0.005)
