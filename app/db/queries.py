@@ -301,22 +301,3 @@ def vocabulary(session: Session, model_id: int) -> list[str]:
     for token_id, text in rows:
         texts[token_id] = text
     return texts
-
-
-class VocabularyCache:
-    """Per-process cache of each model's vocabulary: pages render token text without a query.
-
-    Keyed by the model row's id and source, so a model re-imported under the same name from
-    elsewhere is read again."""
-
-    def __init__(self, capacity: int = 8):
-        self.capacity = capacity
-        self._cache: dict[tuple[int, str], list[str]] = {}
-
-    def get(self, session: Session, model: Model) -> list[str]:
-        key = (model.id, model.source)
-        if key not in self._cache:
-            if len(self._cache) >= self.capacity:
-                self._cache.pop(next(iter(self._cache)))
-            self._cache[key] = vocabulary(session, model.id)
-        return self._cache[key]

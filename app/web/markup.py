@@ -14,7 +14,7 @@ from markupsafe import Markup, escape
 from sqlalchemy.orm import Session
 
 from app.db.models import Model
-from app.db.queries import VocabularyCache
+from app.db.queries import vocabulary
 from app.web.views import SPECIAL_TOKEN, TokenCell, display_token
 
 
@@ -63,21 +63,21 @@ class TokenTexts:
 
 
 class TokenTextCache:
-    """Per-process TokenTexts per model, over the database's vocabulary cache."""
+    """Per-process TokenTexts per model: pages render token text without a query.
 
-    def __init__(self) -> None:
-        self._vocabularies = VocabularyCache()
-        self._texts: dict[int, TokenTexts] = {}
+    Keyed by the model row's id and source, so a model re-imported under the same name from
+    elsewhere is read again."""
+
+    def __init__(self, capacity: int = 8):
+        self.capacity = capacity
+        self._texts: dict[tuple[int, str], TokenTexts] = {}
 
     def get(self, session: Session, model: Model) -> TokenTexts:
-        vocab = self._vocabularies.get(session, model)
-        key = id(vocab)  # a re-read vocabulary is a new list, so its texts are rebuilt
+        key = (model.id, model.source)
         if key not in self._texts:
-            self._texts = {key: TokenTexts.of(vocab)} | {
-                k: v for k, v in self._texts.items() if k != key
-            }
-            while len(self._texts) > self._vocabularies.capacity:
-                self._texts.pop(next(reversed(self._texts)))
+            if len(self._texts) >= self.capacity:
+                self._texts.pop(next(iter(self._texts)))
+            self._texts[key] = TokenTexts.of(vocabulary(session, model.id))
         return self._texts[key]
 
 
