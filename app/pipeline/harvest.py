@@ -45,7 +45,7 @@ from app.core.sae.metrics import evaluate_sae
 from app.core.workspace import sae_name
 from app.db import store as db
 from app.db.engine import session_scope
-from app.db.labels import refresh_sae
+from app.db.labels import refresh_summary
 from app.db.queries import find_sae
 from app.pipeline.ingest import TokenStore, ingest
 
@@ -415,7 +415,7 @@ class HarvestJob:
                 activations=highlights,
             )
             db.delete_orphan_contexts(session, model_row.id)
-            refresh_sae(session, sae_row.id)
+            refresh_summary(session, sae_row.id)  # a fresh SAE has no labels to choose among
         alive = int((stats.counts > 0).sum())
         return HarvestResult(
             model.name, name, int(stats.tokens), sae.d_sae, alive, len(selection.rows), metrics
