@@ -59,14 +59,14 @@ def _tokenizer(model: str | None):
 
 
 def _workspace(settings: Settings):
-    """The workspace the settings name; with no model, the demo model and its SAE."""
+    """The workspace the settings name; with no model, the demo model and its SAEs."""
     from app.core.workspace import Workspace
 
     model, saes = settings.model, settings.saes
     if not model:
-        from app.demo import DEMO_MODEL, DEMO_SAE
+        from app.demo import DEMO_MODEL, DEMO_SAES
 
-        model, saes = str(DEMO_MODEL), saes or [str(DEMO_SAE)]
+        model, saes = str(DEMO_MODEL), saes or [str(p) for p in DEMO_SAES.values()]
     return Workspace.load(model, saes, device=settings.device)
 
 
@@ -99,10 +99,10 @@ def demo(
     port: Annotated[int | None, typer.Option(help=FIELDS["port"].description)] = None,
     database_url: DatabaseOpt = None,
 ) -> None:
-    """Serve the shipped demo model and SAE: works offline, on a CPU.
+    """Serve the shipped demo model and its two SAEs: works offline, on a CPU.
 
-    On first start it fills the database: harvests the demo SAE over 1M held-out tokens and labels
-    its features with the offline explainer (about two minutes on two CPU cores, resumable)."""
+    On first start it fills the database: harvests each demo SAE over 1M held-out tokens and labels
+    its features with the offline explainer (about four minutes on two CPU cores, resumable)."""
     from app.pipeline.demo_build import build_demo_database, demo_database_ready
 
     settings = _settings(device=device, database_url=database_url)
@@ -516,8 +516,8 @@ def build_demo(
         "data/demo-build"
     ),
 ) -> None:
-    """Reproduce the shipped demo model and SAE from their seeds (CPU: about 40 minutes)."""
-    from app.pipeline.demo_build import build_language_model, build_sae
+    """Reproduce the shipped demo model and SAEs from their seeds (CPU: about 50 minutes)."""
+    from app.pipeline.demo_build import build_language_model, build_saes
 
     if stage not in ("all", "model", "sae"):
         raise MonoscopeError(f"unknown stage {stage!r}; use all, model or sae")
@@ -527,8 +527,8 @@ def build_demo(
         for sample in report["samples"]:
             out.print(sample, markup=False, highlight=False)
     if stage in ("all", "sae"):
-        sae = build_sae(work_dir)
-        _print_metrics("demo SAE", sae.cfg.metadata["metrics"])
+        for sae in build_saes(work_dir):
+            _print_metrics(f"demo SAE at {sae.hook_name}", sae.cfg.metadata["metrics"])
 
 
 eval_cli = typer.Typer(no_args_is_help=True, help="Evaluate SAEs.")

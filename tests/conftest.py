@@ -74,8 +74,8 @@ def gpt2_sae(gpt2):
 
 @pytest.fixture(scope="session")
 def demo_workspace():
-    """The shipped demo model with its SAE "res1", as `monoscope demo` serves them."""
+    """The shipped demo model with its SAEs "res1" and "res3", as `monoscope demo` serves them."""
     from app.core.workspace import Workspace
-    from app.demo import DEMO_MODEL, DEMO_SAE
+    from app.demo import DEMO_MODEL, DEMO_SAES
 
-    return Workspace.load(str(DEMO_MODEL), [str(DEMO_SAE)], device="cpu")
+    return Workspace.load(str(DEMO_MODEL), [str(p) for p in DEMO_SAES.values()], device="cpu")

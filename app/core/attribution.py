@@ -10,6 +10,12 @@ the target logit's gradient with respect to every feature activation is exact. S
 positions (BOS excluded) it is a first-order estimate of what zeroing the feature would do. The
 exact effect re-runs the prompt with the feature zeroed at every position, error term kept;
 `ablate` does many such runs as one batched forward.
+
+`trace_chain` follows a prediction one site further back: for each load-bearing feature at a
+later site, which features at an earlier site (at its own or earlier positions) drive it, as
+activation × d(later activation)/d(earlier activation) through both error-keeping splices, with
+the exact change from zeroing each source at its position beside it. A feature cannot depend on
+features of its own site, so a chain needs SAEs at two sites.
 """
 
 from collections.abc import Sequence
@@ -44,6 +50,25 @@ class Attribution:
     predictions: list[tuple[int, str, float]]  # the clean top next tokens with probabilities
     by_activation: list[FeatureEffect]
     by_attribution: list[FeatureEffect]
+
+
+@dataclass(frozen=True)
+class ChainSource:
+    index: int  # feature at the earlier site
+    position: int
+    activation: float
+    effect: float  # activation × d(target feature's activation)/d(this activation)
+    exact: float  # the target feature's activation with this one zeroed here, minus clean
+
+
+@dataclass(frozen=True)
+class ChainLink:
+    index: int  # load-bearing feature at the later site
+    position: int  # where its attribution to the target is largest
+    activation: float
+    attribution: float  # at that position
+    earlier: list[ChainSource]  # strongest sources at earlier positions (through attention)
+    local: list[ChainSource]  # strongest sources at its own position
 
 
 def _skip_bos(model: LoadedModel, ids: Sequence[int]) -> int:
@@ -172,3 +197,120 @@ def attribute(
         by_activation=[effect(int(i)) for i in by_act[:top_k]],
         by_attribution=[effect(int(i)) for i in by_attr[:top_k]],
     )
+
+
+def _encode_with_error(sae: Sae, x: torch.Tensor) -> tuple[torch.Tensor, object, torch.Tensor]:
+    x_sae = x.to(sae.dtype)
+    f = sae.encode(x_sae)
+    norm = sae.normalize(x_sae)[1]
+    return f, norm, x_sae - sae.decode(f, norm)
+
+
+def trace_chain(
+    model: LoadedModel,
+    earlier: Sae,
+    later: Sae,
+    token_ids: Sequence[int],
+    target: int,
+    features: Sequence[int],
+    sources: int = 6,
+    batch_size: int = 32,
+) -> list[ChainLink]:
+    """For each of `features` (at the later SAE's site), its strongest sources among the earlier
+    SAE's features: at earlier positions, and at its own."""
+    early_site, late_site = model.site(earlier.hook_name), model.site(later.hook_name)
+    if early_site.depth >= late_site.depth:
+        raise MonoscopeError(
+            f"a chain runs from an earlier site to a later one; {early_site} is not before "
+            f"{late_site}"
+        )
+    if not token_ids:
+        raise MonoscopeError("the prompt is empty")
+    start = _skip_bos(model, token_ids)
+    ids = torch.tensor([list(token_ids)], device=model.device)
+    graph: dict[str, torch.Tensor] = {}
+
+    def splice_earlier(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            f, norm, error = _encode_with_error(earlier, x)
+        graph["earlier"] = f = f.requires_grad_(True)
+        return (earlier.decode(f, norm) + error).to(x.dtype)
+
+    def splice_later(x: torch.Tensor) -> torch.Tensor:
+        # The later features stay in the graph, so they can be differentiated both ways.
+        f, norm, error = _encode_with_error(later, x)
+        graph["later"] = f
+        return (later.decode(f, norm) + error.detach()).to(x.dtype)
+
+    splices = {early_site.name: splice_earlier, late_site.name: splice_later}
+    found = []  # (feature, position, activation, attribution, [(p, i, effect)] per group)
+    with torch.enable_grad(), model.hooked(splices):
+        logit = model.hf(input_ids=ids).logits[0, -1, target].float()
+        late, early = graph["later"], graph["earlier"]
+        (to_target,) = torch.autograd.grad(logit, late, retain_graph=True)
+        per_position = (late.detach() * to_target)[0].float()  # (pos, d_sae)
+        per_position[:start] = 0.0
+        for index in features:
+            q = int(per_position[:, index].abs().argmax())
+            (grad,) = torch.autograd.grad(late[0, q, index], early, retain_graph=True)
+            effects = (early.detach()[0] * grad[0]).float()  # (pos, d_sae)
+            groups = [_strongest(effects, start, q, sources),
+                      _strongest(effects, q, q + 1, sources)]  # fmt: skip
+            activation = float(late[0, q, index].detach())
+            found.append((index, q, activation, float(per_position[q, index]), groups))
+    early = graph["earlier"].detach()[0]
+    runs = [(index, q, p, i) for index, q, _, _, groups in found for g in groups for p, i, _ in g]
+    deltas = iter(_zero_sources(model, earlier, later, ids, runs, batch_size))
+    return [
+        ChainLink(index, q, activation, attribution, *[
+            [ChainSource(i, p, float(early[p, i]), effect, next(deltas)) for p, i, effect in g]
+            for g in groups
+        ])
+        for index, q, activation, attribution, groups in found
+    ]  # fmt: skip
+
+
+def _strongest(
+    effects: torch.Tensor, first: int, stop: int, k: int
+) -> list[tuple[int, int, float]]:
+    """(position, feature, effect) of the k largest |effects| among positions [first, stop)."""
+    block = effects[first:stop].flatten()
+    if block.numel() == 0:
+        return []
+    top = block.abs().topk(min(k, block.numel()))
+    width = effects.shape[1]
+    return [(first + int(j) // width, int(j) % width, float(block[j]))
+            for v, j in zip(*top, strict=True) if v > 0]  # fmt: skip
+
+
+def _zero_sources(
+    model: LoadedModel,
+    earlier: Sae,
+    later: Sae,
+    ids: torch.Tensor,
+    runs: list[tuple[int, int, int, int]],
+    batch_size: int,
+) -> list[float]:
+    """Exact effects of (later feature, its position, source position, source feature) runs: the
+    source zeroed at its position only, both error terms kept; the later feature's change."""
+    deltas: list[float] = []
+    late_site = model.site(later.hook_name).name
+    with torch.inference_mode():
+        clean = later.encode(model.capture(ids, [late_site])[late_site])[0]
+        for first in range(0, len(runs), batch_size):
+            chunk = runs[first : first + batch_size]
+            rows = torch.arange(len(chunk))
+            positions = torch.tensor([p for _, _, p, _ in chunk])
+            sources = torch.tensor([i for _, _, _, i in chunk])
+
+            def zero(x: torch.Tensor, rows=rows, positions=positions, sources=sources):
+                f, norm, error = _encode_with_error(earlier, x)
+                f[rows, positions, sources] = 0.0
+                return (earlier.decode(f, norm) + error).to(x.dtype)
+
+            with model.hooked({earlier.hook_name: zero}):  # the pass stops at the later site
+                acts = model.capture(ids.expand(len(chunk), -1), [late_site])[late_site]
+            zeroed = later.encode(acts.to(later.dtype))
+            for row, (index, q, _, _) in enumerate(chunk):
+                deltas.append(float(zeroed[row, q, index] - clean[q, index]))
+    return deltas

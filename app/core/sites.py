@@ -15,6 +15,7 @@ from app.core.errors import SiteError
 
 SiteKind = Literal["resid_pre", "resid_post", "mlp_out", "attn_out"]
 
+_FORWARD_ORDER = ("resid_pre", "attn_out", "mlp_out", "resid_post")
 _TL_NAME = re.compile(r"^blocks\.(\d+)\.hook_(resid_pre|resid_post|mlp_out|attn_out)$")
 _SPARSIFY_NAME = re.compile(r"^layers\.(\d+)(\.mlp)?$")
 SUPPORTED_SITE_FORMS = (
@@ -33,6 +34,11 @@ class Site:
     @property
     def name(self) -> str:
         return f"blocks.{self.layer}.hook_{self.kind}"
+
+    @property
+    def depth(self) -> tuple[int, int]:
+        """Order in the forward pass: a site can only depend on sites of smaller depth."""
+        return self.layer, _FORWARD_ORDER.index(self.kind)
 
     def __str__(self) -> str:
         return self.name

@@ -10,5 +10,10 @@ DEMO_DIR = Path(__file__).resolve().parent
 DEMO_MODEL = DEMO_DIR / "monoscope-demo"
 DEMO_SITE = "blocks.1.hook_resid_post"
 DEMO_SAE = DEMO_DIR / "saes" / "res1"
+# A second SAE on the last block's output: downstream of res1, so the inspect page can follow
+# a prediction back through features at two sites (the chain view).
+DEMO_LATE_SITE = "blocks.3.hook_resid_post"
+DEMO_LATE_SAE = DEMO_DIR / "saes" / "res3"
+DEMO_SAES = {DEMO_SITE: DEMO_SAE, DEMO_LATE_SITE: DEMO_LATE_SAE}
 TRAIN_SEED = 0  # world seed of the training text
 EVAL_SEED = 2  # held out: neither the model nor the SAE saw it

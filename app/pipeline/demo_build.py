@@ -4,6 +4,7 @@ demo database from them (`monoscope demo` on first start).
 The configurations here are the ones the committed weights were made with.
 """
 
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from app.core.sae import Sae, load_sae
 from app.core.workspace import sae_name
 from app.db.engine import session_scope
 from app.db.queries import find_sae
-from app.demo import DEMO_MODEL, DEMO_SAE, DEMO_SITE, TRAIN_SEED
+from app.demo import DEMO_MODEL, DEMO_SAE, DEMO_SAES, TRAIN_SEED
 from app.demo.language_model import LanguageModelConfig, LanguageModelJob
 from app.pipeline.explain import offline_explainer, run_explain
 from app.pipeline.harvest import HarvestConfig, HarvestJob
@@ -26,20 +27,20 @@ def language_model_config(work_dir: Path) -> LanguageModelConfig:
     return LanguageModelConfig(out=DEMO_MODEL, seed=TRAIN_SEED, work_dir=work_dir)
 
 
-def sae_config(work_dir: Path) -> TrainSaeConfig:
+def sae_config(work_dir: Path, site: str) -> TrainSaeConfig:
     return TrainSaeConfig(
         model=str(DEMO_MODEL),
-        hook_name=DEMO_SITE,
+        hook_name=site,
         corpus=f"demo-world:{TRAIN_SEED}",
         eval_corpus=f"demo-world:{TRAIN_SEED + 1}",
-        out=DEMO_SAE,
+        out=DEMO_SAES[site],
         d_sae=4096,
         k=16,
         train_tokens=2_000_000,
         epochs=2,
         eval_contexts=1000,
         device="cpu",
-        work_dir=work_dir / "sae",
+        work_dir=work_dir / DEMO_SAES[site].name,
     )
 
 
@@ -47,8 +48,9 @@ def build_language_model(work_dir: Path) -> dict:
     return LanguageModelJob(language_model_config(work_dir)).run()
 
 
-def build_sae(work_dir: Path) -> Sae:
-    return TrainSaeJob(sae_config(work_dir)).run()
+def build_saes(work_dir: Path) -> list[Sae]:
+    """Every shipped SAE, one site after another (each resumes from its own checkpoints)."""
+    return [TrainSaeJob(sae_config(work_dir, site)).run() for site in DEMO_SAES]
 
 
 DEMO_DB_SEED = 3  # world seed of the text the demo database shows: held out from training
@@ -56,34 +58,44 @@ DEMO_DB_TOKENS = 1_048_576
 DEMO_SAE_NAME = sae_name(str(DEMO_SAE))
 
 
-def demo_harvest_config(work_dir: Path, tokens: int = DEMO_DB_TOKENS) -> HarvestConfig:
+def demo_harvest_config(
+    work_dir: Path, tokens: int = DEMO_DB_TOKENS, sae: Path = DEMO_SAE
+) -> HarvestConfig:
     return HarvestConfig(
         model=str(DEMO_MODEL),
-        sae=str(DEMO_SAE),
+        sae=str(sae),
         corpus=f"demo-world:{DEMO_DB_SEED}",
         tokens=tokens,
-        work_dir=work_dir,
+        work_dir=work_dir,  # one ingested corpus for both SAEs; spills are per SAE
     )
 
 
-def demo_database_ready(engine: Engine) -> bool:
+def _harvested(engine: Engine, sae: Path) -> bool:
     with session_scope(engine) as session:
-        return find_sae(session, DEMO_MODEL.name, DEMO_SAE_NAME) is not None
+        return find_sae(session, DEMO_MODEL.name, sae_name(str(sae))) is not None
+
+
+def demo_database_ready(engine: Engine) -> bool:
+    return all(_harvested(engine, sae) for sae in DEMO_SAES.values())
 
 
 def build_demo_database(
-    engine: Engine, work_dir: Path, tokens: int = DEMO_DB_TOKENS, progress: bool = True
+    engine: Engine,
+    work_dir: Path,
+    tokens: int = DEMO_DB_TOKENS,
+    progress: bool = True,
+    saes: Sequence[Path] = tuple(DEMO_SAES.values()),
 ) -> None:
-    """Harvest the shipped SAE over held-out world text into the database, label every feature
+    """Harvest each shipped SAE over held-out world text into the database, label every feature
     with the offline explainer and score the labels by simulation. Each step resumes where a
     crash left it."""
-    config = demo_harvest_config(work_dir, tokens)
-    if not demo_database_ready(engine):
-        HarvestJob(replace(config, progress=progress), engine).run()
-    run_explain(
-        engine, DEMO_MODEL.name, DEMO_SAE_NAME, offline_explainer(engine, DEMO_MODEL.name),
-        progress=progress,
-    )  # fmt: skip
     model = load_model(DEMO_MODEL, device="cpu")
-    sae = model.attach(load_sae(str(DEMO_SAE)))
-    run_score(engine, DEMO_MODEL.name, DEMO_SAE_NAME, ["simulation"], model, sae, progress=progress)
+    for path in saes:
+        name = sae_name(str(path))
+        if not _harvested(engine, path):
+            config = demo_harvest_config(work_dir, tokens, path)
+            HarvestJob(replace(config, progress=progress), engine).run()
+        explainer = offline_explainer(engine, DEMO_MODEL.name)
+        run_explain(engine, DEMO_MODEL.name, name, explainer, progress=progress)
+        sae = model.attach(load_sae(str(path)))
+        run_score(engine, DEMO_MODEL.name, name, ["simulation"], model, sae, progress=progress)

@@ -27,3 +27,15 @@ def test_ablate_one_then_several_features(page, server_url):
     expect(page.locator(".ablation")).to_contain_text(f"#{second}")
     expect(page.locator(".ablation")).to_contain_text(f"#{index}")
     assert page.dialogs == []
+
+
+def test_the_chain_links_to_the_earlier_features(page, server_url):
+    story = "Tom's sister was Mia. Mia loved chess. What did Tom's sister love? Tom's sister loved"
+    page.goto(f"{server_url}/inspect?text={quote(story)}&exact=0&chain=2")
+    expect(page.locator(".predictions h2")).to_contain_text("chess")
+    expect(page.locator(".chain-link")).to_have_count(2)
+    source = page.locator(".chain-link").first.locator(".chain-table tbody tr td a").first
+    index = source.inner_text()
+    source.click()
+    expect(page).to_have_url(re.compile(rf"/monoscope-demo/res1/{index}$"))
+    assert page.dialogs == []

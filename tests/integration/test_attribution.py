@@ -1,13 +1,16 @@
-"""Attribution on the demo model: gradient × activation against exact ablations."""
+"""Attribution on the demo model: gradient × activation against exact ablations, and the chain
+from the late SAE (res3) back to the early one (res1)."""
 
 import numpy as np
 import pytest
 import torch
 
-from app.core.attribution import ablate, attribute
+from app.core.attribution import ablate, attribute, trace_chain
 from app.core.errors import MonoscopeError
 
 PROMPT = "User: What colour is a banana?\nAssistant: A banana is"
+# A two-hop story from the world's templates: the answer needs who the sister is and what she loved.
+STORY = "Tom's sister was Mia. Mia loved chess. What did Tom's sister love? Tom's sister loved"
 
 
 @pytest.fixture(scope="module")
@@ -81,3 +84,66 @@ def test_a_chosen_target_and_bad_input(demo):
         attribute(model, sae, PROMPT, target=10**7)
     with pytest.raises(MonoscopeError, match="limit is 4"):
         attribute(model, sae, PROMPT, max_tokens=4)
+
+
+@pytest.fixture(scope="module")
+def story_chain(demo_workspace):
+    model, early, late = demo_workspace.model, *(demo_workspace.saes[n] for n in ("res1", "res3"))
+    found = attribute(model, late, STORY, top_k=5, exact=0)
+    assert found.target_text == " chess" and found.prob > 0.5
+    features = [e.index for e in found.by_attribution[:4]]
+    return model, early, late, found, trace_chain(model, early, late, found.token_ids,
+                                                  found.target, features, sources=6)  # fmt: skip
+
+
+def test_chain_follows_the_answer_back_to_the_fact_it_copies(story_chain):
+    *_, found, links = story_chain
+    assert [link.index for link in links] == [e.index for e in found.by_attribution[:4]]
+    fact = found.tokens.index(" loved")  # "Mia loved chess": the sentence that holds the answer
+    for link in links:
+        assert found.tokens[link.position] == " loved" and link.position == len(found.tokens) - 1
+        assert all(s.position < link.position for s in link.earlier)
+        assert all(s.position == link.position for s in link.local)
+        assert all(s.activation > 0 for s in link.earlier + link.local)
+    # The strongest earlier-position driver of the top feature sits on the fact's "loved".
+    assert links[0].earlier[0].position == fact
+
+
+def test_chain_effects_track_exact_zeroing(story_chain):
+    sources = [s for link in story_chain[4] for s in link.earlier + link.local]
+    estimate = np.array([s.effect for s in sources])
+    measured = -np.array([s.exact for s in sources])
+    assert len(sources) >= 40
+    assert np.corrcoef(estimate, measured)[0, 1] > 0.8
+    assert np.mean(np.sign(estimate) == np.sign(measured)) > 0.9
+
+
+def test_chain_exact_effect_equals_a_direct_rerun(story_chain):
+    """Zero one res1 feature at one position (x − f·W_dec there) and read the res3 feature."""
+    model, early, late, found, links = story_chain
+    link = links[0]
+    source = link.earlier[0]
+    ids = torch.tensor([found.token_ids])
+    read = {}
+
+    def zero(x):
+        out = x.clone()
+        f = early.encode(x)[0, source.position, source.index]
+        out[0, source.position] -= f * early.W_dec[source.index]
+        return out
+
+    def record(x):
+        read["f"] = late.encode(x)[0, link.position, link.index]
+
+    with torch.inference_mode(), model.hooked({early.hook_name: zero, late.hook_name: record}):
+        model.hf(input_ids=ids)
+    assert float(read["f"]) - link.activation == pytest.approx(source.exact, abs=1e-4)
+
+
+def test_a_chain_runs_from_an_earlier_site(demo_workspace):
+    model, early, late = demo_workspace.model, *(demo_workspace.saes[n] for n in ("res1", "res3"))
+    ids = model.tokenizer(STORY)["input_ids"]
+    with pytest.raises(MonoscopeError, match="not before"):
+        trace_chain(model, late, early, ids, 0, [1])
+    with pytest.raises(MonoscopeError, match="not before"):
+        trace_chain(model, early, early, ids, 0, [1])

@@ -1,8 +1,9 @@
 """/inspect: which features a next-token prediction depends on, beside which are loudest.
 
 The page and /api/v1/inspect share `run_inspection`: attribution (gradient × activation for every
-feature, exact ablation for the top ones) and, when asked, the predictions with a set of features
-zeroed at once.
+feature, exact ablation for the top ones), when asked the predictions with a set of features zeroed
+at once, and, when an SAE at an earlier site is loaded, the chain: which of its features drive the
+load-bearing ones.
 """
 
 from dataclasses import dataclass
@@ -14,7 +15,14 @@ from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
-from app.core.attribution import Attribution, FeatureEffect, ablate, attribute
+from app.core.attribution import (
+    Attribution,
+    ChainLink,
+    FeatureEffect,
+    ablate,
+    attribute,
+    trace_chain,
+)
 from app.core.errors import MonoscopeError
 from app.core.generation import chat_prompt_ids
 from app.db.queries import find_sae, labels_of
@@ -25,11 +33,13 @@ from app.web.resident import (
     check_text,
     inference_lock,
     loaded_sae,
+    require_loaded,
 )
 
 router = APIRouter()
 MAX_EXACT = 64
 MAX_ABLATE = 64
+MAX_CHAIN = 10
 
 
 @dataclass(frozen=True)
@@ -42,6 +52,23 @@ class Inspected:
     ablated: list[int]
     after_ablation: list[tuple[int, str, float]]  # top predictions with `ablated` zeroed
     target_after: float | None  # the target's probability with `ablated` zeroed
+    chain_sae: str | None  # the earlier SAE the chain runs back to
+    chain: list[ChainLink]
+    chain_labels: dict[int, str | None]
+
+
+def earlier_saes(workspace, sae: str) -> list[str]:
+    """Loaded SAEs at sites before `sae`'s, nearest first: the ones a chain can run back to."""
+    model, site = workspace.model, workspace.model.site(workspace.saes[sae].hook_name)
+    before = [n for n, s in workspace.saes.items() if model.site(s.hook_name).depth < site.depth]
+    return sorted(before, key=lambda n: model.site(workspace.saes[n].hook_name).depth,
+                  reverse=True)  # fmt: skip
+
+
+def default_sae(workspace) -> str:
+    """The SAE nearest the output: its load-bearing features are the ones a chain starts from."""
+    model = workspace.model
+    return max(sorted(workspace.saes), key=lambda n: model.site(workspace.saes[n].hook_name).depth)
 
 
 def _target_id(tokenizer, target: str | None) -> int | None:
@@ -56,9 +83,10 @@ def _target_id(tokenizer, target: str | None) -> int | None:
 
 def run_inspection(
     session: Session, workspace, text: str, sae: str | None, target: str | None, mode: str,
-    top_k: int, exact: int, zeroed: list[int],
+    top_k: int, exact: int, zeroed: list[int], chain_from: str | None = None, chain: int = 0,
 ) -> Inspected:  # fmt: skip
-    loaded = loaded_sae(workspace, sae, "inspect with")
+    workspace = require_loaded(workspace, "inspect with")
+    loaded = loaded_sae(workspace, sae or default_sae(workspace), "inspect with")
     model, sae, found_sae = loaded.model, loaded.sae_name, loaded.sae
     check_text(text, "Type a prompt to inspect.")
     if any(not 0 <= i < found_sae.d_sae for i in zeroed) or len(zeroed) > MAX_ABLATE:
@@ -69,6 +97,7 @@ def run_inspection(
         ids, _ = chat_prompt_ids(model.tokenizer, [{"role": "user", "content": text}])
         prompt = model.tokenizer.decode(ids, skip_special_tokens=True)
     target_id = _target_id(model.tokenizer, target)
+    chain_sae = _chain_sae(workspace, sae, chain_from) if chain else None
     try:
         with inference_lock:
             found = attribute(model, found_sae, prompt, target=target_id, top_k=top_k,
@@ -80,15 +109,41 @@ def run_inspection(
                 decode = model.tokenizer.decode
                 after = [(int(t), decode([int(t)]), float(p)) for p, t in zip(*top, strict=True)]
                 target_after = float(probs[found.target])
+            links = []
+            if chain_sae and chain:
+                links = trace_chain(
+                    model,
+                    workspace.saes[chain_sae],
+                    found_sae,
+                    found.token_ids,
+                    found.target,
+                    [e.index for e in found.by_attribution[:chain]],
+                )
     except MonoscopeError as exc:
         raise HTTPException(400, str(exc)) from exc
     shown = {e.index for e in found.by_activation + found.by_attribution} | set(zeroed)
-    sae_row = find_sae(session, model.name, sae)
-    labels = (
-        {f.index: f.label for f in labels_of(session, sae_row.id, sorted(shown))} if sae_row else {}
-    )
-    return Inspected(model.name, sae, prompt, found, labels, sorted(set(zeroed)), after,
-                     target_after)  # fmt: skip
+    sources = {s.index for link in links for s in link.earlier + link.local}
+    return Inspected(model.name, sae, prompt, found, _labels(session, model.name, sae, shown),
+                     sorted(set(zeroed)), after, target_after, chain_sae, links,
+                     _labels(session, model.name, chain_sae, sources))  # fmt: skip
+
+
+def _labels(session: Session, model: str, sae: str | None, indices: set[int]) -> dict:
+    sae_row = find_sae(session, model, sae) if sae and indices else None
+    if sae_row is None:
+        return {}
+    return {f.index: f.label for f in labels_of(session, sae_row.id, sorted(indices))}
+
+
+def _chain_sae(workspace, sae: str, chain_from: str | None) -> str | None:
+    earlier = earlier_saes(workspace, sae)
+    if chain_from is None:
+        return earlier[0] if earlier else None
+    if chain_from not in earlier:
+        where = ", ".join(earlier) or "none is loaded"
+        raise HTTPException(400, f"A chain runs back from {sae} to an SAE at an earlier site "
+                                 f"({where}), not to {chain_from!r}.")  # fmt: skip
+    return chain_from
 
 
 def _parse_ablate(text: str) -> list[int]:
@@ -111,14 +166,24 @@ def inspect_page(
     mode: Literal["text", "chat"] = "text",
     exact: Annotated[int, Query(ge=0, le=MAX_EXACT)] = 32,
     ablate: Annotated[str, Query(max_length=2_000)] = "",
+    chain: Annotated[int, Query(ge=0, le=MAX_CHAIN)] = 5,
 ):
     loaded = sorted(workspace.saes) if workspace else []
-    context = {"text": text, "sae": sae or (loaded[0] if loaded else ""), "target": target,
-               "mode": mode, "exact": exact, "loaded": loaded, "result": None,
-               "model": workspace.model.name if workspace else None}  # fmt: skip
+    context = {"text": text, "sae": sae or (default_sae(workspace) if loaded else ""),
+               "target": target, "mode": mode, "exact": exact, "chain": chain, "loaded": loaded,
+               "result": None, "model": workspace.model.name if workspace else None}  # fmt: skip
     if text:
         context["result"] = run_inspection(
-            session, workspace, text, sae or None, target, mode, 20, exact, _parse_ablate(ablate)
+            session,
+            workspace,
+            text,
+            sae or None,
+            target,
+            mode,
+            20,
+            exact,
+            _parse_ablate(ablate),
+            chain=chain,
         )
     return templates.TemplateResponse(request, "inspect/page.html", context)
 
@@ -132,6 +197,9 @@ class InspectIn(BaseModel):
     exact: int = Field(32, ge=0, le=MAX_EXACT)
     ablate: list[int] = Field(default_factory=list, max_length=MAX_ABLATE,
                               description="features to zero together")  # fmt: skip
+    chain: int = Field(5, ge=0, le=MAX_CHAIN,
+                       description="load-bearing features to trace to an earlier SAE")  # fmt: skip
+    chain_from: str | None = Field(None, description="that SAE; default: the nearest earlier one")
 
 
 class EffectOut(BaseModel):
@@ -151,6 +219,27 @@ class PredictionOut(BaseModel):
     prob: float
 
 
+class ChainSourceOut(BaseModel):
+    index: int
+    label: str | None
+    position: int
+    token: str
+    activation: float
+    effect: float = Field(description="activation × gradient of the later feature")
+    exact: float = Field(description="the later feature's change with this source zeroed")
+
+
+class ChainLinkOut(BaseModel):
+    index: int
+    label: str | None
+    position: int
+    token: str
+    activation: float
+    attribution: float
+    earlier: list[ChainSourceOut] = Field(description="strongest sources at earlier positions")
+    local: list[ChainSourceOut] = Field(description="strongest sources at its own position")
+
+
 class InspectOut(BaseModel):
     model: str
     sae: str
@@ -162,6 +251,8 @@ class InspectOut(BaseModel):
     ablated: list[int]
     after_ablation: list[PredictionOut]
     target_prob_after_ablation: float | None
+    chain_sae: str | None
+    chain: list[ChainLinkOut]
 
 
 @router.post("/api/v1/inspect", response_model=InspectOut, tags=["api"])
@@ -169,8 +260,22 @@ def api_inspect(body: InspectIn, session: SessionDep, workspace: WorkspaceDep) -
     """Features ranked by activation and by attribution to the target's logit, with exact
     ablation effects for the top `exact`, and predictions with `ablate` zeroed together."""
     found = run_inspection(session, workspace, body.text, body.sae, body.target, body.mode,
-                           body.top_k, body.exact, body.ablate)  # fmt: skip
+                           body.top_k, body.exact, body.ablate, body.chain_from,
+                           body.chain)  # fmt: skip
     a = found.found
+
+    def sources(items) -> list[ChainSourceOut]:
+        return [ChainSourceOut(label=found.chain_labels.get(s.index), token=a.tokens[s.position],
+                               **s.__dict__) for s in items]  # fmt: skip
+
+    chain = [
+        ChainLinkOut(
+            index=link.index, label=found.labels.get(link.index), position=link.position,
+            token=a.tokens[link.position], activation=link.activation,
+            attribution=link.attribution, earlier=sources(link.earlier), local=sources(link.local),
+        )
+        for link in found.chain
+    ]  # fmt: skip
 
     def out(e: FeatureEffect) -> EffectOut:
         return EffectOut(label=found.labels.get(e.index), **e.__dict__)
@@ -185,5 +290,5 @@ def api_inspect(body: InspectIn, session: SessionDep, workspace: WorkspaceDep) -
         by_activation=[out(e) for e in a.by_activation],
         by_attribution=[out(e) for e in a.by_attribution],
         ablated=found.ablated, after_ablation=predictions(found.after_ablation),
-        target_prob_after_ablation=found.target_after,
+        target_prob_after_ablation=found.target_after, chain_sae=found.chain_sae, chain=chain,
     )  # fmt: skip
