@@ -1,0 +1,64 @@
+"""The team deployment: docker-compose.yml parsed by the Compose client (no Docker engine runs
+here), and the image holding every folder the server reads at run time."""
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _compose() -> list[str]:
+    docker = shutil.which("docker")
+    plugin = docker and subprocess.run([docker, "compose", "version"], capture_output=True)
+    if plugin and plugin.returncode == 0:
+        return [docker, "compose"]
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    if os.environ.get("CI"):
+        pytest.fail("CI needs a Compose client (.ci/run installs Debian's docker-compose)")
+    pytest.skip("no Compose client here")
+
+
+def _config(*files: str) -> dict:
+    args = [a for f in files for a in ("-f", f)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MONOSCOPE_", "POSTGRES_"))}
+    done = subprocess.run([*_compose(), *args, "config"], cwd=ROOT, capture_output=True,
+                          text=True, env=env, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return yaml.safe_load(done.stdout)
+
+
+def test_compose_runs_the_app_on_postgres_16_with_healthchecks_and_volumes():
+    config = _config("docker-compose.yml")
+    app, db = config["services"]["app"], config["services"]["db"]
+    assert db["image"] == "postgres:16" and "pg_isready" in " ".join(db["healthcheck"]["test"])
+    assert app["depends_on"]["db"]["condition"] == "service_healthy"
+    assert "/healthz" in " ".join(app["healthcheck"]["test"])
+    url = app["environment"]["MONOSCOPE_DATABASE_URL"]
+    assert url.startswith("postgresql://monoscope:") and url.endswith("@db:5432/monoscope")
+    assert app["command"] == ["monoscope", "demo"]
+    assert {"monoscope-data", "postgres-data"} <= set(config["volumes"])
+    mounts = [v if isinstance(v, str) else f"{v['source']}:{v['target']}" for v in app["volumes"]]
+    assert any(m.split(":")[:2] == ["monoscope-data", "/data"] for m in mounts)
+
+
+def test_the_gpu_override_reserves_an_nvidia_device():
+    app = _config("docker-compose.yml", "docker-compose.gpu.yml")["services"]["app"]
+    [device] = app["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
+    assert app["environment"]["MONOSCOPE_DEVICE"] == "cuda"
+
+
+def test_the_image_holds_what_the_server_reads_at_run_time():
+    lines = (ROOT / "Dockerfile").read_text().splitlines()
+    copied = {part.rstrip("/") for line in lines if line.startswith("COPY")
+              for part in line.split()[1:-1] if not part.startswith("--")}  # fmt: skip
+    assert {"app", "templates", "static", "migrations", "alembic.ini"} <= copied
+    assert any("node_modules" in line for line in lines if line.startswith("COPY --from=assets"))
+    assert any("npm ci" in line for line in lines)
+    assert any("pip install" in line and "-e ." in line for line in lines)  # reads from the tree
