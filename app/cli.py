@@ -531,6 +531,89 @@ def build_demo(
             _print_metrics(f"demo SAE at {sae.hook_name}", sae.cfg.metadata["metrics"])
 
 
+user_cli = typer.Typer(no_args_is_help=True, help="Accounts that may save labels, lists, shares.")
+cli.add_typer(user_cli, name="user")
+key_cli = typer.Typer(no_args_is_help=True, help="API keys for writes (Authorization: Bearer).")
+cli.add_typer(key_cli, name="key")
+
+
+@user_cli.command("add")
+def user_add(
+    name: Annotated[str, typer.Argument(help="The name to sign in with.")],
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from standard input.")
+    ] = False,
+    database_url: DatabaseOpt = None,
+) -> None:
+    """Create an account; asks for its password (at least 8 characters)."""
+    import sys
+
+    from app.db.accounts import add_user
+    from app.db.engine import session_scope
+
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
+    engine = _database(_settings(database_url=database_url))
+    with session_scope(engine) as session:
+        add_user(session, name, password)
+    out.print(f"added user {escape(name)}")
+
+
+@key_cli.command("create")
+def key_create(
+    user: Annotated[str, typer.Option(help="The account the key acts as.")],
+    name: Annotated[str, typer.Option(help="What the key is for, shown in listings.")] = "key",
+    database_url: DatabaseOpt = None,
+) -> None:
+    """Make an API key. It is printed once, on the last line; only its hash is stored."""
+    from app.db.accounts import create_key, find_user
+    from app.db.engine import session_scope
+
+    engine = _database(_settings(database_url=database_url))
+    with session_scope(engine) as session:
+        owner = find_user(session, user)
+        if owner is None:
+            raise MonoscopeError(f"no user {user!r}; add one with `monoscope user add`")
+        key, secret = create_key(session, owner, name)
+        prefix = key.prefix
+    out.print(f"key {prefix} for {escape(user)}; keep it now, it is not shown again:")
+    print(secret)
+
+
+@key_cli.command("revoke")
+def key_revoke(
+    prefix: Annotated[str, typer.Argument(help="The key's first 12 characters (key list).")],
+    database_url: DatabaseOpt = None,
+) -> None:
+    """Revoke a key at once: requests with it get 401 from then on."""
+    from app.db.accounts import revoke_key
+    from app.db.engine import session_scope
+
+    engine = _database(_settings(database_url=database_url))
+    with session_scope(engine) as session:
+        revoke_key(session, prefix)
+    out.print(f"revoked {escape(prefix)}")
+
+
+@key_cli.command("list")
+def key_list(database_url: DatabaseOpt = None) -> None:
+    """Every key: its prefix, owner, purpose, and when it was made or revoked."""
+    from app.db.accounts import list_keys
+    from app.db.engine import session_scope
+
+    engine = _database(_settings(database_url=database_url))
+    table = Table()
+    for column in ("prefix", "user", "name", "created", "revoked"):
+        table.add_column(column)
+    with session_scope(engine) as session:
+        for key, owner in list_keys(session):
+            revoked = f"{key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else ""
+            table.add_row(key.prefix, owner, key.name, f"{key.created_at:%Y-%m-%d %H:%M}", revoked)
+    out.print(table)
+
+
 eval_cli = typer.Typer(no_args_is_help=True, help="Evaluate SAEs.")
 cli.add_typer(eval_cli, name="eval")
 

@@ -6,6 +6,7 @@
 Field descriptions double as CLI help and README documentation.
 """
 
+import secrets
 from pathlib import Path
 from typing import Annotated
 
@@ -58,6 +59,24 @@ class Settings(BaseSettings):
     steer_rate_per_minute: int = Field(
         30, ge=1, description="Generations one client (IP address) may start per minute (429)."
     )
+    require_sign_in: bool = Field(
+        False, description="Readers must sign in (or send an API key) to see any page or API."
+    )
+    secret_key: SecretStr | None = Field(
+        None,
+        description="Signs session cookies; unset: a random key kept in the data directory "
+        "(file secret_key), so sessions survive restarts. Set it when several servers share "
+        "users.",
+    )
+    secure_cookies: bool = Field(
+        False, description="Send the session cookie over HTTPS only (set it behind TLS)."
+    )
+    write_rate_per_minute: int = Field(
+        60, ge=1, description="Writes one API key, user or IP address may make per minute (429)."
+    )
+    sign_in_rate_per_minute: int = Field(
+        10, ge=1, description="Sign-in attempts one IP address may make per minute (429)."
+    )
     explainer_base_url: str | None = Field(
         None,
         description="OpenAI-compatible chat-completions endpoint for LLM labels and scores, e.g. "
@@ -87,6 +106,17 @@ class Settings(BaseSettings):
     def database(self) -> str:
         """The database URL in force: database_url, or SQLite in the data directory."""
         return self.database_url or f"sqlite:///{self.data_dir.resolve() / 'monoscope.db'}"
+
+    def session_secret(self) -> str:
+        """secret_key, or the data directory's own random key (made on first use)."""
+        if self.secret_key is not None and self.secret_key.get_secret_value():
+            return self.secret_key.get_secret_value()
+        path = self.data_dir / "secret_key"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch(mode=0o600)
+            path.write_text(secrets.token_urlsafe(48))
+        return path.read_text().strip()
 
     @field_validator("saes", mode="before")
     @classmethod

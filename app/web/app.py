@@ -6,7 +6,7 @@ uvicorn.run(create_app(Settings(model="gpt2", saes=["saes/res6"])))
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.gzip import GZipMiddleware
@@ -14,15 +14,17 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.sessions import SessionMiddleware
 
 from app.core.serving import InferenceWorker
 from app.core.workspace import Workspace
 from app.db.engine import connect, migrate
 from app.settings import Settings
 from app.web import views
+from app.web.auth import csrf_token, require_reader, signed_in_name
 from app.web.markup import TokenTextCache, token_strip
 from app.web.ratelimit import RateLimiter
-from app.web.routes import api, features, home, inspect, search, steer
+from app.web.routes import accounts, api, features, home, inspect, lists, search, steer
 
 ROOT = Path(__file__).resolve().parents[2]
 # Front-end libraries come from the npm registry (package.json), not copies in this repository.
@@ -41,6 +43,8 @@ def _templates() -> Jinja2Templates:
     }
     templates.env.globals["token_strip"] = token_strip
     templates.env.globals["feature_path"] = views.feature_path
+    templates.env.globals["csrf_token"] = csrf_token
+    templates.env.globals["signed_in_name"] = signed_in_name
     templates.env.globals["vendor_ready"] = all(p.is_dir() for p in VENDOR.values())
     return templates
 
@@ -98,6 +102,8 @@ def create_app(settings: Settings | None = None, workspace: Workspace | None = N
             else None
         )
         app.state.steer_limiter = RateLimiter(settings.steer_rate_per_minute)
+        app.state.write_limiter = RateLimiter(settings.write_rate_per_minute)
+        app.state.sign_in_limiter = RateLimiter(settings.sign_in_rate_per_minute)
         yield
         if app.state.inference is not None:
             app.state.inference.close()
@@ -112,11 +118,16 @@ def create_app(settings: Settings | None = None, workspace: Workspace | None = N
     app.state.vocabularies = TokenTextCache()
     # Token-heavy pages shrink ~10×; level 4 packs nearly as tight as 9 in a fraction of the time.
     app.add_middleware(GZipMiddleware, minimum_size=2_000, compresslevel=4)
+    app.add_middleware(
+        SessionMiddleware, secret_key=settings.session_secret(), session_cookie="monoscope",
+        same_site="lax", https_only=settings.secure_cookies, max_age=14 * 24 * 3600,
+    )  # fmt: skip
     app.mount("/static", StaticFiles(directory=ROOT / "static"), name="static")
     for name, directory in VENDOR.items():
         app.mount(f"/vendor/{name}", StaticFiles(directory=directory, check_dir=False), name=name)
     _error_handlers(app)
     # Fixed paths first: /{model}/{sae} would otherwise swallow /search/text.
-    for module in (api, steer, inspect, home, search, features):
-        app.include_router(module.router)
+    app.include_router(accounts.router)
+    for module in (api, steer, inspect, lists, home, search, features):
+        app.include_router(module.router, dependencies=[Depends(require_reader)])
     return app

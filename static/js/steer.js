@@ -151,7 +151,9 @@
     const body = { features: state.features.map(({ sae, index, mode, strength }) => ({ sae, index, mode, strength })),
       settings: Object.fromEntries(Object.entries(settings).map(([k, input]) => [k, k === "mode" ? input.value : Number(input.value)])),
       default: state.default, steered: state.steered };
-    const response = await fetch("/steer/share", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+    const csrf = document.querySelector("meta[name=csrf-token]");
+    const headers = { "Content-Type": "application/json", ...(csrf ? { "X-CSRF-Token": csrf.content } : {}) };
+    const response = await fetch("/steer/share", { method: "POST", headers, body: JSON.stringify(body) });
     const result = await response.json();
     if (!response.ok) { status(typeof result.detail === "string" ? result.detail : "sharing failed"); return; }
     const link = $("share-link");

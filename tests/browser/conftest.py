@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from app.db.accounts import add_user
 from app.db.engine import connect, migrate, session_scope
 from app.settings import Settings
 from app.web.app import create_app
@@ -28,6 +29,9 @@ def pytest_runtest_makereport(item, call):
     setattr(item, f"report_{report.when}", report)
 
 
+ACCOUNT = ("ada", "correct horse battery")
+
+
 @pytest.fixture(scope="session")
 def server_url(tmp_path_factory, demo_workspace):
     url = f"sqlite:///{tmp_path_factory.mktemp('browser') / 'monoscope.db'}"
@@ -37,6 +41,7 @@ def server_url(tmp_path_factory, demo_workspace):
         build_world(session)
         bridge, max_act = golden_gate_feature(demo_workspace)
         build_demo_rows(session, demo_workspace, {bridge: ("Golden Gate Bridge", max_act)})
+        add_user(session, *ACCOUNT)
     engine.dispose()
     with serving(create_app(Settings(database_url=url), workspace=demo_workspace)) as base:
         yield base

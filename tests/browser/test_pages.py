@@ -1,10 +1,11 @@
-"""The site in headless Chromium: search, open a feature, hover, test text, paginate."""
+"""The site in headless Chromium: search, open a feature, hover, test text, paginate, lists."""
 
 import re
 
 import pytest
 from playwright.sync_api import expect
 
+from tests.browser.conftest import ACCOUNT
 from tests.web_world import IMG, SCRIPT
 
 pytestmark = pytest.mark.browser
@@ -72,3 +73,31 @@ def test_text_search_links_tokens_to_their_features(page, server_url):
     expect(page).to_have_url(re.compile(r"pos=8"))
     page.locator("#token-panel tbody a").first.click()
     expect(page).to_have_url(re.compile(r"/monoscope-demo/res1/\d+$"))
+
+
+def test_sign_in_add_features_to_a_list_and_reorder(page, server_url):
+    page.goto(f"{server_url}/tiny/res1/1")
+    expect(page.locator(".feature-lists")).to_contain_text("Sign in")  # loaded by htmx
+    page.locator(".feature-lists").get_by_role("link", name="Sign in").click()
+    page.fill("input[name=name]", ACCOUNT[0])
+    page.fill("input[name=password]", ACCOUNT[1])
+    page.get_by_role("button", name="Sign in").click()
+    expect(page).to_have_url(f"{server_url}/tiny/res1/1")
+    page.fill(".add-to-list input[name=new_title]", "Browser list")
+    page.fill(".add-to-list input[name=note]", "<b>not bold</b>")
+    page.click(".add-to-list button")
+    expect(page.locator(".feature-lists")).to_contain_text("On Browser list")
+    page.goto(f"{server_url}/search?q=golden")
+    page.locator("details.add-list summary").first.click()
+    box = page.locator("details.add-list").first
+    box.locator("select[name=list]").select_option(label="Browser list")
+    box.get_by_role("button", name="Add to list").click()
+    page.goto(f"{server_url}/lists")
+    page.get_by_role("link", name="Browser list").click()
+    items = page.locator(".list-item .item-head a")
+    expect(items).to_have_count(2)
+    second = items.nth(1).inner_text()
+    page.locator(".list-item").nth(1).get_by_role("button", name="move up").click()
+    expect(page.locator(".list-item .item-head a").first).to_have_text(second)
+    expect(page.locator(".list-item textarea").nth(1)).to_have_value("<b>not bold</b>")
+    assert page.locator(".list-item b").count() == 0 and page.dialogs == []

@@ -5,6 +5,8 @@ import re
 import pytest
 from playwright.sync_api import expect
 
+from tests.browser.conftest import ACCOUNT
+
 pytestmark = pytest.mark.browser
 BRIDGE = re.compile(r"golden gate|bridge", re.IGNORECASE)
 
@@ -15,6 +17,14 @@ def _reply(page, side: str):
 
 def test_pick_the_bridge_feature_chat_and_share(page, server_url):
     page.goto(f"{server_url}/steer")
+    page.click("#steer-share")  # anonymous: the server says what to do
+    expect(page.locator("#steer-status")).to_contain_text("Sign in")
+    page.get_by_role("link", name="Sign in").click()
+    page.fill("input[name=name]", ACCOUNT[0])
+    page.fill("input[name=password]", ACCOUNT[1])
+    page.get_by_role("button", name="Sign in").click()
+    expect(page).to_have_url(f"{server_url}/steer")  # back where the sign-in started
+    expect(page.locator(".site-header")).to_contain_text(ACCOUNT[0])
     page.fill("#pick-q", "golden gate bridge")
     page.locator("button.pick", has_text="Golden Gate Bridge").first.click()
     row = page.locator("#steer-features tbody tr")

@@ -10,9 +10,10 @@ from app.core.sae import load_sae, save_saelens
 from tests.helpers import random_sae
 
 
-def run_cli(*args, env=None):
+def run_cli(*args, env=None, input=None):
     return subprocess.run(
         [sys.executable, "-c", "from app.cli import main; main()", *args],
+        input=input,
         capture_output=True,
         text=True,
         timeout=120,

@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 
 from app.core.generation import GenerationRow, SamplingParams
 from app.core.steering import FeatureEdit
+from app.db.accounts import add_user, create_key
 from app.db.engine import session_scope
 from app.settings import Settings
 from app.web.app import create_app
@@ -27,12 +28,14 @@ def app_for(engine, demo_workspace):
     with session_scope(engine) as session:
         build_demo_rows(session, demo_workspace,
                         {bridge: ("Golden Gate Bridge", max_act)})  # fmt: skip
+        _, secret = create_key(session, add_user(session, "ada", "correct horse battery"), "tests")
     url = engine.url.render_as_string(hide_password=False)
 
     def make(**limits):
         return create_app(Settings(database_url=url, **limits), workspace=demo_workspace)
 
     make.bridge = bridge
+    make.writer = {"Authorization": f"Bearer {secret}"}
     return make
 
 
@@ -185,7 +188,7 @@ def test_presets_and_shared_sessions_round_trip(app_for):
                     "other/res1/7:clamp:1", "monoscope-demo/res1/999999:clamp:1"):  # fmt: skip
             assert client.get("/steer", params={"f": bad}).status_code == 400
         transcript = [{"role": "user", "content": SCRIPT}, {"role": "assistant", "content": "ok"}]
-        shared = client.post("/steer/share", json={
+        shared = client.post("/steer/share", headers=app_for.writer, json={
             "features": [{"sae": "res1", "index": bridge, "mode": "clamp", "strength": 4}],
             "settings": {"temperature": 0.5, "seed": 3}, "default": transcript,
             "steered": transcript,

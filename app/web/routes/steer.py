@@ -27,6 +27,7 @@ from app.core.workspace import Workspace
 from app.db.models import Feature, Model, SaeRow, SteeringSession
 from app.db.search import search_explanations
 from app.settings import Settings
+from app.web.auth import WriterDep
 from app.web.deps import SessionDep, SettingsDep, TemplatesDep, WorkspaceDep
 from app.web.resident import require_loaded
 
@@ -295,9 +296,10 @@ class ShareOut(BaseModel):
 @router.post("/steer/share", response_model=ShareOut, name="steer_share")
 def steer_share(
     request: Request, body: ShareIn, session: SessionDep, workspace: WorkspaceDep,
-    settings: SettingsDep,
+    settings: SettingsDep, viewer: WriterDep,
 ) -> ShareOut:  # fmt: skip
-    """Save the session (features, settings, both transcripts) under a short id."""
+    """Save the session (features, settings, both transcripts) under a short id; needs a
+    signed-in user or an API key."""
     features = [SteerFeature.model_validate(f) for f in body.features]
     if len(features) > settings.steer_max_features:
         raise HTTPException(400, f"At most {settings.steer_max_features} features.")
@@ -315,7 +317,8 @@ def steer_share(
     }  # fmt: skip
     transcript = {"default": [m.model_dump() for m in body.default],
                   "steered": [m.model_dump() for m in body.steered]}  # fmt: skip
-    session.add(SteeringSession(share_id=share_id, config=config, transcript=[transcript]))
+    session.add(SteeringSession(share_id=share_id, config=config, transcript=[transcript],
+                                author=viewer.name))  # fmt: skip
     session.commit()
     return ShareOut(id=share_id, url=str(request.url_for("steer_shared", share_id=share_id)))
 

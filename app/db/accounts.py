@@ -1,0 +1,106 @@
+"""Users and API keys: who may write (labels, lists, shares).
+
+    user = add_user(session, "ada", "correct horse battery")
+    key, secret = create_key(session, user, "laptop")   # the secret is shown once, never stored
+    user_for_key(session, secret)                        # -> user, or None when unknown/revoked
+
+Passwords are stored as scrypt hashes with a per-user salt. A key is 256 random bits, so a plain
+SHA-256 of it is enough to look it up and nothing an attacker could brute-force; its first
+characters are kept to name it in listings and on revocation.
+"""
+
+import hashlib
+import hmac
+import secrets
+from datetime import UTC, datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.core.errors import MonoscopeError
+from app.db.models import ApiKey, User
+
+KEY_PREFIX = "msk_"
+_SCRYPT = {"n": 2**14, "r": 8, "p": 1}
+MIN_PASSWORD = 8
+
+
+def hash_password(password: str) -> str:
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, **_SCRYPT)
+    return f"scrypt${_SCRYPT['n']}${_SCRYPT['r']}${_SCRYPT['p']}${salt.hex()}${digest.hex()}"
+
+
+def check_password(password: str, stored: str) -> bool:
+    try:
+        scheme, n, r, p, salt, digest = stored.split("$")
+    except ValueError:
+        return False
+    if scheme != "scrypt":
+        return False
+    found = hashlib.scrypt(password.encode(), salt=bytes.fromhex(salt), n=int(n), r=int(r),
+                           p=int(p))  # fmt: skip
+    return hmac.compare_digest(found.hex(), digest)
+
+
+def add_user(session: Session, name: str, password: str) -> User:
+    name = name.strip()
+    if not name or len(name) > 100 or not name.isprintable():
+        raise MonoscopeError("a user name is 1 to 100 printable characters")
+    if len(password) < MIN_PASSWORD:
+        raise MonoscopeError(f"a password has at least {MIN_PASSWORD} characters")
+    if find_user(session, name) is not None:
+        raise MonoscopeError(f"user {name!r} already exists")
+    user = User(name=name, password_hash=hash_password(password))
+    session.add(user)
+    session.flush()
+    return user
+
+
+def find_user(session: Session, name: str) -> User | None:
+    return session.scalar(select(User).where(User.name == name))
+
+
+def sign_in(session: Session, name: str, password: str) -> User | None:
+    """The user when the password matches; None otherwise (same work either way)."""
+    user = find_user(session, name)
+    ok = check_password(password, user.password_hash if user else hash_password(""))
+    return user if user is not None and ok else None
+
+
+def _key_hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def create_key(session: Session, user: User, name: str) -> tuple[ApiKey, str]:
+    secret = KEY_PREFIX + secrets.token_urlsafe(32)
+    key = ApiKey(name=name, prefix=secret[:12], key_hash=_key_hash(secret), user_id=user.id)
+    session.add(key)
+    session.flush()
+    return key, secret
+
+
+def user_for_key(session: Session, secret: str) -> tuple[User, ApiKey] | None:
+    key = session.scalar(select(ApiKey).where(ApiKey.key_hash == _key_hash(secret)))
+    if key is None or key.revoked_at is not None:
+        return None
+    return session.get(User, key.user_id), key
+
+
+def revoke_key(session: Session, prefix: str) -> ApiKey:
+    keys = session.scalars(
+        select(ApiKey).where(ApiKey.prefix == prefix, ApiKey.revoked_at.is_(None))
+    ).all()
+    if not keys:
+        raise MonoscopeError(f"no active key starts with {prefix!r} (see `monoscope key list`)")
+    for key in keys:
+        key.revoked_at = datetime.now(UTC)
+    session.flush()
+    return keys[0]
+
+
+def list_keys(session: Session) -> list[tuple[ApiKey, str]]:
+    rows = session.execute(
+        select(ApiKey, User.name).join(User, User.id == ApiKey.user_id).order_by(ApiKey.id)
+    )
+    return [(key, name) for key, name in rows]

@@ -1,0 +1,54 @@
+"""Sign in and out with a name and password (`monoscope user add` makes accounts)."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Form, HTTPException, Request
+from fastapi.responses import HTMLResponse, RedirectResponse
+
+from app.db.accounts import sign_in
+from app.web.auth import check_csrf, client_address, csrf_token
+from app.web.deps import SessionDep, TemplatesDep
+
+router = APIRouter()
+
+
+def local_path(target: str) -> str:
+    """Only a path on this site: `next` must not send a fresh sign-in elsewhere."""
+    return target if target.startswith("/") and not target.startswith(("//", "/\\")) else "/"
+
+
+@router.get("/login", response_class=HTMLResponse, name="login")
+def login_page(request: Request, templates: TemplatesDep, next: str = "/"):
+    context = {"next": local_path(next), "csrf": csrf_token(request)}
+    return templates.TemplateResponse(request, "accounts/login.html", context)
+
+
+@router.post("/login", response_class=HTMLResponse, name="login_submit")
+async def login_submit(
+    request: Request,
+    session: SessionDep,
+    templates: TemplatesDep,
+    name: Annotated[str, Form(max_length=100)],
+    password: Annotated[str, Form(max_length=1_000)],
+    next: Annotated[str, Form(max_length=2_000)] = "/",
+):
+    await check_csrf(request)
+    wait = request.app.state.sign_in_limiter.check(client_address(request))
+    if wait is not None:
+        raise HTTPException(429, f"Too many sign-in attempts; try again in {wait} s.",
+                            headers={"Retry-After": str(wait)})  # fmt: skip
+    user = sign_in(session, name.strip(), password)
+    if user is None:
+        context = {"next": local_path(next), "csrf": csrf_token(request), "name": name,
+                   "error": "That name and password do not match an account."}  # fmt: skip
+        return templates.TemplateResponse(request, "accounts/login.html", context, status_code=400)
+    request.session.clear()  # a fresh session (and CSRF token) for the signed-in user
+    request.session.update({"uid": user.id, "name": user.name})
+    return RedirectResponse(local_path(next), status_code=303)
+
+
+@router.post("/logout", name="logout")
+async def logout(request: Request):
+    await check_csrf(request)
+    request.session.clear()
+    return RedirectResponse("/", status_code=303)

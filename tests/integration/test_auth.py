@@ -1,0 +1,147 @@
+"""Accounts, API keys, sessions, CSRF and write limits, on both databases."""
+
+import re
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select, text
+
+from app.core.errors import MonoscopeError
+from app.db import accounts
+from app.db.engine import session_scope
+from app.db.models import ApiKey, SteeringSession
+from app.settings import Settings
+from app.web.app import create_app
+from tests.integration.test_cli import run_cli
+
+PASSWORD = "correct horse battery"
+SHARE = {"features": [], "settings": {"mode": "chat"}, "steered": [], "default": []}
+
+
+@pytest.fixture
+def people(engine):
+    with session_scope(engine) as session:
+        ada = accounts.add_user(session, "ada", PASSWORD)
+        _, secret = accounts.create_key(session, ada, "laptop")
+    return secret
+
+
+def _app(engine, **settings):
+    url = engine.url.render_as_string(hide_password=False)
+    return create_app(Settings(database_url=url, **settings))
+
+
+def _csrf(page: str) -> str:
+    return re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+
+
+def _sign_in(client: TestClient, password: str = PASSWORD, next: str = "/"):
+    token = _csrf(client.get("/login").text)
+    return client.post("/login", data={"name": "ada", "password": password, "next": next,
+                                       "csrf_token": token}, follow_redirects=False)  # fmt: skip
+
+
+def test_passwords_and_keys_are_stored_as_hashes(engine, people):
+    with session_scope(engine) as session:
+        stored = session.execute(text("SELECT password_hash FROM users")).scalar_one()
+        key = session.scalars(select(ApiKey)).one()
+        assert PASSWORD not in stored and stored.startswith("scrypt$")
+        assert people not in key.key_hash and people.startswith(key.prefix)
+        assert accounts.sign_in(session, "ada", PASSWORD).name == "ada"
+        assert accounts.sign_in(session, "ada", "wrong password") is None
+        assert accounts.sign_in(session, "nobody", PASSWORD) is None
+        assert accounts.user_for_key(session, people)[0].name == "ada"
+        with pytest.raises(MonoscopeError, match="already exists"):
+            accounts.add_user(session, "ada", PASSWORD)
+        with pytest.raises(MonoscopeError, match="at least 8"):
+            accounts.add_user(session, "bob", "short")
+        accounts.revoke_key(session, key.prefix)
+        assert accounts.user_for_key(session, people) is None
+        with pytest.raises(MonoscopeError, match="no active key"):
+            accounts.revoke_key(session, key.prefix)
+
+
+def test_writes_need_a_key_or_a_signed_in_session_with_its_csrf_token(engine, people):
+    with TestClient(_app(engine)) as client:
+        anonymous = client.post("/steer/share", json=SHARE)
+        assert anonymous.status_code == 401 and "Sign in" in anonymous.json()["detail"]
+        bad = client.post("/steer/share", json=SHARE, headers={"Authorization": "Bearer msk_x"})
+        assert bad.status_code == 401 and "unknown or has been revoked" in bad.json()["detail"]
+        keyed = client.post("/steer/share", json=SHARE,
+                            headers={"Authorization": f"Bearer {people}"})  # fmt: skip
+        assert keyed.status_code == 200
+        assert client.get("/").text.count("Sign in") >= 1
+
+        assert _sign_in(client, "wrong password").status_code == 400
+        signed = _sign_in(client, next="/steer")
+        assert signed.status_code == 303 and signed.headers["location"] == "/steer"
+        page = client.get("/steer").text
+        assert "ada" in page and "Sign out" in page
+        forged = client.post("/steer/share", json=SHARE)  # the cookie alone is not enough
+        assert forged.status_code == 403 and "did not come from this site" in forged.text
+        token = re.search(r'"X-CSRF-Token": "([^"]+)"', page).group(1)
+        ok = client.post("/steer/share", json=SHARE, headers={"X-CSRF-Token": token})
+        assert ok.status_code == 200
+        out = client.post("/logout", data={"csrf_token": token}, follow_redirects=False)
+        assert out.status_code == 303
+        assert client.post("/steer/share", json=SHARE,
+                           headers={"X-CSRF-Token": token}).status_code == 401  # fmt: skip
+    with session_scope(engine) as session:
+        authors = session.scalars(select(SteeringSession.author)).all()
+        assert authors == ["ada", "ada"]
+
+
+def test_sign_in_rejects_forged_forms_and_foreign_redirects(engine, people):
+    with TestClient(_app(engine)) as client:
+        client.get("/login")
+        forged = client.post("/login", data={"name": "ada", "password": PASSWORD,
+                                             "csrf_token": "guess"})  # fmt: skip
+        assert forged.status_code == 403
+        away = _sign_in(client, next="//evil.example/")
+        assert away.status_code == 303 and away.headers["location"] == "/"
+
+
+def test_a_server_can_require_sign_in_to_read(engine, people):
+    with TestClient(_app(engine, require_sign_in=True)) as client:
+        page = client.get("/search?q=x", follow_redirects=False)
+        assert page.status_code == 303 and page.headers["location"] == "/login?next=/search%3Fq%3Dx"
+        assert client.get("/api/v1/saes").status_code == 401
+        assert client.get("/healthz").status_code == 200  # probes stay open
+        assert client.get("/login").status_code == 200
+        keyed = client.get("/api/v1/saes", headers={"Authorization": f"Bearer {people}"})
+        assert keyed.status_code == 200
+        _sign_in(client)
+        assert client.get("/search?q=x").status_code == 200
+
+
+def test_writes_and_sign_ins_are_rate_limited(engine, people):
+    with TestClient(_app(engine, write_rate_per_minute=2, sign_in_rate_per_minute=2)) as client:
+        headers = {"Authorization": f"Bearer {people}"}
+        codes = [client.post("/steer/share", json=SHARE, headers=headers).status_code
+                 for _ in range(3)]  # fmt: skip
+        assert codes == [200, 200, 429]
+        token = _csrf(client.get("/login").text)
+        attempts = [client.post("/login", data={"name": "ada", "password": "nope",
+                                                "csrf_token": token}).status_code
+                    for _ in range(3)]  # fmt: skip
+        assert attempts == [400, 400, 429]
+
+
+def test_the_cli_adds_users_and_makes_and_revokes_keys(engine):
+    env = {"MONOSCOPE_DATABASE_URL": engine.url.render_as_string(hide_password=False)}
+    added = run_cli("user", "add", "grace", "--password-stdin", env=env, input=PASSWORD + "\n")
+    assert added.returncode == 0, added.stderr
+    again = run_cli("user", "add", "grace", "--password-stdin", env=env, input=PASSWORD + "\n")
+    assert again.returncode == 2 and "error: user 'grace' already exists" in again.stderr
+    made = run_cli("key", "create", "--user", "grace", "--name", "ci", env=env)
+    secret = made.stdout.strip().splitlines()[-1]
+    assert made.returncode == 0 and secret.startswith("msk_")
+    listed = run_cli("key", "list", env=env)
+    assert "grace" in listed.stdout and secret[:12] in listed.stdout and secret not in listed.stdout
+    nobody = run_cli("key", "create", "--user", "nobody", env=env)
+    assert nobody.returncode == 2 and "no user 'nobody'" in nobody.stderr
+    with TestClient(_app(engine)) as client:
+        headers = {"Authorization": f"Bearer {secret}"}
+        assert client.post("/steer/share", json=SHARE, headers=headers).status_code == 200
+        assert run_cli("key", "revoke", secret[:12], env=env).returncode == 0
+        assert client.post("/steer/share", json=SHARE, headers=headers).status_code == 401
