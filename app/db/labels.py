@@ -2,8 +2,9 @@
 
     refresh_sae(session, sae_id)   # after any job that adds labels or scores
 
-A feature may carry many labels (one per explainer) with several scores each. Pages and listings
-need one: the best-scored label, by the first scorer of SCORE_PREFERENCE it has. Keeping that
+A feature may carry many labels (one per explainer or person) with several scores each. Pages and
+listings need one: a label people verified first, then the best-scored, by the first scorer of
+SCORE_PREFERENCE it has; labels marked wrong or retired are never shown. Keeping that
 choice on the feature row (`label`, `label_score`) lets a million-feature listing sort and filter
 by score through an index, and keeping the SAE's histograms in `saes.summary` spares every SAE
 page a full scan. Written with Core statements on named columns only, so the migration that
@@ -34,25 +35,52 @@ def headline_score(scores: dict | None) -> tuple[str, float] | None:
     return None
 
 
-def label_order(scores: dict | None, explanation_id: int) -> tuple:
-    """Sort key, larger is better: scored before unscored, then by score, then newest."""
+def label_order(scores: dict | None, explanation_id: int, verdict: str | None = None) -> tuple:
+    """Sort key, larger is better: verified first, then scored before unscored, then by score,
+    then newest."""
     headline = headline_score(scores)
-    return (headline is not None, headline[1] if headline else 0.0, explanation_id)
+    return (verdict == "verified", headline is not None, headline[1] if headline else 0.0,
+            explanation_id)  # fmt: skip
 
 
-def refresh_labels(session: Session | Connection, sae_id: int) -> int:
-    """Store each feature's best label and its headline score; returns how many have one."""
-    best: dict[int, tuple[tuple, str, float | None]] = {}
+def showable(status: str, verdict: str | None, retired_at) -> bool:
+    return status == "ok" and verdict != "wrong" and retired_at is None
+
+
+def _best_labels(session: Session | Connection, where, reviewed: bool) -> dict:
+    review = (Explanation.verdict, Explanation.retired_at) if reviewed else ()
     rows = session.execute(
-        select(Explanation.feature_id, Explanation.id, Explanation.text, Explanation.scores)
+        select(Explanation.feature_id, Explanation.id, Explanation.text, Explanation.scores,
+               *review)
         .join(Feature, Feature.id == Explanation.feature_id)
-        .where(Feature.sae_id == sae_id, Explanation.status == "ok")
-    )
-    for feature_id, explanation_id, text, scores in rows:
-        key = label_order(scores, explanation_id)
+        .where(where, Explanation.status == "ok")
+    )  # fmt: skip
+    best: dict[int, tuple[tuple, str, float | None]] = {}
+    for feature_id, explanation_id, text, scores, *rest in rows:
+        verdict, retired_at = rest or (None, None)
+        if not showable("ok", verdict, retired_at):
+            continue
+        key = label_order(scores, explanation_id, verdict)
         if feature_id not in best or key > best[feature_id][0]:
             headline = headline_score(scores)
             best[feature_id] = (key, text, headline[1] if headline else None)
+    return best
+
+
+def refresh_feature_label(session: Session, feature_id: int) -> None:
+    """One feature's shown label, after a person changed one of its labels."""
+    best = _best_labels(session, Feature.id == feature_id, reviewed=True)
+    _, text, score = best.get(feature_id, (None, None, None))
+    features = Feature.__table__
+    session.execute(
+        update(features).where(features.c.id == feature_id).values(label=text, label_score=score)
+    )
+
+
+def refresh_labels(session: Session | Connection, sae_id: int, reviewed: bool = True) -> int:
+    """Store each feature's best label and its headline score; returns how many have one.
+    `reviewed=False` ignores review columns, for the migration that ran before they existed."""
+    best = _best_labels(session, Feature.sae_id == sae_id, reviewed)
     features = Feature.__table__
     session.execute(
         update(features).where(features.c.sae_id == sae_id).values(label=None, label_score=None)
@@ -98,6 +126,6 @@ def refresh_summary(session: Session | Connection, sae_id: int) -> dict:
     return summary
 
 
-def refresh_sae(session: Session | Connection, sae_id: int) -> dict:
-    refresh_labels(session, sae_id)
+def refresh_sae(session: Session | Connection, sae_id: int, reviewed: bool = True) -> dict:
+    refresh_labels(session, sae_id, reviewed)
     return refresh_summary(session, sae_id)

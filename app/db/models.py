@@ -183,6 +183,30 @@ class Explanation(Base):
     run_id: Mapped[int | None] = mapped_column(
         Id, ForeignKey("interp_runs.id", ondelete="SET NULL")
     )
+    # Human review: "verified" labels are shown first; "wrong" and retired ones are never shown.
+    verdict: Mapped[str | None] = mapped_column(String(16))
+    retired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class LabelEvent(Base):
+    """One change a person made to a label: the history kept on every feature page."""
+
+    __tablename__ = "label_events"
+    __table_args__ = (
+        Index("ix_label_events_feature", "feature_id"),
+        Index("ix_label_events_created", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    feature_id: Mapped[int] = mapped_column(Id, ForeignKey("features.id", ondelete="CASCADE"))
+    explanation_id: Mapped[int] = mapped_column(
+        Id, ForeignKey("explanations.id", ondelete="CASCADE")
+    )
+    author: Mapped[str] = mapped_column(String(100))
+    action: Mapped[str] = mapped_column(String(16))  # added edited retired restored verified ...
+    before: Mapped[str | None] = mapped_column(Text)
+    after: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class FeatureList(Base):

@@ -15,7 +15,7 @@ from sqlalchemy import select, tuple_
 from sqlalchemy.orm import Session, aliased, contains_eager, load_only
 
 from app.db.codec import unpack_activations, unpack_ids
-from app.db.labels import label_order
+from app.db.labels import label_order, showable
 from app.db.models import Context, Example, Explanation, Feature, Model, SaeRow, Token
 from app.db.search import features_matching
 
@@ -246,11 +246,12 @@ def feature_view(session: Session, model: str, sae: str, index: int) -> FeatureV
     if not rows:
         return None
     feature, sae_row, model_row, _ = rows[0]
-    labels = sorted(
-        (e for *_, e in rows if e is not None),
-        key=lambda e: (e.status == "ok", *label_order(e.scores, e.id)),
-        reverse=True,
-    )
+
+    def shown_first(e: Explanation) -> tuple:
+        return (showable(e.status, e.verdict, e.retired_at), e.status == "ok",
+                *label_order(e.scores, e.id, e.verdict))  # fmt: skip
+
+    labels = sorted((e for *_, e in rows if e is not None), key=shown_first, reverse=True)
     examples = [
         _example_view(e, c)
         for e, c in session.execute(

@@ -131,6 +131,7 @@ def search_explanations(
         .join(Feature, Feature.id == Explanation.feature_id)
         .join(SaeRow, SaeRow.id == Feature.sae_id)
         .join(Model, Model.id == SaeRow.model_id)
+        .where(Explanation.retired_at.is_(None), Explanation.verdict.is_distinct_from("wrong"))
         .order_by(ranked.c.rank.desc(), Explanation.id)
         .limit(limit)
         .offset(offset)

@@ -24,7 +24,17 @@ from app.web import views
 from app.web.auth import csrf_token, require_reader, signed_in_name
 from app.web.markup import TokenTextCache, token_strip
 from app.web.ratelimit import RateLimiter
-from app.web.routes import accounts, api, features, home, inspect, lists, search, steer
+from app.web.routes import (
+    accounts,
+    api,
+    features,
+    home,
+    inspect,
+    labels,
+    lists,
+    search,
+    steer,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 # Front-end libraries come from the npm registry (package.json), not copies in this repository.
@@ -128,6 +138,6 @@ def create_app(settings: Settings | None = None, workspace: Workspace | None = N
     _error_handlers(app)
     # Fixed paths first: /{model}/{sae} would otherwise swallow /search/text.
     app.include_router(accounts.router)
-    for module in (api, steer, inspect, lists, home, search, features):
+    for module in (api, steer, inspect, lists, labels, home, search, features):
         app.include_router(module.router, dependencies=[Depends(require_reader)])
     return app

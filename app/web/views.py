@@ -111,6 +111,10 @@ def interval_groups(
 
 @dataclass(frozen=True)
 class LabelView:
+    id: int
+    author: str | None
+    verdict: str | None
+    retired: bool
     text: str
     method: str
     explainer_model: str | None
@@ -126,6 +130,10 @@ def label_view(explanation) -> LabelView:
         s for s in scores if s not in SCORE_PREFERENCE
     )
     return LabelView(
+        explanation.id,
+        explanation.author,
+        explanation.verdict,
+        explanation.retired_at is not None,
         explanation.text,
         explanation.method,
         explanation.explainer_model,

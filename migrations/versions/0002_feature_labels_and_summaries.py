@@ -27,7 +27,7 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("summary", sa.JSON(), nullable=False, server_default="{}"))
     connection = op.get_bind()
     for (sae_id,) in connection.execute(sa.text("SELECT id FROM saes")).all():
-        refresh_sae(connection, sae_id)
+        refresh_sae(connection, sae_id, reviewed=False)  # review columns come in 0004
 
 
 def downgrade() -> None:

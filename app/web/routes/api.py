@@ -45,11 +45,15 @@ class FeatureListOut(BaseModel):
 
 
 class LabelOut(BaseModel):
+    id: int
     text: str
     method: str
     explainer_model: str | None
+    author: str | None
     status: str
     error: str | None
+    verdict: str | None = Field(description="a person's review: verified, wrong or null")
+    retired: bool
     scores: dict
 
 
@@ -191,8 +195,9 @@ def api_feature(
         model=model, sae=sae, index=f.index, label=f.label, density=f.density, max_act=f.max_act,
         mean_act=f.mean_act,
         labels=[
-            LabelOut(text=e.text, method=e.method, explainer_model=e.explainer_model,
-                     status=e.status, error=e.error, scores=e.scores or {})
+            LabelOut(id=e.id, text=e.text, method=e.method, explainer_model=e.explainer_model,
+                     author=e.author, status=e.status, error=e.error, verdict=e.verdict,
+                     retired=e.retired_at is not None, scores=e.scores or {})
             for e in d.explanations
         ],
         top_examples=[_example_out(e, vocab) for e in d.of_kind("top")],

@@ -35,7 +35,7 @@ def _list_or_404(session: Session, slug: str) -> FeatureList:
     return found
 
 
-def _feature_or_404(session: Session, model: str, sae: str, index: int):
+def feature_or_404(session: Session, model: str, sae: str, index: int):
     sae_row = find_sae(session, model, sae)
     feature = find_feature(session, sae_row.id, index) if sae_row else None
     if feature is None:
@@ -43,7 +43,7 @@ def _feature_or_404(session: Session, model: str, sae: str, index: int):
     return feature
 
 
-def _parse_feature_ref(text: str) -> tuple[str, str, int]:
+def parse_feature_ref(text: str) -> tuple[str, str, int]:
     model, _, rest = text.strip().partition("/")
     sae, _, index = rest.rpartition("/")
     if not model or not sae or not index.isdigit():
@@ -112,7 +112,7 @@ def lists_for(
     index: int, next: str = "",
 ):  # fmt: skip
     """The "add to list" box of one feature (htmx partial): the lists it is on, and a form."""
-    feature = _feature_or_404(session, model, sae, index)
+    feature = feature_or_404(session, model, sae, index)
     context = {
         "ref": f"{model}/{sae}/{index}", "on": db_lists.lists_with_feature(session, feature.id),
         "lists": [found for found, _ in db_lists.all_lists(session)] if signed_in_name(request)
@@ -132,7 +132,7 @@ def lists_add(
     next: Annotated[str, Form(max_length=2_000)] = "",
 ):
     """Add a feature to a list, or to a new list named in the same form."""
-    row = _feature_or_404(session, *_parse_feature_ref(feature))
+    row = feature_or_404(session, *parse_feature_ref(feature))
     if new_title.strip():
         found = _changing(lambda: db_lists.create_list(session, new_title, "", viewer.name))
     elif slug:
@@ -301,7 +301,7 @@ def api_list(slug: str, session: SessionDep) -> FeatureListOut:
 @router.post("/api/v1/lists/{slug}/items", response_model=FeatureListOut, tags=["api"])
 def api_add_item(slug: str, body: ItemIn, session: SessionDep, viewer: WriterDep):
     found = _list_or_404(session, slug)
-    row = _feature_or_404(session, body.model, body.sae, body.index)
+    row = feature_or_404(session, body.model, body.sae, body.index)
     _changing(lambda: db_lists.add_item(session, found, row, body.note))
     session.commit()
     return _list_out(session, found)

@@ -1,0 +1,128 @@
+"""Label review on both databases: human labels, edits, verdicts, retirement, history, and which
+label a feature is shown by."""
+
+import re
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.core.errors import MonoscopeError
+from app.db import accounts, review
+from app.db.engine import session_scope
+from app.db.models import Explanation, Feature
+from app.db.search import search_explanations
+from app.settings import Settings
+from app.web.app import create_app
+from tests.web_world import SCRIPT, build_world
+
+PASSWORD = "correct horse battery"
+
+
+@pytest.fixture
+def client(engine):
+    with session_scope(engine) as session:
+        build_world(session)
+        ada = accounts.add_user(session, "ada", PASSWORD)
+        _, secret = accounts.create_key(session, ada, "tests")
+    url = engine.url.render_as_string(hide_password=False)
+    with TestClient(create_app(Settings(database_url=url))) as client:
+        client.key = {"Authorization": f"Bearer {secret}"}
+        yield client
+
+
+def _shown(client, index: int = 0) -> str | None:
+    return client.get(f"/api/v1/features/tiny/res1/{index}").json()["label"]
+
+
+def _labels(client, index: int = 0) -> list[dict]:
+    return client.get(f"/api/v1/features/tiny/res1/{index}").json()["labels"]
+
+
+def test_verified_leads_wrong_and_retired_never_show_and_history_keeps_all(engine, client):
+    scored = _shown(client)
+    assert scored is not None
+    added = client.post("/api/v1/features/tiny/res1/0/labels", headers=client.key,
+                        json={"text": "  the word   Gate  "})  # fmt: skip
+    assert added.status_code == 201 and added.json()["text"] == "the word Gate"
+    human = added.json()["id"]
+    assert _shown(client) == scored  # unscored and unreviewed: the scored label still leads
+
+    def act(action, **extra):
+        response = client.patch(f"/api/v1/labels/{human}", headers=client.key,
+                                json={"action": action, **extra})  # fmt: skip
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    assert act("verified")["verdict"] == "verified"
+    assert _shown(client) == "the word Gate"
+    assert act("edit", text="the token Gate")["text"] == "the token Gate"
+    assert _shown(client) == "the token Gate"
+    act("wrong")
+    assert _shown(client) == scored
+    act("unreviewed")
+    best = next(label for label in _labels(client) if label["text"] == scored)
+    client.patch(f"/api/v1/labels/{best['id']}", headers=client.key, json={"action": "retire"})
+    assert _shown(client) != scored  # the next best label takes its place
+    with session_scope(engine) as session:  # a retired label leaves search too
+        assert best["id"] not in {h.explanation_id for h in search_explanations(session, scored)}
+    client.patch(f"/api/v1/labels/{best['id']}", headers=client.key, json={"action": "restore"})
+    assert _shown(client) == scored
+
+    events = client.get("/api/v1/features/tiny/res1/0/history").json()
+    assert [e["action"] for e in events] == [
+        "restored", "retired", "unreviewed", "wrong", "edited", "verified", "added"
+    ]  # fmt: skip
+    assert all(e["author"] == "ada" for e in events)
+    assert events[4]["before"] == "the word Gate" and events[4]["after"] == "the token Gate"
+
+
+def test_an_edit_drops_the_scores_of_the_old_text(engine, client):
+    best = next(label for label in _labels(client) if label["text"] == _shown(client))
+    assert best["scores"]
+    edited = client.patch(f"/api/v1/labels/{best['id']}", headers=client.key,
+                          json={"action": "edit", "text": "something else"}).json()  # fmt: skip
+    assert edited["scores"] == {}
+    with session_scope(engine) as session:
+        label = session.get(Explanation, best["id"])
+        with pytest.raises(MonoscopeError, match="unknown review action"):
+            review.review_label(session, label, "delete", "ada")
+        with pytest.raises(MonoscopeError, match="1 to 500"):
+            review.review_label(session, label, "edit", "ada", "   ")
+
+
+@pytest.mark.parametrize(
+    "method, path, json, status",
+    [
+        ("post", "/api/v1/features/tiny/res1/0/labels", {"text": ""}, 422),
+        ("post", "/api/v1/features/tiny/res1/99/labels", {"text": "x"}, 404),
+        ("patch", "/api/v1/labels/999999", {"action": "wrong"}, 404),
+        ("patch", "/api/v1/labels/1", {"action": "explode"}, 400),
+    ],
+)
+def test_bad_review_requests_get_clear_errors(client, method, path, json, status):
+    response = getattr(client, method)(path, headers=client.key, json=json)
+    assert response.status_code == status and response.json()["detail"]
+    assert getattr(client, method)(path, json=json).status_code in (401, 422)
+
+
+def test_the_feature_page_reviews_labels_with_forms(engine, client):
+    page = client.get("/tiny/res1/0")
+    assert "Add label" not in page.text and 'class="label-review"' not in page.text
+    token = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/login").text).group(1)
+    client.post("/login", data={"name": "ada", "password": PASSWORD, "csrf_token": token})
+    page = client.get("/tiny/res1/0")
+    assert "Add label" in page.text and 'class="label-review"' in page.text
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+    added = client.post("/labels/add", data={"csrf_token": token, "feature": "tiny/res1/0",
+                                             "text": SCRIPT}, follow_redirects=False)  # fmt: skip
+    assert added.status_code == 303 and added.headers["location"] == "/tiny/res1/0#labels"
+    with session_scope(engine) as session:
+        human = session.query(Explanation).filter_by(method="human").one()
+    client.post(f"/labels/{human.id}", data={"csrf_token": token, "action": "verified"})
+    page = client.get("/tiny/res1/0")
+    assert SCRIPT not in page.text and "&lt;script&gt;" in page.text.split("<h1>")[1][:300]
+    history = client.get("/labels/history/tiny/res1/0").text
+    assert "marked" in history and "verified" in history and SCRIPT not in history
+    assert client.post(f"/labels/{human.id}", data={"action": "wrong"}).status_code == 403
+    with session_scope(engine) as session:
+        assert session.query(Feature).filter_by(index=0).one().label == SCRIPT
