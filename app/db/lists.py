@@ -55,8 +55,8 @@ def find_list(session: Session, slug: str) -> FeatureList | None:
     return session.scalar(select(FeatureList).where(FeatureList.slug == slug))
 
 
-def all_lists(session: Session) -> list[tuple[FeatureList, int]]:
-    """Every list with its item count, most recently changed first."""
+def all_lists(session: Session, limit: int | None = None) -> list[tuple[FeatureList, int]]:
+    """Every list (or the `limit` latest) with its item count, most recently changed first."""
     counts = (
         select(FeatureListItem.list_id, func.count().label("n"))
         .group_by(FeatureListItem.list_id)
@@ -66,6 +66,7 @@ def all_lists(session: Session) -> list[tuple[FeatureList, int]]:
         select(FeatureList, func.coalesce(counts.c.n, 0))
         .outerjoin(counts, counts.c.list_id == FeatureList.id)
         .order_by(FeatureList.updated_at.desc(), FeatureList.id.desc())
+        .limit(limit)
     )
     return [(found, n) for found, n in rows]
 

@@ -27,6 +27,7 @@ from app.web.ratelimit import RateLimiter
 from app.web.routes import (
     accounts,
     api,
+    dashboard,
     features,
     home,
     inspect,
@@ -138,6 +139,6 @@ def create_app(settings: Settings | None = None, workspace: Workspace | None = N
     _error_handlers(app)
     # Fixed paths first: /{model}/{sae} would otherwise swallow /search/text.
     app.include_router(accounts.router)
-    for module in (api, steer, inspect, lists, labels, home, search, features):
+    for module in (api, steer, inspect, lists, labels, dashboard, home, search, features):
         app.include_router(module.router, dependencies=[Depends(require_reader)])
     return app

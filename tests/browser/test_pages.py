@@ -101,3 +101,20 @@ def test_sign_in_add_features_to_a_list_and_reorder(page, server_url):
     expect(page.locator(".list-item .item-head a").first).to_have_text(second)
     expect(page.locator(".list-item textarea").nth(1)).to_have_value("<b>not bold</b>")
     assert page.locator(".list-item b").count() == 0 and page.dialogs == []
+
+
+def test_review_a_label_and_it_becomes_the_shown_one(page, server_url):
+    page.goto(f"{server_url}/login?next=/tiny/res1/5")
+    page.fill("input[name=name]", ACCOUNT[0])
+    page.fill("input[name=password]", ACCOUNT[1])
+    page.get_by_role("button", name="Sign in").click()
+    expect(page).to_have_url(f"{server_url}/tiny/res1/5")
+    page.fill(".label-add input[name=text]", "fog over the bay")
+    page.get_by_role("button", name="Add label").click()
+    row = page.locator("section.labels tbody tr", has_text="fog over the bay")
+    row.get_by_role("button", name="verify").click()
+    expect(page.locator("h1")).to_contain_text("fog over the bay")  # verified leads
+    page.locator("details.history summary").click()
+    expect(page.locator(".label-history")).to_contain_text("verified")
+    page.goto(f"{server_url}/dashboard")
+    expect(page.locator(".dashboard-grid")).to_contain_text("fog over the bay")

@@ -110,7 +110,7 @@ def _density_chart(summary: dict):
     )  # fmt: skip
 
 
-def _score_chart(summary: dict):
+def score_chart(summary: dict):
     histogram = summary.get("scores")
     if not histogram or not summary.get("scored"):
         return None
@@ -161,7 +161,7 @@ def sae_page(
     context |= {
         "summary": summary,
         "density_chart": _density_chart(summary),
-        "score_chart": _score_chart(summary),
+        "score_chart": score_chart(summary),
     }
     return templates.TemplateResponse(request, "saes/show.html", context)
 
