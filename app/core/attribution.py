@@ -76,6 +76,26 @@ def _skip_bos(model: LoadedModel, ids: Sequence[int]) -> int:
     return 1 if bos is not None and len(ids) > 1 and ids[0] == bos else 0
 
 
+def _encode_with_error(sae: Sae, x: torch.Tensor) -> tuple[torch.Tensor, object, torch.Tensor]:
+    x_sae = x.to(sae.dtype)
+    f = sae.encode(x_sae)
+    norm = sae.normalize(x_sae)[1]
+    return f, norm, x_sae - sae.decode(f, norm)
+
+
+def _leaf_splice(sae: Sae, store: dict, key: str):
+    """A site edit that leaves the forward pass unchanged (reconstruction + error) but makes the
+    feature activations a leaf the gradient reaches, kept in store[key]."""
+
+    def splice(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            f, norm, error = _encode_with_error(sae, x)
+        store[key] = f = f.requires_grad_(True)
+        return (sae.decode(f, norm) + error).to(x.dtype)
+
+    return splice
+
+
 def _site(model: LoadedModel, sae: Sae) -> str:
     return model.site(sae.hook_name).name
 
@@ -102,10 +122,7 @@ def ablate(
                 mask[row, list(features)] = True
 
             def edit(x: torch.Tensor, mask=mask) -> torch.Tensor:
-                x_sae = x.to(sae.dtype)
-                f = sae.encode(x_sae)
-                norm = sae.normalize(x_sae)[1]
-                error = x_sae - sae.decode(f, norm)
+                f, norm, error = _encode_with_error(sae, x)
                 kept = f.clone()
                 kept[:, start:] = kept[:, start:].masked_fill(mask[:, None, :], 0.0)
                 return (sae.decode(kept, norm) + error).to(x.dtype)
@@ -136,19 +153,7 @@ def attribute(
     start = _skip_bos(model, token_ids)
     ids = torch.tensor([token_ids], device=model.device)
     captured: dict[str, torch.Tensor] = {}
-
-    def splice(x: torch.Tensor) -> torch.Tensor:
-        # Same values as x, but the gradient reaches each feature activation.
-        with torch.no_grad():
-            x_sae = x.to(sae.dtype)
-            f = sae.encode(x_sae)
-            norm = sae.normalize(x_sae)[1]
-            error = x_sae - sae.decode(f, norm)
-        f = f.detach().requires_grad_(True)
-        captured["f"] = f
-        return (sae.decode(f, norm) + error).to(x.dtype)
-
-    with torch.enable_grad(), model.hooked({_site(model, sae): splice}):
+    with torch.enable_grad(), model.hooked({_site(model, sae): _leaf_splice(sae, captured, "f")}):
         logits = model.hf(input_ids=ids).logits[0, -1, :].float()
         probs = torch.softmax(logits.detach(), dim=-1)
         if target is None:
@@ -199,13 +204,6 @@ def attribute(
     )
 
 
-def _encode_with_error(sae: Sae, x: torch.Tensor) -> tuple[torch.Tensor, object, torch.Tensor]:
-    x_sae = x.to(sae.dtype)
-    f = sae.encode(x_sae)
-    norm = sae.normalize(x_sae)[1]
-    return f, norm, x_sae - sae.decode(f, norm)
-
-
 def trace_chain(
     model: LoadedModel,
     earlier: Sae,
@@ -230,19 +228,14 @@ def trace_chain(
     ids = torch.tensor([list(token_ids)], device=model.device)
     graph: dict[str, torch.Tensor] = {}
 
-    def splice_earlier(x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            f, norm, error = _encode_with_error(earlier, x)
-        graph["earlier"] = f = f.requires_grad_(True)
-        return (earlier.decode(f, norm) + error).to(x.dtype)
-
     def splice_later(x: torch.Tensor) -> torch.Tensor:
         # The later features stay in the graph, so they can be differentiated both ways.
         f, norm, error = _encode_with_error(later, x)
         graph["later"] = f
         return (later.decode(f, norm) + error.detach()).to(x.dtype)
 
-    splices = {early_site.name: splice_earlier, late_site.name: splice_later}
+    splices = {early_site.name: _leaf_splice(earlier, graph, "earlier"),
+               late_site.name: splice_later}  # fmt: skip
     found = []  # (feature, position, activation, attribution, [(p, i, effect)] per group)
     with torch.enable_grad(), model.hooked(splices):
         logit = model.hf(input_ids=ids).logits[0, -1, target].float()
@@ -260,7 +253,8 @@ def trace_chain(
             found.append((index, q, activation, float(per_position[q, index]), groups))
     early = graph["earlier"].detach()[0]
     runs = [(index, q, p, i) for index, q, _, _, groups in found for g in groups for p, i, _ in g]
-    deltas = iter(_zero_sources(model, earlier, later, ids, runs, batch_size))
+    clean = graph["later"].detach()[0]
+    deltas = iter(_zero_sources(model, earlier, later, ids, clean, runs, batch_size))
     return [
         ChainLink(index, q, activation, attribution, *[
             [ChainSource(i, p, float(early[p, i]), effect, next(deltas)) for p, i, effect in g]
@@ -288,6 +282,7 @@ def _zero_sources(
     earlier: Sae,
     later: Sae,
     ids: torch.Tensor,
+    clean: torch.Tensor,  # (pos, d_sae) the later features of the unedited pass
     runs: list[tuple[int, int, int, int]],
     batch_size: int,
 ) -> list[float]:
@@ -296,7 +291,6 @@ def _zero_sources(
     deltas: list[float] = []
     late_site = model.site(later.hook_name).name
     with torch.inference_mode():
-        clean = later.encode(model.capture(ids, [late_site])[late_site])[0]
         for first in range(0, len(runs), batch_size):
             chunk = runs[first : first + batch_size]
             rows = torch.arange(len(chunk))
