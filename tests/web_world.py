@@ -2,14 +2,23 @@
 
 sae_id = build_world(session)                  # model "tiny", SAE "res1", 6 features
 build_demo_rows(session, demo_workspace)       # "monoscope-demo/res1" rows for live text
+with writer_client(engine) as client: ...      # build_world + user "ada" with a key; sign_in()
 """
 
+import re
+from contextlib import contextmanager
+
 import numpy as np
+from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
+from app.db import accounts
 from app.db import store as db
+from app.db.engine import session_scope
 from app.db.labels import refresh_sae
 from app.db.models import Explanation, Feature
+from app.settings import Settings
+from app.web.app import create_app
 
 SCRIPT = "<script>alert(1)</script>"
 IMG = '"><img src=x onerror=alert(1)>'
@@ -127,3 +136,31 @@ def golden_gate_feature(workspace) -> tuple[int, float]:
     found = inspect(workspace.model, workspace.saes, "We walked across the Golden Gate Bridge.")
     top = found.saes["res1"].per_token[found.tokens.index(" Gate")][0]
     return top.index, top.value
+
+
+PASSWORD = "correct horse battery"  # the test account "ada"
+
+
+def form_token(html: str) -> str:
+    """The CSRF token a page's forms carry."""
+    return re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
+
+
+def sign_in(client, password: str = PASSWORD, next: str = "/"):
+    """Sign "ada" in through the real form (the login page first, for its CSRF token)."""
+    token = form_token(client.get("/login").text)
+    return client.post("/login", data={"name": "ada", "password": password, "next": next,
+                                       "csrf_token": token}, follow_redirects=False)  # fmt: skip
+
+
+@contextmanager
+def writer_client(engine):
+    """A client on build_world's database where "ada" may write; `client.key` is her API key's
+    Authorization header."""
+    with session_scope(engine) as session:
+        build_world(session)
+        _, secret = accounts.create_key(session, accounts.add_user(session, "ada", PASSWORD), "t")
+    url = engine.url.render_as_string(hide_password=False)
+    with TestClient(create_app(Settings(database_url=url))) as client:
+        client.key = {"Authorization": f"Bearer {secret}"}
+        yield client

@@ -13,8 +13,8 @@ from app.db.models import ApiKey, SteeringSession
 from app.settings import Settings
 from app.web.app import create_app
 from tests.integration.test_cli import run_cli
+from tests.web_world import PASSWORD, form_token, sign_in
 
-PASSWORD = "correct horse battery"
 SHARE = {"features": [], "settings": {"mode": "chat"}, "steered": [], "default": []}
 
 
@@ -29,16 +29,6 @@ def people(engine):
 def _app(engine, **settings):
     url = engine.url.render_as_string(hide_password=False)
     return create_app(Settings(database_url=url, **settings))
-
-
-def _csrf(page: str) -> str:
-    return re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
-
-
-def _sign_in(client: TestClient, password: str = PASSWORD, next: str = "/"):
-    token = _csrf(client.get("/login").text)
-    return client.post("/login", data={"name": "ada", "password": password, "next": next,
-                                       "csrf_token": token}, follow_redirects=False)  # fmt: skip
 
 
 def test_passwords_and_keys_are_stored_as_hashes(engine, people):
@@ -72,8 +62,8 @@ def test_writes_need_a_key_or_a_signed_in_session_with_its_csrf_token(engine, pe
         assert keyed.status_code == 200
         assert client.get("/").text.count("Sign in") >= 1
 
-        assert _sign_in(client, "wrong password").status_code == 400
-        signed = _sign_in(client, next="/steer")
+        assert sign_in(client, "wrong password").status_code == 400
+        signed = sign_in(client, next="/steer")
         assert signed.status_code == 303 and signed.headers["location"] == "/steer"
         page = client.get("/steer").text
         assert "ada" in page and "Sign out" in page
@@ -97,7 +87,7 @@ def test_sign_in_rejects_forged_forms_and_foreign_redirects(engine, people):
         forged = client.post("/login", data={"name": "ada", "password": PASSWORD,
                                              "csrf_token": "guess"})  # fmt: skip
         assert forged.status_code == 403
-        away = _sign_in(client, next="//evil.example/")
+        away = sign_in(client, next="//evil.example/")
         assert away.status_code == 303 and away.headers["location"] == "/"
 
 
@@ -110,7 +100,7 @@ def test_a_server_can_require_sign_in_to_read(engine, people):
         assert client.get("/login").status_code == 200
         keyed = client.get("/api/v1/saes", headers={"Authorization": f"Bearer {people}"})
         assert keyed.status_code == 200
-        _sign_in(client)
+        sign_in(client)
         assert client.get("/search?q=x").status_code == 200
 
 
@@ -120,7 +110,7 @@ def test_writes_and_sign_ins_are_rate_limited(engine, people):
         codes = [client.post("/steer/share", json=SHARE, headers=headers).status_code
                  for _ in range(3)]  # fmt: skip
         assert codes == [200, 200, 429]
-        token = _csrf(client.get("/login").text)
+        token = form_token(client.get("/login").text)
         attempts = [client.post("/login", data={"name": "ada", "password": "nope",
                                                 "csrf_token": token}).status_code
                     for _ in range(3)]  # fmt: skip

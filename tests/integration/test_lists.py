@@ -5,32 +5,18 @@ import io
 import re
 
 import pytest
-from fastapi.testclient import TestClient
 
-from app.db import accounts
-from app.db.engine import session_scope
-from app.settings import Settings
-from app.web.app import create_app
-from tests.web_world import HOSTILE_LABEL, SCRIPT, build_world
-
-PASSWORD = "correct horse battery"
+from tests.web_world import HOSTILE_LABEL, SCRIPT, sign_in, writer_client
 
 
 @pytest.fixture
 def client(engine):
-    with session_scope(engine) as session:
-        build_world(session)
-        ada = accounts.add_user(session, "ada", PASSWORD)
-        _, secret = accounts.create_key(session, ada, "tests")
-    url = engine.url.render_as_string(hide_password=False)
-    with TestClient(create_app(Settings(database_url=url))) as client:
-        client.key = {"Authorization": f"Bearer {secret}"}
+    with writer_client(engine) as client:
         yield client
 
 
 def _signed_in(client) -> str:
-    token = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/login").text).group(1)
-    client.post("/login", data={"name": "ada", "password": PASSWORD, "csrf_token": token})
+    sign_in(client)
     return re.search(r'"X-CSRF-Token": "([^"]+)"', client.get("/lists").text).group(1)
 
 

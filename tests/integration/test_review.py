@@ -1,32 +1,19 @@
 """Label review on both databases: human labels, edits, verdicts, retirement, history, and which
 label a feature is shown by."""
 
-import re
-
 import pytest
-from fastapi.testclient import TestClient
 
 from app.core.errors import MonoscopeError
-from app.db import accounts, review
+from app.db import review
 from app.db.engine import session_scope
 from app.db.models import Explanation, Feature
 from app.db.search import search_explanations
-from app.settings import Settings
-from app.web.app import create_app
-from tests.web_world import SCRIPT, build_world
-
-PASSWORD = "correct horse battery"
+from tests.web_world import SCRIPT, form_token, sign_in, writer_client
 
 
 @pytest.fixture
 def client(engine):
-    with session_scope(engine) as session:
-        build_world(session)
-        ada = accounts.add_user(session, "ada", PASSWORD)
-        _, secret = accounts.create_key(session, ada, "tests")
-    url = engine.url.render_as_string(hide_password=False)
-    with TestClient(create_app(Settings(database_url=url))) as client:
-        client.key = {"Authorization": f"Bearer {secret}"}
+    with writer_client(engine) as client:
         yield client
 
 
@@ -108,11 +95,10 @@ def test_bad_review_requests_get_clear_errors(client, method, path, json, status
 def test_the_feature_page_reviews_labels_with_forms(engine, client):
     page = client.get("/tiny/res1/0")
     assert "Add label" not in page.text and 'class="label-review"' not in page.text
-    token = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/login").text).group(1)
-    client.post("/login", data={"name": "ada", "password": PASSWORD, "csrf_token": token})
+    sign_in(client)
     page = client.get("/tiny/res1/0")
     assert "Add label" in page.text and 'class="label-review"' in page.text
-    token = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+    token = form_token(page.text)
     added = client.post("/labels/add", data={"csrf_token": token, "feature": "tiny/res1/0",
                                              "text": SCRIPT}, follow_redirects=False)  # fmt: skip
     assert added.status_code == 303 and added.headers["location"] == "/tiny/res1/0#labels"

@@ -222,6 +222,10 @@ def _list_out(session: Session, found: FeatureList) -> FeatureListOut:
                           updated_at=found.updated_at.isoformat(), items=items)  # fmt: skip
 
 
+def _attachment(slug: str, extension: str) -> dict:
+    return {"Content-Disposition": f'attachment; filename="monoscope-list-{slug}.{extension}"'}
+
+
 def _spreadsheet_safe(value: object) -> object:
     """A cell a spreadsheet would run as a formula (=, +, -, @) is kept as text."""
     if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
@@ -232,8 +236,7 @@ def _spreadsheet_safe(value: object) -> object:
 @router.get("/lists/{slug}/export.json", name="list_export_json")
 def list_export_json(slug: str, session: SessionDep) -> JSONResponse:
     out = _list_out(session, _list_or_404(session, slug))
-    return JSONResponse(out.model_dump(), headers={
-        "Content-Disposition": f'attachment; filename="monoscope-list-{slug}.json"'})  # fmt: skip
+    return JSONResponse(out.model_dump(), headers=_attachment(slug, "json"))
 
 
 @router.get("/lists/{slug}/export.csv", name="list_export_csv")
@@ -246,8 +249,8 @@ def list_export_csv(slug: str, session: SessionDep) -> Response:
     writer.writerow(columns)
     for item in out.items:
         writer.writerow([_spreadsheet_safe(getattr(item, c)) for c in columns])
-    return Response(buffer.getvalue(), media_type="text/csv; charset=utf-8", headers={
-        "Content-Disposition": f'attachment; filename="monoscope-list-{slug}.csv"'})  # fmt: skip
+    return Response(buffer.getvalue(), media_type="text/csv; charset=utf-8",
+                    headers=_attachment(slug, "csv"))  # fmt: skip
 
 
 # -- JSON API ------------------------------------------------------------------------------------
