@@ -82,14 +82,15 @@ def serve(
     """Serve the web app with the model and SAEs resident."""
     import uvicorn
 
-    from app.web.app import create_app
+    from app.web.app import REQUEST_HEAD_LIMIT, create_app
 
     settings = _settings(
         model=model, saes=sae, device=device, host=host, port=port, database_url=database_url
     )
     workspace = _workspace(settings)  # bad paths fail here, plainly
     _database(settings)  # so does an unreachable database
-    uvicorn.run(create_app(settings, workspace), host=settings.host, port=settings.port)
+    uvicorn.run(create_app(settings, workspace), host=settings.host, port=settings.port,
+                h11_max_incomplete_event_size=REQUEST_HEAD_LIMIT)  # fmt: skip
 
 
 @cli.command()

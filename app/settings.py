@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     write_rate_per_minute: int = Field(
         60, ge=1, description="Writes one API key, user or IP address may make per minute (429)."
     )
+    max_body_bytes: int = Field(
+        2_000_000, ge=1024, description="Largest request body the server reads (HTTP 413 beyond)."
+    )
     sign_in_rate_per_minute: int = Field(
         10, ge=1, description="Sign-in attempts one IP address may make per minute (429)."
     )

@@ -15,6 +15,8 @@ from contextlib import contextmanager
 
 import httpx
 
+from app.web.app import REQUEST_HEAD_LIMIT
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -35,7 +37,8 @@ def running_server(
         env.pop(name, None)
     server = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "--factory", "app.web.app:create_app",
-         "--port", str(port), "--log-level", "warning", "--no-access-log", *uvicorn_args],
+         "--port", str(port), "--log-level", "warning", "--no-access-log",
+         "--h11-max-incomplete-event-size", str(REQUEST_HEAD_LIMIT), *uvicorn_args],
         env=env,
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"

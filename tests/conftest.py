@@ -39,9 +39,8 @@ def database_url(request, tmp_path_factory) -> str:
     return POSTGRES_URL
 
 
-@pytest.fixture
-def engine(database_url) -> Engine:
-    """A database at the latest schema with every table empty."""
+def empty_database(database_url: str) -> Engine:
+    """An engine on the database at the latest schema with every table empty."""
     engine = connect(database_url)
     migrate(engine)
     tables = list(reversed(Base.metadata.sorted_tables))
@@ -52,6 +51,13 @@ def engine(database_url) -> Engine:
         else:
             for table in tables:
                 connection.execute(table.delete())
+    return engine
+
+
+@pytest.fixture
+def engine(database_url) -> Engine:
+    """A database at the latest schema with every table empty."""
+    engine = empty_database(database_url)
     yield engine
     engine.dispose()
 

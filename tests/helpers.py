@@ -221,7 +221,12 @@ def serving(app, timeout: float = 30.0):
 
     import uvicorn
 
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    from app.web.app import REQUEST_HEAD_LIMIT
+
+    server = uvicorn.Server(uvicorn.Config(
+        app, host="127.0.0.1", port=0, log_level="warning",
+        h11_max_incomplete_event_size=REQUEST_HEAD_LIMIT,
+    ))  # fmt: skip
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + timeout

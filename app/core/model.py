@@ -21,6 +21,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 
 from app.core.device import choose_dtype, resolve_device
 from app.core.errors import MonoscopeError, SaeFormatError, SiteError, UnsupportedModelError
+from app.core.names import url_name
 from app.core.sae import Sae
 from app.core.sites import Site, parse_site
 
@@ -269,4 +270,6 @@ def load_model(
     tokenizer = AutoTokenizer.from_pretrained(spec)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return LoadedModel(hf=hf, tokenizer=tokenizer, adapter=adapter, name=Path(spec).name or spec)
+    return LoadedModel(
+        hf=hf, tokenizer=tokenizer, adapter=adapter, name=url_name(Path(spec).name, "model")
+    )

@@ -4,12 +4,12 @@ ws = Workspace.load("gpt2", ["saes/res6", "hf://org/repo/layers.6"], device="aut
 ws.model, ws.saes["res6"]
 """
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from app.core.model import LoadedModel, load_model
+from app.core.names import checked_name, url_name
 from app.core.sae import Sae, load_sae
 from app.core.sae.constants import GEMMA_SCOPE_PARAMS
 
@@ -19,7 +19,7 @@ def sae_name(spec: str) -> str:
     path = Path(spec.removeprefix("hf://").rstrip("/"))
     if path.name == GEMMA_SCOPE_PARAMS:
         path = path.parent
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", path.name).strip("-") or "sae"
+    return url_name(path.name, "sae")
 
 
 @dataclass
@@ -37,7 +37,7 @@ class Workspace:
 
     def add_sae(self, spec: str, name: str | None = None) -> str:
         """Load, check and attach an SAE; returns the name it is known by."""
-        base = name or sae_name(spec)
+        base = checked_name(name) if name else sae_name(spec)
         name, n = base, 2
         while name in self.saes:
             name, n = f"{base}-{n}", n + 1

@@ -34,6 +34,31 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.close()
 
 
+def _has_nul(parameters) -> bool:
+    values = parameters.values() if isinstance(parameters, dict) else parameters
+    return any(isinstance(v, str) and "\x00" in v for v in values)
+
+
+def _without_nul(parameters):
+    def clean(v):
+        return v.replace("\x00", "\ufffd") if isinstance(v, str) else v
+
+    if isinstance(parameters, dict):
+        return {k: clean(v) for k, v in parameters.items()}
+    return type(parameters)(clean(v) for v in parameters)
+
+
+def _bind_text_without_nul(_conn, _cursor, statement, parameters, _context, executemany):
+    """PostgreSQL text cannot hold NUL, and hostile input (a path, a query, a label) may carry
+    one: such strings are bound with U+FFFD in its place, so they are stored and looked up as
+    text instead of failing the statement."""
+    rows = parameters if executemany else [parameters]
+    if not any(_has_nul(row) for row in rows if row):
+        return statement, parameters
+    cleaned = [_without_nul(row) if row else row for row in rows]
+    return statement, cleaned if executemany else cleaned[0]
+
+
 def connect(url: str) -> Engine:
     """An engine for a database URL; plain postgresql:// URLs use psycopg 3."""
     try:
@@ -50,7 +75,9 @@ def connect(url: str) -> Engine:
         return engine
     if parsed.get_backend_name() != "postgresql":
         raise MonoscopeError(f"database {url!r}: Monoscope supports SQLite and PostgreSQL")
-    return create_engine(parsed, pool_pre_ping=True)
+    engine = create_engine(parsed, pool_pre_ping=True)
+    event.listen(engine, "before_cursor_execute", _bind_text_without_nul, retval=True)
+    return engine
 
 
 def alembic_config(engine: Engine) -> Config:

@@ -3,7 +3,7 @@
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 from fastapi.templating import Jinja2Templates
 from sqlalchemy.orm import Session
 
@@ -41,3 +41,15 @@ def _vocabularies(request: Request) -> TokenTextCache:
 
 
 VocabularyDep = Annotated[TokenTextCache, Depends(_vocabularies)]
+
+# Feature indices and row ids are 32-bit columns: a larger number is refused up front (422)
+# rather than overflowing the database driver.
+MAX_ROW = 2**31 - 1
+RowNumber = Annotated[int, Path(ge=0, le=MAX_ROW)]
+
+
+def parse_row_number(text: str) -> int | None:
+    """A feature index or row id typed into a URL or form, or None; ASCII digits only."""
+    if not (text.isascii() and text.isdigit()) or int(text) > MAX_ROW:
+        return None
+    return int(text)

@@ -205,6 +205,22 @@ def test_harvest_with_an_unreachable_database_is_one_line(sae_dir, tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize(
+    "sae, extra, error",
+    [
+        ("hf://owner/repo/../../../../etc", [], "'..' parts are not allowed"),
+        (None, ["--name", "../../evil"], "error: bad name '../../evil'"),
+    ],
+)
+def test_import_paths_and_names_cannot_escape(sae_dir, gpt2_dir, tmp_path, sae, extra, error):
+    result = run_cli(
+        "harvest", "--model", str(gpt2_dir), "--sae", sae or str(sae_dir), "--corpus",
+        "demo-world", *extra, env={"MONOSCOPE_DATA_DIR": str(tmp_path)},
+    )  # fmt: skip
+    assert result.returncode == 2 and error in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_every_setting_is_documented_in_the_readme():
     from pathlib import Path
 

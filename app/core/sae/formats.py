@@ -75,6 +75,9 @@ def _fetch_from_hub(spec: str) -> Path:
     parts = spec.removeprefix(HF_PREFIX).strip("/").split("/")
     if len(parts) < 2:
         raise SaeFormatError(f"{spec}: expected {HF_PREFIX}owner/repo[/folder]")
+    if any(part in ("", ".", "..") for part in parts):
+        # The folder is joined onto the local snapshot: '..' would read outside it.
+        raise SaeFormatError(f"{spec}: empty, '.' and '..' parts are not allowed")
     repo_id, folder = "/".join(parts[:2]), "/".join(parts[2:])
     try:
         root = snapshot_download(repo_id, allow_patterns=[f"{folder}/*"] if folder else None)

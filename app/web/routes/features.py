@@ -20,7 +20,14 @@ from app.db.queries import (
 )
 from app.web import views
 from app.web.charts import bar_chart, decade_label, log_ticks, trimmed
-from app.web.deps import SessionDep, TemplatesDep, VocabularyDep, WorkspaceDep
+from app.web.deps import (
+    RowNumber,
+    SessionDep,
+    TemplatesDep,
+    VocabularyDep,
+    WorkspaceDep,
+    parse_row_number,
+)
 from app.web.resident import require_resident, resident, run_text
 
 router = APIRouter()
@@ -201,9 +208,10 @@ def feature_page(
     workspace: WorkspaceDep,
     embed: bool = False,
 ):
-    if not index.isdigit():
+    number = parse_row_number(index)
+    if number is None:
         raise HTTPException(404, f"{index!r} is not a feature index.")
-    view = feature_view(session, model, sae, int(index))
+    view = feature_view(session, model, sae, number)
     if view is None:
         sae_row = _sae_or_404(session, model, sae)
         raise HTTPException(404, f"{model}/{sae} has features 0 to {sae_row.d_sae - 1:,}; "
@@ -241,7 +249,7 @@ def feature_activations(
     request: Request,
     model: str,
     sae: str,
-    index: int,
+    index: RowNumber,
     session: SessionDep,
     templates: TemplatesDep,
     workspace: WorkspaceDep,

@@ -22,7 +22,14 @@ from app.db.models import FeatureList
 from app.db.queries import find_feature, find_model, find_sae, top_examples
 from app.web import views
 from app.web.auth import WriterDep, signed_in_name
-from app.web.deps import SessionDep, TemplatesDep, VocabularyDep
+from app.web.deps import (
+    MAX_ROW,
+    RowNumber,
+    SessionDep,
+    TemplatesDep,
+    VocabularyDep,
+    parse_row_number,
+)
 from app.web.routes.accounts import local_path
 
 router = APIRouter()
@@ -46,9 +53,10 @@ def feature_or_404(session: Session, model: str, sae: str, index: int):
 def parse_feature_ref(text: str) -> tuple[str, str, int]:
     model, _, rest = text.strip().partition("/")
     sae, _, index = rest.rpartition("/")
-    if not model or not sae or not index.isdigit():
+    number = parse_row_number(index)
+    if not model or not sae or number is None:
         raise HTTPException(400, f"A feature is model/sae/index, not {text!r}.")
-    return model, sae, int(index)
+    return model, sae, number
 
 
 def _changing(action):
@@ -109,7 +117,7 @@ def lists_create(
 @router.get("/lists/for/{model}/{sae}/{index}", response_class=HTMLResponse, name="lists_for")
 def lists_for(
     request: Request, session: SessionDep, templates: TemplatesDep, model: str, sae: str,
-    index: int, next: str = "",
+    index: RowNumber, next: str = "",
 ):  # fmt: skip
     """The "add to list" box of one feature (htmx partial): the lists it is on, and a form."""
     feature = feature_or_404(session, model, sae, index)
@@ -157,7 +165,7 @@ def list_page(
 @router.post("/lists/{slug}/items/{item_id}", name="list_item_change")
 def list_item_change(
     slug: str,
-    item_id: int,
+    item_id: RowNumber,
     session: SessionDep,
     viewer: WriterDep,
     action: Annotated[str, Form(pattern="^(note|up|down|remove)$")],
@@ -272,7 +280,7 @@ class ListIn(BaseModel):
 class ItemIn(BaseModel):
     model: str = Field(max_length=200)
     sae: str = Field(max_length=200)
-    index: int = Field(ge=0)
+    index: int = Field(ge=0, le=MAX_ROW)
     note: str = Field("", max_length=db_lists.MAX_NOTE)
 
 
@@ -313,7 +321,7 @@ def api_add_item(slug: str, body: ItemIn, session: SessionDep, viewer: WriterDep
 @router.patch("/api/v1/lists/{slug}/items/{item_id}", response_model=FeatureListOut,
               tags=["api"])  # fmt: skip
 def api_change_item(
-    slug: str, item_id: int, body: ItemPatch, session: SessionDep, viewer: WriterDep
+    slug: str, item_id: RowNumber, body: ItemPatch, session: SessionDep, viewer: WriterDep
 ) -> FeatureListOut:
     """Change an item's note and/or move it to `position` (0 = first)."""
     found = _list_or_404(session, slug)
@@ -328,7 +336,7 @@ def api_change_item(
 @router.delete("/api/v1/lists/{slug}/items/{item_id}", response_model=FeatureListOut,
                tags=["api"])  # fmt: skip
 def api_remove_item(
-    slug: str, item_id: int, session: SessionDep, viewer: WriterDep
+    slug: str, item_id: RowNumber, session: SessionDep, viewer: WriterDep
 ) -> FeatureListOut:
     found = _list_or_404(session, slug)
     _changing(lambda: db_lists.remove_item(session, found, item_id))

@@ -28,7 +28,7 @@ from app.db.models import Feature, Model, SaeRow, SteeringSession
 from app.db.search import search_explanations
 from app.settings import Settings
 from app.web.auth import WriterDep
-from app.web.deps import SessionDep, SettingsDep, TemplatesDep, WorkspaceDep
+from app.web.deps import MAX_ROW, SessionDep, SettingsDep, TemplatesDep, WorkspaceDep
 from app.web.resident import require_loaded
 
 router = APIRouter()
@@ -39,7 +39,7 @@ PRESET = re.compile(r"^(?P<model>[^/]+)/(?P<sae>[^/]+)/(?P<index>\d+):(?P<mode>c
 
 class SteerFeature(BaseModel):
     sae: str = Field(max_length=200)
-    index: int = Field(ge=0)
+    index: int = Field(ge=0, le=MAX_ROW)
     mode: Literal["clamp", "add"] = "clamp"
     strength: float = Field(ge=-MAX_STRENGTH, le=MAX_STRENGTH,
                             description="multiples of the feature's max activation")  # fmt: skip
@@ -281,9 +281,16 @@ def steer_pick(
     return templates.TemplateResponse(request, "steer/_pick.html", {"hits": hits, "q": q})
 
 
+class ShareSettings(BaseModel):
+    mode: Literal["chat", "completion"] = "chat"
+    temperature: float = Field(0.7, ge=0, le=2)
+    max_new_tokens: int = Field(64, ge=1)
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+
+
 class ShareIn(BaseModel):
-    features: list[dict] = Field(default_factory=list, max_length=64)
-    settings: dict = Field(default_factory=dict)
+    features: list[SteerFeature] = Field(default_factory=list, max_length=64)
+    settings: ShareSettings = Field(default_factory=ShareSettings)
     default: list[Message] = Field(default_factory=list, max_length=400)
     steered: list[Message] = Field(default_factory=list, max_length=400)
 
@@ -300,7 +307,7 @@ def steer_share(
 ) -> ShareOut:  # fmt: skip
     """Save the session (features, settings, both transcripts) under a short id; needs a
     signed-in user or an API key."""
-    features = [SteerFeature.model_validate(f) for f in body.features]
+    features = body.features
     if len(features) > settings.steer_max_features:
         raise HTTPException(400, f"At most {settings.steer_max_features} features.")
     known = _max_acts(session, workspace.model.name, features) if workspace else {}
@@ -312,8 +319,7 @@ def steer_share(
                               "max_act": known.get((f.sae, f.index), (None, None))[0]}
             for f in features
         ],
-        "settings": {k: body.settings[k] for k in ("mode", "temperature", "max_new_tokens", "seed")
-                     if k in body.settings},
+        "settings": body.settings.model_dump(),
     }  # fmt: skip
     transcript = {"default": [m.model_dump() for m in body.default],
                   "steered": [m.model_dump() for m in body.steered]}  # fmt: skip
