@@ -68,13 +68,41 @@ def _best_labels(session: Session | Connection, where, reviewed: bool) -> dict:
 
 
 def refresh_feature_label(session: Session, feature_id: int) -> None:
-    """One feature's shown label, after a person changed one of its labels."""
+    """One feature's shown label, after a person changed one of its labels, and its SAE's
+    summary shifted by the difference: a review click reads a few rows, never the whole SAE."""
+    features = Feature.__table__
+    sae_id, old_label, old_score = session.execute(
+        select(features.c.sae_id, features.c.label, features.c.label_score).where(
+            features.c.id == feature_id
+        )
+    ).one()
     best = _best_labels(session, Feature.id == feature_id, reviewed=True)
     _, text, score = best.get(feature_id, (None, None, None))
-    features = Feature.__table__
     session.execute(
         update(features).where(features.c.id == feature_id).values(label=text, label_score=score)
     )
+    _shift_summary(session, sae_id, (old_label, old_score), (text, score))
+
+
+def _shift_summary(session: Session, sae_id: int, before: tuple, after: tuple) -> None:
+    saes = SaeRow.__table__
+    # FOR UPDATE: two reviewers of one SAE shift its summary one after the other.
+    stored = session.scalar(select(saes.c.summary).where(saes.c.id == sae_id).with_for_update())
+    if not stored or "score_sum" not in stored:  # made before summaries kept the sum
+        refresh_summary(session, sae_id)
+        return
+    summary = dict(stored)
+    counts = list(summary["scores"]["counts"])
+    for (label, score), sign in ((before, -1), (after, 1)):
+        summary["labelled"] += sign * (label is not None)
+        if score is not None:
+            summary["scored"] += sign
+            summary["score_sum"] += sign * score
+            counts[_bin(score, SCORE_EDGES)] += sign
+    summary["scores"] = {"edges": SCORE_EDGES, "counts": counts}
+    summary["mean_score"] = _mean(summary["score_sum"], summary["scored"])
+    summary["updated_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    session.execute(update(saes).where(saes.c.id == sae_id).values(summary=summary))
 
 
 def refresh_labels(session: Session | Connection, sae_id: int, reviewed: bool = True) -> int:
@@ -101,6 +129,15 @@ def _histogram(values: np.ndarray, edges: list[float]) -> dict:
     return {"edges": edges, "counts": counts.tolist()}
 
 
+def _bin(value: float, edges: list[float]) -> int:
+    """The bin _histogram counts `value` in."""
+    return int(np.argmax(_histogram(np.array([value]), edges)["counts"]))
+
+
+def _mean(total: float, n: int) -> float | None:
+    return round(total / n, 4) if n else None
+
+
 def refresh_summary(session: Session | Connection, sae_id: int) -> dict:
     """Recompute the SAE's coverage and histograms from its feature rows and store them."""
     rows = session.execute(
@@ -116,7 +153,8 @@ def refresh_summary(session: Session | Connection, sae_id: int) -> dict:
         "alive": int(alive.sum()),
         "labelled": int(sum(1 for r in rows if r[2])),
         "scored": int(scores.size),
-        "mean_score": round(float(scores.mean()), 4) if scores.size else None,
+        "score_sum": float(scores.sum()),
+        "mean_score": _mean(float(scores.sum()), int(scores.size)),
         "density_log10": _histogram(np.log10(density[alive]), DENSITY_LOG10_EDGES),
         "scores": _histogram(scores, SCORE_EDGES),
         "updated_at": datetime.now(UTC).isoformat(timespec="seconds"),

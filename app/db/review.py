@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.core.errors import MonoscopeError
-from app.db.labels import refresh_feature_label, refresh_summary
+from app.db.labels import refresh_feature_label
 from app.db.models import Explanation, Feature, LabelEvent
 
 MAX_LABEL = 500
@@ -34,7 +34,6 @@ def _record(session: Session, label: Explanation, author: str, action: str, befo
                            action=action, before=before, after=after))  # fmt: skip
     session.flush()
     refresh_feature_label(session, label.feature_id)
-    refresh_summary(session, session.get(Feature, label.feature_id).sae_id)
 
 
 def add_label(session: Session, feature: Feature, text: str, author: str) -> Explanation:

@@ -2,11 +2,14 @@
 label a feature is shown by."""
 
 import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from app.core.errors import MonoscopeError
 from app.db import review
 from app.db.engine import session_scope
-from app.db.models import Explanation, Feature
+from app.db.labels import refresh_summary
+from app.db.models import Explanation, Feature, SaeRow
 from app.db.search import search_explanations
 from tests.web_world import SCRIPT, form_token, sign_in, writer_client
 
@@ -61,6 +64,45 @@ def test_verified_leads_wrong_and_retired_never_show_and_history_keeps_all(engin
     ]  # fmt: skip
     assert all(e["author"] == "ada" for e in events)
     assert events[4]["before"] == "the word Gate" and events[4]["after"] == "the token Gate"
+
+
+def _kept_and_recomputed_summary(engine) -> tuple[dict, dict]:
+    with Session(engine) as session:
+        sae = session.scalars(select(SaeRow)).one()
+        kept = dict(sae.summary)
+        recomputed = refresh_summary(session, sae.id)
+        session.rollback()
+    return kept, recomputed
+
+
+def test_reviews_shift_the_sae_summary_exactly_as_a_full_recount(engine, client):
+    def labels_of(index):
+        return {label["text"]: label["id"] for label in _labels(client, index)}
+
+    steps = [
+        ("PATCH", labels_of(1)["Golden Gate Bridge in the fog"], {"action": "wrong"}),
+        ("POST", 4, {"text": "rare tokens"}),  # unlabelled before: labelled, never scored
+        ("PATCH", labels_of(2)["common words"], {"action": "retire"}),
+        ("PATCH", labels_of(0)["an older, weaker label"], {"action": "verified"}),
+        ("PATCH", labels_of(2)["common words"], {"action": "restore"}),
+        ("PATCH", labels_of(1)["Golden Gate Bridge in the fog"], {"action": "unreviewed"}),
+        ("PATCH", labels_of(0)["an older, weaker label"], {"action": "edit", "text": "G"}),
+    ]
+    seen_scored = set()
+    for method, target, body in steps:
+        if method == "POST":
+            path = f"/api/v1/features/tiny/res1/{target}/labels"
+            answer = client.post(path, headers=client.key, json=body)
+        else:
+            answer = client.patch(f"/api/v1/labels/{target}", headers=client.key, json=body)
+        assert answer.status_code in (200, 201), answer.text
+        kept, recomputed = _kept_and_recomputed_summary(engine)
+        seen_scored.add(kept["scored"])
+        assert kept.pop("mean_score") == pytest.approx(recomputed.pop("mean_score"), abs=1e-4)
+        assert kept.pop("score_sum") == pytest.approx(recomputed.pop("score_sum"))
+        kept.pop("updated_at"), recomputed.pop("updated_at")
+        assert kept == recomputed, body
+    assert len(seen_scored) > 1  # the steps moved the scored count, not only the labels
 
 
 def test_an_edit_drops_the_scores_of_the_old_text(engine, client):
