@@ -42,14 +42,16 @@ def _vocabularies(request: Request) -> TokenTextCache:
 
 VocabularyDep = Annotated[TokenTextCache, Depends(_vocabularies)]
 
-# Feature indices and row ids are 32-bit columns: a larger number is refused up front (422)
-# rather than overflowing the database driver.
-MAX_ROW = 2**31 - 1
-RowNumber = Annotated[int, Path(ge=0, le=MAX_ROW)]
+# Numbers past their column are refused up front (422) rather than overflowing the database
+# driver: feature indices are 32-bit, row ids 64-bit.
+MAX_INDEX = 2**31 - 1
+FeatureIndex = Annotated[int, Path(ge=0, le=MAX_INDEX)]
+RowId = Annotated[int, Path(ge=0, le=2**63 - 1)]
 
 
-def parse_row_number(text: str) -> int | None:
-    """A feature index or row id typed into a URL or form, or None; ASCII digits only."""
-    if not (text.isascii() and text.isdigit()) or int(text) > MAX_ROW:
+def parse_feature_index(text: str) -> int | None:
+    """A feature index typed into a URL or form, or None; ASCII digits only ('²' is a digit to
+    str.isdigit, not to int)."""
+    if not (text.isascii() and text.isdigit()) or int(text) > MAX_INDEX:
         return None
     return int(text)

@@ -157,3 +157,6 @@ def test_static_files_never_leave_their_folders(client, path):
 )
 def test_numbers_past_the_columns_are_refused_not_overflowed(client, path, status):
     assert client.get(path).status_code == status
+    past_ids = "/api/v1/lists/x/items/9223372036854775808"  # ids are 64-bit
+    assert client.delete(past_ids, headers=client.key).status_code == 422
+    assert client.delete(past_ids.replace("808", "807"), headers=client.key).status_code == 404

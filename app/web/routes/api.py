@@ -6,7 +6,7 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from pydantic import BaseModel, Field
 
 from app.db.queries import ExampleView, feature_view, find_sae, list_saes
-from app.web.deps import RowNumber, SessionDep, VocabularyDep, WorkspaceDep
+from app.web.deps import FeatureIndex, SessionDep, VocabularyDep, WorkspaceDep
 from app.web.markup import TokenTexts
 from app.web.resident import loaded_sae, run_text
 from app.web.routes.features import TableQuery, _sae_or_404, format_cursor, table_page
@@ -181,7 +181,7 @@ def _example_out(e: ExampleView, texts: TokenTexts) -> ExampleOut:
 
 @router.get("/features/{model}/{sae}/{index}", response_model=FeatureOut)
 def api_feature(
-    request: Request, model: str, sae: str, index: RowNumber, session: SessionDep,
+    request: Request, model: str, sae: str, index: FeatureIndex, session: SessionDep,
     vocabularies: VocabularyDep,
 ) -> FeatureOut:  # fmt: skip
     view = feature_view(session, model, sae, index)

@@ -21,12 +21,12 @@ from app.db.queries import (
 from app.web import views
 from app.web.charts import bar_chart, decade_label, log_ticks, trimmed
 from app.web.deps import (
-    RowNumber,
+    FeatureIndex,
     SessionDep,
     TemplatesDep,
     VocabularyDep,
     WorkspaceDep,
-    parse_row_number,
+    parse_feature_index,
 )
 from app.web.resident import require_resident, resident, run_text
 
@@ -208,7 +208,7 @@ def feature_page(
     workspace: WorkspaceDep,
     embed: bool = False,
 ):
-    number = parse_row_number(index)
+    number = parse_feature_index(index)
     if number is None:
         raise HTTPException(404, f"{index!r} is not a feature index.")
     view = feature_view(session, model, sae, number)
@@ -249,7 +249,7 @@ def feature_activations(
     request: Request,
     model: str,
     sae: str,
-    index: RowNumber,
+    index: FeatureIndex,
     session: SessionDep,
     templates: TemplatesDep,
     workspace: WorkspaceDep,

@@ -12,7 +12,7 @@ from app.core.errors import MonoscopeError
 from app.db import review
 from app.db.models import Explanation, Feature, Model, SaeRow
 from app.web.auth import WriterDep
-from app.web.deps import RowNumber, SessionDep, TemplatesDep
+from app.web.deps import FeatureIndex, RowId, SessionDep, TemplatesDep
 from app.web.routes.lists import feature_or_404, parse_feature_ref
 from app.web.views import feature_path
 
@@ -54,7 +54,7 @@ def label_add(
 
 @router.post("/labels/{label_id}", name="label_review")
 def label_review(
-    label_id: RowNumber,
+    label_id: RowId,
     session: SessionDep,
     viewer: WriterDep,
     action: Annotated[str, Form(max_length=16)],
@@ -70,7 +70,7 @@ def label_review(
             name="label_history")  # fmt: skip
 def label_history(
     request: Request, session: SessionDep, templates: TemplatesDep, model: str, sae: str,
-    index: RowNumber,
+    index: FeatureIndex,
 ):  # fmt: skip
     """The feature's review history (htmx partial, so the feature page keeps its 3 queries)."""
     events = review.history(session, feature_or_404(session, model, sae, index).id)
@@ -115,7 +115,7 @@ def _label_out(label: Explanation) -> LabelOut:
 @router.post("/api/v1/features/{model}/{sae}/{index}/labels", response_model=LabelOut,
              status_code=201, tags=["api"])  # fmt: skip
 def api_add_label(
-    model: str, sae: str, index: RowNumber, body: LabelIn, session: SessionDep, viewer: WriterDep
+    model: str, sae: str, index: FeatureIndex, body: LabelIn, session: SessionDep, viewer: WriterDep
 ) -> LabelOut:
     """Add a human label to a feature."""
     row = feature_or_404(session, model, sae, index)
@@ -126,7 +126,7 @@ def api_add_label(
 
 @router.patch("/api/v1/labels/{label_id}", response_model=LabelOut, tags=["api"])
 def api_review_label(
-    label_id: RowNumber, body: ReviewIn, session: SessionDep, viewer: WriterDep
+    label_id: RowId, body: ReviewIn, session: SessionDep, viewer: WriterDep
 ) -> LabelOut:
     """Edit, retire, restore, or mark a label verified, wrong or unreviewed."""
     label = _label_or_404(session, label_id)
@@ -138,7 +138,7 @@ def api_review_label(
 @router.get("/api/v1/features/{model}/{sae}/{index}/history", response_model=list[EventOut],
             tags=["api"])  # fmt: skip
 def api_label_history(
-    model: str, sae: str, index: RowNumber, session: SessionDep
+    model: str, sae: str, index: FeatureIndex, session: SessionDep
 ) -> list[EventOut]:
     events = review.history(session, feature_or_404(session, model, sae, index).id)
     return [EventOut(label_id=e.explanation_id, label=text, author=e.author, action=e.action,

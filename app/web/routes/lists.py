@@ -23,12 +23,13 @@ from app.db.queries import find_feature, find_model, find_sae, top_examples
 from app.web import views
 from app.web.auth import WriterDep, signed_in_name
 from app.web.deps import (
-    MAX_ROW,
-    RowNumber,
+    MAX_INDEX,
+    FeatureIndex,
+    RowId,
     SessionDep,
     TemplatesDep,
     VocabularyDep,
-    parse_row_number,
+    parse_feature_index,
 )
 from app.web.routes.accounts import local_path
 
@@ -53,7 +54,7 @@ def feature_or_404(session: Session, model: str, sae: str, index: int):
 def parse_feature_ref(text: str) -> tuple[str, str, int]:
     model, _, rest = text.strip().partition("/")
     sae, _, index = rest.rpartition("/")
-    number = parse_row_number(index)
+    number = parse_feature_index(index)
     if not model or not sae or number is None:
         raise HTTPException(400, f"A feature is model/sae/index, not {text!r}.")
     return model, sae, number
@@ -117,7 +118,7 @@ def lists_create(
 @router.get("/lists/for/{model}/{sae}/{index}", response_class=HTMLResponse, name="lists_for")
 def lists_for(
     request: Request, session: SessionDep, templates: TemplatesDep, model: str, sae: str,
-    index: RowNumber, next: str = "",
+    index: FeatureIndex, next: str = "",
 ):  # fmt: skip
     """The "add to list" box of one feature (htmx partial): the lists it is on, and a form."""
     feature = feature_or_404(session, model, sae, index)
@@ -165,7 +166,7 @@ def list_page(
 @router.post("/lists/{slug}/items/{item_id}", name="list_item_change")
 def list_item_change(
     slug: str,
-    item_id: RowNumber,
+    item_id: RowId,
     session: SessionDep,
     viewer: WriterDep,
     action: Annotated[str, Form(pattern="^(note|up|down|remove)$")],
@@ -280,7 +281,7 @@ class ListIn(BaseModel):
 class ItemIn(BaseModel):
     model: str = Field(max_length=200)
     sae: str = Field(max_length=200)
-    index: int = Field(ge=0, le=MAX_ROW)
+    index: int = Field(ge=0, le=MAX_INDEX)
     note: str = Field("", max_length=db_lists.MAX_NOTE)
 
 
@@ -321,7 +322,7 @@ def api_add_item(slug: str, body: ItemIn, session: SessionDep, viewer: WriterDep
 @router.patch("/api/v1/lists/{slug}/items/{item_id}", response_model=FeatureListOut,
               tags=["api"])  # fmt: skip
 def api_change_item(
-    slug: str, item_id: RowNumber, body: ItemPatch, session: SessionDep, viewer: WriterDep
+    slug: str, item_id: RowId, body: ItemPatch, session: SessionDep, viewer: WriterDep
 ) -> FeatureListOut:
     """Change an item's note and/or move it to `position` (0 = first)."""
     found = _list_or_404(session, slug)
@@ -336,7 +337,7 @@ def api_change_item(
 @router.delete("/api/v1/lists/{slug}/items/{item_id}", response_model=FeatureListOut,
                tags=["api"])  # fmt: skip
 def api_remove_item(
-    slug: str, item_id: RowNumber, session: SessionDep, viewer: WriterDep
+    slug: str, item_id: RowId, session: SessionDep, viewer: WriterDep
 ) -> FeatureListOut:
     found = _list_or_404(session, slug)
     _changing(lambda: db_lists.remove_item(session, found, item_id))

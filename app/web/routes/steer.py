@@ -28,7 +28,7 @@ from app.db.models import Feature, Model, SaeRow, SteeringSession
 from app.db.search import search_explanations
 from app.settings import Settings
 from app.web.auth import WriterDep
-from app.web.deps import MAX_ROW, SessionDep, SettingsDep, TemplatesDep, WorkspaceDep
+from app.web.deps import MAX_INDEX, SessionDep, SettingsDep, TemplatesDep, WorkspaceDep
 from app.web.resident import require_loaded
 
 router = APIRouter()
@@ -39,7 +39,7 @@ PRESET = re.compile(r"^(?P<model>[^/]+)/(?P<sae>[^/]+)/(?P<index>\d+):(?P<mode>c
 
 class SteerFeature(BaseModel):
     sae: str = Field(max_length=200)
-    index: int = Field(ge=0, le=MAX_ROW)
+    index: int = Field(ge=0, le=MAX_INDEX)
     mode: Literal["clamp", "add"] = "clamp"
     strength: float = Field(ge=-MAX_STRENGTH, le=MAX_STRENGTH,
                             description="multiples of the feature's max activation")  # fmt: skip
