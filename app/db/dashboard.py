@@ -1,14 +1,14 @@
 """What a team dashboard shows: per SAE, label coverage and quality; across the database, recent
 label changes, the features shared steering sessions use most, and list activity.
 
-Coverage and the score histogram come from each SAE's stored summary (no scan); the rest are
-small indexed queries with limits, so the page costs the same at a million features.
+Coverage, failures and the score histogram come from each SAE's stored summary (no scan); the
+rest are small indexed queries with limits, so the page costs the same at a million features.
 """
 
 from collections import Counter
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.db.lists import all_lists
@@ -28,7 +28,7 @@ LOW_SCORE = 0.2
 @dataclass(frozen=True)
 class SaeHealth:
     sae: SaeRow
-    failed_labels: int  # features whose every labelling attempt failed
+    failed_labels: int  # features with no shown label whose labelling failed
     lowest: list[Feature]  # labelled features with the lowest headline scores
 
 
@@ -42,20 +42,13 @@ class LabelChange:
 
 
 def sae_health(session: Session, sae: SaeRow, limit: int = 8) -> SaeHealth:
-    ok = select(Explanation.feature_id).where(Explanation.status == "ok")
-    failed = session.scalar(
-        select(func.count(func.distinct(Explanation.feature_id)))
-        .join(Feature, Feature.id == Explanation.feature_id)
-        .where(Feature.sae_id == sae.id, Explanation.status == "failed",
-               Explanation.feature_id.not_in(ok))
-    )  # fmt: skip
     lowest = session.scalars(
         select(Feature)
         .where(Feature.sae_id == sae.id, Feature.label_score < LOW_SCORE)
         .order_by(Feature.label_score, Feature.index)
         .limit(limit)
     ).all()
-    return SaeHealth(sae, failed or 0, list(lowest))
+    return SaeHealth(sae, sae.summary.get("failed", 0), list(lowest))
 
 
 def recent_label_changes(session: Session, limit: int = 12) -> list[LabelChange]:

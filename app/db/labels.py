@@ -6,15 +6,16 @@ A feature may carry many labels (one per explainer or person) with several score
 listings need one: a label people verified first, then the best-scored, by the first scorer of
 SCORE_PREFERENCE it has; labels marked wrong or retired are never shown. Keeping that
 choice on the feature row (`label`, `label_score`) lets a million-feature listing sort and filter
-by score through an index, and keeping the SAE's histograms in `saes.summary` spares every SAE
-page a full scan. Written with Core statements on named columns only, so the migration that
-introduced these columns can run them too.
+by score through an index, and keeping the SAE's counts and histograms in `saes.summary` spares
+SAE pages and the dashboard a full scan; a person's review shifts them by its difference.
+Written with Core statements on named columns only, so the migrations that introduced these
+columns can run them too.
 """
 
 from datetime import UTC, datetime
 
 import numpy as np
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
@@ -81,17 +82,28 @@ def refresh_feature_label(session: Session, feature_id: int) -> None:
     session.execute(
         update(features).where(features.c.id == feature_id).values(label=text, label_score=score)
     )
-    _shift_summary(session, sae_id, (old_label, old_score), (text, score))
+    _shift_summary(session, sae_id, feature_id, (old_label, old_score), (text, score))
 
 
-def _shift_summary(session: Session, sae_id: int, before: tuple, after: tuple) -> None:
+def _has_failed_attempt(session: Session, feature_id: int) -> bool:
+    failed = select(Explanation.id).where(
+        Explanation.feature_id == feature_id, Explanation.status == "failed"
+    )
+    return session.scalar(select(failed.exists())) or False
+
+
+def _shift_summary(
+    session: Session, sae_id: int, feature_id: int, before: tuple, after: tuple
+) -> None:
     saes = SaeRow.__table__
     # FOR UPDATE: two reviewers of one SAE shift its summary one after the other.
     stored = session.scalar(select(saes.c.summary).where(saes.c.id == sae_id).with_for_update())
-    if not stored or "score_sum" not in stored:  # made before summaries kept the sum
+    if not stored or "score_sum" not in stored:  # never summarised
         refresh_summary(session, sae_id)
         return
     summary = dict(stored)
+    if (before[0] is None) != (after[0] is None) and _has_failed_attempt(session, feature_id):
+        summary["failed"] += 1 if after[0] is None else -1
     counts = list(summary["scores"]["counts"])
     for (label, score), sign in ((before, -1), (after, 1)):
         summary["labelled"] += sign * (label is not None)
@@ -145,6 +157,11 @@ def refresh_summary(session: Session | Connection, sae_id: int) -> dict:
             Feature.sae_id == sae_id
         )
     ).all()
+    failed = session.scalar(
+        select(func.count(func.distinct(Explanation.feature_id)))
+        .join(Feature, Feature.id == Explanation.feature_id)
+        .where(Feature.sae_id == sae_id, Feature.label.is_(None), Explanation.status == "failed")
+    )
     density = np.array([r[0] for r in rows], dtype=np.float64)
     scores = np.array([r[1] for r in rows if r[1] is not None], dtype=np.float64)
     alive = density > 0
@@ -153,6 +170,7 @@ def refresh_summary(session: Session | Connection, sae_id: int) -> dict:
         "alive": int(alive.sum()),
         "labelled": int(sum(1 for r in rows if r[2])),
         "scored": int(scores.size),
+        "failed": int(failed or 0),
         "score_sum": float(scores.sum()),
         "mean_score": _mean(float(scores.sum()), int(scores.size)),
         "density_log10": _histogram(np.log10(density[alive]), DENSITY_LOG10_EDGES),

@@ -5,6 +5,7 @@ from fastapi.testclient import TestClient
 
 from app.db import accounts, lists, review
 from app.db.engine import session_scope
+from app.db.labels import refresh_sae
 from app.db.models import Explanation, Feature, SteeringSession
 from app.settings import Settings
 from app.web.app import create_app
@@ -22,6 +23,8 @@ def client(engine):
         lists.add_item(session, found, features[1])
         session.add(Explanation(feature_id=features[5].id, text="", method="offline",
                                 status="failed", error="refused"))  # fmt: skip
+        session.flush()
+        refresh_sae(session, sae_id)  # as the explain job does when it ends
         steered = {"sae": "res1", "index": 0, "mode": "clamp", "strength": 5, "label": "gate"}
         for n in range(3):
             config = {"model": "tiny", "features": [steered] if n else [steered, {

@@ -11,7 +11,7 @@ from app.db.engine import session_scope
 from app.db.labels import refresh_summary
 from app.db.models import Explanation, Feature, SaeRow
 from app.db.search import search_explanations
-from tests.web_world import SCRIPT, form_token, sign_in, writer_client
+from tests.web_world import HOSTILE_LABEL, SCRIPT, form_token, sign_in, writer_client
 
 
 @pytest.fixture
@@ -87,8 +87,12 @@ def test_reviews_shift_the_sae_summary_exactly_as_a_full_recount(engine, client)
         ("PATCH", labels_of(2)["common words"], {"action": "restore"}),
         ("PATCH", labels_of(1)["Golden Gate Bridge in the fog"], {"action": "unreviewed"}),
         ("PATCH", labels_of(0)["an older, weaker label"], {"action": "edit", "text": "G"}),
+        # Feature 0 also has a failed attempt: with no label left to show, it counts as failed.
+        ("PATCH", labels_of(0)[HOSTILE_LABEL], {"action": "retire"}),
+        ("PATCH", labels_of(0)["an older, weaker label"], {"action": "wrong"}),
+        ("PATCH", labels_of(0)[HOSTILE_LABEL], {"action": "restore"}),
     ]
-    seen_scored = set()
+    seen_scored, seen_failed = set(), set()
     for method, target, body in steps:
         if method == "POST":
             path = f"/api/v1/features/tiny/res1/{target}/labels"
@@ -98,11 +102,12 @@ def test_reviews_shift_the_sae_summary_exactly_as_a_full_recount(engine, client)
         assert answer.status_code in (200, 201), answer.text
         kept, recomputed = _kept_and_recomputed_summary(engine)
         seen_scored.add(kept["scored"])
+        seen_failed.add(kept["failed"])
         assert kept.pop("mean_score") == pytest.approx(recomputed.pop("mean_score"), abs=1e-4)
         assert kept.pop("score_sum") == pytest.approx(recomputed.pop("score_sum"))
         kept.pop("updated_at"), recomputed.pop("updated_at")
         assert kept == recomputed, body
-    assert len(seen_scored) > 1  # the steps moved the scored count, not only the labels
+    assert len(seen_scored) > 1 and seen_failed == {0, 1}  # the steps moved every count
 
 
 def test_an_edit_drops_the_scores_of_the_old_text(engine, client):
