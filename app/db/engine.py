@@ -11,7 +11,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -87,10 +87,22 @@ def alembic_config(engine: Engine) -> Config:
     return config
 
 
+# Any fixed number: the PostgreSQL advisory lock that migrating processes queue on.
+MIGRATION_LOCK = 0x6D6F6E6F
+
+
 def migrate(engine: Engine, revision: str = "head") -> None:
-    """Bring the schema to a revision; idempotent."""
+    """Bring the schema to a revision; idempotent. Every server process migrates as it starts, so
+    processes starting together take turns: each waits for the database's write lock before it
+    reads the schema's version, and finds the work done by the one before it."""
     try:
         with engine.begin() as connection:
+            if engine.dialect.name == "postgresql":
+                connection.execute(
+                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK}
+                )
+            else:
+                connection.exec_driver_sql("BEGIN IMMEDIATE")  # SQLite's write lock, now
             config = alembic_config(engine)
             config.attributes["connection"] = connection
             command.upgrade(config, revision)

@@ -1,8 +1,13 @@
 """Schema, migrations and queries on SQLite and PostgreSQL (the `engine` fixture runs both)."""
 
+import subprocess
+import sys
+import time
+
 import numpy as np
 import pytest
 from alembic import command
+from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 
 from app.db import store as db
@@ -10,6 +15,7 @@ from app.db.engine import alembic_config, connect, migrate, session_scope
 from app.db.models import Explanation, Feature
 from app.db.queries import find_sae, list_features
 from app.db.search import search_explanations
+from tests.web_world import HOSTILE_LABEL, build_world
 
 
 def _downgrade_to_base(engine, revision: str = "base") -> None:
@@ -31,8 +37,6 @@ def test_migrations_go_down_and_up_and_match_the_models(engine):
 
 
 def test_migration_0002_keeps_data_going_down_and_fills_labels_going_up(engine):
-    from tests.web_world import HOSTILE_LABEL, build_world
-
     with session_scope(engine) as session:
         build_world(session)
         before = db.count_rows(session)
@@ -45,6 +49,29 @@ def test_migration_0002_keeps_data_going_down_and_fills_labels_going_up(engine):
         summary = find_sae(session, "tiny", "res1").summary
     assert labels[0] == HOSTILE_LABEL and labels[3] is None
     assert summary["labelled"] == 3 and summary["alive"] == 5 and summary["scored"] == 3
+
+
+def test_servers_starting_together_migrate_once(engine):
+    """Every server process migrates as it starts; four at once must not apply a revision twice."""
+    with session_scope(engine) as session:
+        build_world(session)
+    _downgrade_to_base(engine, "0003")
+    url = engine.url.render_as_string(hide_password=False)
+    code = (
+        "import sys, time; from app.db.engine import connect, migrate; engine = connect("
+        "sys.argv[1]); time.sleep(float(sys.argv[2]) - time.time()); migrate(engine)"
+    )
+    at = str(time.time() + 4)  # all four begin at once, after their imports
+    starts = [subprocess.Popen([sys.executable, "-c", code, url, at], stderr=subprocess.PIPE,
+                               text=True) for _ in range(4)]  # fmt: skip
+    for start in starts:
+        _, errors = start.communicate(timeout=120)
+        assert start.returncode == 0, errors
+    with engine.connect() as connection:
+        version = connection.scalar(text("SELECT version_num FROM alembic_version"))
+    assert version == ScriptDirectory.from_config(alembic_config(engine)).get_current_head()
+    with session_scope(engine) as session:
+        assert find_sae(session, "tiny", "res1").summary["failed"] == 0
 
 
 def test_an_empty_sqlite_file_upgrades_to_head_in_wal_mode(tmp_path):
