@@ -7,7 +7,6 @@ page2 = list_features(session, sae.id, sort="density", descending=True, after=pa
 """
 
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Literal
 
 import numpy as np
@@ -40,7 +39,7 @@ class ExampleView:
     token_ids: np.ndarray  # (pos,) int32
     activations: np.ndarray  # (pos,) float32
 
-    @cached_property
+    @property
     def max_position(self) -> int:
         return int(self.activations.argmax())
 
