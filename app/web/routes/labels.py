@@ -8,12 +8,11 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
-from app.core.errors import MonoscopeError
 from app.db import review
 from app.db.models import Explanation, Feature, Model, SaeRow
 from app.web.auth import WriterDep
 from app.web.deps import FeatureIndex, RowId, SessionDep, TemplatesDep
-from app.web.routes.lists import feature_or_404, parse_feature_ref
+from app.web.routes.lists import changing, feature_or_404, parse_feature_ref
 from app.web.views import feature_path
 
 router = APIRouter()
@@ -32,13 +31,6 @@ def _path_of(session: Session, feature_id: int) -> str:
     return feature_path(session.get(Model, sae.model_id).name, sae.name, feature.index)
 
 
-def _reviewing(action):
-    try:
-        return action()
-    except MonoscopeError as exc:
-        raise HTTPException(400, str(exc)) from exc
-
-
 @router.post("/labels/add", name="label_add")
 def label_add(
     session: SessionDep,
@@ -47,7 +39,7 @@ def label_add(
     text: Annotated[str, Form(max_length=review.MAX_LABEL * 2)],
 ):
     row = feature_or_404(session, *parse_feature_ref(feature))
-    _reviewing(lambda: review.add_label(session, row, text, viewer.name))
+    changing(lambda: review.add_label(session, row, text, viewer.name))
     session.commit()
     return RedirectResponse(_path_of(session, row.id) + "#labels", status_code=303)
 
@@ -61,7 +53,7 @@ def label_review(
     text: Annotated[str, Form(max_length=review.MAX_LABEL * 2)] = "",
 ):
     label = _label_or_404(session, label_id)
-    _reviewing(lambda: review.review_label(session, label, action, viewer.name, text))
+    changing(lambda: review.review_label(session, label, action, viewer.name, text))
     session.commit()
     return RedirectResponse(_path_of(session, label.feature_id) + "#labels", status_code=303)
 
@@ -119,7 +111,7 @@ def api_add_label(
 ) -> LabelOut:
     """Add a human label to a feature."""
     row = feature_or_404(session, model, sae, index)
-    label = _reviewing(lambda: review.add_label(session, row, body.text, viewer.name))
+    label = changing(lambda: review.add_label(session, row, body.text, viewer.name))
     session.commit()
     return _label_out(label)
 
@@ -130,7 +122,7 @@ def api_review_label(
 ) -> LabelOut:
     """Edit, retire, restore, or mark a label verified, wrong or unreviewed."""
     label = _label_or_404(session, label_id)
-    _reviewing(lambda: review.review_label(session, label, body.action, viewer.name, body.text))
+    changing(lambda: review.review_label(session, label, body.action, viewer.name, body.text))
     session.commit()
     return _label_out(label)
 

@@ -60,8 +60,9 @@ def parse_feature_ref(text: str) -> tuple[str, str, int]:
     return model, sae, number
 
 
-def _changing(action):
-    """Run a list change; a rule it breaks (title, note length, size) becomes a 400."""
+def changing(action):
+    """Run a change to lists or labels; a rule it breaks (title, note or label length, size, a
+    review action) becomes a 400, a missing item a 404."""
     try:
         return action()
     except MonoscopeError as exc:
@@ -110,7 +111,7 @@ def lists_create(
     title: Annotated[str, Form(max_length=db_lists.MAX_TITLE)],
     description: Annotated[str, Form(max_length=5_000)] = "",
 ):
-    found = _changing(lambda: db_lists.create_list(session, title, description, viewer.name))
+    found = changing(lambda: db_lists.create_list(session, title, description, viewer.name))
     session.commit()
     return RedirectResponse(f"/lists/{found.slug}", status_code=303)
 
@@ -143,12 +144,12 @@ def lists_add(
     """Add a feature to a list, or to a new list named in the same form."""
     row = feature_or_404(session, *parse_feature_ref(feature))
     if new_title.strip():
-        found = _changing(lambda: db_lists.create_list(session, new_title, "", viewer.name))
+        found = changing(lambda: db_lists.create_list(session, new_title, "", viewer.name))
     elif slug:
         found = _list_or_404(session, slug)
     else:
         raise HTTPException(400, "Choose a list, or give a title for a new one.")
-    _changing(lambda: db_lists.add_item(session, found, row, note))
+    changing(lambda: db_lists.add_item(session, found, row, note))
     session.commit()
     return RedirectResponse(local_path(next) if next else f"/lists/{found.slug}", status_code=303)
 
@@ -184,7 +185,7 @@ def list_item_change(
         "down": lambda: db_lists.move_item(session, found, item_id, position + 1),
         "remove": lambda: db_lists.remove_item(session, found, item_id),
     }[action]
-    _changing(change)
+    changing(change)
     session.commit()
     return RedirectResponse(f"/lists/{slug}#items", status_code=303)
 
@@ -299,7 +300,7 @@ def api_lists(session: SessionDep) -> list[ListSummaryOut]:
 
 @router.post("/api/v1/lists", response_model=FeatureListOut, status_code=201, tags=["api"])
 def api_create_list(body: ListIn, session: SessionDep, viewer: WriterDep) -> FeatureListOut:
-    found = _changing(lambda: db_lists.create_list(session, body.title, body.description,
+    found = changing(lambda: db_lists.create_list(session, body.title, body.description,
                                                    viewer.name))  # fmt: skip
     session.commit()
     return _list_out(session, found)
@@ -314,7 +315,7 @@ def api_list(slug: str, session: SessionDep) -> FeatureListOut:
 def api_add_item(slug: str, body: ItemIn, session: SessionDep, viewer: WriterDep):
     found = _list_or_404(session, slug)
     row = feature_or_404(session, body.model, body.sae, body.index)
-    _changing(lambda: db_lists.add_item(session, found, row, body.note))
+    changing(lambda: db_lists.add_item(session, found, row, body.note))
     session.commit()
     return _list_out(session, found)
 
@@ -327,9 +328,9 @@ def api_change_item(
     """Change an item's note and/or move it to `position` (0 = first)."""
     found = _list_or_404(session, slug)
     if body.note is not None:
-        _changing(lambda: db_lists.set_note(session, found, item_id, body.note))
+        changing(lambda: db_lists.set_note(session, found, item_id, body.note))
     if body.position is not None:
-        _changing(lambda: db_lists.move_item(session, found, item_id, body.position))
+        changing(lambda: db_lists.move_item(session, found, item_id, body.position))
     session.commit()
     return _list_out(session, found)
 
@@ -340,6 +341,6 @@ def api_remove_item(
     slug: str, item_id: RowId, session: SessionDep, viewer: WriterDep
 ) -> FeatureListOut:
     found = _list_or_404(session, slug)
-    _changing(lambda: db_lists.remove_item(session, found, item_id))
+    changing(lambda: db_lists.remove_item(session, found, item_id))
     session.commit()
     return _list_out(session, found)
