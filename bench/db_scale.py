@@ -188,6 +188,37 @@ def measure(engine: Engine, n_features: int, n: int) -> dict[str, tuple[float, f
 TARGETS = {"feature page": 20, "keyset listing": 30, "label search": 50}
 
 
+def fresh_database(url: str) -> Engine:
+    """An engine on an empty database at `url`: the SQLite file deleted, or the PostgreSQL
+    schema dropped."""
+    engine = connect(url)
+    if engine.dialect.name == "sqlite":
+        engine.dispose()
+        Path(engine.url.database).unlink(missing_ok=True)
+        return connect(url)
+    with engine.begin() as connection:
+        connection.execute(text("DROP SCHEMA public CASCADE"))
+        connection.execute(text("CREATE SCHEMA public"))
+    return engine
+
+
+def ensure_built(url: str, n_features: int) -> None:
+    """For the benches that serve it: build the database at `url` unless all `n_features` are
+    there; a half-built one starts again from empty."""
+    engine = connect(url)
+    with Session(engine) as session:
+        complete = (
+            engine.dialect.has_table(session.connection(), "features")
+            and session.scalar(text("SELECT count(*) FROM features")) == n_features
+        )
+    engine.dispose()
+    if not complete:
+        print(f"building {n_features:,} synthetic features into {url} (minutes) ...")
+        engine = fresh_database(url)
+        build(engine, n_features, 50)
+        engine.dispose()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--features", type=int, default=1_000_000)
@@ -199,17 +230,12 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true", help="measure an already built database")
     args = parser.parse_args()
     for name in args.engines.split(","):
-        if name == "sqlite":
-            path = args.keep / f"db-scale-{args.features}.db"
-            if not args.reuse:
-                path.unlink(missing_ok=True)
-            engine = connect(f"sqlite:///{path}")
-        else:
-            engine = connect(args.postgres_url)
-            if not args.reuse:
-                with engine.begin() as connection:
-                    connection.execute(text("DROP SCHEMA public CASCADE"))
-                    connection.execute(text("CREATE SCHEMA public"))
+        url = (
+            f"sqlite:///{args.keep / f'db-scale-{args.features}.db'}"
+            if name == "sqlite"
+            else args.postgres_url
+        )
+        engine = connect(url) if args.reuse else fresh_database(url)
         if not args.reuse:
             start = time.perf_counter()
             print(f"{name}: building {args.features:,} features × {args.examples} examples")

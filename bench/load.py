@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session
 
 from app.db.engine import connect, migrate
 from app.db.queries import list_saes
-from bench.db_scale import build
+from bench.db_scale import ensure_built
 from bench.server import running_server
 
 # Page kinds and how often a reader opens each (weights).
@@ -72,22 +72,6 @@ def _ensure_demo(url: str) -> None:
     engine.dispose()
 
 
-def _ensure_synthetic(url: str, features: int) -> None:
-    engine = connect(url)
-    with Session(engine) as session:
-        ready = (
-            engine.dialect.has_table(session.connection(), "saes")
-            and session.scalar(text("SELECT count(*) FROM features")) == features
-        )
-    if not ready:  # a half-built database starts again from an empty schema
-        print(f"building {features:,} synthetic features into {url} (about 15 minutes) ...")
-        with engine.begin() as connection:
-            connection.execute(text("DROP SCHEMA public CASCADE"))
-            connection.execute(text("CREATE SCHEMA public"))
-        build(engine, features, 50)
-    engine.dispose()
-
-
 @dataclass
 class Targets:
     """What readers ask for, sampled from the database the server reads."""
@@ -100,10 +84,10 @@ class Targets:
     def sample(cls, url: str) -> "Targets":
         engine = connect(url)
         with Session(engine) as session:
-            saes = [(s.model.name, s.name, s.summary.get("features") or s.d_sae)
-                    for s in list_saes(session)]  # fmt: skip
+            stored = list_saes(session)
+            saes = [(s.model.name, s.name, s.summary.get("features") or s.d_sae) for s in stored]
             keyset = {}
-            for s in list_saes(session):
+            for s in stored:
                 rows = session.execute(
                     text('SELECT density, "index" FROM features WHERE sae_id = :id '
                          "ORDER BY random() LIMIT 300"), {"id": s.id},
@@ -206,7 +190,7 @@ def main() -> None:
             _ensure_demo(url)
         elif name == "synthetic":
             url = _database(args.postgres, "bench_synthetic")
-            _ensure_synthetic(url, args.features)
+            ensure_built(url, args.features)
         else:
             sys.exit(f"unknown database {name!r}: use demo and/or synthetic")
         targets = Targets.sample(url)

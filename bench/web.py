@@ -24,24 +24,12 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from app.db.engine import connect
-from app.db.queries import FeatureFilters, feature_view, find_sae, list_features
+from app.db.queries import FeatureFilters, feature_view, list_features
 from app.db.search import search_explanations
-from bench.db_scale import WORDS, build
+from bench.db_scale import WORDS, ensure_built
 from bench.server import running_server
 
 FEATURE_TARGET_MS = 100
-
-
-def _ensure_database(url: str, features: int) -> None:
-    engine = connect(url)
-    with Session(engine) as session:
-        ready = engine.dialect.has_table(session.connection(), "saes") and find_sae(
-            session, "bench", "res"
-        )
-    if not ready:
-        print(f"building {features:,} synthetic features into {url} (minutes) ...")
-        build(engine, features, 50)
-    engine.dispose()
 
 
 def _targets(url: str, n_features: int, seed: int = 0):
@@ -118,7 +106,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     args = parser.parse_args()
     url = args.database or f"sqlite:///{Path('data/bench').resolve()}/db-scale-{args.features}.db"
-    _ensure_database(url, args.features)
+    ensure_built(url, args.features)
     with running_server(
         {"MONOSCOPE_DATABASE_URL": url}, "--workers", str(args.workers), drop=("MONOSCOPE_MODEL",)
     ) as base:
