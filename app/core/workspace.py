@@ -14,8 +14,11 @@ from app.core.sae import Sae, load_sae
 from app.core.sae.constants import GEMMA_SCOPE_PARAMS
 
 
-def sae_name(spec: str) -> str:
-    """A short, URL-safe name from an SAE's path: its folder name."""
+def sae_name(spec: str, chosen: str | None = None) -> str:
+    """The name an SAE is known by: `chosen` when somebody gave one (refused unless it is one safe
+    URL segment), else a short, URL-safe name from its path: its folder name."""
+    if chosen:
+        return checked_name(chosen)
     path = Path(spec.removeprefix("hf://").rstrip("/"))
     if path.name == GEMMA_SCOPE_PARAMS:
         path = path.parent
@@ -37,7 +40,7 @@ class Workspace:
 
     def add_sae(self, spec: str, name: str | None = None) -> str:
         """Load, check and attach an SAE; returns the name it is known by."""
-        base = checked_name(name) if name else sae_name(spec)
+        base = sae_name(spec, name)
         name, n = base, 2
         while name in self.saes:
             name, n = f"{base}-{n}", n + 1

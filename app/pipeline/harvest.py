@@ -40,7 +40,6 @@ from app.core.harvest import (
     sparsify,
 )
 from app.core.model import LoadedModel, load_model
-from app.core.names import checked_name
 from app.core.sae import Sae, load_sae
 from app.core.sae.metrics import evaluate_sae
 from app.core.workspace import sae_name
@@ -119,10 +118,9 @@ class HarvestJob:
         c = self.config
         if c.tokens <= 0:
             raise MonoscopeError("--tokens must be positive")
-        chosen = checked_name(c.name) if c.name else None  # before minutes of model loading
+        name = sae_name(c.sae, c.name)  # a bad name fails before minutes of model loading
         model = self._model or load_model(c.model, device=c.device)
         sae = self._sae or model.attach(load_sae(c.sae), source=c.sae)
-        name = chosen or sae_name(c.sae)
         self._check_name_free(model, name)
         corpus = self._token_store(model)
         n_contexts = math.ceil(c.tokens / corpus.context_size)
