@@ -101,18 +101,21 @@ def build_world(session: Session, name: str = "res1") -> int:
     return sae.id
 
 
-def build_demo_rows(session: Session, workspace, labels: dict | None = None) -> int:
-    """Stored rows for the demo model and SAE (no examples), so pages can link live text to
-    features without a harvest. `labels` gives chosen features a label and a max activation."""
+def build_demo_rows(
+    session: Session, workspace, labels: dict | None = None, sae: str = "res1"
+) -> int:
+    """Stored rows for the demo model and SAE `sae` (no examples), so pages can link live text
+    to features without a harvest. `labels` gives chosen features a label and a max activation."""
     tokenizer = workspace.model.tokenizer
     vocab = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
-    d_sae = workspace.saes["res1"].d_sae
+    name, loaded = sae, workspace.saes[sae]
+    d_sae = loaded.d_sae
     model = db.upsert_model(
         session, db.ModelInfo("monoscope-demo", "demo", "gpt2", 4, 256, len(vocab)), vocab
     )
     sae = db.create_sae(
         session, model,
-        db.SaeInfo("res1", "demo", "blocks.1.hook_resid_post", "topk", 256, d_sae, {}, {}),
+        db.SaeInfo(name, "demo", loaded.hook_name, "topk", 256, d_sae, {}, {}),
     )  # fmt: skip
     db.insert_features(
         session, sae.id,

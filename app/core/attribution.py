@@ -148,8 +148,7 @@ def attribute(
     token_ids = model.tokenizer(text)["input_ids"]
     if not token_ids:
         raise MonoscopeError("the prompt is empty")
-    if len(token_ids) > max_tokens:
-        raise MonoscopeError(f"the prompt has {len(token_ids)} tokens; the limit is {max_tokens}")
+    model.check_length(len(token_ids), max_tokens, "prompt")
     start = _skip_bos(model, token_ids)
     ids = torch.tensor([token_ids], device=model.device)
     captured: dict[str, torch.Tensor] = {}

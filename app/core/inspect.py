@@ -67,8 +67,7 @@ def inspect(
     token_ids = model.tokenizer(text)["input_ids"]
     if not token_ids:
         raise MonoscopeError("the text is empty")
-    if len(token_ids) > max_tokens:
-        raise MonoscopeError(f"the text has {len(token_ids)} tokens; the limit is {max_tokens}")
+    model.check_length(len(token_ids), max_tokens)
     ids = torch.tensor([token_ids])
     acts = model.capture(ids, sorted({sae.hook_name for sae in saes.values()}))
     bos = model.tokenizer.bos_token_id

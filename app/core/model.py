@@ -12,7 +12,7 @@ mlp_out are what the block adds to the residual stream (after Gemma 2's post-nor
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -108,6 +108,9 @@ class LoadedModel:
     tokenizer: PreTrainedTokenizerBase
     adapter: Adapter
     name: str
+    # Hook sets are numbered as they are installed; those numbered up to the floor are muted.
+    _hook_sets: int = field(default=0, repr=False, compare=False)
+    _muted_up_to: int = field(default=0, repr=False, compare=False)
 
     @property
     def device(self) -> torch.device:
@@ -134,6 +137,16 @@ class LoadedModel:
             if isinstance(value, int) and value > 0:
                 return value
         return None
+
+    def check_length(self, n_tokens: int, limit: int, what: str = "text") -> None:
+        """Refuse `n_tokens` past `limit` or past the model's own window, whichever is less."""
+        window = self.context_length
+        if window is not None and window < limit and n_tokens > window:
+            raise MonoscopeError(
+                f"the {what} has {n_tokens:,} tokens; {self.name} reads at most {window:,}"
+            )
+        if n_tokens > limit:
+            raise MonoscopeError(f"the {what} has {n_tokens:,} tokens; the limit is {limit:,}")
 
     def site(self, name: str | Site) -> Site:
         """Parse a site name and check that the model has that layer."""
@@ -203,12 +216,31 @@ class LoadedModel:
     @contextmanager
     def hooked(self, edits: Mapping[str | Site, SiteEdit]) -> Iterator[None]:
         """Run forward passes with one edit per site; hooks are removed on exit."""
-        handles = [self._register(self.site(name), edit) for name, edit in edits.items()]
+        self._hook_sets += 1
+        number = self._hook_sets
+
+        def gated(edit: SiteEdit) -> SiteEdit:
+            return lambda x: None if number <= self._muted_up_to else edit(x)
+
+        handles = [self._register(self.site(name), gated(edit)) for name, edit in edits.items()]
         try:
             yield
         finally:
             for handle in handles:
                 handle.remove()
+
+    @contextmanager
+    def isolated(self) -> Iterator[None]:
+        """Forward passes inside see only the hooks installed inside.
+
+        The inference worker runs other work (activations, attribution) between the decode steps
+        of a generation whose steering hooks stay installed; without this, those hooks would edit
+        the other work's forward passes, and the other work's hooks the generation's."""
+        muted, self._muted_up_to = self._muted_up_to, self._hook_sets
+        try:
+            yield
+        finally:
+            self._muted_up_to = muted
 
     @torch.inference_mode()
     def capture(

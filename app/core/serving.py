@@ -5,6 +5,12 @@
     async for part in ticket.stream():            # this request's rows, step by step
         ...
     ticket.cancel()                               # e.g. the client went away
+    worker.call(lambda: inspect(model, ...))      # any other model work: a Future of its result
+
+Forward hooks belong to the whole model, so the worker's thread is the only one that runs it:
+any other model work (activations, attribution, ablation) is a call queued beside the
+generations and run between two decode steps, with the generation's steering hooks muted
+(`LoadedModel.isolated`). Calls and generations share one bound on waiting work.
 
 Requests wait in a bounded queue. The worker decodes them as one running batch with `generate`
 (continuous batching): before every step, waiting requests join as far as max_batch_rows allows,
@@ -16,8 +22,10 @@ cancelled while it waits is dropped unrun.
 import asyncio
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any
 
 from app.core.errors import MonoscopeError
 from app.core.generation import GenerationRow, SamplingParams, check_rows, generate
@@ -73,6 +81,7 @@ class WorkerStats:
     largest_batch: int = 0  # rows
     cancelled: int = 0  # requests that ended early because their client left
     steps: int = 0
+    calls: int = 0  # other model work run between steps
 
 
 class InferenceWorker:
@@ -87,6 +96,7 @@ class InferenceWorker:
         self.max_pending, self.max_batch_rows = max_pending, max_batch_rows
         self.stats = WorkerStats()
         self._pending: deque[Ticket] = deque()
+        self._calls: deque[tuple[Callable[[], Any], Future]] = deque()
         self._wake = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="monoscope-inference", daemon=True)
@@ -94,7 +104,29 @@ class InferenceWorker:
 
     @property
     def waiting(self) -> int:
-        return len(self._pending)
+        return len(self._pending) + len(self._calls)
+
+    def _refuse_when_full(self) -> None:
+        if self.waiting >= self.max_pending:
+            raise QueueFull(
+                f"the server is busy: {self.waiting} requests are waiting for the model; "
+                "try again in a few seconds"
+            )
+
+    def call(self, fn: Callable[[], Any]) -> Future:
+        """Run `fn` (which may use the model and its hooks) on the worker; raises QueueFull."""
+        future: Future = Future()
+        with self._wake:
+            if self._stopping:
+                raise QueueFull("the server is shutting down")
+            self._refuse_when_full()
+            self._calls.append((fn, future))
+            self._wake.notify()
+        return future
+
+    def run(self, fn: Callable[[], Any]) -> Any:
+        """`call` and wait for its result (from a request thread, never the event loop)."""
+        return self.call(fn).result()
 
     def submit(self, rows: Sequence[GenerationRow], loop: asyncio.AbstractEventLoop) -> Ticket:
         """Queue a request's rows (each with its own params); they are decoded together."""
@@ -110,11 +142,7 @@ class InferenceWorker:
             GenerationRow(r.prompt_ids, r.edits, r.seed, r.params, ticket.cancelled) for r in rows
         ]
         with self._wake:
-            if len(self._pending) >= self.max_pending:
-                raise QueueFull(
-                    f"the server is busy: {len(self._pending)} generations are waiting; "
-                    "try again in a few seconds"
-                )
+            self._refuse_when_full()
             self._pending.append(ticket)
             self._wake.notify()
         return ticket
@@ -124,13 +152,34 @@ class InferenceWorker:
             self._stopping = True
             for ticket in self._pending:
                 ticket.cancel()
+            for _, future in self._calls:
+                future.cancel()
             self._wake.notify()
         self._thread.join(timeout=30)
 
+    def _run_calls(self) -> None:
+        """The calls waiting now, oldest first, each seeing only the hooks it installs."""
+        while True:
+            with self._wake:
+                if not self._calls:
+                    return
+                fn, future = self._calls.popleft()
+            if not future.set_running_or_notify_cancel():
+                continue
+            self.stats.calls += 1
+            try:
+                with self.model.isolated():
+                    result = fn()
+            except Exception as exc:
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+
     def _take(self, room: int, block: bool) -> list[Ticket]:
-        """Waiting tickets whose rows fit in `room`, oldest first; cancelled ones are dropped."""
+        """Waiting tickets whose rows fit in `room`, oldest first; cancelled ones are dropped.
+        Blocking, it waits for any work: it returns nothing when only calls arrived."""
         with self._wake:
-            while block and not self._pending and not self._stopping:
+            while block and not self._pending and not self._calls and not self._stopping:
                 self._wake.wait()
             taken: list[Ticket] = []
             while self._pending and len(self._pending[0].rows) <= room:
@@ -148,6 +197,7 @@ class InferenceWorker:
         fallback = SamplingParams()
         while not self._stopping:
             first = self._take(self.max_batch_rows, block=True)
+            self._run_calls()
             if not first:
                 continue
             batch = _RunningBatch(self)
@@ -169,6 +219,7 @@ class InferenceWorker:
                         else:
                             still.append((ticket, a, b))
                     active[:] = still
+                    self._run_calls()
             except Exception as exc:  # handed to every request still in the batch
                 for ticket, _, _ in active:
                     ticket._put(exc)

@@ -16,7 +16,7 @@ from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.sessions import SessionMiddleware
 
-from app.core.serving import InferenceWorker
+from app.core.serving import InferenceWorker, QueueFull
 from app.core.workspace import Workspace
 from app.db.engine import connect, migrate
 from app.settings import Settings
@@ -86,6 +86,10 @@ def _error_handlers(app: FastAPI) -> None:
         if exc.status_code == 404 and message == "Not Found":
             message = "There is no page at this address."
         return respond(request, exc.status_code, message, exc.headers)
+
+    @app.exception_handler(QueueFull)
+    async def busy(request: Request, exc: QueueFull):
+        return respond(request, 503, str(exc), {"Retry-After": "5"})
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):

@@ -7,6 +7,7 @@ from fastapi import Depends, Path, Request
 from fastapi.templating import Jinja2Templates
 from sqlalchemy.orm import Session
 
+from app.core.serving import InferenceWorker
 from app.core.workspace import Workspace
 from app.settings import Settings
 from app.web.markup import TokenTextCache
@@ -18,6 +19,10 @@ def _settings(request: Request) -> Settings:
 
 def _workspace(request: Request) -> Workspace | None:
     return request.app.state.workspace
+
+
+def _inference(request: Request) -> InferenceWorker | None:
+    return request.app.state.inference
 
 
 def _session(request: Request) -> Iterator[Session]:
@@ -32,6 +37,8 @@ def _templates(request: Request) -> Jinja2Templates:
 
 SettingsDep = Annotated[Settings, Depends(_settings)]
 WorkspaceDep = Annotated[Workspace | None, Depends(_workspace)]
+# The model's one owner: every model call of a request goes through it (app.core.serving).
+InferenceDep = Annotated[InferenceWorker | None, Depends(_inference)]
 SessionDep = Annotated[Session, Depends(_session)]
 TemplatesDep = Annotated[Jinja2Templates, Depends(_templates)]
 

@@ -4,7 +4,6 @@ A database may describe SAEs the server has not loaded; pages still show everyth
 say plainly when a live computation (activations for typed text) needs an SAE that is not here.
 """
 
-import threading
 from dataclasses import dataclass
 
 from fastapi import HTTPException
@@ -13,12 +12,11 @@ from app.core.errors import MonoscopeError
 from app.core.inspect import Inspection, inspect
 from app.core.model import LoadedModel
 from app.core.sae import Sae
+from app.core.serving import InferenceWorker, QueueFull
 from app.core.workspace import Workspace
 
-MAX_TEXT_TOKENS = 512
+MAX_TEXT_TOKENS = 512  # or the model's own window, when that is shorter
 MAX_TEXT_CHARS = 8_000
-# One forward at a time: the model is shared by every request thread and its memory is finite.
-inference_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -65,14 +63,18 @@ def require_resident(workspace: Workspace | None, model: str, sae: str) -> Resid
     return found
 
 
-def run_text(found: Resident, text: str, top_k: int = 10, reduce: str = "max") -> Inspection:
-    """Per-token and overall features of `text`, with limits a page can state."""
+def run_text(
+    worker: InferenceWorker, found: Resident, text: str, top_k: int = 10, reduce: str = "max"
+) -> Inspection:
+    """Per-token and overall features of `text`, run by the model's owner (the inference
+    worker), with limits a page can state."""
     check_text(text, "Type some text to run through the model.")
     try:
-        with inference_lock:
-            return inspect(
-                found.model, {found.sae_name: found.sae}, text, top_k=top_k, reduce=reduce,
-                max_tokens=MAX_TEXT_TOKENS,
-            )  # fmt: skip
+        return worker.run(lambda: inspect(
+            found.model, {found.sae_name: found.sae}, text, top_k=top_k, reduce=reduce,
+            max_tokens=MAX_TEXT_TOKENS,
+        ))  # fmt: skip
+    except QueueFull:
+        raise  # 503, by the app's handler
     except MonoscopeError as exc:
         raise HTTPException(400, str(exc)) from exc

@@ -1,6 +1,8 @@
 """Pages that run the resident model: activations for typed text, per feature and overall."""
 
 import re
+import threading
+import time
 
 import pytest
 from fastapi.testclient import TestClient
@@ -95,3 +97,41 @@ def test_the_heat_strip_can_follow_one_feature(client):
     assert peak == strongest  # the hottest token is where that feature fires hardest
     bad = client.get("/search/text", params={"text": text, "feature": 10**6})
     assert bad.status_code == 400
+
+
+def test_texts_past_the_models_window_are_refused_on_every_page_that_runs_the_model(
+    client, demo_workspace
+):
+    window = demo_workspace.model.context_length
+    text = " cat" * (window + 40)  # within the character limit, past the model's positions
+    assert len(text) < 8_000
+    answers = [
+        client.post("/api/v1/activations", json={"text": text}),
+        client.post("/api/v1/inspect", json={"text": text}),
+        client.get("/search/text", params={"text": text}),
+        client.get("/monoscope-demo/res1/7/activations", params={"text": text}),
+        client.get("/inspect", params={"text": text}),
+    ]
+    for answer in answers:
+        assert answer.status_code == 400, (answer.request.url, answer.text[:300])
+        assert f"reads at most {window:,}" in answer.text
+
+
+def test_model_calls_wait_in_the_bounded_queue_and_a_full_one_answers_503(client):
+    worker = client.app.state.inference
+    release = threading.Event()
+    blockers = [worker.call(release.wait)]  # the worker runs this one: it holds the model
+    deadline = time.monotonic() + 10
+    while worker.waiting and time.monotonic() < deadline:
+        time.sleep(0.01)
+    blockers += [worker.call(release.wait) for _ in range(worker.max_pending)]
+    try:
+        answer = client.post("/api/v1/activations", json={"text": "The cat sat."})
+        assert answer.status_code == 503 and answer.headers["Retry-After"]
+        assert "busy" in answer.json()["detail"]
+        page = client.get("/monoscope-demo/res1/7/activations", params={"text": "cat"})
+        assert page.status_code == 503 and "busy" in page.text
+    finally:
+        release.set()
+    assert all(f.result(timeout=10) for f in blockers)
+    assert client.post("/api/v1/activations", json={"text": "The cat sat."}).status_code == 200

@@ -6,7 +6,7 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from pydantic import BaseModel, Field
 
 from app.db.queries import ExampleView, feature_view, find_sae, list_saes
-from app.web.deps import FeatureIndex, SessionDep, VocabularyDep, WorkspaceDep
+from app.web.deps import FeatureIndex, InferenceDep, SessionDep, VocabularyDep, WorkspaceDep
 from app.web.markup import TokenTexts
 from app.web.resident import loaded_sae, run_text
 from app.web.routes.features import TableQuery, _sae_or_404, format_cursor, table_page
@@ -243,12 +243,12 @@ def api_search(
 
 @router.post("/activations", response_model=ActivationsOut)
 def api_activations(
-    body: ActivationsIn, session: SessionDep, workspace: WorkspaceDep
+    body: ActivationsIn, session: SessionDep, workspace: WorkspaceDep, inference: InferenceDep
 ) -> ActivationsOut:
     """Which features fire on a text: per token and overall (BOS excluded from overall)."""
     found = loaded_sae(workspace, body.sae, "read text with")
     model, sae = found.model.name, found.sae_name
-    inspection = run_text(found, body.text, top_k=body.top_k, reduce=body.reduce)
+    inspection = run_text(inference, found, body.text, top_k=body.top_k, reduce=body.reduce)
     sae_row = find_sae(session, model, sae)  # not harvested yet: features come without labels
     reading = read_text(session, sae_row.id if sae_row else None, inspection, sae)
 

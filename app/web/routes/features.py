@@ -22,6 +22,7 @@ from app.web import views
 from app.web.charts import bar_chart, decade_label, log_ticks, trimmed
 from app.web.deps import (
     FeatureIndex,
+    InferenceDep,
     SessionDep,
     TemplatesDep,
     VocabularyDep,
@@ -253,6 +254,7 @@ def feature_activations(
     session: SessionDep,
     templates: TemplatesDep,
     workspace: WorkspaceDep,
+    inference: InferenceDep,
     text: Annotated[str, Query(max_length=20_000)] = "",
 ):
     """This feature's activation on each token of typed text (the 'test your text' box)."""
@@ -261,7 +263,7 @@ def feature_activations(
     if feature is None:
         raise HTTPException(404, f"{model}/{sae} has no feature {index}.")
     found = require_resident(workspace, model, sae)
-    result = run_text(found, text, top_k=1)
+    result = run_text(inference, found, text, top_k=1)
     values = result.saes[sae].activations[:, index].numpy()
     peak = float(values.max()) if len(values) else 0.0
     context = {

@@ -25,13 +25,13 @@ from app.core.attribution import (
 )
 from app.core.errors import MonoscopeError
 from app.core.generation import chat_prompt_ids
+from app.core.serving import InferenceWorker, QueueFull
 from app.db.queries import find_sae, labels_of
-from app.web.deps import SessionDep, TemplatesDep, WorkspaceDep
+from app.web.deps import InferenceDep, SessionDep, TemplatesDep, WorkspaceDep
 from app.web.resident import (
     MAX_TEXT_CHARS,
     MAX_TEXT_TOKENS,
     check_text,
-    inference_lock,
     loaded_sae,
     require_loaded,
 )
@@ -82,7 +82,8 @@ def _target_id(tokenizer, target: str | None) -> int | None:
 
 
 def run_inspection(
-    session: Session, workspace, text: str, sae: str | None, target: str | None, mode: str,
+    session: Session, workspace, inference: InferenceWorker | None, text: str, sae: str | None,
+    target: str | None, mode: str,
     top_k: int, exact: int, zeroed: list[int], chain_from: str | None = None, chain: int = 0,
 ) -> Inspected:  # fmt: skip
     workspace = require_loaded(workspace, "inspect with")
@@ -98,27 +99,28 @@ def run_inspection(
         prompt = model.tokenizer.decode(ids, skip_special_tokens=True)
     target_id = _target_id(model.tokenizer, target)
     chain_sae = _chain_sae(workspace, sae, chain_from) if chain else None
+
+    def compute():  # on the inference worker, the model's one owner
+        found = attribute(model, found_sae, prompt, target=target_id, top_k=top_k, exact=exact,
+                          max_tokens=MAX_TEXT_TOKENS)  # fmt: skip
+        after, target_after = [], None
+        if zeroed:
+            probs = torch.softmax(ablate(model, found_sae, found.token_ids, [zeroed])[0], -1)
+            decode = model.tokenizer.decode
+            after = [(int(t), decode([int(t)]), float(p)) for p, t in zip(*probs.topk(10),
+                                                                          strict=True)]  # fmt: skip
+            target_after = float(probs[found.target])
+        links = []
+        if chain_sae and chain:
+            chosen = [e.index for e in found.by_attribution[:chain]]
+            links = trace_chain(model, workspace.saes[chain_sae], found_sae, found.token_ids,
+                                found.target, chosen)  # fmt: skip
+        return found, after, target_after, links
+
     try:
-        with inference_lock:
-            found = attribute(model, found_sae, prompt, target=target_id, top_k=top_k,
-                              exact=exact, max_tokens=MAX_TEXT_TOKENS)  # fmt: skip
-            after, target_after = [], None
-            if zeroed:
-                probs = torch.softmax(ablate(model, found_sae, found.token_ids, [zeroed])[0], -1)
-                top = probs.topk(10)
-                decode = model.tokenizer.decode
-                after = [(int(t), decode([int(t)]), float(p)) for p, t in zip(*top, strict=True)]
-                target_after = float(probs[found.target])
-            links = []
-            if chain_sae and chain:
-                links = trace_chain(
-                    model,
-                    workspace.saes[chain_sae],
-                    found_sae,
-                    found.token_ids,
-                    found.target,
-                    [e.index for e in found.by_attribution[:chain]],
-                )
+        found, after, target_after, links = inference.run(compute)
+    except QueueFull:
+        raise  # 503, by the app's handler
     except MonoscopeError as exc:
         raise HTTPException(400, str(exc)) from exc
     shown = {e.index for e in found.by_activation + found.by_attribution} | set(zeroed)
@@ -160,6 +162,7 @@ def inspect_page(
     session: SessionDep,
     templates: TemplatesDep,
     workspace: WorkspaceDep,
+    inference: InferenceDep,
     text: Annotated[str, Query(max_length=20_000)] = "",
     sae: str = "",
     target: Annotated[str, Query(max_length=200)] = "",
@@ -176,6 +179,7 @@ def inspect_page(
         context["result"] = run_inspection(
             session,
             workspace,
+            inference,
             text,
             sae or None,
             target,
@@ -256,11 +260,13 @@ class InspectOut(BaseModel):
 
 
 @router.post("/api/v1/inspect", response_model=InspectOut, tags=["api"])
-def api_inspect(body: InspectIn, session: SessionDep, workspace: WorkspaceDep) -> InspectOut:
+def api_inspect(
+    body: InspectIn, session: SessionDep, workspace: WorkspaceDep, inference: InferenceDep
+) -> InspectOut:
     """Features ranked by activation and by attribution to the target's logit, with exact
     ablation effects for the top `exact`, and predictions with `ablate` zeroed together."""
-    found = run_inspection(session, workspace, body.text, body.sae, body.target, body.mode,
-                           body.top_k, body.exact, body.ablate, body.chain_from,
+    found = run_inspection(session, workspace, inference, body.text, body.sae, body.target,
+                           body.mode, body.top_k, body.exact, body.ablate, body.chain_from,
                            body.chain)  # fmt: skip
     a = found.found
 

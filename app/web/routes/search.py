@@ -13,7 +13,7 @@ from app.db.models import Model
 from app.db.queries import find_sae, labels_of, list_saes, top_examples
 from app.db.search import SearchHit, search_explanations
 from app.web import views
-from app.web.deps import SessionDep, TemplatesDep, VocabularyDep, WorkspaceDep
+from app.web.deps import InferenceDep, SessionDep, TemplatesDep, VocabularyDep, WorkspaceDep
 from app.web.resident import require_loaded, resident, run_text
 
 router = APIRouter()
@@ -140,6 +140,7 @@ def search_text_page(
     session: SessionDep,
     templates: TemplatesDep,
     workspace: WorkspaceDep,
+    inference: InferenceDep,
     text: Annotated[str, Query(max_length=20_000)] = "",
     sae: str = "",
     reduce: Literal["max", "sum"] = "max",
@@ -164,7 +165,7 @@ def search_text_page(
                                      "database, so its features have no pages yet.")  # fmt: skip
         if feature is not None and feature >= found.sae.d_sae:
             raise HTTPException(400, f"{sae} has features 0 to {found.sae.d_sae - 1}.")
-        inspection = run_text(found, text, top_k=10, reduce=reduce)
+        inspection = run_text(inference, found, text, top_k=10, reduce=reduce)
         reading = read_text(session, sae_row.id, inspection, sae, focus=feature)
         if pos is not None and not 0 <= pos < len(reading.cells):
             raise HTTPException(400, f"pos must be between 0 and {len(reading.cells) - 1}")

@@ -21,7 +21,7 @@ from sse_starlette import EventSourceResponse
 
 from app.core.errors import MonoscopeError
 from app.core.generation import GenerationRow, SamplingParams, chat_prompt_ids
-from app.core.serving import QueueFull, Ticket
+from app.core.serving import Ticket
 from app.core.steering import SteeringFeature, SteeringSpec, resolve_steering
 from app.core.workspace import Workspace
 from app.db.models import Feature, Model, SaeRow, SteeringSession
@@ -159,10 +159,7 @@ def _start(request: Request, body: SteerIn, workspace, settings) -> Ticket:
     if wait is not None:
         raise HTTPException(429, f"Too many generations from this address; try again in {wait} s.",
                             headers={"Retry-After": str(wait)})  # fmt: skip
-    try:
-        return request.app.state.inference.submit(rows, asyncio.get_running_loop())
-    except QueueFull as exc:
-        raise HTTPException(503, str(exc), headers={"Retry-After": "5"}) from exc
+    return request.app.state.inference.submit(rows, asyncio.get_running_loop())  # or QueueFull
 
 
 SIDES = ("default", "steered")
