@@ -562,6 +562,30 @@ def user_add(
     out.print(f"added user {escape(name)}")
 
 
+@user_cli.command("password")
+def user_password(
+    name: Annotated[str, typer.Argument(help="The account.")],
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from standard input.")
+    ] = False,
+    database_url: DatabaseOpt = None,
+) -> None:
+    """Set a new password; every browser signed in as the user is signed out."""
+    import sys
+
+    from app.db.accounts import set_password
+    from app.db.engine import session_scope
+
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
+    engine = _database(_settings(database_url=database_url))
+    with session_scope(engine) as session:
+        set_password(session, name, password)
+    out.print(f"changed the password of {escape(name)}; its sign-ins are closed")
+
+
 @key_cli.command("create")
 def key_create(
     user: Annotated[str, typer.Option(help="The account the key acts as.")],
@@ -611,7 +635,9 @@ def key_list(database_url: DatabaseOpt = None) -> None:
     with session_scope(engine) as session:
         for key, owner in list_keys(session):
             revoked = f"{key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else ""
-            table.add_row(key.prefix, owner, key.name, f"{key.created_at:%Y-%m-%d %H:%M}", revoked)
+            created = f"{key.created_at:%Y-%m-%d %H:%M}"
+            # names are anyone's text: escaped, or "[b" in one is read as markup and fails
+            table.add_row(escape(key.prefix), escape(owner), escape(key.name), created, revoked)
     out.print(table)
 
 

@@ -13,12 +13,13 @@ import hashlib
 import hmac
 import secrets
 from datetime import UTC, datetime
+from functools import cache
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from app.core.errors import MonoscopeError
-from app.db.models import ApiKey, User
+from app.db.models import ApiKey, SignIn, User
 
 KEY_PREFIX = "msk_"
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1}
@@ -43,12 +44,22 @@ def check_password(password: str, stored: str) -> bool:
     return hmac.compare_digest(found.hex(), digest)
 
 
+@cache
+def _unknown_user_hash() -> str:
+    """What a sign-in as nobody is checked against, so it costs one scrypt, as a real one does."""
+    return hash_password(secrets.token_urlsafe(16))
+
+
+def _check_new_password(password: str) -> None:
+    if len(password) < MIN_PASSWORD:
+        raise MonoscopeError(f"a password has at least {MIN_PASSWORD} characters")
+
+
 def add_user(session: Session, name: str, password: str) -> User:
     name = name.strip()
     if not name or len(name) > 100 or not name.isprintable():
         raise MonoscopeError("a user name is 1 to 100 printable characters")
-    if len(password) < MIN_PASSWORD:
-        raise MonoscopeError(f"a password has at least {MIN_PASSWORD} characters")
+    _check_new_password(password)
     if find_user(session, name) is not None:
         raise MonoscopeError(f"user {name!r} already exists")
     user = User(name=name, password_hash=hash_password(password))
@@ -61,11 +72,44 @@ def find_user(session: Session, name: str) -> User | None:
     return session.scalar(select(User).where(User.name == name))
 
 
-def sign_in(session: Session, name: str, password: str) -> User | None:
-    """The user when the password matches; None otherwise (same work either way)."""
+def set_password(session: Session, name: str, password: str) -> User:
+    """A new password; every browser signed in as the user is signed out."""
     user = find_user(session, name)
-    ok = check_password(password, user.password_hash if user else hash_password(""))
+    if user is None:
+        raise MonoscopeError(f"no user {name!r}; add one with `monoscope user add`")
+    _check_new_password(password)
+    user.password_hash = hash_password(password)
+    session.execute(delete(SignIn).where(SignIn.user_id == user.id))
+    session.flush()
+    return user
+
+
+def sign_in(session: Session, name: str, password: str) -> User | None:
+    """The user when the password matches; None otherwise, after the same work (one scrypt),
+    so the time taken does not tell whether the name exists."""
+    user = find_user(session, name)
+    ok = check_password(password, user.password_hash if user else _unknown_user_hash())
     return user if user is not None and ok else None
+
+
+def open_sign_in(session: Session, user: User) -> str:
+    """A new signed-in session for `user`: the token its cookie carries (only a hash is kept)."""
+    token = secrets.token_urlsafe(32)
+    session.add(SignIn(token_hash=_key_hash(token), user_id=user.id))
+    session.flush()
+    return token
+
+
+def user_for_sign_in(session: Session, token: str) -> User | None:
+    """The user a session token belongs to, or None once it is closed or was never opened."""
+    return session.scalar(
+        select(User).join(SignIn, SignIn.user_id == User.id)
+        .where(SignIn.token_hash == _key_hash(token))
+    )  # fmt: skip
+
+
+def close_sign_in(session: Session, token: str) -> None:
+    session.execute(delete(SignIn).where(SignIn.token_hash == _key_hash(token)))
 
 
 def _key_hash(secret: str) -> str:

@@ -17,8 +17,7 @@ from urllib.parse import quote
 from fastapi import Depends, HTTPException, Request
 from sqlalchemy.orm import Session
 
-from app.db.accounts import user_for_key
-from app.db.models import User
+from app.db.accounts import user_for_key, user_for_sign_in
 from app.web.deps import SessionDep
 
 CSRF_FIELD = "csrf_token"
@@ -66,10 +65,15 @@ def identify(request: Request, session: Session) -> Viewer | None:
                                 headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
         user, key = found
         return Viewer(user.id, user.name, key.id)
-    user_id = request.session.get("uid")
-    user = session.get(User, user_id) if user_id is not None else None
-    if user is None:
-        request.session.pop("uid", None)
+    return _signed_in(request, session)
+
+
+def _signed_in(request: Request, session: Session) -> Viewer | None:
+    """The user of the session cookie, while the server still holds that sign-in."""
+    token = request.session.get("sid")
+    user = user_for_sign_in(session, token) if isinstance(token, str) else None
+    if user is None:  # signed out (here or elsewhere), or the password changed since
+        request.session.pop("sid", None)
         request.session.pop("name", None)
         return None
     return Viewer(user.id, user.name, None)
@@ -82,7 +86,11 @@ def _is_api(request: Request) -> bool:
 def require_reader(request: Request, session: SessionDep) -> None:
     """Every page and API route: open, unless the server requires sign-in (health probes stay
     open either way)."""
-    if not request.app.state.settings.require_sign_in or request.url.path == "/healthz":
+    if request.url.path == "/healthz":
+        return
+    if not request.app.state.settings.require_sign_in:
+        if "sid" in request.session:
+            _signed_in(request, session)  # a closed sign-in stops showing on pages at once
         return
     if identify(request, session) is not None:
         return

@@ -135,3 +135,66 @@ def test_the_cli_adds_users_and_makes_and_revokes_keys(engine):
         assert client.post("/steer/share", json=SHARE, headers=headers).status_code == 200
         assert run_cli("key", "revoke", secret[:12], env=env).returncode == 0
         assert client.post("/steer/share", json=SHARE, headers=headers).status_code == 401
+
+
+def _share_with(client, cookie: str, token: str):
+    """A write from another browser holding a copy of a session cookie."""
+    headers = {"X-CSRF-Token": token, "Cookie": f"monoscope={cookie}"}
+    return client.post("/steer/share", json=SHARE, headers=headers)
+
+
+def test_signing_out_ends_the_session_for_every_copy_of_its_cookie(engine, people):
+    app = _app(engine)
+    with TestClient(app) as client, TestClient(app) as thief:
+        sign_in(client)
+        token = re.search(r'"X-CSRF-Token": "([^"]+)"', client.get("/steer").text).group(1)
+        copied = client.cookies["monoscope"]
+        assert _share_with(thief, copied, token).status_code == 200  # the copy works while valid
+        client.post("/logout", data={"csrf_token": token}, follow_redirects=False)
+        refused = _share_with(thief, copied, token)
+        assert refused.status_code == 401
+        page = thief.get("/", headers={"Cookie": f"monoscope={copied}"}).text
+        assert "Sign out" not in page  # the closed sign-in no longer shows either
+
+
+def test_a_password_change_signs_every_browser_out(engine, people):
+    app = _app(engine)
+    with TestClient(app) as client:
+        sign_in(client)
+        token = re.search(r'"X-CSRF-Token": "([^"]+)"', client.get("/steer").text).group(1)
+        assert client.post("/steer/share", json=SHARE,
+                           headers={"X-CSRF-Token": token}).status_code == 200  # fmt: skip
+        with session_scope(engine) as session:
+            accounts.set_password(session, "ada", "a new long password")
+        assert client.post("/steer/share", json=SHARE,
+                           headers={"X-CSRF-Token": token}).status_code == 401  # fmt: skip
+        assert sign_in(client).status_code == 400  # the old password is gone
+        assert sign_in(client, "a new long password").status_code == 303
+
+
+def test_a_sign_in_costs_the_same_whether_or_not_the_name_exists(engine, people, monkeypatch):
+    """Timing would tell which names exist; count the expensive step instead of the clock."""
+    import hashlib
+
+    calls = []
+    real = hashlib.scrypt
+    monkeypatch.setattr(
+        accounts.hashlib, "scrypt", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
+    with session_scope(engine) as session:
+        accounts.sign_in(session, "nobody", PASSWORD)  # warms the stand-in hash once
+        work = {}
+        for name in ("ada", "nobody", "ada", "someone else"):
+            calls.clear()
+            accounts.sign_in(session, name, "not the password")
+            work[name] = len(calls)
+    assert set(work.values()) == {1}, work
+
+
+def test_key_list_shows_names_that_look_like_markup(engine, people):
+    with session_scope(engine) as session:
+        accounts.create_key(session, accounts.find_user(session, "ada"), "[bold]x[/i] [link")
+    env = {"MONOSCOPE_DATABASE_URL": engine.url.render_as_string(hide_password=False)}
+    listed = run_cli("key", "list", env=env)
+    assert listed.returncode == 0, listed.stderr
+    assert "[bold]x[/i] [link" in listed.stdout and "Traceback" not in listed.stderr
