@@ -82,7 +82,8 @@ def serve(
     """Serve the web app with the model and SAEs resident."""
     import uvicorn
 
-    from app.web.app import REQUEST_HEAD_LIMIT, create_app
+    from app.web.app import create_app
+    from app.web.server import server_options
 
     settings = _settings(
         model=model, saes=sae, device=device, host=host, port=port, database_url=database_url
@@ -90,7 +91,7 @@ def serve(
     workspace = _workspace(settings)  # bad paths fail here, plainly
     _database(settings)  # so does an unreachable database
     uvicorn.run(create_app(settings, workspace), host=settings.host, port=settings.port,
-                h11_max_incomplete_event_size=REQUEST_HEAD_LIMIT)  # fmt: skip
+                **server_options(settings))  # fmt: skip
 
 
 @cli.command()

@@ -102,6 +102,18 @@ class Settings(BaseSettings):
     explainer_price_completion: float = Field(
         0.0, ge=0, description="USD per million completion tokens, for the cost of each run."
     )
+    trusted_proxies: str = Field(
+        "",
+        description="Reverse proxies whose X-Forwarded-For and X-Forwarded-Proto are believed: "
+        "addresses or networks, comma-separated (e.g. 127.0.0.1 behind a local nginx); empty: "
+        "none, and every client is known by its own address.",
+    )
+    head_timeout: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds a client has to send a request's head before the "
+        "server closes the connection (slow clients cannot hold sockets).",
+    )
     host: str = Field("127.0.0.1", description="Address the web server listens on.")
     port: int = Field(8000, ge=1, le=65535, description="Port the web server listens on.")
 

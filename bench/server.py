@@ -15,7 +15,7 @@ from contextlib import contextmanager
 
 import httpx
 
-from app.web.app import REQUEST_HEAD_LIMIT
+from app.web.server import REQUEST_HEAD_LIMIT
 
 
 def _free_port() -> int:

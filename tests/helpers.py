@@ -221,11 +221,11 @@ def serving(app, timeout: float = 30.0):
 
     import uvicorn
 
-    from app.web.app import REQUEST_HEAD_LIMIT
+    from app.web.server import server_options
 
     server = uvicorn.Server(uvicorn.Config(
         app, host="127.0.0.1", port=0, log_level="warning",
-        h11_max_incomplete_event_size=REQUEST_HEAD_LIMIT,
+        **server_options(app.state.settings),
     ))  # fmt: skip
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -39,9 +39,6 @@ from app.web.routes import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-# uvicorn's h11 parser drops a request whose head passes 16 KiB; texts typed into GET forms may
-# reach 20,000 characters, up to 180 KB once percent-encoded. Pass this to uvicorn.
-REQUEST_HEAD_LIMIT = 256 * 1024
 # Front-end libraries come from the npm registry (package.json), not copies in this repository.
 VENDOR = {
     "htmx": ROOT / "node_modules/htmx.org/dist",
