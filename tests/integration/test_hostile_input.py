@@ -153,6 +153,11 @@ def test_static_files_never_leave_their_folders(client, path):
         ("/api/v1/features/tiny/res1/-1", 422),
         ("/lists/for/tiny/res1/4294967296", 422),
         ("/labels/history/tiny/res1/2147483648", 422),
+        ("/tiny/res1?after=99999999999999999999", 400),  # keyset cursors, index order
+        ("/tiny/res1?sort=density&after=0.5:9223372036854775808", 400),
+        ("/tiny/res1?sort=density&after=1e999:3", 400),
+        ("/api/v1/saes/tiny/res1/features?after=99999999999999999999", 400),
+        ("/steer?f=tiny/res1/4294967296:clamp:5", 400),  # preset past 32 bits
     ],
 )
 def test_numbers_past_the_columns_are_refused_not_overflowed(client, path, status):

@@ -76,7 +76,8 @@ def test_the_stream_sends_tokens_for_both_sides_then_done(app_for):
         (_body([{"sae": "res1", "index": 7, "strength": 1}] * 3), 400, "the limit is 2"),
         (_body([{"sae": "res1", "index": 7, "strength": 11}]), 422, None),
         (_body(max_new_tokens=500), 400, "the limit is 32"),
-        (_body(messages=[{"role": "user", "content": "word " * 200}]), 400, "the limit is 64"),
+        (_body(messages=[{"role": "user", "content": "word " * 100}]), 400, "the limit is 64"),
+        (_body(messages=[{"role": "user", "content": "word " * 200}]), 400, "limit is 512 (64"),
         (_body([{"sae": "nope", "index": 7, "strength": 1}]), 400, "unknown SAE"),
         (_body([{"sae": "res1", "index": 99999, "strength": 1}]), 400, "outside"),
         (_body(messages=[{"role": "assistant", "content": "hi"}]), 400, "user's turn"),
@@ -219,3 +220,24 @@ def test_each_side_keeps_its_own_history_and_completion_mode_continues_text(app_
     assert both["default"] == alone["default"]  # each column follows its own conversation
     assert both["steered"] == steered_alone["steered"]
     assert completion["default"]["text"] and completion["default"] == completion["steered"]
+
+
+def test_oversized_chats_are_refused_before_tokenizing_and_count_against_the_limit(
+    app_for, monkeypatch
+):
+    from app.web.routes import steer
+
+    tokenized = []
+    real = steer.chat_prompt_ids
+    monkeypatch.setattr(steer, "chat_prompt_ids", lambda *a: tokenized.append(1) or real(*a))
+    huge = [{"role": "user", "content": "word " * 3_000}] * 60  # ~0.9 MB of messages
+    with TestClient(app_for(steer_rate_per_minute=3)) as client:
+        codes = []
+        for _ in range(4):
+            answer = client.post("/api/v1/steer", json=_body(messages=huge))
+            codes.append(answer.status_code)
+            if answer.status_code == 400:
+                assert "characters; the limit is 8,192 (1,024 tokens)" in answer.json()["detail"]
+        assert codes == [400, 400, 400, 429]  # refused requests are counted too
+        assert not tokenized
+        assert client.get("/healthz").status_code == 200

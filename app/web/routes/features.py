@@ -21,6 +21,7 @@ from app.db.queries import (
 from app.web import views
 from app.web.charts import bar_chart, decade_label, log_ticks, trimmed
 from app.web.deps import (
+    MAX_INDEX,
     FeatureIndex,
     InferenceDep,
     SessionDep,
@@ -84,14 +85,15 @@ def parse_cursor(after: str | None, sort: str) -> tuple[float | int, int] | None
         return None
     try:
         if sort == "index":
-            return (int(after), int(after))
-        value, index = after.rsplit(":", 1)
-        number = float(value)
-        if not math.isfinite(number):
+            value, index = after, after
+        else:
+            value, index = after.rsplit(":", 1)
+        number, index = (int(value) if sort == "index" else float(value)), int(index)
+        if not math.isfinite(number) or not 0 <= index <= MAX_INDEX:  # past the column: refused
             raise ValueError
-        return (number, int(index))
+        return (number, index)
     except ValueError:
-        raise HTTPException(400, f"bad page cursor {after!r}") from None
+        raise HTTPException(400, f"bad page cursor {after[:40]!r}") from None
 
 
 def format_cursor(key: tuple[float | int, int] | None, sort: str) -> str | None:

@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from sse_starlette import EventSourceResponse
+from starlette.concurrency import run_in_threadpool
 
 from app.core.errors import MonoscopeError
 from app.core.generation import GenerationRow, SamplingParams, chat_prompt_ids
@@ -27,12 +28,15 @@ from app.core.workspace import Workspace
 from app.db.models import Feature, Model, SaeRow, SteeringSession
 from app.db.search import search_explanations
 from app.settings import Settings
-from app.web.auth import WriterDep
+from app.web.auth import WriterDep, client_address
 from app.web.deps import MAX_INDEX, SessionDep, SettingsDep, TemplatesDep, WorkspaceDep
 from app.web.resident import require_loaded
 
 router = APIRouter()
 MAX_STRENGTH = 10.0
+# A token of any tokenizer we load covers a few characters at most (English BPE averages ~4);
+# text past this many per allowed token cannot fit, so it is refused before it is tokenized.
+CHARS_PER_TOKEN = 8
 PRESET = re.compile(r"^(?P<model>[^/]+)/(?P<sae>[^/]+)/(?P<index>\d+):(?P<mode>clamp|add):"
                     r"(?P<strength>-?\d+(?:\.\d+)?)$")  # fmt: skip
 
@@ -97,8 +101,14 @@ def _max_acts(session: Session, model: str, features: list[SteerFeature]) -> dic
 def build_rows(
     body: SteerIn, workspace: Workspace | None, session: Session, settings: Settings
 ) -> list[GenerationRow]:
-    """The default and the steered row, after every limit the server enforces."""
+    """The default and the steered row, after every limit the server enforces (the cheap
+    ones before the tokenizer reads anything)."""
     workspace = require_loaded(workspace, "steer")
+    texts = [m.content for m in body.messages + (body.default_messages or [])] + [body.prompt]
+    chars, tokens = sum(map(len, texts)), settings.steer_max_prompt_tokens
+    if chars > CHARS_PER_TOKEN * tokens:
+        raise HTTPException(400, f"The conversation has {chars:,} characters; the limit is "
+                                 f"{CHARS_PER_TOKEN * tokens:,} ({tokens:,} tokens).")  # fmt: skip
     if len(body.features) > settings.steer_max_features:
         raise HTTPException(400, f"{len(body.features)} features; the limit is "
                                  f"{settings.steer_max_features}.")  # fmt: skip
@@ -146,19 +156,22 @@ def build_rows(
     return rows
 
 
-def _client(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
-
-
-def _start(request: Request, body: SteerIn, workspace, settings) -> Ticket:
+def _rows(engine, body: SteerIn, workspace, settings) -> list[GenerationRow]:
     # A session of its own, closed before streaming: a request dependency's session would hold a
     # pooled connection for the whole reply, and sixteen chats would exhaust the pool.
-    with Session(request.app.state.engine) as session:
-        rows = build_rows(body, workspace, session, settings)
-    wait = request.app.state.steer_limiter.check(_client(request))
+    with Session(engine) as session:
+        return build_rows(body, workspace, session, settings)
+
+
+async def _start(request: Request, body: SteerIn, workspace, settings) -> Ticket:
+    # Every attempt counts against the limit, refused ones too: a client looping on requests
+    # that fail their checks still costs the server their parsing.
+    wait = request.app.state.steer_limiter.check(client_address(request))
     if wait is not None:
         raise HTTPException(429, f"Too many generations from this address; try again in {wait} s.",
                             headers={"Retry-After": str(wait)})  # fmt: skip
+    # Tokenizing is CPU work: in a thread, so the event loop keeps answering everyone else.
+    rows = await run_in_threadpool(_rows, request.app.state.engine, body, workspace, settings)
     return request.app.state.inference.submit(rows, asyncio.get_running_loop())  # or QueueFull
 
 
@@ -170,7 +183,7 @@ async def api_steer(
     request: Request, body: SteerIn, workspace: WorkspaceDep, settings: SettingsDep
 ) -> SteerOut:
     """Default and steered replies, whole. Same limits as the stream."""
-    ticket = _start(request, body, workspace, settings)
+    ticket = await _start(request, body, workspace, settings)
     texts, reasons = ["", ""], [None, None]
     try:
         async for part in ticket.stream():
@@ -189,7 +202,7 @@ async def api_steer_stream(
     """Server-sent events: `token` {side, text} as each side grows, then `done` {default,
     steered} with each side's finish reason, or `error` {detail}. Closing the connection stops
     the generation."""
-    ticket = _start(request, body, workspace, settings)
+    ticket = await _start(request, body, workspace, settings)
 
     async def events():
         reasons: list[str | None] = [None, None]
@@ -213,6 +226,8 @@ def parse_preset(text: str) -> tuple[str, str, int, str, float]:
     if found is None:
         raise HTTPException(400, f"Bad feature {text!r}: write model/sae/index:clamp|add:strength, "
                                  "e.g. monoscope-demo/res1/946:clamp:10.")  # fmt: skip
+    if int(found["index"]) > MAX_INDEX:
+        raise HTTPException(400, f"Feature index {found['index'][:20]} is past any SAE's width.")
     strength = float(found["strength"])
     if abs(strength) > MAX_STRENGTH:
         raise HTTPException(400, f"Strength {strength:g} is outside ±{MAX_STRENGTH:g}.")
