@@ -54,7 +54,8 @@ def review_label(
         before, after = label.text, _text(text)
         if after == before:
             return label
-        label.text, label.scores = after, {}
+        # the text shown is now the editor's; who wrote the first text stays in the history
+        label.text, label.scores, label.author = after, {}, author
         _record(session, label, author, "edited", before, after)
     elif action in ("retire", "restore"):
         if (label.retired_at is not None) == (action == "retire"):

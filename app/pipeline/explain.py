@@ -13,7 +13,7 @@ import asyncio
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import Engine, delete, select
+from sqlalchemy import Engine, delete, exists, select
 from tqdm import tqdm
 
 from app.autointerp.base import Explainer
@@ -22,7 +22,7 @@ from app.autointerp.offline import OfflineExplainer, background_counts
 from app.core.errors import MonoscopeError
 from app.db.engine import session_scope
 from app.db.labels import refresh_sae
-from app.db.models import Explanation, Feature, InterpRun, Model, SaeRow
+from app.db.models import Explanation, Feature, InterpRun, LabelEvent, Model, SaeRow
 from app.db.queries import feature_details, find_model, find_sae, token_counts, vocabulary
 
 BATCH = 256
@@ -140,13 +140,16 @@ def run_explain(
         outcomes = asyncio.run(explainer.explain_batch(evidence))
         with session_scope(engine) as session:
             ids = [d.feature.id for d in details]
+            # A retry or --force replaces this explainer's earlier label or failure, unless a
+            # person has touched it (reviewed, edited, retired): human work outlives machine runs.
             session.execute(
                 delete(Explanation).where(
                     Explanation.feature_id.in_(ids),
                     Explanation.method == explainer.method,
                     Explanation.explainer_model == explainer.model,
+                    ~exists().where(LabelEvent.explanation_id == Explanation.id),
                 )
-            )  # a retry or --force replaces this explainer's earlier label or failure
+            )
             for detail, outcome in zip(details, outcomes, strict=True):
                 session.add(
                     Explanation(

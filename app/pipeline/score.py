@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, select, update
 from tqdm import tqdm
 
 from app.autointerp.evidence import Example, FeatureEvidence
@@ -43,6 +43,7 @@ class ScoreResult:
     scored: int = 0
     failed: int = 0
     skipped: int = 0
+    stale: int = 0  # scores dropped because the label was edited while they were computed
     prompt_tokens: int = 0
     completion_tokens: int = 0
 
@@ -176,14 +177,29 @@ def run_score(
                 assert judge is not None
                 judged_scores = asyncio.run(judge.score_many(jobs, concurrency))
                 updates += [(e, s, v) for (e, s), v in zip(targets, judged_scores, strict=True)]
+            by_label: dict[int, tuple[Explanation, dict]] = {}
             for explanation, scorer, score in updates:
-                # A new dict, so the JSON column is seen as changed.
-                explanation.scores = dict(explanation.scores or {}) | {scorer: score}
-                usage = score.get("usage", {})
-                result.prompt_tokens += usage.get("prompt_tokens", 0)
-                result.completion_tokens += usage.get("completion_tokens", 0)
-                result.failed += "failed" in score
-                result.scored += "failed" not in score
+                new = by_label.setdefault(explanation.id, (explanation, {}))[1]
+                new[scorer] = score
+            for explanation, new in by_label.values():
+                # Stored only while the label still reads as it did when scored: a person may
+                # have edited it meanwhile, and the old text's scores would then sit on the new.
+                stored = session.execute(
+                    update(Explanation)
+                    .where(Explanation.id == explanation.id,
+                           Explanation.text == explanation.text)
+                    .values(scores=dict(explanation.scores or {}) | new)
+                    .execution_options(synchronize_session=False)
+                ).rowcount  # fmt: skip
+                if not stored:
+                    result.stale += len(new)
+                    continue
+                for score in new.values():
+                    usage = score.get("usage", {})
+                    result.prompt_tokens += usage.get("prompt_tokens", 0)
+                    result.completion_tokens += usage.get("completion_tokens", 0)
+                    result.failed += "failed" in score
+                    result.scored += "failed" not in score
     bar.close()
     with session_scope(engine) as session:
         refresh_sae(session, sae_id)

@@ -186,3 +186,79 @@ def test_judged_scores_and_their_failures(harvested, gpt2):
         if "failed" not in scores["detection"]:
             assert set(scores["detection"]["examples"]) <= {"top", "quantile", "negative",
                                                             "hard_negative"}  # fmt: skip
+
+
+def _review(engine, index: int, action: str, text: str = "") -> int:
+    from app.db.review import review_label
+
+    with session_scope(engine) as session:
+        label = session.scalars(
+            select(Explanation).join(Feature).where(Feature.index == index,
+                                                    Explanation.status == "ok")
+        ).first()  # fmt: skip
+        review_label(session, label, action, author="ada", text=text)
+        return label.id
+
+
+def test_a_forced_relabel_keeps_every_label_a_person_touched(harvested, gpt2):
+    """Reviews made before the run and while it runs survive it, with their history."""
+    from app.db.models import LabelEvent
+    from app.db.review import add_label
+
+    engine = harvested
+    explainer = offline_explainer(engine, gpt2.name)
+    run_explain(engine, gpt2.name, "res1", explainer, progress=False)
+    alive = _alive(engine)
+    verified = _review(engine, alive[0], "verified")
+    edited = _review(engine, alive[1], "edit", "a person's own words")
+    with session_scope(engine) as session:
+        feature = session.scalars(select(Feature).where(Feature.index == alive[2])).one()
+        human = add_label(session, feature, "written by hand", author="ada").id
+
+    class ReviewsMidRun:  # a reviewer marks a later feature's label wrong while the run goes on
+        method, model = explainer.method, explainer.model
+
+        def __init__(self):
+            self.done = False
+
+        async def explain_batch(self, evidence):
+            if not self.done:
+                self.done = True
+                self.wrong = _review(engine, alive[-1], "wrong")
+            return await explainer.explain_batch(evidence)
+
+    mid_run = ReviewsMidRun()
+    result = run_explain(engine, gpt2.name, "res1", mid_run, force=True, progress=False)
+    assert result.explained == len(alive)
+    with session_scope(engine) as session:
+        kept = {e.id: e for e in session.scalars(select(Explanation))}
+        assert kept[verified].verdict == "verified"
+        assert kept[edited].text == "a person's own words" and kept[edited].author == "ada"
+        assert kept[human].text == "written by hand"
+        assert kept[mid_run.wrong].verdict == "wrong"
+        events = session.scalars(select(LabelEvent.explanation_id)).all()
+        assert {verified, edited, human, mid_run.wrong} <= set(events)
+        untouched = [e for e in kept.values() if e.method == "offline" and e.id not in events]
+        assert len(untouched) == len(alive)  # every feature got its fresh machine label
+
+
+def test_a_score_of_a_label_edited_meanwhile_is_not_stored(harvested, gpt2, monkeypatch):
+    from app.pipeline import score
+
+    engine = harvested
+    run_explain(engine, gpt2.name, "res1", offline_explainer(engine, gpt2.name), progress=False)
+    alive = _alive(engine)
+    real = score.simulation_score
+    edited = {}
+
+    def edits_while_scoring(text, scoring):
+        if not edited:  # a person edits the first label while the job computes its score
+            edited["id"] = _review(engine, alive[0], "edit", "edited while scoring")
+        return real(text, scoring)
+
+    monkeypatch.setattr(score, "simulation_score", edits_while_scoring)
+    result = _score(engine, gpt2, ["simulation"])
+    assert result.stale == 1
+    with session_scope(engine) as session:
+        label = session.get(Explanation, edited["id"])
+        assert label.text == "edited while scoring" and label.scores == {}
