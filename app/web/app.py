@@ -23,6 +23,7 @@ from app.settings import Settings
 from app.web import views
 from app.web.auth import csrf_token, require_reader, signed_in_name
 from app.web.bodylimit import BodyLimit
+from app.web.headers import SecurityHeaders
 from app.web.markup import TokenTextCache, token_strip
 from app.web.ratelimit import RateLimiter
 from app.web.routes import (
@@ -43,6 +44,7 @@ ROOT = Path(__file__).resolve().parents[2]
 VENDOR = {
     "htmx": ROOT / "node_modules/htmx.org/dist",
     "htmx-sse": ROOT / "node_modules/htmx-ext-sse/dist",
+    "swagger-ui": ROOT / "node_modules/swagger-ui-dist",
 }
 
 
@@ -126,7 +128,10 @@ def create_app(settings: Settings | None = None, workspace: Workspace | None = N
         app.state.workspace = None
         app.state.engine.dispose()
 
-    app = FastAPI(title="Monoscope", version="0.1.0", lifespan=lifespan)
+    # /docs is served below from the npm copy of Swagger UI: FastAPI's own loads it from a CDN,
+    # a blank page offline, and its inline start-up script would break the CSP.
+    app = FastAPI(title="Monoscope", version="0.1.0", lifespan=lifespan, docs_url=None,
+                  redoc_url=None)  # fmt: skip
     app.state.settings = settings
     app.state.workspace = None
     app.state.inference = None
@@ -135,6 +140,7 @@ def create_app(settings: Settings | None = None, workspace: Workspace | None = N
     # Token-heavy pages shrink ~10×; level 4 packs nearly as tight as 9 in a fraction of the time.
     app.add_middleware(GZipMiddleware, minimum_size=2_000, compresslevel=4)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(SecurityHeaders)
     app.add_middleware(
         SessionMiddleware, secret_key=settings.session_secret(), session_cookie="monoscope",
         same_site="lax", https_only=settings.secure_cookies, max_age=14 * 24 * 3600,

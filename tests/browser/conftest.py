@@ -71,6 +71,10 @@ def page(browser, request):
     page.dialogs = dialogs
     page.requested = []  # every URL the page asked for: nothing may leave the server
     page.on("request", lambda r: page.requested.append(r.url))
+    page.refused = []  # what the Content-Security-Policy blocked: pages must need nothing of it
+    page.on(
+        "console", lambda m: "Content Security Policy" in m.text and page.refused.append(m.text)
+    )
     yield page
     report = getattr(request.node, "report_call", None)
     if report is not None and report.failed:

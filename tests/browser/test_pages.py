@@ -118,3 +118,27 @@ def test_review_a_label_and_it_becomes_the_shown_one(page, server_url):
     expect(page.locator(".label-history")).to_contain_text("verified")
     page.goto(f"{server_url}/dashboard")
     expect(page.locator(".dashboard-grid")).to_contain_text("fog over the bay")
+
+
+PAGES = ["/", "/tiny/res1", "/tiny/res1/0", "/tiny/res1/0?embed=1", "/search?q=golden",
+         "/search/text?text=The+Golden+Gate", "/steer", "/inspect?text=The+cat+sat",
+         "/dashboard", "/lists", "/login"]  # fmt: skip
+
+
+def test_every_page_runs_under_its_content_security_policy(page, server_url):
+    for path in PAGES:
+        answer = page.goto(server_url + path)
+        assert "script-src 'self'" in answer.headers["content-security-policy"], path
+        assert answer.headers["x-content-type-options"] == "nosniff"
+        assert ("x-frame-options" in answer.headers) != path.endswith("embed=1")
+    page.goto(f"{server_url}/steer")
+    assert page.evaluate("typeof htmx") == "object"
+    assert page.refused == []
+
+
+def test_the_api_docs_render_offline_from_the_local_swagger_ui(page, server_url):
+    page.goto(f"{server_url}/docs")
+    expect(page.locator(".opblock").first).to_be_visible()  # operations read from /openapi.json
+    expect(page.locator("#swagger-ui")).to_contain_text("/api/v1/steer")
+    outside = [u for u in page.requested if not u.startswith((server_url, "data:"))]
+    assert outside == [] and page.refused == []

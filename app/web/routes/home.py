@@ -62,3 +62,10 @@ def index(request: Request, workspace: WorkspaceDep, session: SessionDep, templa
     context = {"health": health, "saes": saes, "resident": set(health.harvested) & {
         f"{health.model}/{s.name}" for s in health.saes}}  # fmt: skip
     return templates.TemplateResponse(request, "home/index.html", context)
+
+
+@router.get("/docs", response_class=HTMLResponse, include_in_schema=False, name="api_docs")
+def api_docs(request: Request, templates: TemplatesDep):
+    """Swagger UI over /openapi.json, from the npm copy of swagger-ui-dist (works offline)."""
+    openapi = request.scope.get("root_path", "") + request.app.openapi_url
+    return templates.TemplateResponse(request, "home/docs.html", {"openapi": openapi})
