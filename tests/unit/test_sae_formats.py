@@ -247,3 +247,13 @@ def test_bad_site_in_config(tmp_path):
     folder = _saved(tmp_path / "b", hook_name="model.layers.1")
     with pytest.raises(SaeFormatError, match=r"unknown hook site 'model\.layers\.1'"):
         load_sae(folder)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_an_sae_with_non_finite_weights_is_refused_with_one_line(tmp_path, bad):
+    sae = random_sae(hook_name="blocks.1.hook_resid_post")
+    with torch.no_grad():
+        sae.W_dec[3, 5] = bad
+    save_saelens(sae, tmp_path)
+    with pytest.raises(SaeFormatError, match="W_dec holds NaN or infinite values"):
+        load_sae(tmp_path)

@@ -60,6 +60,9 @@ def load_sae(path: str | Path, hook_name: str | None = None) -> Sae:
             f" a Gemma Scope {GEMMA_SCOPE_PARAMS}, or a sparsify directory "
             f"({SPARSIFY_CFG} + {SPARSIFY_WEIGHTS})"
         )
+    for name, tensor in sae.state_dict().items():  # one NaN spreads to every page it touches
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise SaeFormatError(f"{local}: {name} holds NaN or infinite values; refusing it")
     if hook_name is not None:
         sae.with_hook_name(hook_name)
     try:
