@@ -190,3 +190,30 @@ def test_a_budget_beyond_the_corpus_or_a_taken_name(engine, gpt2, corpus, sae_di
     with session_scope(engine) as session:
         counts = db.count_rows(session)
     assert counts["saes"] == 2 and counts["features"] == 128
+
+
+@pytest.mark.parametrize("rescale", [False, True])
+def test_a_feature_with_a_zero_decoder_row_harvests_and_renders(
+    engine, gpt2, corpus, tmp_path, rescale
+):
+    """A dead direction (all-zero decoder row) is legal in a file and must not become NaN."""
+    from fastapi.testclient import TestClient
+
+    from app.settings import Settings
+    from app.web.app import create_app
+
+    extra = {"k": 8, "rescale_acts_by_decoder_norm": True} if rescale else {}
+    sae = random_sae(d_sae=64, architecture="topk" if rescale else "standard", seed=3, **extra)
+    with torch.no_grad():
+        sae.W_dec[5] = 0.0
+    folder = tmp_path / "zero-row"
+    save_saelens(sae, folder)
+    HarvestJob(_config(corpus, folder, tmp_path), engine, model=gpt2).run()
+    url = engine.url.render_as_string(hide_password=False)
+    with TestClient(create_app(Settings(database_url=url))) as client:
+        for index in (5, 6):
+            page = client.get(f"/{gpt2.name}/zero-row/{index}")
+            assert page.status_code == 200, page.text[-500:]
+            api = client.get(f"/api/v1/features/{gpt2.name}/zero-row/{index}")
+            assert api.status_code == 200 and "NaN" not in api.text
+        assert client.get(f"/{gpt2.name}/zero-row").status_code == 200

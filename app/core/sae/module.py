@@ -161,9 +161,15 @@ class Sae(nn.Module):
         # z is ours and no longer needed: reuse its memory rather than allocate another d_sae wide.
         return z.zero_().scatter_(-1, indices, values)
 
+    def _decoder_norms(self) -> torch.Tensor:
+        """(d_sae,) decoder row norms to divide by: a zero row (a legal, dead direction) counts
+        as 1, so its zero activation and zero direction stay zero instead of 0/0 = NaN."""
+        norms = self.W_dec.norm(dim=-1)
+        return norms.masked_fill(norms == 0, 1.0)
+
     def _acts_times_decoder(self, f: torch.Tensor) -> torch.Tensor:
         if self.cfg.rescale_acts_by_decoder_norm:
-            f = f / self.W_dec.norm(dim=-1)
+            f = f / self._decoder_norms()
         return f.to(self.dtype) @ self.W_dec
 
     def decode(self, f: torch.Tensor, norm: NormState | None = None) -> torch.Tensor:
@@ -188,7 +194,7 @@ class Sae(nn.Module):
         """What adding 1 to each feature's activation adds in SAE space, (n, d_in)."""
         rows = self.W_dec[indices]
         if self.cfg.rescale_acts_by_decoder_norm:
-            rows = rows / rows.norm(dim=-1, keepdim=True)
+            rows = rows / self._decoder_norms()[indices, None]
         return rows
 
     def feature_activations(self, x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
