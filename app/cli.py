@@ -8,6 +8,7 @@ monoscope ingest corpus.jsonl data/stores/web --model gpt2 --tokens 3000000
 monoscope harvest --model gpt2 --sae saes/res6 --corpus data/stores/web --tokens 3000000
 """
 
+import errno
 from pathlib import Path
 from typing import Annotated
 
@@ -754,6 +755,14 @@ def main() -> None:
         raise SystemExit(130) from None
     except Exception as exc:
         import click
+
+        from app.db.engine import storage_refusal
+
+        refusal = storage_refusal(exc)
+        if refusal is not None:
+            _fail(refusal)
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            _fail(f"out of disk space: {exc.filename or exc}")
 
         if isinstance(exc, click.ClickException):
             exc.show()

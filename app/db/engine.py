@@ -11,9 +11,11 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.core.errors import MonoscopeError
@@ -59,6 +61,21 @@ def _bind_text_without_nul(_conn, _cursor, statement, parameters, _context, exec
     return statement, cleaned if executemany else cleaned[0]
 
 
+def storage_refusal(exc: BaseException) -> str | None:
+    """What to tell a person when `exc` is the database refusing to store anything (read-only,
+    out of space): a state to wait out, not a bug. None for any other error."""
+    if not isinstance(exc, DBAPIError):
+        return None
+    reason, state = str(exc.orig).lower(), getattr(exc.orig, "sqlstate", None)
+    if state == "25006" or "readonly database" in reason or "read-only" in reason:
+        return "The database is read-only at the moment, so nothing was saved; reading works."
+    if state == "53100" or any(
+        words in reason for words in ("disk is full", "no space left", "could not extend file")
+    ):
+        return "The database is out of disk space, so nothing was saved; try again later."
+    return None
+
+
 def connect(url: str) -> Engine:
     """An engine for a database URL; plain postgresql:// URLs use psycopg 3."""
     try:
@@ -68,7 +85,7 @@ def connect(url: str) -> Engine:
     if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg")
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
+        if parsed.database and parsed.database != ":memory:" and not parsed.query.get("uri"):
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(parsed, connect_args={"check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
@@ -96,6 +113,8 @@ def migrate(engine: Engine, revision: str = "head") -> None:
     processes starting together take turns: each waits for the database's write lock before it
     reads the schema's version, and finds the work done by the one before it."""
     try:
+        if revision == "head" and _at_head(engine):
+            return  # nothing to do, and no write lock: a read-only database still serves
         with engine.begin() as connection:
             if engine.dialect.name == "postgresql":
                 connection.execute(
@@ -108,6 +127,12 @@ def migrate(engine: Engine, revision: str = "head") -> None:
             command.upgrade(config, revision)
     except OperationalError as exc:
         raise MonoscopeError(f"cannot open database {engine.url!r}: {exc.orig}") from exc
+
+
+def _at_head(engine: Engine) -> bool:
+    heads = set(ScriptDirectory.from_config(alembic_config(engine)).get_heads())
+    with engine.connect() as connection:
+        return set(MigrationContext.configure(connection).get_current_heads()) == heads
 
 
 @contextmanager

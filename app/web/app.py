@@ -13,12 +13,13 @@ from fastapi.middleware.gzip import GZipMiddleware
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.sessions import SessionMiddleware
 
 from app.core.serving import InferenceWorker, QueueFull
 from app.core.workspace import Workspace
-from app.db.engine import connect, migrate
+from app.db.engine import connect, migrate, storage_refusal
 from app.settings import Settings
 from app.web import views
 from app.web.auth import csrf_token, require_reader, signed_in_name
@@ -85,6 +86,13 @@ def _error_handlers(app: FastAPI) -> None:
         if exc.status_code == 404 and message == "Not Found":
             message = "There is no page at this address."
         return respond(request, exc.status_code, message, exc.headers)
+
+    @app.exception_handler(DBAPIError)
+    async def storage(request: Request, exc: DBAPIError):
+        message = storage_refusal(exc)
+        if message is None:
+            raise exc  # a real fault: the server's own 500
+        return respond(request, 503, message, {"Retry-After": "30"})
 
     @app.exception_handler(QueueFull)
     async def busy(request: Request, exc: QueueFull):
