@@ -16,7 +16,7 @@ def save_checkpoint(path: Path, step: int, **parts) -> None:
     state = {
         name: p if isinstance(p, torch.Tensor) else p.state_dict() for name, p in parts.items()
     }
-    partial = path.with_suffix(".tmp")
+    partial = path.with_suffix(".partial")
     torch.save({**state, "step": step}, partial)
     partial.replace(path)  # a kill during the write leaves the previous checkpoint intact
 

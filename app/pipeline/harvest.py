@@ -17,6 +17,7 @@ the last checkpoint and ends with exactly the database content of an uninterrupt
 import hashlib
 import json
 import math
+import re
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -50,6 +51,7 @@ from app.db.queries import find_sae
 from app.pipeline.ingest import TokenStore, ingest
 
 KIND_NAMES = ("top", "quantile")
+SHARD_NAME = re.compile(r"shard-(?P<start>\d{7})-(?P<end>\d{7})\.npz")
 
 
 @dataclass(frozen=True)
@@ -202,10 +204,15 @@ class HarvestJob:
             edges = torch.load(checkpoint, weights_only=True)["log10_edges"]
             stats = FeatureStatistics(sae.d_sae, edges.numpy())
             done = load_checkpoint(checkpoint, log10_edges=edges, **stats.state())
-        shards = sorted(work.glob("shard-*.npz"))
-        for stale in [s for s in shards if int(s.stem.split("-")[2]) > done]:
-            stale.unlink()  # written after the last checkpoint: those batches run again
-        shards = [s for s in shards if s.exists()]
+        for partial in work.glob("*.partial"):
+            partial.unlink()  # a write the kill cut short
+        shards = []
+        for path in sorted(work.glob("shard-*.npz")):
+            found = SHARD_NAME.fullmatch(path.name)
+            if found is None or int(found["end"]) > done:
+                path.unlink()  # not ours, or written after the last checkpoint: redone
+            else:
+                shards.append(path)
 
         pending: list[dict[str, np.ndarray]] = []
         bar = tqdm(
@@ -254,8 +261,11 @@ class HarvestJob:
     @staticmethod
     def _write_shard(work: Path, start: int, end: int, parts: list[dict]) -> Path:
         path = work / f"shard-{start:07d}-{end:07d}.npz"
-        partial = path.with_suffix(".tmp.npz")
-        np.savez(partial, **{key: np.concatenate([p[key] for p in parts]) for key in parts[0]})
+        # Written beside, under a name the shard pattern never matches, then renamed: a kill at
+        # any instant leaves either the whole shard or a partial file the resume deletes.
+        partial = path.with_suffix(".partial")
+        with partial.open("wb") as file:  # a file object: np.savez adds no .npz to its name
+            np.savez(file, **{key: np.concatenate([p[key] for p in parts]) for key in parts[0]})
         partial.replace(path)
         return path
 

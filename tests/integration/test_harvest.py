@@ -148,6 +148,62 @@ def test_a_killed_harvest_resumes_to_the_same_database(
     assert resumed == uninterrupted
 
 
+def _killed_mid_write(real, nth: int, file_arg: int):
+    """`real` (np.savez or torch.save, whose file is argument `file_arg`) that, at its nth call,
+    leaves half a file and dies."""
+    calls = []
+
+    def write(*args, **kwargs):
+        calls.append(1)
+        real(*args, **kwargs)
+        if len(calls) == nth:
+            file = args[file_arg]
+            with open(file if isinstance(file, (str, Path)) else file.name, "r+b") as f:
+                f.truncate(f.seek(0, 2) // 2)
+            raise KeyboardInterrupt
+
+    return write
+
+
+@pytest.mark.parametrize("instant", ["mid-shard", "mid-checkpoint", "shard-unrecorded", "write"])
+def test_a_harvest_killed_at_any_instant_resumes_to_the_same_database(
+    engine, gpt2, corpus, sae_dir, tmp_path, monkeypatch, instant
+):
+    import app.core.checkpoint as checkpoint_module
+
+    _run(engine, gpt2, _config(corpus, sae_dir, tmp_path / "a"))
+    uninterrupted = database_snapshot(engine)
+    config = _config(corpus, sae_dir, tmp_path / "b", replace=True)
+    with monkeypatch.context() as patched:
+        if instant == "mid-shard":
+            patched.setattr(np, "savez", _killed_mid_write(np.savez, 2, 0))
+        elif instant == "mid-checkpoint":
+            patched.setattr(checkpoint_module.torch, "save", _killed_mid_write(torch.save, 2, 1))
+        elif instant == "shard-unrecorded":  # the shard is whole, its checkpoint never came
+            real = harvest_module.save_checkpoint
+            calls = []
+
+            def dies(*args, **kwargs):
+                calls.append(1)
+                if len(calls) == 2:
+                    raise KeyboardInterrupt
+                real(*args, **kwargs)
+
+            patched.setattr(harvest_module, "save_checkpoint", dies)
+        else:  # the pass is done and the database write dies
+
+            def dies(*args, **kwargs):
+                raise KeyboardInterrupt
+
+            patched.setattr(harvest_module.db, "insert_examples", dies)
+        with pytest.raises(KeyboardInterrupt):
+            _run(engine, gpt2, config)
+    assert database_snapshot(engine) == uninterrupted  # the killed run changed nothing
+    _run(engine, gpt2, config)
+    assert database_snapshot(engine) == uninterrupted
+    assert not list((tmp_path / "b").rglob("*.partial"))
+
+
 def _assert_empty(engine):
     with session_scope(engine) as session:
         assert all(n == 0 for n in db.count_rows(session).values())
