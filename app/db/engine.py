@@ -5,6 +5,8 @@ migrate(engine)                                      # alembic upgrade head
 with session_scope(engine) as session: ...           # one transaction: all or nothing
 """
 
+import fcntl
+import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -133,6 +135,32 @@ def _at_head(engine: Engine) -> bool:
     heads = set(ScriptDirectory.from_config(alembic_config(engine)).get_heads())
     with engine.connect() as connection:
         return set(MigrationContext.configure(connection).get_current_heads()) == heads
+
+
+@contextmanager
+def job_lock(engine: Engine, name: str) -> Iterator[None]:
+    """Jobs of one `name` (e.g. "explain:12", one SAE's labelling) take turns across processes
+    and machines: a PostgreSQL advisory lock held on its own connection, or a lock file beside
+    a SQLite database. Without it two runs both found the same features unlabelled and labelled
+    (and paid for) them twice."""
+    if engine.dialect.name == "postgresql":
+        key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+        with engine.connect() as connection:
+            connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
+            try:
+                yield
+            finally:
+                connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+        return
+    database = engine.url.database
+    folder = Path(database).parent if database and database != ":memory:" else None
+    if folder is None or engine.url.query.get("uri"):
+        yield  # one process owns an in-memory database
+        return
+    safe = "".join(c if c.isalnum() else "-" for c in name)
+    with open(folder / f".{Path(database).name}.{safe}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes
+        yield
 
 
 @contextmanager

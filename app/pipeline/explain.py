@@ -20,7 +20,7 @@ from app.autointerp.base import Explainer
 from app.autointerp.evidence import FeatureEvidence
 from app.autointerp.offline import OfflineExplainer, background_counts
 from app.core.errors import MonoscopeError
-from app.db.engine import session_scope
+from app.db.engine import job_lock, session_scope
 from app.db.labels import refresh_sae
 from app.db.models import Explanation, Feature, InterpRun, LabelEvent, Model, SaeRow
 from app.db.queries import feature_details, find_model, find_sae, token_counts, vocabulary
@@ -116,6 +116,16 @@ def run_explain(
     force: bool = False,
     progress: bool = True,
 ) -> ExplainResult:
+    """Label the SAE's alive features. Runs on one SAE take turns, on any machine (job_lock):
+    the second starts once the first is done and skips what it labelled."""
+    with job_lock(engine, f"explain:{model}/{sae}"):
+        return _explain(engine, model, sae, explainer, features, force, progress)
+
+
+def _explain(
+    engine: Engine, model: str, sae: str, explainer: Explainer, features: list[int] | None,
+    force: bool, progress: bool,
+) -> ExplainResult:  # fmt: skip
     with session_scope(engine) as session:
         sae_row = find_sae(session, model, sae)
         if sae_row is None:

@@ -26,7 +26,7 @@ from app.core.errors import MonoscopeError
 from app.core.model import LoadedModel
 from app.core.sae import Sae
 from app.db.codec import unpack_ids
-from app.db.engine import session_scope
+from app.db.engine import job_lock, session_scope
 from app.db.labels import refresh_sae
 from app.db.models import Context, Explanation, Feature
 from app.db.queries import feature_details, find_sae, vocabulary
@@ -120,87 +120,92 @@ def run_score(
     concurrency: int = 8,
     progress: bool = True,
 ) -> ScoreResult:
-    unknown = [s for s in scorers if s not in SCORERS]
-    if unknown:
-        raise MonoscopeError(f"unknown scorer {unknown[0]!r}; use {', '.join(SCORERS)}")
-    if any(s in JUDGED for s in scorers) and judge is None:
-        raise MonoscopeError("detection and fuzzing need an LLM: set MONOSCOPE_EXPLAINER_BASE_URL")
-    with session_scope(engine) as session:
-        sae_row = find_sae(session, model, sae)
-        if sae_row is None:
-            raise MonoscopeError(f"no SAE {model}/{sae} in the database; harvest it first")
-        vocab = vocabulary(session, sae_row.model_id)
-        labelled = (
-            select(Feature.index)
-            .join(Explanation)
-            .where(Feature.sae_id == sae_row.id, Explanation.status == "ok")
-        )
-        if features is not None:
-            labelled = labelled.where(Feature.index.in_(features))
-        todo = sorted(set(session.scalars(labelled)))
-        model_id, sae_id = sae_row.model_id, sae_row.id
-        n_labels = session.scalar(
-            select(func.count()).select_from(Explanation).join(Feature)
-            .where(Feature.sae_id == sae_row.id, Explanation.status == "ok")
-        )  # fmt: skip
-    pool = negative_pool(engine, model_id, resident, resident_sae, vocab, pool_size)
-    result = ScoreResult()
-    bar = tqdm(total=n_labels if features is None else None, unit="label", desc="score",
-               disable=not progress)  # fmt: skip
-    for start in range(0, len(todo), BATCH):
+    """Score the SAE's labels with `scorers`. Runs on one SAE take turns (job_lock), so two at
+    once never pay a judge twice for the same label."""
+    with job_lock(engine, f"score:{model}/{sae}"):
+        unknown = [s for s in scorers if s not in SCORERS]
+        if unknown:
+            raise MonoscopeError(f"unknown scorer {unknown[0]!r}; use {', '.join(SCORERS)}")
+        if any(s in JUDGED for s in scorers) and judge is None:
+            raise MonoscopeError(
+                "detection and fuzzing need an LLM: set MONOSCOPE_EXPLAINER_BASE_URL"
+            )
         with session_scope(engine) as session:
-            details = feature_details(session, model, sae, todo[start : start + BATCH])
-            updates, jobs, targets = [], [], []
-            for detail in details:
-                evidence = FeatureEvidence.from_detail(detail, vocab)
-                peak_tokens = {int(e.token_ids[e.max_position]) for e in detail.of_kind("top")}
-                positives = evidence.split()[1]
-                negatives = pool.negatives(detail.feature.index, peak_tokens, n_negatives)
-                scoring = ScoringSet(positives, negatives)
-                judged = ScoringSet(positives[:JUDGE_POSITIVES], negatives[:JUDGE_NEGATIVES])
-                for explanation in (e for e in detail.explanations if e.status == "ok"):
-                    bar.update(1)
-                    for scorer in scorers:
-                        if not _needs(explanation, scorer, force):
-                            result.skipped += 1
-                        elif scorer == "simulation":
-                            try:
-                                score = simulation_score(explanation.text, scoring)
-                            except ScoreError as exc:
-                                score = {"failed": str(exc)}
-                            updates.append((explanation, scorer, score))
-                        else:
-                            jobs.append((scorer, explanation.text, judged, detail.feature.index,
-                                         evidence.max_act))  # fmt: skip
-                            targets.append((explanation, scorer))
-            if jobs:
-                assert judge is not None
-                judged_scores = asyncio.run(judge.score_many(jobs, concurrency))
-                updates += [(e, s, v) for (e, s), v in zip(targets, judged_scores, strict=True)]
-            by_label: dict[int, tuple[Explanation, dict]] = {}
-            for explanation, scorer, score in updates:
-                new = by_label.setdefault(explanation.id, (explanation, {}))[1]
-                new[scorer] = score
-            for explanation, new in by_label.values():
-                # Stored only while the label still reads as it did when scored: a person may
-                # have edited it meanwhile, and the old text's scores would then sit on the new.
-                stored = session.execute(
-                    update(Explanation)
-                    .where(Explanation.id == explanation.id,
-                           Explanation.text == explanation.text)
-                    .values(scores=dict(explanation.scores or {}) | new)
-                    .execution_options(synchronize_session=False)
-                ).rowcount  # fmt: skip
-                if not stored:
-                    result.stale += len(new)
-                    continue
-                for score in new.values():
-                    usage = score.get("usage", {})
-                    result.prompt_tokens += usage.get("prompt_tokens", 0)
-                    result.completion_tokens += usage.get("completion_tokens", 0)
-                    result.failed += "failed" in score
-                    result.scored += "failed" not in score
-    bar.close()
-    with session_scope(engine) as session:
-        refresh_sae(session, sae_id)
-    return result
+            sae_row = find_sae(session, model, sae)
+            if sae_row is None:
+                raise MonoscopeError(f"no SAE {model}/{sae} in the database; harvest it first")
+            vocab = vocabulary(session, sae_row.model_id)
+            labelled = (
+                select(Feature.index)
+                .join(Explanation)
+                .where(Feature.sae_id == sae_row.id, Explanation.status == "ok")
+            )
+            if features is not None:
+                labelled = labelled.where(Feature.index.in_(features))
+            todo = sorted(set(session.scalars(labelled)))
+            model_id, sae_id = sae_row.model_id, sae_row.id
+            n_labels = session.scalar(
+                select(func.count()).select_from(Explanation).join(Feature)
+                .where(Feature.sae_id == sae_row.id, Explanation.status == "ok")
+            )  # fmt: skip
+        pool = negative_pool(engine, model_id, resident, resident_sae, vocab, pool_size)
+        result = ScoreResult()
+        bar = tqdm(total=n_labels if features is None else None, unit="label", desc="score",
+                   disable=not progress)  # fmt: skip
+        for start in range(0, len(todo), BATCH):
+            with session_scope(engine) as session:
+                details = feature_details(session, model, sae, todo[start : start + BATCH])
+                updates, jobs, targets = [], [], []
+                for detail in details:
+                    evidence = FeatureEvidence.from_detail(detail, vocab)
+                    peak_tokens = {int(e.token_ids[e.max_position]) for e in detail.of_kind("top")}
+                    positives = evidence.split()[1]
+                    negatives = pool.negatives(detail.feature.index, peak_tokens, n_negatives)
+                    scoring = ScoringSet(positives, negatives)
+                    judged = ScoringSet(positives[:JUDGE_POSITIVES], negatives[:JUDGE_NEGATIVES])
+                    for explanation in (e for e in detail.explanations if e.status == "ok"):
+                        bar.update(1)
+                        for scorer in scorers:
+                            if not _needs(explanation, scorer, force):
+                                result.skipped += 1
+                            elif scorer == "simulation":
+                                try:
+                                    score = simulation_score(explanation.text, scoring)
+                                except ScoreError as exc:
+                                    score = {"failed": str(exc)}
+                                updates.append((explanation, scorer, score))
+                            else:
+                                jobs.append((scorer, explanation.text, judged, detail.feature.index,
+                                             evidence.max_act))  # fmt: skip
+                                targets.append((explanation, scorer))
+                if jobs:
+                    assert judge is not None
+                    judged_scores = asyncio.run(judge.score_many(jobs, concurrency))
+                    updates += [(e, s, v) for (e, s), v in zip(targets, judged_scores, strict=True)]
+                by_label: dict[int, tuple[Explanation, dict]] = {}
+                for explanation, scorer, score in updates:
+                    new = by_label.setdefault(explanation.id, (explanation, {}))[1]
+                    new[scorer] = score
+                for explanation, new in by_label.values():
+                    # Stored only while the label still reads as it did when scored: a person may
+                    # have edited it meanwhile, and the old text's scores would then sit on the new.
+                    stored = session.execute(
+                        update(Explanation)
+                        .where(Explanation.id == explanation.id,
+                               Explanation.text == explanation.text)
+                        .values(scores=dict(explanation.scores or {}) | new)
+                        .execution_options(synchronize_session=False)
+                    ).rowcount  # fmt: skip
+                    if not stored:
+                        result.stale += len(new)
+                        continue
+                    for score in new.values():
+                        usage = score.get("usage", {})
+                        result.prompt_tokens += usage.get("prompt_tokens", 0)
+                        result.completion_tokens += usage.get("completion_tokens", 0)
+                        result.failed += "failed" in score
+                        result.scored += "failed" not in score
+        bar.close()
+        with session_scope(engine) as session:
+            refresh_sae(session, sae_id)
+        return result

@@ -262,3 +262,38 @@ def test_a_score_of_a_label_edited_meanwhile_is_not_stored(harvested, gpt2, monk
     with session_scope(engine) as session:
         label = session.get(Explanation, edited["id"])
         assert label.text == "edited while scoring" and label.scores == {}
+
+
+def test_two_explain_runs_at_once_take_turns_and_label_each_feature_once(harvested, gpt2):
+    import threading
+
+    engine = harvested
+    started = threading.Barrier(2)
+
+    class Slow(Scripted):  # long enough that both runs are under way at once
+        async def explain_batch(self, evidence):
+            import asyncio
+
+            await asyncio.sleep(0.2)
+            return await super().explain_batch(evidence)
+
+    explainers = [Slow(set()), Slow(set())]
+    results = []
+
+    def run(explainer):
+        started.wait()
+        results.append(run_explain(engine, gpt2.name, "res1", explainer, progress=False))
+
+    threads = [threading.Thread(target=run, args=(e,)) for e in explainers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    alive = _alive(engine)
+    with session_scope(engine) as session:
+        labelled = session.scalars(
+            select(Feature.index).join(Explanation).where(Explanation.method == "openai")
+        ).all()
+    assert sorted(labelled) == sorted(alive)  # once each
+    assert sorted(r.explained for r in results) == [0, len(alive)]
+    assert sorted(len(e.calls) for e in explainers) == [0, len(alive)]  # nothing paid twice
