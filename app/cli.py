@@ -105,15 +105,42 @@ def demo(
     """Serve the shipped demo model and its two SAEs: works offline, on a CPU.
 
     On first start it fills the database: harvests each demo SAE over 1M held-out tokens and labels
-    its features with the offline explainer (about four minutes on two CPU cores, resumable)."""
-    from app.pipeline.demo_build import build_demo_database, demo_database_ready
+    its features with the offline explainer (about five minutes on two idle CPU cores,
+    resumable); the site shows that progress meanwhile. It prints a one-time sign-in link for
+    the local administrator ("admin"), so saving lists and shares works at once."""
+    import uvicorn
 
-    settings = _settings(device=device, database_url=database_url)
+    from app.pipeline.demo_build import build_demo_database, demo_database_ready
+    from app.web.app import create_app
+    from app.web.first_start import FirstStart
+    from app.web.server import server_options
+
+    settings = _settings(device=device, host=host, port=port, database_url=database_url)
     engine = _database(settings)
+    workspace = _workspace(settings)
     if not demo_database_ready(engine):
-        out.print(f"building the demo database in {engine.url.render_as_string()} ...")
-    build_demo_database(engine, settings.data_dir / "demo-harvest")  # labels resume too
-    serve(model=None, sae=None, device=device, host=host, port=port, database_url=database_url)
+        out.print(f"building the demo database in {engine.url.render_as_string()}; the site "
+                  "shows its progress meanwhile")  # fmt: skip
+
+    def build(progress) -> None:  # labels and scores resume too, when a crash cut them short
+        build_demo_database(engine, settings.data_dir / "demo-harvest", stage=progress.set_stage)
+
+    app = FirstStart(settings, build, lambda: create_app(settings, workspace))
+    # plain print: rich would wrap the long link at the terminal's width, breaking it
+    print(f"sign in as admin (once, within a day): {_admin_link(engine, settings)}", flush=True)
+    uvicorn.run(app, host=settings.host, port=settings.port, **server_options(settings))
+
+
+def _admin_link(engine, settings: Settings) -> str:
+    from datetime import timedelta
+
+    from app.db.accounts import create_sign_in_link, ensure_user
+    from app.db.engine import session_scope
+
+    with session_scope(engine) as session:
+        token = create_sign_in_link(session, ensure_user(session, "admin"), timedelta(days=1))
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    return f"http://{host}:{settings.port}/login/link?token={token}"
 
 
 @cli.command()

@@ -12,14 +12,14 @@ characters are kept to name it in listings and on revocation.
 import hashlib
 import hmac
 import secrets
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import cache
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from app.core.errors import MonoscopeError
-from app.db.models import ApiKey, SignIn, User
+from app.db.models import ApiKey, SignIn, SignInLink, User
 
 KEY_PREFIX = "msk_"
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1}
@@ -148,3 +148,32 @@ def list_keys(session: Session) -> list[tuple[ApiKey, str]]:
         select(ApiKey, User.name).join(User, User.id == ApiKey.user_id).order_by(ApiKey.id)
     )
     return [(key, name) for key, name in rows]
+
+
+def ensure_user(session: Session, name: str) -> User:
+    """The user `name`, made with a random password nobody knows when missing (an account that
+    signs in only through links)."""
+    return find_user(session, name) or add_user(session, name, secrets.token_urlsafe(24))
+
+
+def create_sign_in_link(session: Session, user: User, valid_for: timedelta) -> str:
+    """A token that signs `user` in once within `valid_for`; only its hash is kept."""
+    token = secrets.token_urlsafe(32)
+    session.add(SignInLink(token_hash=_key_hash(token), user_id=user.id,
+                           expires_at=datetime.now(UTC) + valid_for))  # fmt: skip
+    session.flush()
+    return token
+
+
+def use_sign_in_link(session: Session, token: str) -> User | None:
+    """The link's user, once: the link is spent in the same statement that checks it, so two
+    clicks at once cannot both sign in."""
+    now = datetime.now(UTC)
+    user_id = session.scalar(
+        update(SignInLink)
+        .where(SignInLink.token_hash == _key_hash(token), SignInLink.used_at.is_(None),
+               SignInLink.expires_at > now)
+        .values(used_at=now)
+        .returning(SignInLink.user_id)
+    )  # fmt: skip
+    return session.get(User, user_id) if user_id is not None else None

@@ -4,7 +4,7 @@ demo database from them (`monoscope demo` on first start).
 The configurations here are the ones the committed weights were made with.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -85,17 +85,22 @@ def build_demo_database(
     tokens: int = DEMO_DB_TOKENS,
     progress: bool = True,
     saes: Sequence[Path] = tuple(DEMO_SAES.values()),
+    stage: Callable[[str], None] = lambda _: None,
 ) -> None:
     """Harvest each shipped SAE over held-out world text into the database, label every feature
     with the offline explainer and score the labels by simulation. Each step resumes where a
-    crash left it."""
+    crash left it; `stage` hears what is under way (the first-start page shows it)."""
+    stage("loading the demo model")
     model = load_model(DEMO_MODEL, device="cpu")
-    for path in saes:
-        name = sae_name(str(path))
+    for n, path in enumerate(saes, 1):
+        name, of = sae_name(str(path)), f"SAE {n} of {len(saes)}"
         if not _harvested(engine, path):
+            stage(f"harvesting {name} ({of}): top examples over {tokens:,} held-out tokens")
             config = demo_harvest_config(work_dir, tokens, path)
             HarvestJob(replace(config, progress=progress), engine).run()
+        stage(f"labelling the features of {name} ({of})")
         explainer = offline_explainer(engine, DEMO_MODEL.name)
         run_explain(engine, DEMO_MODEL.name, name, explainer, progress=progress)
+        stage(f"scoring the labels of {name} ({of})")
         sae = model.attach(load_sae(str(path)))
         run_score(engine, DEMO_MODEL.name, name, ["simulation"], model, sae, progress=progress)

@@ -1,5 +1,5 @@
 """Sign-ins kept on the server, so that signing out or changing a password ends a session even
-in a cookie copied before.
+in a cookie copied before; one-time sign-in links (the demo prints one for its administrator).
 
 Revision ID: 0006
 Revises: 0005
@@ -29,8 +29,20 @@ def upgrade() -> None:
         sa.UniqueConstraint("token_hash"),
     )
     op.create_index("ix_sign_ins_user_id", "sign_ins", ["user_id"])
+    op.create_table(
+        "sign_in_links",
+        sa.Column("id", Id, nullable=False),
+        sa.Column("token_hash", sa.String(length=64), nullable=False),
+        sa.Column("user_id", Id, nullable=False),
+        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("used_at", sa.DateTime(timezone=True), nullable=True),
+        sa.ForeignKeyConstraint(["user_id"], ["users.id"], ondelete="CASCADE"),
+        sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("token_hash"),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("sign_in_links")
     op.drop_index("ix_sign_ins_user_id", table_name="sign_ins")
     op.drop_table("sign_ins")

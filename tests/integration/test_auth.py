@@ -198,3 +198,21 @@ def test_key_list_shows_names_that_look_like_markup(engine, people):
     listed = run_cli("key", "list", env=env)
     assert listed.returncode == 0, listed.stderr
     assert "[bold]x[/i] [link" in listed.stdout and "Traceback" not in listed.stderr
+
+
+def test_a_sign_in_link_works_once_and_not_after_it_expires(engine):
+    from datetime import timedelta
+
+    with session_scope(engine) as session:
+        admin = accounts.ensure_user(session, "admin")
+        assert accounts.ensure_user(session, "admin").id == admin.id
+        token = accounts.create_sign_in_link(session, admin, timedelta(days=1))
+        stale = accounts.create_sign_in_link(session, admin, timedelta(seconds=-1))
+    with TestClient(_app(engine)) as client:
+        signed = client.get(f"/login/link?token={token}", follow_redirects=False)
+        assert signed.status_code == 303
+        assert "Sign out" in client.get("/").text and "admin" in client.get("/").text
+        again = client.get(f"/login/link?token={token}")
+        assert again.status_code == 400 and "used already or has expired" in again.text
+        assert client.get(f"/login/link?token={stale}").status_code == 400
+        assert client.get("/login/link?token=guess").status_code == 400

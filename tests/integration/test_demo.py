@@ -142,11 +142,14 @@ def _the_site_shows_it(engine, feature: int) -> None:
 
 @pytest.mark.slow
 def test_monoscope_demo_builds_its_database_then_serves(tmp_path):
-    """The README's first command, end to end: 1M tokens harvested, then the server answers."""
+    """The README's first command, end to end: the port answers at once with the build's
+    progress, 1M tokens are harvested, then the site serves and the printed link signs in."""
     import os
+    import re
     import socket
     import subprocess
     import sys
+    import threading
     import time
 
     import httpx
@@ -158,20 +161,39 @@ def test_monoscope_demo_builds_its_database_then_serves(tmp_path):
     server = subprocess.Popen(
         [sys.executable, "-c", "from app.cli import main; main()", "demo", "--port", str(port)],
         env=env,
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
+        text=True,
     )
+    printed: list[str] = []
+    threading.Thread(target=lambda: printed.extend(server.stdout), daemon=True).start()
+    base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 900
-        while time.monotonic() < deadline:
+        started, building = time.monotonic(), None
+        while building is None and time.monotonic() - started < 120:
             assert server.poll() is None, "monoscope demo exited"
             try:
-                health = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).json()
-                break
+                building = httpx.get(f"{base}/healthz", timeout=2)
             except httpx.TransportError:
-                time.sleep(2)
+                time.sleep(0.5)
+        assert building.status_code == 503 and building.json()["status"] == "building"
+        page = httpx.get(f"{base}/", timeout=5)
+        assert page.status_code == 503 and "building its database" in page.text
+        assert 'http-equiv="refresh"' in page.text
+        deadline = time.monotonic() + 900
+        while (health := httpx.get(f"{base}/healthz", timeout=5)).status_code == 503:
+            assert time.monotonic() < deadline and health.json()["status"] == "building"
+            time.sleep(2)
+        health = health.json()
         assert health["harvested"] == ["monoscope-demo/res1", "monoscope-demo/res3"]
         assert [s["name"] for s in health["saes"]] == ["res1", "res3"]
+        link = re.search(r"http://\S+/login/link\?token=\S+", "".join(printed)).group(0)
+        with httpx.Client(follow_redirects=True) as browser:
+            signed = browser.get(link)
+            assert (
+                signed.status_code == 200 and "admin" in signed.text and "Sign out" in signed.text
+            )
+            assert browser.get(link).status_code == 400  # once only
     finally:
         server.terminate()
         server.wait(timeout=30)

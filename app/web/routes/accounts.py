@@ -2,11 +2,11 @@
 
 from typing import Annotated
 
-from fastapi import APIRouter, Form, HTTPException, Request
+from fastapi import APIRouter, Form, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
-from app.db.accounts import close_sign_in, open_sign_in, sign_in
+from app.db.accounts import close_sign_in, open_sign_in, sign_in, use_sign_in_link
 from app.web.auth import check_csrf, client_address, csrf_token
 from app.web.deps import SessionDep, TemplatesDep
 
@@ -49,6 +49,19 @@ async def login_submit(
     request.session.clear()  # a fresh session (and CSRF token) for the signed-in user
     request.session.update({"sid": token, "name": user.name})
     return RedirectResponse(local_path(next), status_code=303)
+
+
+@router.get("/login/link", name="login_link")
+def login_link(request: Request, session: SessionDep, token: Annotated[str, Query(max_length=100)]):
+    """Sign in with a one-time link (`monoscope demo` prints one for its administrator)."""
+    user = use_sign_in_link(session, token)
+    if user is None:
+        raise HTTPException(400, "This sign-in link was used already or has expired.")
+    sign_in_token = open_sign_in(session, user)
+    session.commit()
+    request.session.clear()
+    request.session.update({"sid": sign_in_token, "name": user.name})
+    return RedirectResponse("/", status_code=303)
 
 
 @router.post("/logout", name="logout")
