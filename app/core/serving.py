@@ -157,9 +157,13 @@ class InferenceWorker:
             self._wake.notify()
         self._thread.join(timeout=30)
 
-    def _run_calls(self) -> None:
-        """The calls waiting now, oldest first, each seeing only the hooks it installs."""
-        while True:
+    def _run_calls(self, most: int | None = None) -> None:
+        """Calls waiting now (at most `most`), oldest first, each seeing only the hooks it
+        installs. Between two decode steps only one runs: under a stream of inspections, chats
+        that waited for every queued call before each token crawled (2 replies in 30 s against
+        180 inspections); alternating, each side keeps a fair share of the model."""
+        while most is None or most > 0:
+            most = None if most is None else most - 1
             with self._wake:
                 if not self._calls:
                     return
@@ -219,7 +223,7 @@ class InferenceWorker:
                         else:
                             still.append((ticket, a, b))
                     active[:] = still
-                    self._run_calls()
+                    self._run_calls(most=1)
             except Exception as exc:  # handed to every request still in the batch
                 for ticket, _, _ in active:
                     ticket._put(exc)
