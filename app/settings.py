@@ -6,6 +6,7 @@
 Field descriptions double as CLI help and README documentation.
 """
 
+import re
 import secrets
 from pathlib import Path
 from typing import Annotated
@@ -102,6 +103,12 @@ class Settings(BaseSettings):
     explainer_price_completion: float = Field(
         0.0, ge=0, description="USD per million completion tokens, for the cost of each run."
     )
+    base_url: str | None = Field(
+        None,
+        description="The server's public address, e.g. https://monoscope.example.org: every link "
+        "and share URL names it; unset: the address the request arrived at (never its Host "
+        "header). Set it behind a proxy.",
+    )
     trusted_proxies: str = Field(
         "",
         description="Reverse proxies whose X-Forwarded-For and X-Forwarded-Proto are believed: "
@@ -139,6 +146,13 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @field_validator("base_url")
+    @classmethod
+    def _absolute_url(cls, value: str | None) -> str | None:
+        if value and not re.fullmatch(r"https?://[^/?#\s]+/?", value):
+            raise ValueError("base_url is a scheme and host, e.g. https://monoscope.example.org")
+        return value or None
 
     @field_validator("device")
     @classmethod

@@ -24,6 +24,7 @@ from app.settings import Settings
 from app.web import views
 from app.web.auth import csrf_token, require_reader, signed_in_name
 from app.web.bodylimit import BodyLimit
+from app.web.canonical import CanonicalHost
 from app.web.headers import SecurityHeaders
 from app.web.markup import TokenTextCache, token_strip
 from app.web.ratelimit import RateLimiter
@@ -149,6 +150,7 @@ def create_app(settings: Settings | None = None, workspace: Workspace | None = N
     app.add_middleware(GZipMiddleware, minimum_size=2_000, compresslevel=4)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(SecurityHeaders)
+    app.add_middleware(CanonicalHost, base_url=settings.base_url)
     app.add_middleware(
         SessionMiddleware, secret_key=settings.session_secret(), session_cookie="monoscope",
         same_site="lax", https_only=settings.secure_cookies, max_age=14 * 24 * 3600,

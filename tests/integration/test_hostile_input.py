@@ -165,3 +165,25 @@ def test_numbers_past_the_columns_are_refused_not_overflowed(client, path, statu
     past_ids = "/api/v1/lists/x/items/9223372036854775808"  # ids are 64-bit
     assert client.delete(past_ids, headers=client.key).status_code == 422
     assert client.delete(past_ids.replace("808", "807"), headers=client.key).status_code == 404
+
+
+def test_links_never_follow_a_forged_host_header(engine):
+    from fastapi.testclient import TestClient
+
+    from app.web.app import create_app
+
+    with writer_client(engine) as client:
+        evil = {"Host": "evil.example"}
+        shared = client.post("/steer/share", json={"features": []}, headers=client.key | evil)
+        assert shared.json()["url"].startswith("http://testserver/steer/")  # the socket's name
+        page = client.get("/tiny/res1/0", headers=evil).text
+        assert "evil.example" not in page
+        listed = client.get("/api/v1/saes", headers=evil).text
+        assert "evil.example" not in listed and "http://testserver/tiny/res1" in listed
+    url = engine.url.render_as_string(hide_password=False)
+    public = Settings(database_url=url, base_url="https://monoscope.example.org")
+    with TestClient(create_app(public)) as client:
+        page = client.get("/tiny/res1/0", headers={"Host": "evil.example"})
+        assert "https://monoscope.example.org/tiny/res1" in page.text and "evil" not in page.text
+    with pytest.raises(ValueError, match="scheme and host"):
+        Settings(base_url="monoscope.example.org/x")
