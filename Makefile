@@ -44,6 +44,7 @@ serve: setup
 bench: setup
 	$(PY) -m bench.encode
 	$(PY) -m bench.steer
+	$(PY) -m bench.batch_invariance
 	$(PY) -m bench.harvest
 
 clean:

@@ -11,11 +11,13 @@ server streams these Steps through app.core.serving, which batches many requests
 
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
 from transformers import DynamicCache, PreTrainedTokenizerBase
 
+from app.core.batch_invariance import fixed_row_tiles
 from app.core.errors import MonoscopeError
 from app.core.model import LoadedModel
 from app.core.sae import Sae
@@ -133,18 +135,6 @@ class _TextStream:
         return longest
 
 
-def _left_padded(rows: Sequence[GenerationRow], pad_id: int, device):
-    """(ids, attention, positions) for prompts of different lengths, right-aligned."""
-    width = max(len(r.prompt_ids) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):  # left padding keeps every row's next token in the last column
-        ids[i, width - len(row.prompt_ids) :] = torch.tensor(list(row.prompt_ids))
-        attention[i, width - len(row.prompt_ids) :] = 1
-    ids, attention = ids.to(device), attention.to(device)
-    return ids, attention, (attention.cumsum(-1) - 1).clamp(min=0)
-
-
 def _left_pad(t: torch.Tensor, length: int, dim: int) -> torch.Tensor:
     missing = length - t.shape[dim]
     if missing <= 0:
@@ -205,15 +195,19 @@ def generate(
     rows: Sequence[GenerationRow],
     params: SamplingParams,
     admit: Callable[[int], Sequence[GenerationRow]] | None = None,
+    batch_invariant: bool = True,
 ) -> Iterator[Step]:
     """Decode rows together with a KV cache; yields one Step per generated token.
+
+    Each row is prefilled alone and, with `batch_invariant`, every decode step runs on fixed
+    row tiles (app.core.batch_invariance): a row's text is bit for bit what it is alone, whoever
+    shares the batch.
 
     Before every step `admit(rows_taken)` may hand over more rows (a server's waiting
     requests): they are prefilled, merged into the running batch and reported at the end of the
     Step lists from then on. Rows that finish leave the batch and the cache. Generation ends when
     no row is left running."""
     tokenizer, device = model.tokenizer, model.device
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     bos = tokenizer.bos_token_id
     eos_ids = _eos_ids(model)
     every: list[GenerationRow] = []
@@ -266,33 +260,35 @@ def generate(
             if alive:
                 slot.set(main)
                 main.set_step(positions, torch.ones_like(input_ids, dtype=torch.bool), input_ids)
-                out = model.hf(
-                    input_ids=input_ids,
-                    attention_mask=attention,
-                    position_ids=positions,
-                    past_key_values=cache,
-                    use_cache=True,
-                )
+                with fixed_row_tiles() if batch_invariant else nullcontext():
+                    out = model.hf(
+                        input_ids=input_ids,
+                        attention_mask=attention,
+                        position_ids=positions,
+                        past_key_values=cache,
+                        use_cache=True,
+                    )
                 cache = out.past_key_values
                 logits.append(out.logits[:, -1, :])
             if incoming:
                 joined = register(incoming)
                 incoming = []
-                ids, new_attention, new_positions = _left_padded(
-                    [every[i] for i in joined], pad_id, device
-                )
-                slot.set(steerer_for(joined))
-                slot.steerer.set_step(new_positions, new_attention.bool(), ids)
-                out = model.hf(input_ids=ids, attention_mask=new_attention,
-                               position_ids=new_positions, past_key_values=DynamicCache(),
-                               use_cache=True)  # fmt: skip
-                logits.append(out.logits[:, -1, :])
-                if alive:
-                    attention = _merge(cache, attention, out.past_key_values, new_attention)
-                    positions = torch.cat([positions, new_positions[:, -1:]])
-                else:
-                    cache, attention = out.past_key_values, new_attention
-                    positions = new_positions[:, -1:]
+                for i in joined:  # each row prefilled alone: exactly the arithmetic of its solo run
+                    ids = torch.tensor([list(every[i].prompt_ids)], device=device)
+                    row_positions = torch.arange(ids.shape[1], device=device)[None]
+                    row_attention = torch.ones_like(ids)
+                    slot.set(steerer_for([i]))
+                    slot.steerer.set_step(row_positions, row_attention.bool(), ids)
+                    out = model.hf(input_ids=ids, attention_mask=row_attention,
+                                   position_ids=row_positions, past_key_values=DynamicCache(),
+                                   use_cache=True)  # fmt: skip
+                    logits.append(out.logits[:, -1, :])
+                    if cache is None:
+                        cache, attention = out.past_key_values, row_attention
+                        positions = row_positions[:, -1:]
+                    else:
+                        attention = _merge(cache, attention, out.past_key_values, row_attention)
+                        positions = torch.cat([positions, row_positions[:, -1:]])
                 alive += joined
                 main = steerer_for(alive)
             step_logits = torch.cat(logits)

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
+from app.core.batch_invariance import make_batch_invariant
 from app.core.device import choose_dtype, resolve_device
 from app.core.errors import MonoscopeError, SaeFormatError, SiteError, UnsupportedModelError
 from app.core.names import url_name
@@ -299,6 +300,7 @@ def load_model(
     dtype = dtype or choose_dtype(torch_device, _checkpoint_dtype(config))
     hf = AutoModelForCausalLM.from_pretrained(spec, dtype=dtype).to(torch_device).eval()
     hf.requires_grad_(False)
+    make_batch_invariant(hf)  # a shared batch never changes a row's reply
     tokenizer = AutoTokenizer.from_pretrained(spec)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

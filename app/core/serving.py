@@ -91,9 +91,11 @@ class InferenceWorker:
         saes: Mapping[str, Sae],
         max_pending: int = 32,
         max_batch_rows: int = 64,
+        batch_invariant: bool = True,
     ):
         self.model, self.saes = model, saes
         self.max_pending, self.max_batch_rows = max_pending, max_batch_rows
+        self.batch_invariant = batch_invariant  # replies exactly as alone (generate's docstring)
         self.stats = WorkerStats()
         self._pending: deque[Ticket] = deque()
         self._calls: deque[tuple[Callable[[], Any], Future]] = deque()
@@ -209,7 +211,8 @@ class InferenceWorker:
             rows = batch.enlist(first, 0)
             active = batch.active
             try:
-                for step in generate(self.model, self.saes, rows, fallback, admit=batch.admit):
+                for step in generate(self.model, self.saes, rows, fallback, admit=batch.admit,
+                                     batch_invariant=self.batch_invariant):  # fmt: skip
                     self.stats.steps += 1
                     still = []
                     for ticket, a, b in active:

@@ -19,6 +19,7 @@ from typing import Literal
 
 import torch
 
+from app.core.batch_invariance import rows_addmm
 from app.core.errors import SteeringError
 from app.core.sae import Sae
 from app.core.sites import parse_site
@@ -189,7 +190,7 @@ class BatchSteerer:
                 if group.is_clamp.any():
                     current = group.sae.feature_activations(x, group.indices)  # (batch, pos, n)
                     coef = torch.where(group.is_clamp, coef - current, coef)
-                step = (coef * mask.to(coef.dtype)) @ group.directions  # (batch, pos, d_in)
+                step = rows_addmm(None, coef * mask.to(coef.dtype), group.directions)
                 norm = group.sae.normalize(x.to(group.sae.dtype))[1]
                 delta += Sae.denormalize(step, norm, shift=False).to(x.dtype)
             return x + delta

@@ -124,7 +124,13 @@ def create_app(settings: Settings | None = None, workspace: Workspace | None = N
         )
         ws = app.state.workspace
         app.state.inference = (
-            InferenceWorker(ws.model, ws.saes, settings.steer_queue, settings.steer_batch_rows)
+            InferenceWorker(
+                ws.model,
+                ws.saes,
+                settings.steer_queue,
+                settings.steer_batch_rows,
+                settings.steer_batch_invariant,
+            )
             if ws is not None
             else None
         )

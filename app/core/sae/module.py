@@ -18,6 +18,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from app.core.batch_invariance import rows_addmm
+
 Architecture = Literal["standard", "topk", "jumprelu", "gated"]
 Normalization = Literal["none", "expected_average_only_in", "constant_norm_rescale", "layer_norm"]
 ARCHITECTURES: tuple[str, ...] = ("standard", "topk", "jumprelu", "gated")
@@ -60,8 +62,9 @@ class NormState:
 
 
 def _affine(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """x W + b for x of shape (..., d_in), in one fused call."""
-    return torch.addmm(b, x.reshape(-1, x.shape[-1]), W).reshape(*x.shape[:-1], W.shape[1])
+    """x W + b for x of shape (..., d_in), in one fused call (on fixed row tiles while a shared
+    batch decodes: app.core.batch_invariance)."""
+    return rows_addmm(b, x, W)
 
 
 class Sae(nn.Module):
@@ -170,7 +173,7 @@ class Sae(nn.Module):
     def _acts_times_decoder(self, f: torch.Tensor) -> torch.Tensor:
         if self.cfg.rescale_acts_by_decoder_norm:
             f = f / self._decoder_norms()
-        return f.to(self.dtype) @ self.W_dec
+        return rows_addmm(None, f.to(self.dtype), self.W_dec)
 
     def decode(self, f: torch.Tensor, norm: NormState | None = None) -> torch.Tensor:
         """Reconstruction (..., d_in) in model space.
@@ -204,12 +207,12 @@ class Sae(nn.Module):
         sae_in = self._sae_in(self.normalize(x.to(self.dtype))[0])
         if self.cfg.architecture == "gated":
             W_enc = self.W_enc[:, indices]
-            gate = (sae_in @ W_enc + self.b_gate[indices]) > 0
+            gate = rows_addmm(self.b_gate[indices], sae_in, W_enc) > 0
             magnitude = torch.relu(
-                sae_in @ (W_enc * self.r_mag[indices].exp()) + self.b_mag[indices]
+                rows_addmm(self.b_mag[indices], sae_in, W_enc * self.r_mag[indices].exp())
             )
             return magnitude * gate.to(magnitude.dtype)
-        z = sae_in @ self.W_enc[:, indices] + self.b_enc[indices]
+        z = rows_addmm(self.b_enc[indices], sae_in, self.W_enc[:, indices])
         if self.cfg.architecture == "jumprelu":
             return torch.relu(z) * (z > self.threshold[indices]).to(z.dtype)
         return torch.relu(z)
