@@ -567,24 +567,30 @@ key_cli = typer.Typer(no_args_is_help=True, help="API keys for writes (Authoriza
 cli.add_typer(key_cli, name="key")
 
 
+PasswordStdinOpt = Annotated[
+    bool, typer.Option("--password-stdin", help="Read the password from standard input.")
+]
+
+
+def _read_password(from_stdin: bool) -> str:
+    import sys
+
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    return typer.prompt("password", hide_input=True, confirmation_prompt=True)
+
+
 @user_cli.command("add")
 def user_add(
     name: Annotated[str, typer.Argument(help="The name to sign in with.")],
-    password_stdin: Annotated[
-        bool, typer.Option("--password-stdin", help="Read the password from standard input.")
-    ] = False,
+    password_stdin: PasswordStdinOpt = False,
     database_url: DatabaseOpt = None,
 ) -> None:
     """Create an account; asks for its password (at least 8 characters)."""
-    import sys
-
     from app.db.accounts import add_user
     from app.db.engine import session_scope
 
-    if password_stdin:
-        password = sys.stdin.readline().rstrip("\n")
-    else:
-        password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
+    password = _read_password(password_stdin)
     engine = _database(_settings(database_url=database_url))
     with session_scope(engine) as session:
         add_user(session, name, password)
@@ -594,21 +600,14 @@ def user_add(
 @user_cli.command("password")
 def user_password(
     name: Annotated[str, typer.Argument(help="The account.")],
-    password_stdin: Annotated[
-        bool, typer.Option("--password-stdin", help="Read the password from standard input.")
-    ] = False,
+    password_stdin: PasswordStdinOpt = False,
     database_url: DatabaseOpt = None,
 ) -> None:
     """Set a new password; every browser signed in as the user is signed out."""
-    import sys
-
     from app.db.accounts import set_password
     from app.db.engine import session_scope
 
-    if password_stdin:
-        password = sys.stdin.readline().rstrip("\n")
-    else:
-        password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
+    password = _read_password(password_stdin)
     engine = _database(_settings(database_url=database_url))
     with session_scope(engine) as session:
         set_password(session, name, password)

@@ -216,3 +216,14 @@ def test_a_sign_in_link_works_once_and_not_after_it_expires(engine):
         assert again.status_code == 400 and "used already or has expired" in again.text
         assert client.get(f"/login/link?token={stale}").status_code == 400
         assert client.get("/login/link?token=guess").status_code == 400
+
+
+def test_the_cli_changes_a_password(engine, people):
+    env = {"MONOSCOPE_DATABASE_URL": engine.url.render_as_string(hide_password=False)}
+    changed = run_cli("user", "password", "ada", "--password-stdin", env=env,
+                      input="a brand new password\n")  # fmt: skip
+    assert changed.returncode == 0, changed.stderr
+    with session_scope(engine) as session:
+        assert accounts.sign_in(session, "ada", "a brand new password") is not None
+    nobody = run_cli("user", "password", "nobody", "--password-stdin", env=env, input="x" * 9)
+    assert nobody.returncode == 2 and "no user 'nobody'" in nobody.stderr
