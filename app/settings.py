@@ -109,6 +109,11 @@ class Settings(BaseSettings):
     explainer_price_completion: float = Field(
         0.0, ge=0, description="USD per million completion tokens, for the cost of each run."
     )
+    redis_url: str | None = Field(
+        None,
+        description="Redis that web workers share their rate limits through (sign-in, writes, "
+        "generations), e.g. redis://127.0.0.1:6379/0; unset: each process keeps its own.",
+    )
     base_url: str | None = Field(
         None,
         description="The server's public address, e.g. https://monoscope.example.org: every link "

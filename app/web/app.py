@@ -13,6 +13,7 @@ from fastapi.middleware.gzip import GZipMiddleware
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.sessions import SessionMiddleware
@@ -27,7 +28,7 @@ from app.web.bodylimit import BodyLimit
 from app.web.canonical import CanonicalHost
 from app.web.headers import SecurityHeaders
 from app.web.markup import TokenTextCache, token_strip
-from app.web.ratelimit import RateLimiter
+from app.web.ratelimit import rate_limiter
 from app.web.routes import (
     accounts,
     api,
@@ -95,6 +96,11 @@ def _error_handlers(app: FastAPI) -> None:
             raise exc  # a real fault: the server's own 500
         return respond(request, 503, message, {"Retry-After": "30"})
 
+    @app.exception_handler(RedisError)
+    async def shared_store(request: Request, exc: RedisError):
+        message = "The shared rate-limit store (Redis) cannot be reached; try again shortly."
+        return respond(request, 503, message, {"Retry-After": "10"})
+
     @app.exception_handler(QueueFull)
     async def busy(request: Request, exc: QueueFull):
         return respond(request, 503, str(exc), {"Retry-After": "5"})
@@ -134,9 +140,11 @@ def create_app(settings: Settings | None = None, workspace: Workspace | None = N
             if ws is not None
             else None
         )
-        app.state.steer_limiter = RateLimiter(settings.steer_rate_per_minute)
-        app.state.write_limiter = RateLimiter(settings.write_rate_per_minute)
-        app.state.sign_in_limiter = RateLimiter(settings.sign_in_rate_per_minute)
+        app.state.steer_limiter = rate_limiter(settings, "steer", settings.steer_rate_per_minute)
+        app.state.write_limiter = rate_limiter(settings, "write", settings.write_rate_per_minute)
+        app.state.sign_in_limiter = rate_limiter(
+            settings, "sign-in", settings.sign_in_rate_per_minute
+        )
         yield
         if app.state.inference is not None:
             app.state.inference.close()

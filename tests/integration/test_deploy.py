@@ -42,6 +42,10 @@ def test_compose_runs_the_app_on_postgres_16_with_healthchecks_and_volumes():
     url = app["environment"]["MONOSCOPE_DATABASE_URL"]
     assert url.startswith("postgresql://monoscope:") and url.endswith("@db:5432/monoscope")
     assert app["command"] == ["monoscope", "demo"]
+    redis = config["services"]["redis"]  # the rate limits every web worker shares
+    assert app["environment"]["MONOSCOPE_REDIS_URL"] == "redis://redis:6379/0"
+    assert app["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert redis["image"].startswith("redis:") and "ping" in " ".join(redis["healthcheck"]["test"])
     assert {"monoscope-data", "postgres-data"} <= set(config["volumes"])
     mounts = [v if isinstance(v, str) else f"{v['source']}:{v['target']}" for v in app["volumes"]]
     assert any(m.split(":")[:2] == ["monoscope-data", "/data"] for m in mounts)
