@@ -47,7 +47,8 @@ class BuildProgress:
         self.stage = stage
 
     def figures(self) -> dict:
-        bars = [bar for bar in list(tqdm._instances) if not bar.disable]  # the live bars
+        with tqdm.get_lock():  # tqdm's own registry of live bars, as its write() walks it
+            bars = [bar for bar in tqdm._instances if not bar.disable]
         if not bars:
             return {}
         bar = bars[-1].format_dict
