@@ -104,8 +104,9 @@ def build_rows(
     """The default and the steered row, after every limit the server enforces (the cheap
     ones before the tokenizer reads anything)."""
     workspace = require_loaded(workspace, "steer")
-    texts = [m.content for m in body.messages + (body.default_messages or [])] + [body.prompt]
-    chars, tokens = sum(map(len, texts)), settings.steer_max_prompt_tokens
+    sides = [body.messages, body.default_messages or []]  # each side is limited on its own
+    chars = max(len(body.prompt), *(sum(len(m.content) for m in side) for side in sides))
+    tokens = settings.steer_max_prompt_tokens
     if chars > CHARS_PER_TOKEN * tokens:
         raise HTTPException(400, f"The conversation has {chars:,} characters; the limit is "
                                  f"{CHARS_PER_TOKEN * tokens:,} ({tokens:,} tokens).")  # fmt: skip
