@@ -139,10 +139,10 @@ def _at_head(engine: Engine) -> bool:
 
 @contextmanager
 def job_lock(engine: Engine, name: str) -> Iterator[None]:
-    """Jobs of one `name` (e.g. "explain:12", one SAE's labelling) take turns across processes
-    and machines: a PostgreSQL advisory lock held on its own connection, or a lock file beside
-    a SQLite database. Without it two runs both found the same features unlabelled and labelled
-    (and paid for) them twice."""
+    """Jobs of one `name` (e.g. "explain:model/sae", one SAE's labelling) take turns across
+    processes and machines: a PostgreSQL advisory lock held on its own connection, or a lock
+    file beside a SQLite database. Without it two runs both found the same features unlabelled
+    and labelled (and paid for) them twice."""
     if engine.dialect.name == "postgresql":
         key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
         with engine.connect() as connection:
@@ -155,7 +155,7 @@ def job_lock(engine: Engine, name: str) -> Iterator[None]:
     database = engine.url.database
     folder = Path(database).parent if database and database != ":memory:" else None
     if folder is None or engine.url.query.get("uri"):
-        yield  # one process owns an in-memory database
+        yield  # in memory (one process owns it) or a file: URI, whose path is not parsed here
         return
     safe = "".join(c if c.isalnum() else "-" for c in name)
     with open(folder / f".{Path(database).name}.{safe}.lock", "w") as handle:

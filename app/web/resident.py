@@ -4,7 +4,9 @@ A database may describe SAEs the server has not loaded; pages still show everyth
 say plainly when a live computation (activations for typed text) needs an SAE that is not here.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from fastapi import HTTPException
 
@@ -15,6 +17,7 @@ from app.core.sae import Sae
 from app.core.serving import InferenceWorker, QueueFull
 from app.core.workspace import Workspace
 
+T = TypeVar("T")
 MAX_TEXT_TOKENS = 512  # or the model's own window, when that is shorter
 MAX_TEXT_CHARS = 8_000
 
@@ -69,12 +72,18 @@ def run_text(
     """Per-token and overall features of `text`, run by the model's owner (the inference
     worker), with limits a page can state."""
     check_text(text, "Type some text to run through the model.")
+    return run_on_model(worker, lambda: inspect(
+        found.model, {found.sae_name: found.sae}, text, top_k=top_k, reduce=reduce,
+        max_tokens=MAX_TEXT_TOKENS,
+    ))  # fmt: skip
+
+
+def run_on_model(worker: InferenceWorker, compute: Callable[[], T]) -> T:
+    """`compute` run by the inference worker (the model's one owner). Its refusals (the text is
+    too long, a bad target) become a 400; a full queue stays QueueFull, the app's 503."""
     try:
-        return worker.run(lambda: inspect(
-            found.model, {found.sae_name: found.sae}, text, top_k=top_k, reduce=reduce,
-            max_tokens=MAX_TEXT_TOKENS,
-        ))  # fmt: skip
+        return worker.run(compute)
     except QueueFull:
-        raise  # 503, by the app's handler
+        raise
     except MonoscopeError as exc:
         raise HTTPException(400, str(exc)) from exc

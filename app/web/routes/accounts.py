@@ -44,11 +44,16 @@ async def login_submit(
         context = {"next": local_path(next), "csrf": csrf_token(request), "name": name,
                    "error": "That name and password do not match an account."}  # fmt: skip
         return templates.TemplateResponse(request, "accounts/login.html", context, status_code=400)
+    _begin_sign_in(request, session, user)
+    return RedirectResponse(local_path(next), status_code=303)
+
+
+def _begin_sign_in(request: Request, session, user) -> None:
+    """A sign-in the server holds, and a fresh cookie session (and CSRF token) carrying it."""
     token = open_sign_in(session, user)
     session.commit()
-    request.session.clear()  # a fresh session (and CSRF token) for the signed-in user
+    request.session.clear()
     request.session.update({"sid": token, "name": user.name})
-    return RedirectResponse(local_path(next), status_code=303)
 
 
 @router.get("/login/link", name="login_link")
@@ -57,10 +62,7 @@ def login_link(request: Request, session: SessionDep, token: Annotated[str, Quer
     user = use_sign_in_link(session, token)
     if user is None:
         raise HTTPException(400, "This sign-in link was used already or has expired.")
-    sign_in_token = open_sign_in(session, user)
-    session.commit()
-    request.session.clear()
-    request.session.update({"sid": sign_in_token, "name": user.name})
+    _begin_sign_in(request, session, user)
     return RedirectResponse("/", status_code=303)
 
 

@@ -23,9 +23,8 @@ from app.core.attribution import (
     attribute,
     trace_chain,
 )
-from app.core.errors import MonoscopeError
 from app.core.generation import chat_prompt_ids
-from app.core.serving import InferenceWorker, QueueFull
+from app.core.serving import InferenceWorker
 from app.db.queries import find_sae, labels_of
 from app.web.deps import InferenceDep, SessionDep, TemplatesDep, WorkspaceDep
 from app.web.resident import (
@@ -34,6 +33,7 @@ from app.web.resident import (
     check_text,
     loaded_sae,
     require_loaded,
+    run_on_model,
 )
 
 router = APIRouter()
@@ -117,12 +117,7 @@ def run_inspection(
                                 found.target, chosen)  # fmt: skip
         return found, after, target_after, links
 
-    try:
-        found, after, target_after, links = inference.run(compute)
-    except QueueFull:
-        raise  # 503, by the app's handler
-    except MonoscopeError as exc:
-        raise HTTPException(400, str(exc)) from exc
+    found, after, target_after, links = run_on_model(inference, compute)
     shown = {e.index for e in found.by_activation + found.by_attribution} | set(zeroed)
     sources = {s.index for link in links for s in link.earlier + link.local}
     return Inspected(model.name, sae, prompt, found, _labels(session, model.name, sae, shown),
