@@ -53,7 +53,7 @@ class OfflineExplainer:
         self.background = background
         self.total = max(sum(background.values()), 1)
 
-    def _term_scores(self, examples, max_act: float) -> tuple[Counter, dict[str, Counter]]:
+    def _term_scores(self, examples, max_act: float) -> tuple[dict[str, float], dict[str, Counter]]:
         weights: Counter = Counter()
         surfaces: dict[str, Counter] = {}
         for example in examples:
@@ -67,7 +67,7 @@ class OfflineExplainer:
                     surfaces.setdefault(k, Counter())[token.strip()] += 1
             weights.update(best)
         total = max(sum(weights.values()), 1e-9)
-        scores = Counter()
+        scores: dict[str, float] = {}
         for k, w in weights.items():
             foreground = w / total
             background = (self.background.get(k, 0) + 1) / self.total
@@ -116,8 +116,8 @@ class OfflineExplainer:
         if not examples or evidence.max_act <= 0:
             return None
         scores, surfaces = self._term_scores(examples, evidence.max_act)
-        wordlike = [k for k, _ in scores.most_common() if _WORDLIKE.search(k)]
-        ranked = wordlike or [k for k, _ in scores.most_common()]
+        strongest_first = sorted(scores, key=scores.__getitem__, reverse=True)  # stable on ties
+        ranked = [k for k in strongest_first if _WORDLIKE.search(k)] or strongest_first
         terms = [surfaces[k].most_common(1)[0][0] for k in ranked[:N_TERMS]]
         if not terms:
             return None

@@ -21,10 +21,7 @@ class SelfExplainer:
         self.resident = resident
         self.model = resident.name
         self.max_new_tokens = max_new_tokens
-        config = resident.hf.config
-        self.context = int(
-            getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", 1024)
-        )
+        self.context = resident.context_length or 1024
 
     def _prompt(self, item: FeatureEvidence) -> tuple[list[int], tuple[str, ...]] | None:
         """The longest prompt (fewest examples dropped) that leaves room for the reply."""

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import torch
 
 from app.core.errors import MonoscopeError
-from app.core.model import LoadedModel
-from app.core.sae import Sae
+from app.core.model import LoadedModel, SiteEdit, decode_text
+from app.core.sae import NormState, Sae
 
 
 @dataclass(frozen=True)
@@ -76,14 +76,16 @@ def _skip_bos(model: LoadedModel, ids: Sequence[int]) -> int:
     return 1 if bos is not None and len(ids) > 1 and ids[0] == bos else 0
 
 
-def _encode_with_error(sae: Sae, x: torch.Tensor) -> tuple[torch.Tensor, object, torch.Tensor]:
+def _encode_with_error(
+    sae: Sae, x: torch.Tensor
+) -> tuple[torch.Tensor, NormState | None, torch.Tensor]:
     x_sae = x.to(sae.dtype)
     f = sae.encode(x_sae)
     norm = sae.normalize(x_sae)[1]
     return f, norm, x_sae - sae.decode(f, norm)
 
 
-def _leaf_splice(sae: Sae, store: dict, key: str):
+def _leaf_splice(sae: Sae, store: dict, key: str) -> SiteEdit:
     """A site edit that leaves the forward pass unchanged (reconstruction + error) but makes the
     feature activations a leaf the gradient reaches, kept in store[key]."""
 
@@ -185,11 +187,15 @@ def attribute(
 
     def effect(i: int) -> FeatureEffect:
         delta = deltas.get(i, (None, None))
-        return FeatureEffect(i, float(loudest[i]), float(attributions[i]), act_rank[i],
-                             attr_rank[i], *delta)  # fmt: skip
+        return FeatureEffect(
+            i, float(loudest[i]), float(attributions[i]), act_rank[i], attr_rank[i], *delta
+        )
 
     top = probs.topk(min(10, probs.numel()))
-    decode = model.tokenizer.decode
+
+    def decode(ids: list[int]) -> str:
+        return decode_text(model.tokenizer, ids)
+
     return Attribution(
         token_ids=list(token_ids),
         tokens=[decode([t]) for t in token_ids],
@@ -233,8 +239,10 @@ def trace_chain(
         graph["later"] = f
         return (later.decode(f, norm) + error.detach()).to(x.dtype)
 
-    splices = {early_site.name: _leaf_splice(earlier, graph, "earlier"),
-               late_site.name: splice_later}  # fmt: skip
+    splices = {
+        early_site.name: _leaf_splice(earlier, graph, "earlier"),
+        late_site.name: splice_later,
+    }
     found = []  # (feature, position, activation, attribution, [(p, i, effect)] per group)
     with torch.enable_grad(), model.hooked(splices):
         logit = model.hf(input_ids=ids).logits[0, -1, target].float()
@@ -246,8 +254,10 @@ def trace_chain(
             q = int(per_position[:, index].abs().argmax())
             (grad,) = torch.autograd.grad(late[0, q, index], early, retain_graph=True)
             effects = (early.detach()[0] * grad[0]).float()  # (pos, d_sae)
-            groups = [_strongest(effects, start, q, sources),
-                      _strongest(effects, q, q + 1, sources)]  # fmt: skip
+            groups = [
+                _strongest(effects, start, q, sources),
+                _strongest(effects, q, q + 1, sources),
+            ]
             activation = float(late[0, q, index].detach())
             found.append((index, q, activation, float(per_position[q, index]), groups))
     early = graph["earlier"].detach()[0]
@@ -255,12 +265,18 @@ def trace_chain(
     clean = graph["later"].detach()[0]
     deltas = iter(_zero_sources(model, earlier, later, ids, clean, runs, batch_size))
     return [
-        ChainLink(index, q, activation, attribution, *[
-            [ChainSource(i, p, float(early[p, i]), effect, next(deltas)) for p, i, effect in g]
-            for g in groups
-        ])
+        ChainLink(
+            index,
+            q,
+            activation,
+            attribution,
+            *[
+                [ChainSource(i, p, float(early[p, i]), effect, next(deltas)) for p, i, effect in g]
+                for g in groups
+            ],
+        )
         for index, q, activation, attribution, groups in found
-    ]  # fmt: skip
+    ]
 
 
 def _strongest(
@@ -272,8 +288,11 @@ def _strongest(
         return []
     top = block.abs().topk(min(k, block.numel()))
     width = effects.shape[1]
-    return [(first + int(j) // width, int(j) % width, float(block[j]))
-            for v, j in zip(*top, strict=True) if v > 0]  # fmt: skip
+    return [
+        (first + int(j) // width, int(j) % width, float(block[j]))
+        for v, j in zip(*top, strict=True)
+        if v > 0
+    ]
 
 
 def _zero_sources(

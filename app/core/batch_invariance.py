@@ -24,13 +24,13 @@ throughput for one chat, 0.79 for 4, 0.92 for 16; `steer_batch_invariant=false` 
 guarantee back for that speed.
 """
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
 import torch
 from torch import nn
-from transformers import AttentionInterface
+from transformers import AttentionInterface, PreTrainedModel
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.pytorch_utils import Conv1D
@@ -72,7 +72,7 @@ def rows_addmm(
     return out.reshape(*x.shape[:-1], weight.shape[1])
 
 
-def _linear_forward(module: nn.Linear):
+def _linear_forward(module: nn.Linear) -> Callable[[torch.Tensor], torch.Tensor]:
     plain = module.forward
 
     def forward(x: torch.Tensor) -> torch.Tensor:
@@ -83,7 +83,7 @@ def _linear_forward(module: nn.Linear):
     return forward
 
 
-def _conv1d_forward(module: Conv1D):
+def _conv1d_forward(module: Conv1D) -> Callable[[torch.Tensor], torch.Tensor]:
     plain = module.forward
 
     def forward(x: torch.Tensor) -> torch.Tensor:
@@ -121,9 +121,13 @@ def row_exact_attention(
         first_query = max(0, start - (kv_len - q_len))  # earlier queries are padding
         mask = attention_mask[rows][:, :, first_query:, start:]
         part, _ = sdpa_attention_forward(
-            module, query[rows, :, first_query:], key[rows, :, start:], value[rows, :, start:],
-            None if _plain_causal(mask) else mask, **kwargs,
-        )  # fmt: skip
+            module,
+            query[rows, :, first_query:],
+            key[rows, :, start:],
+            value[rows, :, start:],
+            None if _plain_causal(mask) else mask,
+            **kwargs,
+        )
         out[rows, first_query:] = part
     return out, None
 
@@ -132,13 +136,14 @@ AttentionInterface.register(ROW_EXACT, row_exact_attention)
 AttentionMaskInterface.register(ROW_EXACT, sdpa_mask)
 
 
-def make_batch_invariant(hf_model: nn.Module) -> None:
+def make_batch_invariant(hf_model: PreTrainedModel) -> None:
     """Let the model's linears follow fixed_row_tiles() and, where it runs on SDPA, attend row by
     row. Outside fixed_row_tiles() its linears compute exactly as before."""
+    # Each instance's forward is replaced on purpose: the classes stay transformers' own.
     for module in hf_model.modules():
         if isinstance(module, nn.Linear):
-            module.forward = _linear_forward(module)
+            module.forward = _linear_forward(module)  # type: ignore[method-assign,assignment]
         elif isinstance(module, Conv1D):
-            module.forward = _conv1d_forward(module)
+            module.forward = _conv1d_forward(module)  # type: ignore[method-assign]
     if getattr(hf_model.config, "_attn_implementation", None) == "sdpa":
         hf_model.set_attn_implementation(ROW_EXACT)

@@ -13,13 +13,14 @@ import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from transformers import DynamicCache, PreTrainedTokenizerBase
 
 from app.core.batch_invariance import fixed_row_tiles
 from app.core.errors import MonoscopeError
-from app.core.model import LoadedModel
+from app.core.model import LoadedModel, decode_text
 from app.core.sae import Sae
 from app.core.steering import BatchSteerer, FeatureEdit
 
@@ -68,7 +69,7 @@ def chat_prompt_ids(
             )
     if tokenizer.chat_template:
         text = tokenizer.apply_chat_template(
-            list(messages), tokenize=False, add_generation_prompt=True
+            [dict(m) for m in messages], tokenize=False, add_generation_prompt=True
         )
         return tokenizer(text, add_special_tokens=False)["input_ids"], ()
     text = "".join(f"{PLAIN_CHAT_ROLES[m['role']]}: {m['content']}\n" for m in messages)
@@ -105,7 +106,7 @@ class _TextStream:
 
     def push(self, token_id: int) -> str:
         self.ids.append(token_id)
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        text = decode_text(self.tokenizer, self.ids, skip_special_tokens=True)
         if text.endswith("\ufffd"):  # a multi-byte character is not complete yet
             return ""
         for stop in self.stop_strings:
@@ -221,8 +222,9 @@ def generate(
 
     def steerer_for(indices: list[int]) -> BatchSteerer:
         chosen = [every[i] for i in indices]
-        return BatchSteerer(saes, [r.edits for r in chosen], [len(r.prompt_ids) for r in chosen],
-                            bos)  # fmt: skip
+        return BatchSteerer(
+            saes, [r.edits for r in chosen], [len(r.prompt_ids) for r in chosen], bos
+        )
 
     def register(new: Sequence[GenerationRow]) -> list[int]:
         check_rows(model, new, params)
@@ -241,16 +243,18 @@ def generate(
     main = steerer_for([])  # the running batch's steering
     slot = _SteeringSlot(main)
     sites = {model.site(sae.hook_name).name for sae in saes.values()}
-    cache = attention = positions = input_ids = None
+    # The running batch's state: set together when the first row joins and cleared together when
+    # the last leaves, so it is typed Any rather than checked for None at every use.
+    cache: Any = None  # DynamicCache
+    attention: Any = None  # (rows, keys) mask
+    positions: Any = None  # (rows, 1) next position ids
+    input_ids: Any = None  # (rows, 1) last sampled tokens
     incoming = list(rows)
     with model.hooked({site: slot.hook(site) for site in sites}):
         while True:
             for i in alive:
-                if (
-                    every[i].cancelled is not None
-                    and every[i].cancelled.is_set()
-                    and not finished[i]
-                ):
+                cancelled = every[i].cancelled
+                if cancelled is not None and cancelled.is_set() and not finished[i]:
                     finished[i], reasons[i] = True, "cancelled"
             if admit is not None:
                 incoming += list(admit(len(alive) + len(incoming)))
@@ -279,9 +283,13 @@ def generate(
                     row_attention = torch.ones_like(ids)
                     slot.set(steerer_for([i]))
                     slot.steerer.set_step(row_positions, row_attention.bool(), ids)
-                    out = model.hf(input_ids=ids, attention_mask=row_attention,
-                                   position_ids=row_positions, past_key_values=DynamicCache(),
-                                   use_cache=True)  # fmt: skip
+                    out = model.hf(
+                        input_ids=ids,
+                        attention_mask=row_attention,
+                        position_ids=row_positions,
+                        past_key_values=DynamicCache(),
+                        use_cache=True,
+                    )
                     logits.append(out.logits[:, -1, :])
                     if cache is None:
                         cache, attention = out.past_key_values, row_attention
@@ -301,7 +309,8 @@ def generate(
             for (temperature, top_p), group in sampling_groups.items():
                 picked = sample_next(step_logits[group], uniforms[group], temperature, top_p)
                 next_ids[group] = picked.cpu()
-            texts, token_ids = [""] * len(every), [None] * len(every)
+            texts = [""] * len(every)
+            token_ids: list[int | None] = [None] * len(every)
             for i, token in zip(alive, next_ids.tolist(), strict=True):
                 if finished[i]:  # cancelled before this step
                     continue
@@ -353,7 +362,8 @@ def check_rows(model: LoadedModel, rows: Sequence[GenerationRow], params: Sampli
 
 
 def _eos_ids(model: LoadedModel) -> set[int]:
-    ids = model.hf.generation_config.eos_token_id if model.hf.generation_config else None
+    config = model.hf.generation_config
+    ids = config.eos_token_id if config is not None else None
     ids = ids if isinstance(ids, list) else [ids]
     return {i for i in [*ids, model.tokenizer.eos_token_id] if i is not None}
 

@@ -14,7 +14,7 @@ from typing import Literal
 import torch
 
 from app.core.errors import MonoscopeError
-from app.core.model import LoadedModel
+from app.core.model import LoadedModel, decode_text
 from app.core.sae import Sae
 
 Reduce = Literal["max", "sum"]
@@ -86,5 +86,5 @@ def inspect(
             overall=_top(summary, top_k),
             activations=features,
         )
-    tokens = [model.tokenizer.decode([t]) for t in token_ids]
+    tokens = [decode_text(model.tokenizer, [t]) for t in token_ids]
     return Inspection(token_ids, tokens, excluded, inspections)

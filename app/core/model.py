@@ -14,10 +14,17 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from app.core.batch_invariance import make_batch_invariant
 from app.core.device import choose_dtype, resolve_device
@@ -36,10 +43,12 @@ class Adapter:
     """Where each site lives in one architecture family."""
 
     family: str
-    blocks: Callable[[nn.Module], nn.ModuleList]
-    attn_out: Callable[[nn.Module], nn.Module]
-    mlp_out: Callable[[nn.Module], nn.Module]
-    final_norm: Callable[[nn.Module], nn.Module]
+    # The paths are attributes each family's modeling code defines, so they are looked up on
+    # Any: nn.Module's own __getattr__ types every attribute as Tensor | Module.
+    blocks: Callable[[Any], nn.ModuleList]
+    attn_out: Callable[[Any], nn.Module]
+    mlp_out: Callable[[Any], nn.Module]
+    final_norm: Callable[[Any], nn.Module]
 
 
 _GPT2 = Adapter(
@@ -89,6 +98,16 @@ def supported_families() -> str:
     return ", ".join(sorted(ADAPTERS))
 
 
+def decode_text(
+    tokenizer: PreTrainedTokenizerBase, ids: Sequence[int], skip_special_tokens: bool = False
+) -> str:
+    """The text of a flat list of token ids (transformers types decode as str or list[str],
+    the list being for batches)."""
+    text = tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
+    assert isinstance(text, str)
+    return text
+
+
 class _StopForward(Exception):
     """Raised from a hook once every requested site is captured, to skip the rest."""
 
@@ -105,7 +124,7 @@ def _replace_first(output: object, new: torch.Tensor) -> object:
 class LoadedModel:
     """A causal LM in eval mode with its tokenizer and site adapter."""
 
-    hf: nn.Module
+    hf: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
     adapter: Adapter
     name: str
@@ -215,7 +234,7 @@ class LoadedModel:
         return module.register_forward_hook(hook)
 
     @contextmanager
-    def hooked(self, edits: Mapping[str | Site, SiteEdit]) -> Iterator[None]:
+    def hooked(self, edits: Mapping[str, SiteEdit] | Mapping[Site, SiteEdit]) -> Iterator[None]:
         """Run forward passes with one edit per site; hooks are removed on exit."""
         self._hook_sets += 1
         number = self._hook_sets
@@ -298,7 +317,9 @@ def load_model(
         )
     torch_device = resolve_device(device)
     dtype = dtype or choose_dtype(torch_device, _checkpoint_dtype(config))
-    hf = AutoModelForCausalLM.from_pretrained(spec, dtype=dtype).to(torch_device).eval()
+    hf = AutoModelForCausalLM.from_pretrained(spec, dtype=dtype)
+    # transformers wraps .to in a decorator whose signature mypy misreads as taking the model.
+    hf.to(torch_device).eval()  # type: ignore[arg-type]
     hf.requires_grad_(False)
     make_batch_invariant(hf)  # a shared batch never changes a row's reply
     tokenizer = AutoTokenizer.from_pretrained(spec)

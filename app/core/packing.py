@@ -21,7 +21,7 @@ def pack_stream(
     and at most n_contexts are cut."""
     body = context_size - (bos is not None)
     n = len(stream) // body if n_contexts is None else min(n_contexts, len(stream) // body)
-    flat = np.asarray(stream[: n * body], dtype=dtype).reshape(n, body)
+    flat: np.ndarray = np.asarray(stream[: n * body], dtype=dtype).reshape(n, body)
     if bos is None:
         return flat
     return np.concatenate([np.full((n, 1), bos, dtype=dtype), flat], axis=1)

@@ -39,8 +39,9 @@ def check_password(password: str, stored: str) -> bool:
         return False
     if scheme != "scrypt":
         return False
-    found = hashlib.scrypt(password.encode(), salt=bytes.fromhex(salt), n=int(n), r=int(r),
-                           p=int(p))  # fmt: skip
+    found = hashlib.scrypt(
+        password.encode(), salt=bytes.fromhex(salt), n=int(n), r=int(r), p=int(p)
+    )
     return hmac.compare_digest(found.hex(), digest)
 
 
@@ -103,9 +104,10 @@ def open_sign_in(session: Session, user: User) -> str:
 def user_for_sign_in(session: Session, token: str) -> User | None:
     """The user a session token belongs to, or None once it is closed or was never opened."""
     return session.scalar(
-        select(User).join(SignIn, SignIn.user_id == User.id)
+        select(User)
+        .join(SignIn, SignIn.user_id == User.id)
         .where(SignIn.token_hash == _key_hash(token))
-    )  # fmt: skip
+    )
 
 
 def close_sign_in(session: Session, token: str) -> None:
@@ -128,7 +130,8 @@ def user_for_key(session: Session, secret: str) -> tuple[User, ApiKey] | None:
     key = session.scalar(select(ApiKey).where(ApiKey.key_hash == _key_hash(secret)))
     if key is None or key.revoked_at is not None:
         return None
-    return session.get(User, key.user_id), key
+    user = session.get(User, key.user_id)
+    return (user, key) if user is not None else None
 
 
 def revoke_key(session: Session, prefix: str) -> ApiKey:
@@ -159,8 +162,11 @@ def ensure_user(session: Session, name: str) -> User:
 def create_sign_in_link(session: Session, user: User, valid_for: timedelta) -> str:
     """A token that signs `user` in once within `valid_for`; only its hash is kept."""
     token = secrets.token_urlsafe(32)
-    session.add(SignInLink(token_hash=_key_hash(token), user_id=user.id,
-                           expires_at=datetime.now(UTC) + valid_for))  # fmt: skip
+    session.add(
+        SignInLink(
+            token_hash=_key_hash(token), user_id=user.id, expires_at=datetime.now(UTC) + valid_for
+        )
+    )
     session.flush()
     return token
 
@@ -171,9 +177,12 @@ def use_sign_in_link(session: Session, token: str) -> User | None:
     now = datetime.now(UTC)
     user_id = session.scalar(
         update(SignInLink)
-        .where(SignInLink.token_hash == _key_hash(token), SignInLink.used_at.is_(None),
-               SignInLink.expires_at > now)
+        .where(
+            SignInLink.token_hash == _key_hash(token),
+            SignInLink.used_at.is_(None),
+            SignInLink.expires_at > now,
+        )
         .values(used_at=now)
         .returning(SignInLink.user_id)
-    )  # fmt: skip
+    )
     return session.get(User, user_id) if user_id is not None else None

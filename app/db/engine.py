@@ -153,12 +153,11 @@ def job_lock(engine: Engine, name: str) -> Iterator[None]:
                 connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
         return
     database = engine.url.database
-    folder = Path(database).parent if database and database != ":memory:" else None
-    if folder is None or engine.url.query.get("uri"):
+    if not database or database == ":memory:" or engine.url.query.get("uri"):
         yield  # in memory (one process owns it) or a file: URI, whose path is not parsed here
         return
     safe = "".join(c if c.isalnum() else "-" for c in name)
-    with open(folder / f".{Path(database).name}.{safe}.lock", "w") as handle:
+    with open(Path(database).parent / f".{Path(database).name}.{safe}.lock", "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes
         yield
 

@@ -13,9 +13,10 @@ columns can run them too.
 """
 
 from datetime import UTC, datetime
+from typing import cast
 
 import numpy as np
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import Table, bindparam, func, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
@@ -40,8 +41,12 @@ def label_order(scores: dict | None, explanation_id: int, verdict: str | None = 
     """Sort key, larger is better: verified first, then scored before unscored, then by score,
     then newest."""
     headline = headline_score(scores)
-    return (verdict == "verified", headline is not None, headline[1] if headline else 0.0,
-            explanation_id)  # fmt: skip
+    return (
+        verdict == "verified",
+        headline is not None,
+        headline[1] if headline else 0.0,
+        explanation_id,
+    )
 
 
 def showable(status: str, verdict: str | None, retired_at) -> bool:
@@ -51,11 +56,12 @@ def showable(status: str, verdict: str | None, retired_at) -> bool:
 def _best_labels(session: Session | Connection, where, reviewed: bool) -> dict:
     review = (Explanation.verdict, Explanation.retired_at) if reviewed else ()
     rows = session.execute(
-        select(Explanation.feature_id, Explanation.id, Explanation.text, Explanation.scores,
-               *review)
+        select(
+            Explanation.feature_id, Explanation.id, Explanation.text, Explanation.scores, *review
+        )
         .join(Feature, Feature.id == Explanation.feature_id)
         .where(where, Explanation.status == "ok")
-    )  # fmt: skip
+    )
     best: dict[int, tuple[tuple, str, float | None]] = {}
     for feature_id, explanation_id, text, scores, *rest in rows:
         verdict, retired_at = rest or (None, None)
@@ -71,7 +77,7 @@ def _best_labels(session: Session | Connection, where, reviewed: bool) -> dict:
 def refresh_feature_label(session: Session, feature_id: int) -> None:
     """One feature's shown label, after a person changed one of its labels, and its SAE's
     summary shifted by the difference: a review click reads a few rows, never the whole SAE."""
-    features = Feature.__table__
+    features = cast(Table, Feature.__table__)
     sae_id, old_label, old_score = session.execute(
         select(features.c.sae_id, features.c.label, features.c.label_score).where(
             features.c.id == feature_id
@@ -95,7 +101,7 @@ def _has_failed_attempt(session: Session, feature_id: int) -> bool:
 def _shift_summary(
     session: Session, sae_id: int, feature_id: int, before: tuple, after: tuple
 ) -> None:
-    saes = SaeRow.__table__
+    saes = cast(Table, SaeRow.__table__)
     # FOR UPDATE: two reviewers of one SAE shift its summary one after the other.
     stored = session.scalar(select(saes.c.summary).where(saes.c.id == sae_id).with_for_update())
     if not stored or "score_sum" not in stored:  # never summarised
@@ -121,7 +127,7 @@ def refresh_labels(session: Session | Connection, sae_id: int, reviewed: bool = 
     """Store each feature's best label and its headline score; returns how many have one.
     `reviewed=False` ignores review columns, for the migration that ran before they existed."""
     best = _best_labels(session, Feature.sae_id == sae_id, reviewed)
-    features = Feature.__table__
+    features = cast(Table, Feature.__table__)
     session.execute(
         update(features).where(features.c.sae_id == sae_id).values(label=None, label_score=None)
     )
@@ -177,7 +183,7 @@ def refresh_summary(session: Session | Connection, sae_id: int) -> dict:
         "scores": _histogram(scores, SCORE_EDGES),
         "updated_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    saes = SaeRow.__table__
+    saes = cast(Table, SaeRow.__table__)
     session.execute(update(saes).where(saes.c.id == sae_id).values(summary=summary))
     return summary
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
-from sqlalchemy import select, tuple_
+from sqlalchemy import literal, select, tuple_
 from sqlalchemy.orm import Session, aliased, contains_eager, load_only
 
 from app.db.codec import unpack_activations, unpack_ids
@@ -18,8 +18,14 @@ from app.db.labels import label_order, showable
 from app.db.models import Context, Example, Explanation, Feature, Model, SaeRow, Token
 from app.db.search import features_matching
 
-LISTED = (Feature.index, Feature.density, Feature.max_act, Feature.mean_act, Feature.label,
-          Feature.label_score)  # fmt: skip
+LISTED = (
+    Feature.index,
+    Feature.density,
+    Feature.max_act,
+    Feature.mean_act,
+    Feature.label,
+    Feature.label_score,
+)
 SortKey = Literal["index", "density", "max_act", "score"]
 SORT_COLUMNS = {
     "index": Feature.index,
@@ -204,7 +210,7 @@ def list_features(
             statement = statement.where(Feature.id.in_(matching))
     if after is not None:
         boundary = tuple_(*keys) if len(keys) > 1 else keys[0]
-        value = tuple_(*after) if len(keys) > 1 else after[1]
+        value = tuple_(*map(literal, after)) if len(keys) > 1 else after[1]
         statement = statement.where(boundary < value if descending else boundary > value)
     order = [k.desc() if descending else k.asc() for k in keys]
     features = list(session.scalars(statement.order_by(*order).limit(limit + 1)))
@@ -247,8 +253,11 @@ def feature_view(session: Session, model: str, sae: str, index: int) -> FeatureV
     feature, sae_row, model_row, _ = rows[0]
 
     def shown_first(e: Explanation) -> tuple:
-        return (showable(e.status, e.verdict, e.retired_at), e.status == "ok",
-                *label_order(e.scores, e.id, e.verdict))  # fmt: skip
+        return (
+            showable(e.status, e.verdict, e.retired_at),
+            e.status == "ok",
+            *label_order(e.scores, e.id, e.verdict),
+        )
 
     labels = sorted((e for *_, e in rows if e is not None), key=shown_first, reverse=True)
     examples = [
@@ -262,14 +271,18 @@ def feature_view(session: Session, model: str, sae: str, index: int) -> FeatureV
     ]
     cosines = {int(i): float(c) for i, c in feature.neighbours or []}
     near = aliased(Feature)
-    found = {
-        i: (label, density)
-        for i, label, density in session.execute(
-            select(near.index, near.label, near.density).where(
-                near.sae_id == sae_row.id, near.index.in_(list(cosines))
+    found = (
+        {
+            i: (label, density)
+            for i, label, density in session.execute(
+                select(near.index, near.label, near.density).where(
+                    near.sae_id == sae_row.id, near.index.in_(list(cosines))
+                )
             )
-        )
-    } if cosines else {}  # fmt: skip
+        }
+        if cosines
+        else {}
+    )
     neighbours = [
         Neighbour(i, c, *found.get(i, (None, None)))
         for i, c in sorted(cosines.items(), key=lambda ic: -ic[1])

@@ -30,8 +30,16 @@ def _text(text: str) -> str:
 
 
 def _record(session: Session, label: Explanation, author: str, action: str, before, after):
-    session.add(LabelEvent(feature_id=label.feature_id, explanation_id=label.id, author=author,
-                           action=action, before=before, after=after))  # fmt: skip
+    session.add(
+        LabelEvent(
+            feature_id=label.feature_id,
+            explanation_id=label.id,
+            author=author,
+            action=action,
+            before=before,
+            after=after,
+        )
+    )
     session.flush()
     refresh_feature_label(session, label.feature_id)
 
@@ -51,7 +59,8 @@ def review_label(
     if label.status != "ok":
         raise MonoscopeError("a failed labelling attempt has no label to review")
     if action == "edit":
-        before, after = label.text, _text(text)
+        before: str | None = label.text
+        after = _text(text)
         if after == before:
             return label
         # the text shown is now the editor's; who wrote the first text stays in the history

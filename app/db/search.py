@@ -11,7 +11,7 @@ Operators and quotes in the query are taken as plain words.
 import re
 from dataclasses import dataclass
 
-from sqlalchemy import Select, column, func, literal_column, select, table
+from sqlalchemy import ColumnElement, Select, column, func, literal_column, select, table
 from sqlalchemy.orm import Session
 
 from app.db.models import Explanation, Feature, Model, SaeRow
@@ -70,7 +70,7 @@ def _matches(session: Session, query: str):
         if match is None:
             return None
         fts = table("explanations_fts", column("rowid"))
-        rank = -func.bm25(literal_column("explanations_fts"))
+        rank: ColumnElement[float] = -func.bm25(literal_column("explanations_fts"))
         matches = select(fts.c.rowid.label("id"), rank.label("rank")).where(
             literal_column("explanations_fts").op("MATCH")(match)
         )
@@ -79,7 +79,9 @@ def _matches(session: Session, query: str):
     if expression is None:
         return None
     ts = func.to_tsquery("english", expression)
-    vector = literal_column("explanations.search_vector")  # generated column, GIN-indexed
+    vector: ColumnElement = literal_column(
+        "explanations.search_vector"
+    )  # generated column, GIN-indexed
     rank = func.ts_rank(vector, ts)
     matches = select(Explanation.id.label("id"), rank.label("rank")).where(vector.op("@@")(ts))
     return matches, rank, Explanation.id

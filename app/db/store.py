@@ -8,11 +8,12 @@ failure anywhere leaves no rows behind.
     insert_examples(session, feature_ids[features], context_ids[...], ...)
 """
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import CursorResult, delete, func, insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -125,7 +126,7 @@ def insert_contexts(
     return {row: id_ for row, id_ in found if row in wanted}
 
 
-def insert_features(session: Session, sae_id: int, columns: dict[str, Sequence]) -> np.ndarray:
+def insert_features(session: Session, sae_id: int, columns: Mapping[str, Sequence]) -> np.ndarray:
     """One row per feature from equal-length columns; returns database ids indexed by feature."""
     n = len(columns["index"])
     names = list(columns)
@@ -173,7 +174,7 @@ def delete_orphan_contexts(session: Session, model_id: int) -> int:
     result = session.execute(
         delete(Context).where(Context.model_id == model_id, Context.id.not_in(used))
     )
-    return result.rowcount or 0
+    return cast(CursorResult, result).rowcount or 0
 
 
 def count_rows(session: Session) -> dict[str, int]:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from app.core.packing import pack_stream
 from app.demo.world import Document, World
@@ -89,7 +89,7 @@ def _token_concepts(doc: Document, offsets: list[tuple[int, int]]) -> list[tuple
 def pack(
     world: World,
     n_documents: int,
-    tokenizer: PreTrainedTokenizerFast,
+    tokenizer: PreTrainedTokenizerBase,
     context_size: int,
     start: int = 0,
 ) -> PackedTokens:

@@ -106,13 +106,23 @@ def evaluate_ground_truth(
     category_of = np.array([names.index(c.category) for c in CATALOGUE.concepts])
     as_categories = np.stack([tokens.concepts_at[:, 0], category_of[tokens.concepts_at[:, 1]]], 1)
     concepts = _best_features(
-        positions, features, feature_max, sae.d_sae, tokens.concepts_at,
-        [(c.key, c.name, c.category) for c in CATALOGUE.concepts], min_occurrences,
-    )  # fmt: skip
+        positions,
+        features,
+        feature_max,
+        sae.d_sae,
+        tokens.concepts_at,
+        [(c.key, c.name, c.category) for c in CATALOGUE.concepts],
+        min_occurrences,
+    )
     categories = _best_features(
-        positions, features, feature_max, sae.d_sae, as_categories,
-        [(f"category/{name}", name, name) for name in names], min_occurrences,
-    )  # fmt: skip
+        positions,
+        features,
+        feature_max,
+        sae.d_sae,
+        as_categories,
+        [(f"category/{name}", name, name) for name in names],
+        min_occurrences,
+    )
     return GroundTruthReport(tokens.ids.size, min_occurrences, concepts, categories, feature_max)
 
 
@@ -212,7 +222,7 @@ def label_accuracy(
                 "named": bool(label) and names_concept(label, terms),
             }
         )
-    return LabelAccuracy(threshold, len(rows), sum(r["named"] for r in rows), tuple(rows))
+    return LabelAccuracy(threshold, len(rows), sum(bool(r["named"]) for r in rows), tuple(rows))
 
 
 def score_agreement(

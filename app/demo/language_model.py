@@ -112,7 +112,7 @@ class LanguageModelJob:
             if (step + 1) % c.checkpoint_every == 0 and step + 1 < c.steps:
                 save_checkpoint(checkpoint, step + 1, model=model, optimizer=optimizer)
         model.eval()
-        report = {
+        report: dict[str, object] = {
             "val_loss": validation_loss(model, val),
             "train_tokens": int(order.size) * c.context_size,
         }

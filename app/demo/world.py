@@ -1136,7 +1136,7 @@ def _lists(w: _Writer, d: _Draw) -> None:
     kind = d.rng.randrange(7)
     if kind == 0:
         w.add(d.one(["Shopping list:", "To buy:", "Things for the picnic:"]) + "\n")
-        foods = []
+        foods: list[Concept] = []
         while len(foods) < d.rng.randint(3, 6):
             food = d.pick("foods", exclude=tuple(foods))
             foods.append(food)

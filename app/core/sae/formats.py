@@ -6,6 +6,7 @@ Every problem with a file is one SaeFormatError naming the file and what is wron
 import json
 import re
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -22,7 +23,7 @@ from app.core.sae.constants import (
     SPARSIFY_CFG,
     SPARSIFY_WEIGHTS,
 )
-from app.core.sae.module import ARCHITECTURES, NORMALIZATIONS, Sae, SaeConfig
+from app.core.sae.module import ARCHITECTURES, NORMALIZATIONS, Normalization, Sae, SaeConfig
 from app.core.sites import parse_site
 
 # Keys each architecture needs beyond W_enc, W_dec and b_dec.
@@ -147,7 +148,7 @@ def _read_saelens(folder: Path) -> Sae:
     raw = _read_json(cfg_file)
     metadata = raw.get("metadata") if isinstance(raw.get("metadata"), dict) else None
     # v6 configs nest the training context under "metadata"; older ones are flat.
-    context = metadata if metadata is not None and "hook_name" in metadata else raw
+    context: dict = metadata if metadata is not None and "hook_name" in metadata else raw
     hook_name = context.get("hook_name") or context.get("hook_point")
     if not hook_name:
         raise SaeFormatError(f"{cfg_file}: missing field 'hook_name'")
@@ -197,7 +198,7 @@ def _read_saelens(folder: Path) -> Sae:
         hook_name=str(hook_name),
         k=k if architecture == "topk" else None,
         apply_b_dec_to_input=bool(raw.get("apply_b_dec_to_input", True)),
-        normalize_activations=normalization,
+        normalize_activations=cast(Normalization, normalization),  # checked above
         rescale_acts_by_decoder_norm=bool(raw.get("rescale_acts_by_decoder_norm", False)),
         model_name=context.get("model_name"),
         dtype=str(raw.get("dtype", "float32")).removeprefix("torch."),
@@ -214,7 +215,7 @@ def save_saelens(sae: Sae, folder: Path) -> Path:
     if cfg.topk_grouping == "groupmax":
         raise MonoscopeError("a groupmax (sparsify) SAE has no SAELens equivalent; cannot save it")
     folder.mkdir(parents=True, exist_ok=True)
-    body = {
+    body: dict[str, object] = {
         "architecture": cfg.architecture,
         "d_in": cfg.d_in,
         "d_sae": cfg.d_sae,

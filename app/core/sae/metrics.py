@@ -3,7 +3,7 @@
     metrics = evaluate_sae(model, sae, contexts)      # contexts: (n, pos) token ids
     metrics.variance_explained, metrics.ce_loss_recovered, metrics.dead_fraction
 
-Definitions follow REFERENCE.md: FVU = sum ||x - x_hat||^2 / sum ||x - mean(x)||^2; CE loss
+Definitions as SAELens evaluates them: FVU = sum ||x - x_hat||^2 / sum ||x - mean(x)||^2; CE loss
 recovered = (CE_zero - CE_sae) / (CE_zero - CE_clean) with the reconstruction spliced in at the
 hook; KL(clean || spliced). The BOS position is left alone (neither spliced nor counted): its
 residual is an outlier that SAEs are not trained on.

@@ -4,7 +4,8 @@
     x_hat = sae.decode(f)                  # (..., d_sae) -> (..., d_in)
     x_hat = sae(x)                         # encode + decode, undoing any input normalisation
 
-Encode follows each source's formula exactly (see shared REFERENCE.md):
+Encode follows each source's formula exactly (SAELens, sparsify, Gemma Scope; the parity tests
+in tests/unit/test_sae_formats.py load the same files in those libraries):
     x' = normalise(x) - b_dec * apply_b_dec_to_input;   z = x' W_enc + b_enc
     standard: ReLU(z)      jumprelu: ReLU(z) * 1[z > threshold]
     topk: the k largest z (optionally scaled by |W_dec| first), ReLU'd, zero elsewhere
@@ -13,7 +14,7 @@ Encode follows each source's formula exactly (see shared REFERENCE.md):
 """
 
 from dataclasses import asdict, dataclass, field, replace
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import nn
@@ -22,13 +23,8 @@ from app.core.batch_invariance import rows_addmm
 
 Architecture = Literal["standard", "topk", "jumprelu", "gated"]
 Normalization = Literal["none", "expected_average_only_in", "constant_norm_rescale", "layer_norm"]
-ARCHITECTURES: tuple[str, ...] = ("standard", "topk", "jumprelu", "gated")
-NORMALIZATIONS: tuple[str, ...] = (
-    "none",
-    "expected_average_only_in",
-    "constant_norm_rescale",
-    "layer_norm",
-)
+ARCHITECTURES: tuple[str, ...] = get_args(Architecture)
+NORMALIZATIONS: tuple[str, ...] = get_args(Normalization)
 _LAYER_NORM_EPS = 1e-5
 
 
@@ -69,6 +65,16 @@ def _affine(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 class Sae(nn.Module):
     """An SAE whose encode/decode match its source implementation numerically."""
+
+    # Registered from the weight file in __init__; an architecture uses the subset it needs.
+    W_enc: nn.Parameter  # (d_in, d_sae)
+    W_dec: nn.Parameter  # (d_sae, d_in)
+    b_enc: nn.Parameter  # (d_sae,)
+    b_dec: nn.Parameter  # (d_in,)
+    b_gate: nn.Parameter  # (d_sae,) gated
+    b_mag: nn.Parameter  # (d_sae,) gated
+    r_mag: nn.Parameter  # (d_sae,) gated
+    threshold: nn.Parameter  # (d_sae,) jumprelu
 
     def __init__(self, cfg: SaeConfig, weights: dict[str, torch.Tensor]):
         super().__init__()
