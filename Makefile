@@ -30,6 +30,7 @@ test-fast: setup
 lint: setup
 	$(VENV)/bin/ruff check app tests bench migrations
 	$(VENV)/bin/ruff format --check app tests bench migrations
+	$(VENV)/bin/mypy app
 
 format: setup
 	$(VENV)/bin/ruff format app tests bench migrations

@@ -2,7 +2,7 @@
 
 monoscope serve --model gpt2 --sae saes/res6
 monoscope inspect --model gpt2 --sae saes/res6 "The Golden Gate Bridge"
-monoscope steer --model gpt2 --sae saes/res6 -f res6:1234:clamp:10 "Tell me about yourself"
+monoscope steer --model gpt2 --sae saes/res6 -f res6/1234:clamp:5 "Tell me about yourself"
 monoscope convert-sae params.npz out/ --hook-name blocks.12.hook_resid_post
 monoscope ingest corpus.jsonl data/stores/web --model gpt2 --tokens 3000000
 monoscope harvest --model gpt2 --sae saes/res6 --corpus data/stores/web --tokens 3000000
@@ -10,7 +10,7 @@ monoscope harvest --model gpt2 --sae saes/res6 --corpus data/stores/web --tokens
 
 import errno
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, cast
 
 import typer
 from pydantic import ValidationError
@@ -18,20 +18,21 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from app.config_options import config_options
 from app.core.errors import MonoscopeError
+from app.core.feature_ref import FEATURE_REF_SYNTAX
+from app.pipeline.config import HarvestConfig, IngestConfig, TrainSaeConfig
 from app.settings import Settings
 
 cli = typer.Typer(no_args_is_help=True, add_completion=False, help="Explore SAE features.")
-out = Console()
+# emoji=False: rich would draw ':clamp:' in a feature reference as an emoji
+out = Console(emoji=False)
 FIELDS = Settings.model_fields
 
 ModelOpt = Annotated[str | None, typer.Option(help=FIELDS["model"].description)]
 SaeOpt = Annotated[list[str] | None, typer.Option("--sae", help=FIELDS["saes"].description)]
 DeviceOpt = Annotated[str | None, typer.Option(help=FIELDS["device"].description)]
 DatabaseOpt = Annotated[str | None, typer.Option(help=FIELDS["database_url"].description)]
-CORPUS_HELP = (
-    "a .txt/.jsonl/.parquet/.arrow file, a local HF dataset directory, or demo-world[:SEED]."
-)
 
 
 def _settings(**overrides) -> Settings:
@@ -91,8 +92,12 @@ def serve(
     )
     workspace = _workspace(settings)  # bad paths fail here, plainly
     _database(settings)  # so does an unreachable database
-    uvicorn.run(create_app(settings, workspace), host=settings.host, port=settings.port,
-                **server_options(settings))  # fmt: skip
+    uvicorn.run(
+        create_app(settings, workspace),
+        host=settings.host,
+        port=settings.port,
+        **server_options(settings),
+    )
 
 
 @cli.command()
@@ -119,8 +124,10 @@ def demo(
     engine = _database(settings)
     workspace = _workspace(settings)
     if not demo_database_ready(engine):
-        out.print(f"building the demo database in {engine.url.render_as_string()}; the site "
-                  "shows its progress meanwhile")  # fmt: skip
+        out.print(
+            f"building the demo database in {engine.url.render_as_string()}; the site "
+            "shows its progress meanwhile"
+        )
 
     def build(progress) -> None:  # labels and scores resume too, when a crash cut them short
         build_demo_database(engine, settings.data_dir / "demo-harvest", stage=progress.set_stage)
@@ -151,88 +158,60 @@ def migrate(database_url: DatabaseOpt = None) -> None:
 
 
 @cli.command()
+@config_options(
+    IngestConfig,
+    "context_size",
+    "max_tokens",
+    arguments=("source", "out"),
+    flags={"max_tokens": "--tokens"},
+)
 def ingest(
-    source: Annotated[str, typer.Argument(help=CORPUS_HELP)],
-    out_dir: Annotated[Path, typer.Argument(help="Folder to write the token store to.")],
+    config_values: dict,
     model: Annotated[
         str | None, typer.Option(help="Model whose tokenizer to use (default: the demo model).")
     ] = None,
-    context_size: Annotated[int, typer.Option(help="Tokens per context, BOS included.")] = 128,
-    tokens: Annotated[
-        int | None, typer.Option(help="Stop after this many tokens (default: the whole corpus).")
-    ] = None,
 ) -> None:
     """Tokenize a corpus into fixed-length contexts on disk (a token store for harvest)."""
-    from app.pipeline.ingest import ingest as run_ingest
+    from app.pipeline.ingest import IngestJob
 
-    store = run_ingest(source, _tokenizer(model), out_dir, context_size, max_tokens=tokens)
-    meta = store.meta
+    config = IngestConfig(**config_values)
+    meta = IngestJob(config, _tokenizer(model)).run().meta
     out.print(
         f"wrote {meta['contexts']:,} contexts × {meta['context_size']} tokens from "
-        f"{meta['documents']:,} documents to {out_dir} (fingerprint {meta['fingerprint']})"
+        f"{meta['documents']:,} documents to {config.out} (fingerprint {meta['fingerprint']})"
     )
 
 
-def _harvest(
-    model: str | None,
-    sae: str,
-    corpus: str,
-    tokens: int,
-    name: str | None,
-    batch_size: int,
-    replace: bool,
-    device: str | None,
-    database_url: str | None,
-):
+def _harvest_config(config_values: dict, settings: Settings):
     from app.demo import DEMO_MODEL
-    from app.pipeline.harvest import HarvestConfig, HarvestJob
 
-    settings = _settings(device=device, database_url=database_url)
-    engine = _database(settings)
-    config = HarvestConfig(
-        model=model or str(DEMO_MODEL),
-        sae=sae,
-        corpus=corpus,
-        tokens=tokens,
-        name=name,
-        batch_size=batch_size,
-        replace=replace,
-        device=settings.device,
-        work_dir=settings.data_dir / "harvest",
-    )
-    result = HarvestJob(config, engine).run()
+    values = config_values | {"model": config_values["model"] or str(DEMO_MODEL)}
+    return HarvestConfig(**values, device=settings.device, work_dir=settings.data_dir / "harvest")
+
+
+def _print_harvest(result) -> None:
     out.print(
         f"harvested {result.model}/{result.sae}: {result.tokens:,} tokens, "
         f"{result.alive:,} of {result.features:,} features alive, {result.examples:,} examples"
     )
     _print_metrics(f"{result.model}/{result.sae}", result.metrics)
-    return result
 
 
-HarvestModelOpt = Annotated[
-    str | None, typer.Option(help="Hub id or local directory (default: the demo model).")
-]
-TokensOpt = Annotated[int, typer.Option(help="Tokens to harvest.")]
-NameOpt = Annotated[str | None, typer.Option(help="Name in the database and URLs.")]
-BatchOpt = Annotated[int, typer.Option(help="Contexts per forward pass.")]
-ReplaceOpt = Annotated[bool, typer.Option(help="Replace an SAE of that name.")]
+HARVEST_OPTIONS = ("corpus", "tokens", "context_size", "name", "batch_size", "replace")
 
 
 @cli.command()
+@config_options(HarvestConfig, "sae", *HARVEST_OPTIONS, defaults={"model": None})
 def harvest(
-    sae: Annotated[str, typer.Option("--sae", help="The SAE to harvest (any supported format).")],
-    corpus: Annotated[str, typer.Option(help="A token store from ingest, or " + CORPUS_HELP)],
-    model: HarvestModelOpt = None,
-    tokens: TokensOpt = 1_000_000,
-    name: NameOpt = None,
-    batch_size: BatchOpt = 16,
-    replace: ReplaceOpt = False,
-    device: DeviceOpt = None,
-    database_url: DatabaseOpt = None,
+    config_values: dict, device: DeviceOpt = None, database_url: DatabaseOpt = None
 ) -> None:
     """Fill the database with an SAE's feature dashboards: examples, statistics, logit effects,
     neighbours. Resumable: run it again after a crash."""
-    _harvest(model, sae, corpus, tokens, name, batch_size, replace, device, database_url)
+    from app.pipeline.harvest import HarvestJob
+
+    settings = _settings(device=device, database_url=database_url)
+    result = HarvestJob(_harvest_config(config_values, settings), _database(settings)).run()
+    _print_harvest(result)
 
 
 @cli.command()
@@ -252,18 +231,22 @@ def explain(
         str | None, typer.Option(help="Comma-separated feature indices (default: all alive).")
     ] = None,
     force: Annotated[bool, typer.Option(help="Label again features already labelled.")] = False,
+    device: DeviceOpt = None,
     database_url: DatabaseOpt = None,
 ) -> None:
     """Label an SAE's features. Resumable and idempotent: run it again to continue or retry."""
     from app.demo import DEMO_MODEL
-    from app.pipeline.explain import run_explain
+    from app.pipeline.config import ExplainConfig
+    from app.pipeline.explain import ExplainJob, explainer_for
 
-    settings = _settings(database_url=database_url)
+    settings = _settings(database_url=database_url, device=device)
     engine = _database(settings)
     model_name = model or DEMO_MODEL.name
-    chosen = _explainer(explainer, settings, engine, model_name)
+    chosen = explainer_for(engine, settings, model_name, explainer)
     wanted = _indices(features)
-    result = run_explain(engine, model_name, sae, chosen, features=wanted, force=force)
+    result = ExplainJob(
+        ExplainConfig(model_name, sae, features=wanted, force=force), engine, chosen
+    ).run()
     out.print(
         f"labelled {result.explained:,} features, {result.failed:,} failed, "
         f"{result.skipped:,} already labelled (run {result.run_id}; "
@@ -289,89 +272,34 @@ def score(
     database_url: DatabaseOpt = None,
 ) -> None:
     """Score stored labels on held-out examples and negatives. Resumable and idempotent."""
+    from app.autointerp.factory import build_judge, default_scorers
     from app.demo import DEMO_MODEL
-    from app.pipeline.score import run_score
+    from app.pipeline.config import ScoreConfig
+    from app.pipeline.score import ScoreJob, load_harvested
 
     settings = _settings(database_url=database_url, device=device)
     engine = _database(settings)
     model_name = model or DEMO_MODEL.name
-    scorers = scorer or (
-        ["simulation", "detection"] if settings.explainer_base_url else ["simulation"]
-    )
-    resident, resident_sae = _resident(engine, model_name, sae, settings.device)
-    judge = None
-    if any(s in ("detection", "fuzzing") for s in scorers) and settings.explainer_base_url:
-        from app.autointerp.scoring import LLMJudge
-
-        judge = LLMJudge(_chat_client(settings))
-    result = run_score(
-        engine, model_name, sae, scorers, resident, resident_sae, judge=judge,
-        features=_indices(features), force=force, concurrency=settings.explainer_concurrency,
-    )  # fmt: skip
+    scorers = scorer or default_scorers(settings)
+    resident, resident_sae = load_harvested(engine, model_name, sae, settings.device)
+    result = ScoreJob(
+        ScoreConfig(
+            model_name,
+            sae,
+            tuple(scorers),
+            features=_indices(features),
+            force=force,
+            concurrency=settings.explainer_concurrency,
+        ),
+        engine,
+        resident,
+        resident_sae,
+        judge=build_judge(settings, scorers),
+    ).run()
     out.print(
         f"scored {result.scored:,}, failed {result.failed:,}, already scored {result.skipped:,} "
         f"({result.prompt_tokens + result.completion_tokens:,} LLM tokens)"
     )
-
-
-def _resident(engine, model_name: str, sae: str, device: str):
-    """The model and SAE a stored SAE was harvested from, loaded from their recorded sources."""
-    from app.core.model import load_model
-    from app.core.sae import load_sae
-    from app.db.engine import session_scope
-    from app.db.queries import find_sae
-
-    with session_scope(engine) as session:
-        row = find_sae(session, model_name, sae)
-        if row is None:
-            raise MonoscopeError(f"no SAE {model_name}/{sae} in the database; harvest it first")
-        sources = row.model.source, row.source
-    loaded = load_model(sources[0], device=device)
-    return loaded, loaded.attach(load_sae(sources[1]), source=sources[1])
-
-
-def _chat_client(settings: Settings):
-    from app.autointerp.llm import ChatClient
-
-    if not settings.explainer_base_url:
-        raise MonoscopeError("an LLM explainer or judge needs MONOSCOPE_EXPLAINER_BASE_URL")
-    key = settings.explainer_api_key
-    return ChatClient(
-        settings.explainer_base_url,
-        settings.explainer_model,
-        key.get_secret_value() if key else None,
-        timeout=settings.explainer_timeout,
-    )
-
-
-def _explainer(name: str | None, settings: Settings, engine, model_name: str):
-    from app.db.engine import session_scope
-    from app.db.queries import find_model
-    from app.pipeline.explain import offline_explainer
-
-    name = name or ("openai" if settings.explainer_base_url else "offline")
-    if name == "offline":
-        return offline_explainer(engine, model_name)
-    if name == "openai":
-        from app.autointerp.llm import LLMExplainer
-
-        return LLMExplainer(
-            _chat_client(settings),
-            settings.explainer_concurrency,
-            settings.explainer_price_prompt,
-            settings.explainer_price_completion,
-        )
-    if name == "self":
-        from app.autointerp.self_explain import SelfExplainer
-        from app.core.model import load_model
-
-        with session_scope(engine) as session:
-            row = find_model(session, model_name)
-            if row is None:
-                raise MonoscopeError(f"no model {model_name!r} in the database")
-            source = row.source
-        return SelfExplainer(load_model(source, device=settings.device))
-    raise MonoscopeError(f"unknown explainer {name!r}; use offline, openai or self")
 
 
 def _indices(text: str | None) -> list[int] | None:
@@ -384,33 +312,21 @@ def _indices(text: str | None) -> list[int] | None:
 
 
 @cli.command("add-sae")
+@config_options(HarvestConfig, *HARVEST_OPTIONS, arguments=("sae",), defaults={"model": None})
 def add_sae(
-    path: Annotated[str, typer.Argument(help="SAELens or sparsify directory, params.npz, hf://")],
-    corpus: Annotated[str, typer.Option(help="A token store from ingest, or " + CORPUS_HELP)],
-    model: HarvestModelOpt = None,
-    tokens: TokensOpt = 1_000_000,
-    name: NameOpt = None,
-    batch_size: BatchOpt = 16,
-    replace: ReplaceOpt = False,
-    device: DeviceOpt = None,
-    database_url: DatabaseOpt = None,
+    config_values: dict, device: DeviceOpt = None, database_url: DatabaseOpt = None
 ) -> None:
     """Bring your own SAE in one command: import it, harvest it into the database, label its
     features (the LLM explainer when an endpoint is set, else offline) and score the labels."""
-    from app.pipeline.explain import run_explain
-    from app.pipeline.score import run_score
+    from app.pipeline.add_sae import AddSaeJob
 
-    result = _harvest(model, path, corpus, tokens, name, batch_size, replace, device, database_url)
     settings = _settings(database_url=database_url, device=device)
     engine = _database(settings)
-    explained = run_explain(
-        engine, result.model, result.sae, _explainer(None, settings, engine, result.model)
-    )
-    resident, resident_sae = _resident(engine, result.model, result.sae, settings.device)
-    scored = run_score(engine, result.model, result.sae, ["simulation"], resident, resident_sae)
+    result = AddSaeJob(_harvest_config(config_values, settings), engine, settings).run()
+    _print_harvest(result.harvest)
     out.print(
-        f"labelled {explained.explained:,} features ({explained.failed:,} failed); "
-        f"scored {scored.scored:,} labels by simulation"
+        f"labelled {result.explain.explained:,} features ({result.explain.failed:,} failed); "
+        f"scored {result.score.scored:,} labels by simulation"
     )
 
 
@@ -424,10 +340,13 @@ def inspect(
     reduce: Annotated[str, typer.Option(help="Rank over tokens by max or sum.")] = "max",
 ) -> None:
     """Which features fire on a text, per SAE (BOS excluded)."""
+    from app.core.inspect import Reduce
     from app.core.inspect import inspect as inspect_text
 
     workspace = _workspace(_settings(model=model, saes=sae, device=device))
-    result = inspect_text(workspace.model, workspace.saes, text, top_k=top, reduce=reduce)
+    result = inspect_text(  # inspect refuses a reduction other than max or sum
+        workspace.model, workspace.saes, text, top_k=top, reduce=cast(Reduce, reduce)
+    )
     for name, found in result.saes.items():
         table = Table(title=f"{name} ({workspace.saes[name].hook_name})")
         table.add_column("feature", justify="right")
@@ -439,31 +358,17 @@ def inspect(
         out.print(table)
 
 
-def _parse_feature(text: str):
-    from app.core.steering import SteeringFeature
-
-    parts = text.split(":")
-    if len(parts) not in (4, 5):
-        raise MonoscopeError(
-            f"bad feature {text!r}; expected SAE:INDEX:clamp|add:STRENGTH[:raw|max_act]"
-        )
-    try:
-        return SteeringFeature(
-            parts[0],
-            int(parts[1]),
-            parts[2],
-            float(parts[3]),
-            units=parts[4] if len(parts) == 5 else "raw",
-        )
-    except ValueError as exc:
-        raise MonoscopeError(f"bad feature {text!r}: {exc}") from exc
-
-
 @cli.command()
 def steer(
     message: Annotated[str, typer.Argument(help="What the user says to the model.")],
     feature: Annotated[
-        list[str], typer.Option("-f", "--feature", help="SAE:INDEX:clamp|add:STRENGTH (raw units).")
+        list[str],
+        typer.Option(
+            "-f",
+            "--feature",
+            help=f"{FEATURE_REF_SYNTAX}, e.g. res1/946:clamp:5 (strength in multiples of the "
+            "feature's max activation, read from the database; end with :raw for raw units).",
+        ),
     ],
     model: ModelOpt = None,
     sae: SaeOpt = None,
@@ -471,14 +376,27 @@ def steer(
     max_tokens: Annotated[int, typer.Option(help="Tokens to generate.")] = 64,
     temperature: Annotated[float, typer.Option(help="0 for greedy.")] = 0.7,
     seed: Annotated[int, typer.Option(help="Shared by the default and steered replies.")] = 0,
+    database_url: DatabaseOpt = None,
 ) -> None:
     """Reply to a message with and without steering, side by side."""
+    from app.core.feature_ref import parse_feature_ref
     from app.core.generation import SamplingParams, chat_prompt_ids, complete, pair_rows
     from app.core.steering import SteeringSpec, resolve_steering
+    from app.db.engine import session_scope
+    from app.db.steering import max_acts_and_labels
 
-    spec = SteeringSpec(tuple(_parse_feature(f) for f in feature))
-    workspace = _workspace(_settings(model=model, saes=sae, device=device))
-    edits = resolve_steering(spec, workspace.saes)
+    settings = _settings(model=model, saes=sae, device=device, database_url=database_url)
+    refs = [parse_feature_ref(f) for f in feature]
+    workspace = _workspace(settings)
+    for named, _ in refs:
+        if named is not None and named != workspace.model.name:
+            raise MonoscopeError(f"feature of model {named!r}; loaded: {workspace.model.name}")
+    spec = SteeringSpec(tuple(f for _, f in refs))
+    with session_scope(_database(settings)) as session:
+        known = max_acts_and_labels(
+            session, workspace.model.name, ((f.sae, f.index) for f in spec.features)
+        )
+    edits = resolve_steering(spec, workspace.saes, lambda s, i: known.get((s, i), (None,))[0])
     ids, stops = chat_prompt_ids(workspace.model.tokenizer, [{"role": "user", "content": message}])
     params = SamplingParams(max_new_tokens=max_tokens, temperature=temperature, stop_strings=stops)
     default, steered = complete(
@@ -488,44 +406,46 @@ def steer(
     out.print("[bold]steered[/bold]", steered, sep="\n", markup=True, highlight=False)
 
 
-@cli.command("train-sae")
-def train_sae(
-    out: Annotated[Path, typer.Argument(help="Folder to write the SAELens-format SAE to.")],
-    model: Annotated[str, typer.Option(help="Hub id or local directory of the model.")],
-    site: Annotated[str, typer.Option(help="Hook site, e.g. blocks.6.hook_resid_post.")],
-    corpus: Annotated[
-        str, typer.Option(help="demo-world[:SEED], a .txt or .jsonl file, or a .npy of token ids.")
-    ],
-    eval_corpus: Annotated[
-        str | None, typer.Option(help="Held-out text for the final metrics.")
-    ] = None,
-    d_sae: Annotated[int, typer.Option(help="Number of latents.")] = 4096,
-    k: Annotated[int, typer.Option(help="Active latents per token; 0 for ReLU + L1.")] = 32,
-    l1: Annotated[float, typer.Option(help="L1 coefficient (ReLU SAEs).")] = 0.0,
-    tokens: Annotated[int, typer.Option(help="Activations to cache and train on.")] = 2_000_000,
-    epochs: Annotated[int, typer.Option(help="Passes over the cached activations.")] = 2,
-    context_size: Annotated[int, typer.Option(help="Tokens per context.")] = 128,
-    batch_size: Annotated[int, typer.Option(help="Activations per step.")] = 2048,
-    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 5e-4,
-    seed: Annotated[int, typer.Option(help="Initialisation and data order.")] = 0,
-    device: DeviceOpt = None,
-    work_dir: Annotated[
-        Path, typer.Option(help="Activation cache and checkpoints (resume from here).")
-    ] = Path("data/train-sae"),
-) -> None:
-    """Train a TopK (or ReLU + L1) SAE on one site of a model."""
-    from app.pipeline.train_sae import TrainSaeConfig, TrainSaeJob
+TRAIN_SAE_OPTIONS = (
+    "model",
+    "hook_name",
+    "corpus",
+    "eval_corpus",
+    "d_sae",
+    "k",
+    "l1_coefficient",
+    "train_tokens",
+    "epochs",
+    "context_size",
+    "batch_size",
+    "lr",
+    "seed",
+)
 
-    config = TrainSaeConfig(
-        model=model, hook_name=site, corpus=corpus, out=out, eval_corpus=eval_corpus,
-        d_sae=d_sae, k=k or None, l1_coefficient=l1, train_tokens=tokens, epochs=epochs,
-        context_size=context_size, batch_size=batch_size, lr=lr, seed=seed,
-        device=device or "auto", work_dir=work_dir,
-    )  # fmt: skip
-    if k == 0 and l1 <= 0:
+
+@cli.command("train-sae")
+@config_options(
+    TrainSaeConfig,
+    *TRAIN_SAE_OPTIONS,
+    arguments=("out",),
+    flags={"hook_name": "--site", "l1_coefficient": "--l1", "train_tokens": "--tokens"},
+)
+def train_sae(config_values: dict, device: DeviceOpt = None) -> None:
+    """Train a TopK (or ReLU + L1) SAE on one site of a model (checkpoints and the activation
+    cache go to MONOSCOPE_DATA_DIR/train-sae; run it again to resume)."""
+    from app.pipeline.train_sae import TrainSaeJob
+
+    settings = _settings(device=device)
+    k = config_values["k"] or None  # 0 on the command line: ReLU + L1
+    if k is None and config_values["l1_coefficient"] <= 0:
         raise MonoscopeError("a ReLU SAE (--k 0) needs an L1 coefficient: pass --l1")
+    config = TrainSaeConfig(
+        **config_values | {"k": k},
+        device=settings.device,
+        work_dir=settings.data_dir / "train-sae",
+    )
     sae = TrainSaeJob(config).run()
-    _print_metrics(f"wrote {sae.architecture} SAE to {out}", sae.cfg.metadata["metrics"])
+    _print_metrics(f"wrote {sae.architecture} SAE to {config.out}", sae.cfg.metadata["metrics"])
 
 
 def _print_metrics(title: str, metrics: dict) -> None:
@@ -542,12 +462,12 @@ def build_demo(
     stage: Annotated[
         str, typer.Option(help="What to rebuild: all, model (tokenizer + LM) or sae.")
     ] = "all",
-    work_dir: Annotated[Path, typer.Option(help="Checkpoints and caches.")] = Path(
-        "data/demo-build"
-    ),
 ) -> None:
-    """Reproduce the shipped demo model and SAEs from their seeds (CPU: about 50 minutes)."""
+    """Reproduce the shipped demo model and SAEs from their seeds (CPU: about 50 minutes;
+    checkpoints and caches go to MONOSCOPE_DATA_DIR/demo-build)."""
     from app.pipeline.demo_build import build_language_model, build_saes
+
+    work_dir = _settings().data_dir / "demo-build"
 
     if stage not in ("all", "model", "sae"):
         raise MonoscopeError(f"unknown stage {stage!r}; use all, model or sae")
@@ -723,8 +643,14 @@ def ground_truth(
         for column in (title, "occurrences", "feature", "F1", "precision", "recall"):
             table.add_column(column, justify="left" if column == title else "right")
         for c in rows:
-            table.add_row(c.key, str(c.occurrences), str(c.feature), f"{c.f1:.3f}",
-                          f"{c.precision:.3f}", f"{c.recall:.3f}")  # fmt: skip
+            table.add_row(
+                c.key,
+                str(c.occurrences),
+                str(c.feature),
+                f"{c.f1:.3f}",
+                f"{c.precision:.3f}",
+                f"{c.recall:.3f}",
+            )
         out.print(table)
     if accuracy is not None:
         table = Table(title="labels of the best features (F1 ≥ 0.5)")
@@ -765,7 +691,9 @@ def convert_sae(
 
 
 def _fail(message: str) -> None:
-    Console(stderr=True).print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
+    Console(stderr=True, emoji=False).print(
+        f"error: {message}", markup=False, highlight=False, soft_wrap=True
+    )
     raise SystemExit(2)
 
 

@@ -22,13 +22,19 @@ def main() -> None:
     saes = {"sae": sae}
     prompt = model.tokenizer(PROMPT)["input_ids"]
     params = SamplingParams(max_new_tokens=args.tokens, temperature=1.0)
-    print(f"{model.name} on {model.device}, {sae.architecture} SAE at {sae.hook_name}, "
-          f"{args.tokens} new tokens per row")  # fmt: skip
+    print(
+        f"{model.name} on {model.device}, {sae.architecture} SAE at {sae.hook_name}, "
+        f"{args.tokens} new tokens per row"
+    )
     for chats in (1, 4, 16):
-        rows = [row for seed in range(chats) for row in (
-            GenerationRow(prompt, None, seed, params),
-            GenerationRow(prompt, [FeatureEdit("sae", 11 + seed, "clamp", 5.0)], seed, params),
-        )]  # fmt: skip
+        rows = [
+            row
+            for seed in range(chats)
+            for row in (
+                GenerationRow(prompt, None, seed, params),
+                GenerationRow(prompt, [FeatureEdit("sae", 11 + seed, "clamp", 5.0)], seed, params),
+            )
+        ]
         counts: dict[str, int] = {}
 
         def run(name: str, invariant: bool, rows=rows, counts=counts):
@@ -40,8 +46,9 @@ def main() -> None:
 
         medians = interleaved_medians(
             {"plain": run("plain", False), "invariant": run("invariant", True)},
-            args.repeats, model.device,
-        )  # fmt: skip
+            args.repeats,
+            model.device,
+        )
         rate = {name: counts[name] / medians[name] for name in medians}
         print(
             f"{chats:>2} chats: plain {rate['plain']:7.1f} tok/s, invariant "

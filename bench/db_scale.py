@@ -36,9 +36,29 @@ WORDS = [
     a + b + c
     for a in ("bri", "gol", "fo", "ca", "lo", "qu", "ne", "par", "sym", "ve")
     for b in ("da", "me", "xo", "ri", "po", "te", "su", "ke", "bo", "la")
-    for c in ("dge", "n", "x", "on", "p", "st", "m", "nt", "ng", "r",
-              "sh", "ck", "ft", "lk", "mp", "nd", "rt", "sk", "th", "zz")
-]  # fmt: skip
+    for c in (
+        "dge",
+        "n",
+        "x",
+        "on",
+        "p",
+        "st",
+        "m",
+        "nt",
+        "ng",
+        "r",
+        "sh",
+        "ck",
+        "ft",
+        "lk",
+        "mp",
+        "nd",
+        "rt",
+        "sk",
+        "th",
+        "zz",
+    )
+]
 CHUNK = 10_000
 
 
@@ -49,8 +69,18 @@ def _features(first: int, n: int, rng: np.random.Generator, labels: list[str]) -
     logits = json.dumps([[int(t), f"tok{t}", 0.5] for t in rng.integers(0, 50_000, 10)])
     neighbours = json.dumps([[int(i), 0.4] for i in rng.integers(0, 1_000_000, 10)])
     for i in range(n):
-        yield (1, first + i, float(density[i]), float(max_act[i]), float(max_act[i]) / 3,
-               histogram, logits, logits, neighbours, labels[i])  # fmt: skip
+        yield (
+            1,
+            first + i,
+            float(density[i]),
+            float(max_act[i]),
+            float(max_act[i]) / 3,
+            histogram,
+            logits,
+            logits,
+            neighbours,
+            labels[i],
+        )
 
 
 def _label(rng: random.Random) -> str:
@@ -113,12 +143,19 @@ def build(engine: Engine, n_features: int, n_examples: int) -> None:
         rows(
             "examples (feature_id, kind, rank, interval, context_id, max_act, activations)",
             (
-                (int(f), "top" if r < 32 else "quantile", r, None if r < 32 else (r - 32) // 4,
-                 int(c), 1.0, blobs[(f + r) % 1024])
+                (
+                    int(f),
+                    "top" if r < 32 else "quantile",
+                    r,
+                    None if r < 32 else (r - 32) // 4,
+                    int(c),
+                    1.0,
+                    blobs[(f + r) % 1024],
+                )
                 for f, row in zip(feature_ids, contexts, strict=True)
                 for r, c in enumerate(row)
             ),
-        )  # fmt: skip
+        )
         rows(
             "explanations (feature_id, text, method, scores, created_at)",
             (
@@ -158,10 +195,14 @@ def measure(engine: Engine, n_features: int, n: int) -> dict[str, tuple[float, f
     with Session(engine) as session:
         sae = find_sae(session, "bench", "res")
         boundaries = [
-            (d, i) for i, d in session.execute(text(
-                'SELECT "index", density FROM features WHERE sae_id = 1 ORDER BY random() LIMIT 500'
-            ))
-        ]  # fmt: skip
+            (d, i)
+            for i, d in session.execute(
+                text(
+                    'SELECT "index", density FROM features WHERE sae_id = 1 '
+                    "ORDER BY random() LIMIT 500"
+                )
+            )
+        ]
 
         def page() -> None:
             view = feature_view(session, "bench", "res", rng.randrange(n_features))
@@ -243,8 +284,10 @@ def main() -> None:
             print(f"  built in {time.perf_counter() - start:,.0f} s")
         for query, (p50, p95) in measure(engine, args.features, args.queries).items():
             verdict = "ok" if p95 <= TARGETS[query] else "over target"
-            print(f"  {name:10s} {query:15s} p50 {p50:6.2f} ms  p95 {p95:6.2f} ms  "
-                  f"(target p95 ≤ {TARGETS[query]} ms: {verdict})")  # fmt: skip
+            print(
+                f"  {name:10s} {query:15s} p50 {p50:6.2f} ms  p95 {p95:6.2f} ms  "
+                f"(target p95 ≤ {TARGETS[query]} ms: {verdict})"
+            )
         engine.dispose()
 
 

@@ -22,8 +22,9 @@ from app.core.model import load_model
 from app.core.sae import load_sae
 from app.db.engine import connect, migrate
 from app.demo import DEMO_MODEL, DEMO_SAE
+from app.pipeline.config import IngestConfig
 from app.pipeline.harvest import HarvestConfig, HarvestJob
-from app.pipeline.ingest import ingest
+from app.pipeline.ingest import IngestJob
 
 
 def main() -> None:
@@ -40,7 +41,12 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="monoscope-bench-harvest-"))
     model = load_model(args.model, device=args.device)
     sae = model.attach(load_sae(args.sae), source=args.sae)
-    store = ingest(args.corpus, model.tokenizer, work / "store", 128, args.tokens, progress=False)
+    store = IngestJob(
+        IngestConfig(
+            args.corpus, work / "store", context_size=128, max_tokens=args.tokens, progress=False
+        ),
+        model.tokenizer,
+    ).run()
     engine = connect(f"sqlite:///{work / 'bench.db'}")
     migrate(engine)
 

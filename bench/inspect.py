@@ -64,11 +64,15 @@ def main() -> None:
     chain = _best(
         lambda: trace_chain(model, earlier, sae, prompt_ids, found.target, traced), args.repeats
     )
-    print(f"{n}-token prompt, exact ablation of the top {len(features)} features "
-          f"({model.name}, {sae.hook_name}, {args.device})")  # fmt: skip
+    print(
+        f"{n}-token prompt, exact ablation of the top {len(features)} features "
+        f"({model.name}, {sae.hook_name}, {args.device})"
+    )
     verdict = "ok" if batched <= 2.0 else "over target"
-    print(f"  attribute (gradient × activation + batched exact ablations): {batched:.3f} s "
-          f"(target ≤ 2 s: {verdict})")  # fmt: skip
+    print(
+        f"  attribute (gradient × activation + batched exact ablations): {batched:.3f} s "
+        f"(target ≤ 2 s: {verdict})"
+    )
     print(f"  ablations batched:    {ablations_batched:.3f} s")
     print(f"  ablations one by one: {ablations_one:.3f} s")
     print(f"  sequential / batched: {ablations_one / ablations_batched:.1f}×")

@@ -89,9 +89,12 @@ class Targets:
             keyset = {}
             for s in stored:
                 rows = session.execute(
-                    text('SELECT density, "index" FROM features WHERE sae_id = :id '
-                         "ORDER BY random() LIMIT 300"), {"id": s.id},
-                ).all()  # fmt: skip
+                    text(
+                        'SELECT density, "index" FROM features WHERE sae_id = :id '
+                        "ORDER BY random() LIMIT 300"
+                    ),
+                    {"id": s.id},
+                ).all()
                 keyset[(s.model.name, s.name)] = [(float(d), int(i)) for d, i in rows]
             labels = session.scalars(
                 text(
@@ -160,16 +163,20 @@ def _report(name: str, tally: Tally, seconds: float) -> int:
     everything = [x for values in tally.latencies.values() for x in values]
     server_errors = sum(n for status, n in tally.statuses.items() if status >= 500)
     other = sum(n for status, n in tally.statuses.items() if 400 <= status < 500)
-    print(f"\n{name}: {len(everything):,} requests in {seconds:g} s = "
-          f"{len(everything) / seconds:.1f} req/s; p50 {statistics.median(everything):.0f} ms, "
-          f"p95 {_quantile(everything, 0.95):.0f} ms, p99 {_quantile(everything, 0.99):.0f} ms; "
-          f"5xx {server_errors}, 4xx {other}, no answer {tally.failures}")  # fmt: skip
+    print(
+        f"\n{name}: {len(everything):,} requests in {seconds:g} s = "
+        f"{len(everything) / seconds:.1f} req/s; p50 {statistics.median(everything):.0f} ms, "
+        f"p95 {_quantile(everything, 0.95):.0f} ms, p99 {_quantile(everything, 0.99):.0f} ms; "
+        f"5xx {server_errors}, 4xx {other}, no answer {tally.failures}"
+    )
     print(f"  {'page':14s} {'requests':>8s} {'p50 ms':>7s} {'p95 ms':>7s}")
     for kind in MIX:
         values = tally.latencies.get(kind, [])
         if values:
-            print(f"  {kind:14s} {len(values):8,d} {statistics.median(values):7.0f} "
-                  f"{_quantile(values, 0.95):7.0f}")  # fmt: skip
+            print(
+                f"  {kind:14s} {len(values):8,d} {statistics.median(values):7.0f} "
+                f"{_quantile(values, 0.95):7.0f}"
+            )
     return server_errors + tally.failures
 
 
@@ -180,8 +187,11 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="uvicorn worker processes")
     parser.add_argument("--databases", default="demo,synthetic")
     parser.add_argument("--features", type=int, default=1_000_000, help="synthetic database size")
-    parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432",
-                        help="PostgreSQL server (no database name)")  # fmt: skip
+    parser.add_argument(
+        "--postgres",
+        default="postgresql://postgres@127.0.0.1:5432",
+        help="PostgreSQL server (no database name)",
+    )
     args = parser.parse_args()
     bad = 0
     for name in args.databases.split(","):
@@ -195,13 +205,18 @@ def main() -> None:
             sys.exit(f"unknown database {name!r}: use demo and/or synthetic")
         targets = Targets.sample(url)
         with running_server(
-            {"MONOSCOPE_DATABASE_URL": url}, "--workers", str(args.workers),
+            {"MONOSCOPE_DATABASE_URL": url},
+            "--workers",
+            str(args.workers),
             drop=("MONOSCOPE_MODEL", "MONOSCOPE_SAES"),
-        ) as base:  # fmt: skip
+        ) as base:
             asyncio.run(_readers(base, targets, args.clients, 3))  # warm up
             tally = asyncio.run(_readers(base, targets, args.clients, args.seconds))
-        bad += _report(f"{name} ({url.rsplit('/', 1)[-1]}, {args.workers} workers, "
-                       f"{args.clients} readers)", tally, args.seconds)  # fmt: skip
+        bad += _report(
+            f"{name} ({url.rsplit('/', 1)[-1]}, {args.workers} workers, {args.clients} readers)",
+            tally,
+            args.seconds,
+        )
     sys.exit(1 if bad else 0)
 
 

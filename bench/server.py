@@ -26,9 +26,11 @@ def _free_port() -> int:
 
 @contextmanager
 def running_server(
-    settings: Mapping[str, str], *uvicorn_args: str, drop: tuple[str, ...] = (),
+    settings: Mapping[str, str],
+    *uvicorn_args: str,
+    drop: tuple[str, ...] = (),
     start_timeout: float = 60.0,
-) -> Iterator[str]:  # fmt: skip
+) -> Iterator[str]:
     """Start the server with these settings (and without the `drop` ones from our environment),
     wait until /healthz answers, yield its base URL, stop it on exit."""
     port = _free_port()
@@ -36,11 +38,23 @@ def running_server(
     for name in drop:
         env.pop(name, None)
     server = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "--factory", "app.web.app:create_app",
-         "--port", str(port), "--log-level", "warning", "--no-access-log",
-         "--h11-max-incomplete-event-size", str(REQUEST_HEAD_LIMIT), *uvicorn_args],
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--factory",
+            "app.web.app:create_app",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+            "--h11-max-incomplete-event-size",
+            str(REQUEST_HEAD_LIMIT),
+            *uvicorn_args,
+        ],
         env=env,
-    )  # fmt: skip
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + start_timeout

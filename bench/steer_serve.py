@@ -95,21 +95,31 @@ def main() -> None:
         settings["MONOSCOPE_DATABASE_URL"] = args.database
     with running_server(settings) as base:
         feature = _feature(base)
-        body = {"features": [feature], "messages": [{"role": "user", "content": QUESTION}],
-                "max_new_tokens": args.max_new_tokens, "temperature": 1.0}  # fmt: skip
+        body = {
+            "features": [feature],
+            "messages": [{"role": "user", "content": QUESTION}],
+            "max_new_tokens": args.max_new_tokens,
+            "temperature": 1.0,
+        }
         name = f"{feature['sae']}/{feature['index']}"
-        print(f"{args.seconds:g} s per level, {args.max_new_tokens} new tokens per side, "
-              f"feature {name} clamped at 4× max activation")  # fmt: skip
-        print(f"{'clients':>7s} {'tokens/s':>9s} {'vs 1':>6s} {'TTFT p50 ms':>12s} "
-              f"{'TTFT p95 ms':>12s} {'chats':>6s}")  # fmt: skip
+        print(
+            f"{args.seconds:g} s per level, {args.max_new_tokens} new tokens per side, "
+            f"feature {name} clamped at 4× max activation"
+        )
+        print(
+            f"{'clients':>7s} {'tokens/s':>9s} {'vs 1':>6s} {'TTFT p50 ms':>12s} "
+            f"{'TTFT p95 ms':>12s} {'chats':>6s}"
+        )
         asyncio.run(_load(base, 2, 3, body))  # warm up
         one = None
         for clients in (int(c) for c in args.clients.split(",")):
             rate, firsts = asyncio.run(_load(base, clients, args.seconds, body))
             one = one or rate
             p95 = firsts[int(0.95 * (len(firsts) - 1))]
-            print(f"{clients:7d} {rate:9d} {rate / one:5.1f}× {statistics.median(firsts):12.1f} "
-                  f"{p95:12.1f} {len(firsts):6d}")  # fmt: skip
+            print(
+                f"{clients:7d} {rate:9d} {rate / one:5.1f}× {statistics.median(firsts):12.1f} "
+                f"{p95:12.1f} {len(firsts):6d}"
+            )
 
 
 if __name__ == "__main__":

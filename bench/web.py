@@ -38,10 +38,14 @@ def _targets(url: str, n_features: int, seed: int = 0):
     engine = connect(url)
     with Session(engine) as session:
         boundaries = [
-            (d, i) for i, d in session.execute(text(
-                'SELECT "index", density FROM features WHERE sae_id = 1 ORDER BY random() LIMIT 500'
-            ))
-        ]  # fmt: skip
+            (d, i)
+            for i, d in session.execute(
+                text(
+                    'SELECT "index", density FROM features WHERE sae_id = 1 '
+                    "ORDER BY random() LIMIT 500"
+                )
+            )
+        ]
     engine.dispose()
 
     def feature():
@@ -110,10 +114,14 @@ def main() -> None:
     with running_server(
         {"MONOSCOPE_DATABASE_URL": url}, "--workers", str(args.workers), drop=("MONOSCOPE_MODEL",)
     ) as base:
-        print(f"{args.seconds:g} s per page and concurrency, {args.workers} worker(s), "
-              f"{url.split('///')[-1]}")  # fmt: skip
-        print(f"{'page':15s} {'clients':>7s} {'req/s':>7s} {'p50 ms':>8s} {'p95 ms':>8s} "
-              f"{'query p50':>10s} {'HTTP/query':>10s}")  # fmt: skip
+        print(
+            f"{args.seconds:g} s per page and concurrency, {args.workers} worker(s), "
+            f"{url.split('///')[-1]}"
+        )
+        print(
+            f"{'page':15s} {'clients':>7s} {'req/s':>7s} {'p50 ms':>8s} {'p95 ms':>8s} "
+            f"{'query p50':>10s} {'HTTP/query':>10s}"
+        )
         for name, make in _targets(url, args.features).items():
             # The table is fetched as htmx does after the first view: the block alone.
             headers = (
@@ -128,8 +136,10 @@ def main() -> None:
                 verdict = ""
                 if name == "feature page":
                     verdict = "  ok" if p95 <= FEATURE_TARGET_MS else "  over the 100 ms target"
-                print(f"{name:15s} {clients:7d} {len(latencies) / args.seconds:7.1f} {p50:8.1f} "
-                      f"{p95:8.1f} {direct:10.2f} {p50 / direct:9.1f}×{verdict}")  # fmt: skip
+                print(
+                    f"{name:15s} {clients:7d} {len(latencies) / args.seconds:7.1f} {p50:8.1f} "
+                    f"{p95:8.1f} {direct:10.2f} {p50 / direct:9.1f}×{verdict}"
+                )
 
 
 if __name__ == "__main__":

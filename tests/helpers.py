@@ -1,10 +1,13 @@
 """Builders for the test suite: tiny tokenizers, models of each family, and SAEs on disk."""
 
+import sys
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
+from bs4 import BeautifulSoup
 from safetensors.torch import load_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (
@@ -223,10 +226,15 @@ def serving(app, timeout: float = 30.0):
 
     from app.web.server import server_options
 
-    server = uvicorn.Server(uvicorn.Config(
-        app, host="127.0.0.1", port=0, log_level="warning",
-        **server_options(app.state.settings),
-    ))  # fmt: skip
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=0,
+            log_level="warning",
+            **server_options(app.state.settings),
+        )
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + timeout
@@ -239,3 +247,39 @@ def serving(app, timeout: float = 30.0):
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+@dataclass(frozen=True)
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_cli(*args: str, env: dict | None = None, input: str | None = None) -> CliResult:
+    """`monoscope ARGS` run in this process exactly as the entry point runs it (main(): an
+    MonoscopeError is one 'error:' line and exit status 2), with stdin, stdout, stderr and the
+    environment swapped for the call by click's test isolation. A subprocess per call paid
+    seconds of imports each, 27 times over; tests/integration/test_cli.py keeps two real ones."""
+    from click.testing import CliRunner
+
+    from app.cli import main
+
+    with CliRunner().isolation(input=input, env=env) as (stdout, stderr, _):
+        saved, sys.argv = sys.argv, ["monoscope", *args]
+        try:
+            main()
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+        finally:
+            sys.argv = saved
+            sys.stdout.flush()  # plain print() output still sits in the wrapper's buffer
+            sys.stderr.flush()
+        return CliResult(code, stdout.getvalue().decode(), stderr.getvalue().decode())
+
+
+def parsed(page: str) -> BeautifulSoup:
+    """A page or htmx fragment parsed, for assertions through CSS selectors (Python's own
+    html.parser: what a browser would see, without a native dependency)."""
+    return BeautifulSoup(page, "html.parser")

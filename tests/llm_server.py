@@ -70,8 +70,9 @@ class ScriptedLLM:
                 headers = {}
                 if answer.retry_after is not None:
                     headers["Retry-After"] = str(answer.retry_after)
-                return JSONResponse({"error": {"message": f"scripted {answer.code}"}},
-                                    answer.code, headers=headers)  # fmt: skip
+                return JSONResponse(
+                    {"error": {"message": f"scripted {answer.code}"}}, answer.code, headers=headers
+                )
             if answer.kind == "malformed":
                 return PlainTextResponse("<html>gateway says hi</html>")
             return JSONResponse(

@@ -5,7 +5,7 @@ build_demo_rows(session, demo_workspace)       # "monoscope-demo/res1" rows for 
 with writer_client(engine) as client: ...      # build_world + user "ada" with a key; sign_in()
 """
 
-import re
+import json
 from contextlib import contextmanager
 
 import numpy as np
@@ -19,6 +19,7 @@ from app.db.labels import refresh_sae
 from app.db.models import Explanation, Feature
 from app.settings import Settings
 from app.web.app import create_app
+from tests.helpers import parsed
 
 SCRIPT = "<script>alert(1)</script>"
 IMG = '"><img src=x onerror=alert(1)>'
@@ -42,19 +43,26 @@ def build_world(session: Session, name: str = "res1") -> int:
     hostile tokens; 1 and 2 are labelled; 3 is dead; 4 and 5 are alive without labels."""
     rng = np.random.default_rng(0)
     model = db.upsert_model(session, db.ModelInfo("tiny", "tests/tiny", "gpt2", 2, 16, 10), VOCAB)
-    metrics = {"l0": 12.5, "variance_explained": 0.81, "ce_loss_recovered": 0.93,
-               "dead_fraction": 1 / 6}  # fmt: skip
+    metrics = {
+        "l0": 12.5,
+        "variance_explained": 0.81,
+        "ce_loss_recovered": 0.93,
+        "dead_fraction": 1 / 6,
+    }
     edges = [round(-3 + 0.1 * i, 2) for i in range(61)]
     harvest = {"tokens": 4096, "histogram_log10_edges": edges, "config": {"n_intervals": 5}}
     sae = db.create_sae(
-        session, model,
-        db.SaeInfo(name, "saes/" + name, "blocks.1.hook_resid_post", "topk", 16, D_SAE, metrics,
-                   harvest),
-    )  # fmt: skip
+        session,
+        model,
+        db.SaeInfo(
+            name, "saes/" + name, "blocks.1.hook_resid_post", "topk", 16, D_SAE, metrics, harvest
+        ),
+    )
     counts = [0] * 60
     counts[30:40] = [5, 9, 14, 20, 25, 18, 10, 6, 3, 1]
     feature_ids = db.insert_features(
-        session, sae.id,
+        session,
+        sae.id,
         {
             "index": list(range(D_SAE)),
             "density": [0.02, 0.005, 0.3, 0.0, 0.0004, 0.01],
@@ -65,7 +73,7 @@ def build_world(session: Session, name: str = "res1") -> int:
             "bottom_logits": [[[4, IMG, -1.2]]] * D_SAE,
             "neighbours": [[[1, 0.62], [4, 0.35]]] + [[]] * (D_SAE - 1),
         },
-    )  # fmt: skip
+    )
     contexts = _contexts(rng, 8)
     context_ids = db.insert_contexts(session, model.id, "fp", np.arange(8), contexts)
     acts = np.zeros((8, CONTEXT), np.float32)
@@ -91,11 +99,14 @@ def build_world(session: Session, name: str = "res1") -> int:
     for index, text, scores in labels:
         session.add(
             Explanation(
-                feature_id=int(feature_ids[index]), text=text, method="offline",
-                scores=scores or {}, status="ok" if text else "failed",
+                feature_id=int(feature_ids[index]),
+                text=text,
+                method="offline",
+                scores=scores or {},
+                status="ok" if text else "failed",
                 error=None if text else "the explainer returned nothing",
             )
-        )  # fmt: skip
+        )
     session.flush()
     refresh_sae(session, sae.id)
     return sae.id
@@ -114,14 +125,20 @@ def build_demo_rows(
         session, db.ModelInfo("monoscope-demo", "demo", "gpt2", 4, 256, len(vocab)), vocab
     )
     sae = db.create_sae(
-        session, model,
+        session,
+        model,
         db.SaeInfo(name, "demo", loaded.hook_name, "topk", 256, d_sae, {}, {}),
-    )  # fmt: skip
+    )
     db.insert_features(
-        session, sae.id,
-        {"index": list(range(d_sae)), "density": [0.01] * d_sae, "max_act": [4.0] * d_sae,
-         "mean_act": [1.0] * d_sae},
-    )  # fmt: skip
+        session,
+        sae.id,
+        {
+            "index": list(range(d_sae)),
+            "density": [0.01] * d_sae,
+            "max_act": [4.0] * d_sae,
+            "mean_act": [1.0] * d_sae,
+        },
+    )
     for index, (text, max_act) in {7: ("demo feature seven", 4.0), **(labels or {})}.items():
         feature = session.query(Feature).filter_by(sae_id=sae.id, index=index).one()
         feature.max_act = max_act
@@ -144,16 +161,24 @@ def golden_gate_feature(workspace) -> tuple[int, float]:
 PASSWORD = "correct horse battery"  # the test account "ada"
 
 
-def form_token(html: str) -> str:
+def form_token(page: str) -> str:
     """The CSRF token a page's forms carry."""
-    return re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
+    return parsed(page).select_one('input[name="csrf_token"]')["value"]
+
+
+def header_token(page: str) -> str:
+    """The CSRF token htmx sends with a signed-in page's requests (its body's hx-headers)."""
+    return json.loads(parsed(page).body["hx-headers"])["X-CSRF-Token"]
 
 
 def sign_in(client, password: str = PASSWORD, next: str = "/"):
     """Sign "ada" in through the real form (the login page first, for its CSRF token)."""
     token = form_token(client.get("/login").text)
-    return client.post("/login", data={"name": "ada", "password": password, "next": next,
-                                       "csrf_token": token}, follow_redirects=False)  # fmt: skip
+    return client.post(
+        "/login",
+        data={"name": "ada", "password": password, "next": next, "csrf_token": token},
+        follow_redirects=False,
+    )
 
 
 @contextmanager

@@ -25,6 +25,8 @@ import numpy as np
 from app.autointerp.evidence import Example, format_example, marked
 from app.autointerp.llm import ChatClient, LLMError, _excerpt
 
+SCORERS = ("simulation", "detection", "fuzzing")
+JUDGED_SCORERS = ("detection", "fuzzing")  # these need an LLM judge
 STOPWORDS = frozenset(
     re.findall(
         r"\w+",

@@ -36,6 +36,8 @@ from app.core.sae import Sae
 class QueueFull(MonoscopeError):
     """Too many generations are waiting; the caller should try again shortly."""
 
+    status = 503
+
 
 @dataclass
 class Part:
@@ -211,14 +213,21 @@ class InferenceWorker:
             rows = batch.enlist(first, 0)
             active = batch.active
             try:
-                for step in generate(self.model, self.saes, rows, fallback, admit=batch.admit,
-                                     batch_invariant=self.batch_invariant):  # fmt: skip
+                for step in generate(
+                    self.model,
+                    self.saes,
+                    rows,
+                    fallback,
+                    admit=batch.admit,
+                    batch_invariant=self.batch_invariant,
+                ):
                     self.stats.steps += 1
                     still = []
                     for ticket, a, b in active:
                         if not ticket.cancelled.is_set():
-                            part = Part(step.texts[a:b], step.finished[a:b],
-                                        step.finish_reasons[a:b])  # fmt: skip
+                            part = Part(
+                                step.texts[a:b], step.finished[a:b], step.finish_reasons[a:b]
+                            )
                             ticket._put(part)
                         if all(step.finished[a:b]):
                             self.stats.cancelled += "cancelled" in step.finish_reasons[a:b]

@@ -15,31 +15,20 @@ clamp from the unedited x. Directions are mapped back through the SAE's input no
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
 from app.core.batch_invariance import rows_addmm
 from app.core.errors import SteeringError
+from app.core.feature_ref import (
+    Mode,
+    Positions,
+    SteeringFeature,
+)
 from app.core.sae import Sae
 from app.core.sites import parse_site
 
-Mode = Literal["clamp", "add"]
-Units = Literal["max_act", "raw"]
-Positions = Literal["all", "prompt", "generated"]
 _POSITION_CODES = {"all": 0, "prompt": 1, "generated": 2}
-
-
-@dataclass(frozen=True)
-class SteeringFeature:
-    """One intervention as a person states it: strength in raw units or multiples of max act."""
-
-    sae: str
-    index: int
-    mode: Mode
-    strength: float
-    units: Units = "raw"
-    positions: Positions = "all"
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app.core.errors import MonoscopeError
+from app.core.errors import MonoscopeError, NotFoundError
 from app.db.models import Feature, FeatureList, FeatureListItem, Model, SaeRow
 
 MAX_ITEMS = 500
@@ -44,8 +44,9 @@ def _check_title(title: str) -> str:
 
 
 def create_list(session: Session, title: str, description: str, author: str) -> FeatureList:
-    found = FeatureList(slug=_slug(), title=_check_title(title), description=description.strip(),
-                        author=author)  # fmt: skip
+    found = FeatureList(
+        slug=_slug(), title=_check_title(title), description=description.strip(), author=author
+    )
     session.add(found)
     session.flush()
     return found
@@ -104,8 +105,9 @@ def add_item(session: Session, found: FeatureList, feature: Feature, note: str =
             return entry
     if len(entries) >= MAX_ITEMS:
         raise MonoscopeError(f"a list holds at most {MAX_ITEMS} features")
-    item = FeatureListItem(list_id=found.id, feature_id=feature.id, position=len(entries),
-                           note=_note(note))  # fmt: skip
+    item = FeatureListItem(
+        list_id=found.id, feature_id=feature.id, position=len(entries), note=_note(note)
+    )
     session.add(item)
     _touch(found)
     session.flush()
@@ -115,7 +117,7 @@ def add_item(session: Session, found: FeatureList, feature: Feature, note: str =
 def _item(session: Session, found: FeatureList, item_id: int) -> FeatureListItem:
     item = session.get(FeatureListItem, item_id)
     if item is None or item.list_id != found.id:
-        raise LookupError(f"list {found.slug} has no item {item_id}")
+        raise NotFoundError(f"list {found.slug} has no item {item_id}")
     return item
 
 

@@ -17,9 +17,10 @@ from app.db.engine import session_scope
 from app.db.queries import find_sae
 from app.demo import DEMO_MODEL, DEMO_SAE, DEMO_SAES, TRAIN_SEED
 from app.demo.language_model import LanguageModelConfig, LanguageModelJob
-from app.pipeline.explain import offline_explainer, run_explain
+from app.pipeline.config import ExplainConfig, ScoreConfig
+from app.pipeline.explain import ExplainJob, offline_explainer
 from app.pipeline.harvest import HarvestConfig, HarvestJob
-from app.pipeline.score import run_score
+from app.pipeline.score import ScoreJob
 from app.pipeline.train_sae import TrainSaeConfig, TrainSaeJob
 
 
@@ -100,7 +101,12 @@ def build_demo_database(
             HarvestJob(replace(config, progress=progress), engine).run()
         stage(f"labelling the features of {name} ({of})")
         explainer = offline_explainer(engine, DEMO_MODEL.name)
-        run_explain(engine, DEMO_MODEL.name, name, explainer, progress=progress)
+        ExplainJob(ExplainConfig(DEMO_MODEL.name, name, progress=progress), engine, explainer).run()
         stage(f"scoring the labels of {name} ({of})")
         sae = model.attach(load_sae(str(path)))
-        run_score(engine, DEMO_MODEL.name, name, ["simulation"], model, sae, progress=progress)
+        ScoreJob(
+            ScoreConfig(DEMO_MODEL.name, name, ("simulation",), progress=progress),
+            engine,
+            model,
+            sae,
+        ).run()

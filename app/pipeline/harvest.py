@@ -14,7 +14,6 @@ The pass checkpoints every few batches (statistics + spill shards); a killed har
 the last checkpoint and ends with exactly the database content of an uninterrupted one.
 """
 
-import hashlib
 import json
 import math
 import re
@@ -48,47 +47,11 @@ from app.db import store as db
 from app.db.engine import session_scope
 from app.db.labels import refresh_summary
 from app.db.queries import find_sae
-from app.pipeline.ingest import TokenStore, ingest
+from app.pipeline.config import HarvestConfig, IngestConfig
+from app.pipeline.ingest import IngestJob, TokenStore
 
 KIND_NAMES = ("top", "quantile")
 SHARD_NAME = re.compile(r"shard-(?P<start>\d{7})-(?P<end>\d{7})\.npz")
-
-
-@dataclass(frozen=True)
-class HarvestConfig:
-    model: str
-    """Hub id or local directory of the model."""
-    sae: str
-    """SAE to harvest: SAELens or sparsify directory, Gemma Scope params.npz, hf://..."""
-    corpus: str
-    """A token store from `monoscope ingest`, or any corpus ingest reads (ingested first)."""
-    tokens: int = 1_000_000
-    """Tokens to harvest (whole contexts; BOS included in the count)."""
-    context_size: int = 128
-    """Context length when the corpus still has to be ingested."""
-    name: str | None = None
-    """Name of the SAE in the database and in URLs (default: its folder name)."""
-    batch_size: int = 16
-    """Contexts per forward pass."""
-    n_top: int = 32
-    n_intervals: int = 5
-    per_interval: int = 5
-    n_logits: int = 10
-    n_neighbours: int = 10
-    eval_contexts: int = 64
-    """Contexts for variance explained and CE loss recovered (0 skips them)."""
-    checkpoint_every: int = 25
-    """Batches between checkpoints."""
-    seed: int = 0
-    device: str = "auto"
-    replace: bool = False
-    """Replace an SAE of the same name already in the database."""
-    work_dir: Path = Path("data/harvest")
-    progress: bool = True
-
-    def fingerprint(self, *parts: str) -> str:
-        body = json.dumps(parts, sort_keys=True)
-        return hashlib.sha256(body.encode()).hexdigest()[:12]
 
 
 @dataclass
@@ -139,8 +102,11 @@ class HarvestJob:
         stats, shards = self._first_pass(model, sae, corpus, n_contexts, work)
         seconds = {"pass": time.perf_counter() - clock}
         clock = time.perf_counter()
+        rows, features, values = self._concatenated(shards, ("rows", "features", "values"))
         selection = select_examples(
-            *self._concatenated(shards, ("rows", "features", "values")),
+            rows,
+            features,
+            values,
             d_sae=sae.d_sae,
             n_top=c.n_top,
             n_intervals=c.n_intervals,
@@ -178,14 +144,16 @@ class HarvestJob:
         )
         if TokenStore.is_store(path):
             return TokenStore.open(path)
-        return ingest(
-            c.corpus,
+        return IngestJob(
+            IngestConfig(
+                c.corpus,
+                path,
+                context_size=c.context_size,
+                max_tokens=c.tokens,
+                progress=c.progress,
+            ),
             model.tokenizer,
-            path,
-            c.context_size,
-            max_tokens=c.tokens,
-            progress=c.progress,
-        )
+        ).run()
 
     # -- pass over the corpus ------------------------------------------------------------------
     @torch.inference_mode()
@@ -203,7 +171,7 @@ class HarvestJob:
         if checkpoint.exists():
             edges = torch.load(checkpoint, weights_only=True)["log10_edges"]
             stats = FeatureStatistics(sae.d_sae, edges.numpy())
-            done = load_checkpoint(checkpoint, log10_edges=edges, **stats.state())
+            done = load_checkpoint(checkpoint, None, log10_edges=edges, **stats.state())
         for partial in work.glob("*.partial"):
             partial.unlink()  # a write the kill cut short
         shards = []
@@ -265,7 +233,8 @@ class HarvestJob:
         # any instant leaves either the whole shard or a partial file the resume deletes.
         partial = path.with_suffix(".partial")
         with partial.open("wb") as file:  # a file object: np.savez adds no .npz to its name
-            np.savez(file, **{key: np.concatenate([p[key] for p in parts]) for key in parts[0]})
+            arrays = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+            np.savez(file, allow_pickle=False, **arrays)
         partial.replace(path)
         return path
 

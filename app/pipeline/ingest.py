@@ -1,7 +1,7 @@
 """`monoscope ingest`: a corpus becomes a token store of fixed-length contexts on disk.
 
-    store = ingest("corpus.jsonl", tokenizer, Path("data/stores/web"), context_size=128,
-                   max_tokens=3_000_000)
+    config = IngestConfig("corpus.jsonl", Path("data/stores/web"), max_tokens=3_000_000)
+    store = IngestJob(config, tokenizer).run()
     store = TokenStore.open(Path("data/stores/web"))
     store.ids[i]            # (context_size,) int32, a memmap row
     store.document_at(i, p) # which document the token at (context i, position p) came from
@@ -26,6 +26,7 @@ from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from app.core.errors import MonoscopeError
+from app.pipeline.config import IngestConfig
 from app.pipeline.corpus import iter_texts
 
 IDS_FILE = "tokens.bin"
@@ -87,15 +88,25 @@ def _token_stream(
             yield ([separator] if separator is not None else []) + ids
 
 
-def ingest(
+class IngestJob:
+    """Tokenize and pack a corpus (see corpus.iter_texts for sources) into a token store."""
+
+    def __init__(self, config: IngestConfig, tokenizer: PreTrainedTokenizerBase):
+        self.config, self.tokenizer = config, tokenizer
+
+    def run(self) -> TokenStore:
+        c = self.config
+        return _ingest(c.source, self.tokenizer, c.out, c.context_size, c.max_tokens, c.progress)
+
+
+def _ingest(
     source: str,
     tokenizer: PreTrainedTokenizerBase,
     out: Path,
-    context_size: int = 128,
-    max_tokens: int | None = None,
-    progress: bool = True,
+    context_size: int,
+    max_tokens: int | None,
+    progress: bool,
 ) -> TokenStore:
-    """Tokenize and pack a corpus (see corpus.iter_texts for sources) into a token store."""
     if context_size < 2:
         raise MonoscopeError("context size must be at least 2")
     out = Path(out)

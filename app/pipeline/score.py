@@ -1,7 +1,8 @@
 """`monoscope score`: score stored labels on examples their explainer never saw.
 
-    result = run_score(engine, "monoscope-demo", "res1", ["simulation"], model, sae)
-    result = run_score(engine, "gpt2", "res6", ["detection", "fuzzing"], model, sae, judge=judge)
+    result = ScoreJob(ScoreConfig("monoscope-demo", "res1"), engine, model, sae).run()
+    config = ScoreConfig("gpt2", "res6", scorers=("detection", "fuzzing"))
+    result = ScoreJob(config, engine, model, sae, judge=judge).run()
 
 Positives are each feature's held-out examples (evidence.split); negatives come from a pool of
 stored contexts run once through the model and SAE: random contexts where the feature never
@@ -17,22 +18,29 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine
 from tqdm import tqdm
 
 from app.autointerp.evidence import Example, FeatureEvidence
-from app.autointerp.scoring import LLMJudge, ScoreError, ScoringSet, simulation_score
+from app.autointerp.scoring import (
+    JUDGED_SCORERS,
+    SCORERS,
+    LLMJudge,
+    ScoreError,
+    ScoringSet,
+    simulation_score,
+)
 from app.core.errors import MonoscopeError
-from app.core.model import LoadedModel
-from app.core.sae import Sae
+from app.core.model import LoadedModel, load_model
+from app.core.sae import Sae, load_sae
 from app.db.codec import unpack_ids
 from app.db.engine import job_lock, session_scope
+from app.db.interp import labelled_features, store_scores, stored_context_ids
 from app.db.labels import refresh_sae
-from app.db.models import Context, Explanation, Feature
+from app.db.models import Explanation
 from app.db.queries import feature_details, find_sae, vocabulary
+from app.pipeline.config import ScoreConfig
 
-SCORERS = ("simulation", "detection", "fuzzing")
-JUDGED = ("detection", "fuzzing")
 BATCH = 256
 JUDGE_POSITIVES = 6  # per judged prompt: held-out activating excerpts ...
 JUDGE_NEGATIVES = 6  # ... and excerpts where the feature does not fire
@@ -83,13 +91,16 @@ class NegativePool:
 
 
 def negative_pool(
-    engine: Engine, model_id: int, model: LoadedModel, sae: Sae, vocab: list[str], size: int,
+    engine: Engine,
+    model_id: int,
+    model: LoadedModel,
+    sae: Sae,
+    vocab: list[str],
+    size: int,
     seed: int = 0,
-) -> NegativePool:  # fmt: skip
+) -> NegativePool:
     with session_scope(engine) as session:
-        rows = session.execute(
-            select(Context.token_ids).where(Context.model_id == model_id).order_by(Context.id)
-        ).scalars().all()  # fmt: skip
+        rows = stored_context_ids(session, model_id)
     if not rows:
         raise MonoscopeError("no stored contexts to draw negatives from; harvest first")
     picked = random.Random(seed).sample(range(len(rows)), min(size, len(rows)))
@@ -100,12 +111,57 @@ def negative_pool(
     return NegativePool(model, sae, ids, vocab, seed)
 
 
+def load_harvested(engine: Engine, model: str, sae: str, device: str) -> tuple[LoadedModel, Sae]:
+    """The model and SAE a stored SAE was harvested from, loaded from their recorded sources."""
+    with session_scope(engine) as session:
+        row = find_sae(session, model, sae)
+        if row is None:
+            raise MonoscopeError(f"no SAE {model}/{sae} in the database; harvest it first")
+        sources = row.model.source, row.source
+    loaded = load_model(sources[0], device=device)
+    return loaded, loaded.attach(load_sae(sources[1]), source=sources[1])
+
+
 def _needs(explanation: Explanation, scorer: str, force: bool) -> bool:
     current = (explanation.scores or {}).get(scorer)
     return force or current is None or "failed" in current
 
 
-def run_score(
+class ScoreJob:
+    """Score the SAE's labels with the config's scorers. Runs on one SAE take turns (job_lock),
+    so two at once never pay a judge twice for the same label."""
+
+    def __init__(
+        self,
+        config: ScoreConfig,
+        engine: Engine,
+        resident: LoadedModel,
+        resident_sae: Sae,
+        judge: LLMJudge | None = None,
+    ):
+        self.config, self.engine, self.judge = config, engine, judge
+        self.resident, self.resident_sae = resident, resident_sae
+
+    def run(self) -> ScoreResult:
+        c = self.config
+        return _score(
+            self.engine,
+            c.model,
+            c.sae,
+            list(c.scorers),
+            self.resident,
+            self.resident_sae,
+            self.judge,
+            c.features,
+            c.force,
+            c.n_negatives,
+            c.pool_size,
+            c.concurrency,
+            c.progress,
+        )
+
+
+def _score(
     engine: Engine,
     model: str,
     sae: str,
@@ -120,13 +176,11 @@ def run_score(
     concurrency: int = 8,
     progress: bool = True,
 ) -> ScoreResult:
-    """Score the SAE's labels with `scorers`. Runs on one SAE take turns (job_lock), so two at
-    once never pay a judge twice for the same label."""
     with job_lock(engine, f"score:{model}/{sae}"):
         unknown = [s for s in scorers if s not in SCORERS]
         if unknown:
             raise MonoscopeError(f"unknown scorer {unknown[0]!r}; use {', '.join(SCORERS)}")
-        if any(s in JUDGED for s in scorers) and judge is None:
+        if any(s in JUDGED_SCORERS for s in scorers) and judge is None:
             raise MonoscopeError(
                 "detection and fuzzing need an LLM: set MONOSCOPE_EXPLAINER_BASE_URL"
             )
@@ -135,23 +189,16 @@ def run_score(
             if sae_row is None:
                 raise MonoscopeError(f"no SAE {model}/{sae} in the database; harvest it first")
             vocab = vocabulary(session, sae_row.model_id)
-            labelled = (
-                select(Feature.index)
-                .join(Explanation)
-                .where(Feature.sae_id == sae_row.id, Explanation.status == "ok")
-            )
-            if features is not None:
-                labelled = labelled.where(Feature.index.in_(features))
-            todo = sorted(set(session.scalars(labelled)))
+            todo, n_labels = labelled_features(session, sae_row.id, features)
             model_id, sae_id = sae_row.model_id, sae_row.id
-            n_labels = session.scalar(
-                select(func.count()).select_from(Explanation).join(Feature)
-                .where(Feature.sae_id == sae_row.id, Explanation.status == "ok")
-            )  # fmt: skip
         pool = negative_pool(engine, model_id, resident, resident_sae, vocab, pool_size)
         result = ScoreResult()
-        bar = tqdm(total=n_labels if features is None else None, unit="label", desc="score",
-                   disable=not progress)  # fmt: skip
+        bar = tqdm(
+            total=n_labels if features is None else None,
+            unit="label",
+            desc="score",
+            disable=not progress,
+        )
         for start in range(0, len(todo), BATCH):
             with session_scope(engine) as session:
                 details = feature_details(session, model, sae, todo[start : start + BATCH])
@@ -175,8 +222,15 @@ def run_score(
                                     score = {"failed": str(exc)}
                                 updates.append((explanation, scorer, score))
                             else:
-                                jobs.append((scorer, explanation.text, judged, detail.feature.index,
-                                             evidence.max_act))  # fmt: skip
+                                jobs.append(
+                                    (
+                                        scorer,
+                                        explanation.text,
+                                        judged,
+                                        detail.feature.index,
+                                        evidence.max_act,
+                                    )
+                                )
                                 targets.append((explanation, scorer))
                 if jobs:
                     assert judge is not None
@@ -187,16 +241,7 @@ def run_score(
                     new = by_label.setdefault(explanation.id, (explanation, {}))[1]
                     new[scorer] = score
                 for explanation, new in by_label.values():
-                    # Stored only while the label still reads as it did when scored: a person may
-                    # have edited it meanwhile, and the old text's scores would then sit on the new.
-                    stored = session.execute(
-                        update(Explanation)
-                        .where(Explanation.id == explanation.id,
-                               Explanation.text == explanation.text)
-                        .values(scores=dict(explanation.scores or {}) | new)
-                        .execution_options(synchronize_session=False)
-                    ).rowcount  # fmt: skip
-                    if not stored:
+                    if not store_scores(session, explanation, new):  # edited meanwhile
                         result.stale += len(new)
                         continue
                     for score in new.values():

@@ -9,11 +9,9 @@ checkpoints every few hundred steps; a resumed run replays the same batches and 
 same weights. The saved cfg.json carries the metrics of `evaluate_sae` on held-out contexts.
 """
 
-import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import asdict
 
 import numpy as np
 import torch
@@ -25,51 +23,8 @@ from app.core.model import LoadedModel, load_model
 from app.core.sae import Sae, save_saelens
 from app.core.sae.metrics import evaluate_sae
 from app.core.sae.training import TrainableSae
+from app.pipeline.config import TrainSaeConfig
 from app.pipeline.corpus import load_contexts
-
-
-@dataclass(frozen=True)
-class TrainSaeConfig:
-    model: str
-    """Hub id or local directory of the model."""
-    hook_name: str
-    """Site to train on, e.g. blocks.1.hook_resid_post."""
-    corpus: str
-    """Training text: demo-world[:SEED], a .txt/.jsonl file, or a .npy of token ids."""
-    out: Path
-    """Folder for the SAELens-format SAE."""
-    eval_corpus: str | None = None
-    """Held-out text for the final metrics (default: the end of the training corpus)."""
-    d_sae: int = 4096
-    k: int | None = 32
-    """Active latents per token (TopK); None trains a ReLU SAE with an L1 penalty."""
-    l1_coefficient: float = 0.0
-    context_size: int = 128
-    train_tokens: int = 2_000_000
-    """Activations cached for training (each is seen `epochs` times)."""
-    epochs: int = 2
-    batch_size: int = 2048
-    lr: float = 5e-4
-    warmup_steps: int = 100
-    decay_fraction: float = 0.2
-    """The last part of training, during which the learning rate decays linearly to zero."""
-    dead_after_tokens: int = 500_000
-    """A latent that has not fired for this many tokens is dead and gets the auxiliary loss."""
-    eval_contexts: int = 200
-    seed: int = 0
-    device: str = "auto"
-    checkpoint_every: int = 250
-    log_every: int = 100
-    work_dir: Path = Path("data/train-sae")
-    """Activation cache and checkpoints."""
-
-    @property
-    def steps(self) -> int:
-        return self.epochs * self.train_tokens // self.batch_size
-
-    def fingerprint(self, *names: str) -> str:
-        body = json.dumps({n: str(getattr(self, n)) for n in names}, sort_keys=True)
-        return hashlib.sha256(body.encode()).hexdigest()[:12]
 
 
 class TrainSaeJob:
@@ -80,10 +35,26 @@ class TrainSaeJob:
             "activations-"
             + config.fingerprint("model", "hook_name", "corpus", "context_size", "train_tokens")
         )
-        self.work = config.work_dir / ("run-" + config.fingerprint(
-            "model", "hook_name", "corpus", "context_size", "train_tokens", "d_sae", "k",
-            "l1_coefficient", "epochs", "batch_size", "lr", "warmup_steps", "decay_fraction",
-            "dead_after_tokens", "seed"))  # fmt: skip
+        self.work = config.work_dir / (
+            "run-"
+            + config.fingerprint(
+                "model",
+                "hook_name",
+                "corpus",
+                "context_size",
+                "train_tokens",
+                "d_sae",
+                "k",
+                "l1_coefficient",
+                "epochs",
+                "batch_size",
+                "lr",
+                "warmup_steps",
+                "decay_fraction",
+                "dead_after_tokens",
+                "seed",
+            )
+        )
 
     def run(self) -> Sae:
         c = self.config
@@ -132,8 +103,8 @@ class TrainSaeJob:
         batch = 32
         for i in tqdm(range(0, n_contexts, batch), desc="cache activations", unit="batch"):
             x = model.capture(torch.from_numpy(ids[i : i + batch]), [c.hook_name])[c.hook_name]
-            x = x[:, -body:].flatten(0, 1).float().cpu().numpy()
-            cache[i * body : i * body + len(x)] = x
+            tokens = x[:, -body:].flatten(0, 1).float().cpu().numpy()
+            cache[i * body : i * body + len(tokens)] = tokens
         cache.flush()
         done.touch()
         return np.memmap(path, dtype=np.float16, mode="r", shape=shape)

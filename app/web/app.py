@@ -3,7 +3,9 @@
 uvicorn.run(create_app(Settings(model="gpt2", saes=["saes/res6"])))
 """
 
+from collections.abc import Mapping
 from contextlib import asynccontextmanager
+from importlib.metadata import version
 from pathlib import Path
 
 from fastapi import Depends, FastAPI, Request
@@ -18,6 +20,7 @@ from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.sessions import SessionMiddleware
 
+from app.core.errors import MonoscopeError
 from app.core.serving import InferenceWorker, QueueFull
 from app.core.workspace import Workspace
 from app.db.engine import connect, migrate, storage_refusal
@@ -27,17 +30,17 @@ from app.web.auth import csrf_token, require_reader, signed_in_name
 from app.web.bodylimit import BodyLimit
 from app.web.canonical import CanonicalHost
 from app.web.headers import SecurityHeaders
-from app.web.markup import TokenTextCache, token_strip
+from app.web.markup import TokenTextCache, display_token, token_strip
 from app.web.ratelimit import rate_limiter
 from app.web.routes import (
     accounts,
-    api,
     dashboard,
     features,
     home,
     inspect,
     labels,
     lists,
+    saes,
     search,
     steer,
 )
@@ -56,7 +59,7 @@ def _templates() -> Jinja2Templates:
     templates.env.filters |= {
         "density": views.format_density,
         "num": views.format_number,
-        "token": views.display_token,
+        "token": display_token,
     }
     templates.env.globals["token_strip"] = token_strip
     templates.env.globals["feature_path"] = views.feature_path
@@ -74,13 +77,18 @@ def wants_json(request: Request) -> bool:
 def _error_handlers(app: FastAPI) -> None:
     """4xx answers: JSON under /api, a page with the message everywhere else."""
 
-    def respond(request: Request, status: int, message: str, headers: dict | None = None):
+    def respond(
+        request: Request, status: int, message: str, headers: Mapping[str, str] | None = None
+    ):
         if wants_json(request):
             return JSONResponse({"detail": message}, status_code=status, headers=headers)
         return request.app.state.templates.TemplateResponse(
-            request, "errors/error.html", {"status": status, "message": message},
-            status_code=status, headers=headers,
-        )  # fmt: skip
+            request,
+            "errors/error.html",
+            {"status": status, "message": message},
+            status_code=status,
+            headers=headers,
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
@@ -101,9 +109,14 @@ def _error_handlers(app: FastAPI) -> None:
         message = "The shared rate-limit store (Redis) cannot be reached; try again shortly."
         return respond(request, 503, message, {"Retry-After": "10"})
 
+    @app.exception_handler(MonoscopeError)
+    async def refused(request: Request, exc: MonoscopeError):
+        """Bad input, a missing row, an SAE not loaded: the error's own status and message."""
+        return respond(request, exc.status, str(exc))
+
     @app.exception_handler(QueueFull)
     async def busy(request: Request, exc: QueueFull):
-        return respond(request, 503, str(exc), {"Retry-After": "5"})
+        return respond(request, exc.status, str(exc), {"Retry-After": "5"})
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
@@ -153,8 +166,13 @@ def create_app(settings: Settings | None = None, workspace: Workspace | None = N
 
     # /docs is served below from the npm copy of Swagger UI: FastAPI's own loads it from a CDN,
     # a blank page offline, and its inline start-up script would break the CSP.
-    app = FastAPI(title="Monoscope", version="0.1.0", lifespan=lifespan, docs_url=None,
-                  redoc_url=None)  # fmt: skip
+    app = FastAPI(
+        title="Monoscope",
+        version=version("monoscope"),
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
     app.state.settings = settings
     app.state.workspace = None
     app.state.inference = None
@@ -166,15 +184,20 @@ def create_app(settings: Settings | None = None, workspace: Workspace | None = N
     app.add_middleware(SecurityHeaders)
     app.add_middleware(CanonicalHost, base_url=settings.base_url)
     app.add_middleware(
-        SessionMiddleware, secret_key=settings.session_secret(), session_cookie="monoscope",
-        same_site="lax", https_only=settings.secure_cookies, max_age=14 * 24 * 3600,
-    )  # fmt: skip
+        SessionMiddleware,
+        secret_key=settings.session_secret(),
+        session_cookie="monoscope",
+        same_site="lax",
+        https_only=settings.secure_cookies,
+        max_age=14 * 24 * 3600,
+    )
     app.mount("/static", StaticFiles(directory=ROOT / "static"), name="static")
     for name, directory in VENDOR.items():
         app.mount(f"/vendor/{name}", StaticFiles(directory=directory, check_dir=False), name=name)
     _error_handlers(app)
-    # Fixed paths first: /{model}/{sae} would otherwise swallow /search/text.
+    # Fixed paths first: /{model}/{sae} would otherwise swallow /search/text, and
+    # /{model}/{sae}/{index} /api/v1/saes.
     app.include_router(accounts.router)
-    for module in (api, steer, inspect, lists, labels, dashboard, home, search, features):
+    for module in (steer, inspect, lists, labels, dashboard, home, search, saes, features):
         app.include_router(module.router, dependencies=[Depends(require_reader)])
     return app

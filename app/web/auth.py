@@ -50,8 +50,11 @@ def _bearer(request: Request) -> str | None:
         return None
     scheme, _, secret = header.partition(" ")
     if scheme.lower() != "bearer" or not secret.strip():
-        raise HTTPException(401, "Send an API key as `Authorization: Bearer <key>`.",
-                            headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+        raise HTTPException(
+            401,
+            "Send an API key as `Authorization: Bearer <key>`.",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
     return secret.strip()
 
 
@@ -61,8 +64,11 @@ def identify(request: Request, session: Session) -> Viewer | None:
     if secret is not None:
         found = user_for_key(session, secret)
         if found is None:
-            raise HTTPException(401, "This API key is unknown or has been revoked.",
-                                headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+            raise HTTPException(
+                401,
+                "This API key is unknown or has been revoked.",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
         user, key = found
         return Viewer(user.id, user.name, key.id)
     return _signed_in(request, session)
@@ -95,11 +101,15 @@ def require_reader(request: Request, session: SessionDep) -> None:
     if identify(request, session) is not None:
         return
     if _is_api(request):
-        raise HTTPException(401, "This server requires an API key or a signed-in session.",
-                            headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+        raise HTTPException(
+            401,
+            "This server requires an API key or a signed-in session.",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
     target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-    raise HTTPException(303, "Sign in to read this server.",
-                        headers={"Location": f"/login?next={quote(target)}"})  # fmt: skip
+    raise HTTPException(
+        303, "Sign in to read this server.", headers={"Location": f"/login?next={quote(target)}"}
+    )
 
 
 async def check_csrf(request: Request) -> None:
@@ -111,8 +121,10 @@ async def check_csrf(request: Request) -> None:
         sent = value if isinstance(value, str) else None
     expected = request.session.get("csrf")
     if not sent or expected is None or not hmac.compare_digest(sent, expected):
-        raise HTTPException(403, "This form has expired or did not come from this site; reload "
-                                 "the page and try again.")  # fmt: skip
+        raise HTTPException(
+            403,
+            "This form has expired or did not come from this site; reload the page and try again.",
+        )
 
 
 def client_address(request: Request) -> str:
@@ -124,8 +136,9 @@ def _limit(request: Request, *keys: str) -> None:
     for key in keys:
         wait = limiter.check(key)
         if wait is not None:
-            raise HTTPException(429, f"Too many changes; try again in {wait} s.",
-                                headers={"Retry-After": str(wait)})  # fmt: skip
+            raise HTTPException(
+                429, f"Too many changes; try again in {wait} s.", headers={"Retry-After": str(wait)}
+            )
 
 
 async def require_writer(request: Request, session: SessionDep) -> Viewer:
@@ -133,8 +146,11 @@ async def require_writer(request: Request, session: SessionDep) -> Viewer:
     their key, account or address is over the write limit."""
     viewer = identify(request, session)
     if viewer is None:
-        raise HTTPException(401, "Sign in, or send an API key, to save changes.",
-                            headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+        raise HTTPException(
+            401,
+            "Sign in, or send an API key, to save changes.",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
     if viewer.key_id is None:
         await check_csrf(request)
     who = f"key:{viewer.key_id}" if viewer.key_id is not None else f"user:{viewer.user_id}"

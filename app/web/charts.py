@@ -10,6 +10,8 @@ no chart library or CDN.
 import math
 from dataclasses import dataclass, field
 
+from app.db.labels import SCORE_EDGES
+
 
 @dataclass(frozen=True)
 class Bar:
@@ -108,9 +110,18 @@ def bar_chart(
         Tick(round(x_of(min(max(v, lo), hi)), 2), name) for name, v in (marks or {}).items()
     ]
     return BarChart(
-        width, height, (left, top, right, bottom), bars, x_ticks, y_ticks, x_label, y_label,
-        title, mark_ticks, empty=peak == 0,
-    )  # fmt: skip
+        width,
+        height,
+        (left, top, right, bottom),
+        bars,
+        x_ticks,
+        y_ticks,
+        x_label,
+        y_label,
+        title,
+        mark_ticks,
+        empty=peak == 0,
+    )
 
 
 def _default_ticks(lo: float, hi: float) -> list[float]:
@@ -152,3 +163,31 @@ def trimmed(
         return counts, edges
     lo, hi = max(filled[0] - margin, 0), min(filled[-1] + margin + 1, len(counts))
     return counts[lo:hi], edges[lo : hi + 1]
+
+
+def density_chart(summary: dict):
+    histogram = summary.get("density_log10")
+    if not histogram:
+        return None
+    return bar_chart(
+        histogram["counts"],
+        histogram["edges"],
+        title="Feature density (alive features)",
+        x_label="fraction of tokens a feature fires on (log scale)",
+        y_label="features",
+        x_tick_format=decade_label,
+        x_ticks_at=list(range(-8, 1)),
+    )
+
+
+def score_chart(summary: dict):
+    histogram = summary.get("scores")
+    if not histogram or not summary.get("scored"):
+        return None
+    return bar_chart(
+        histogram["counts"],
+        SCORE_EDGES,
+        title="Headline label scores",
+        x_label="score (detection or fuzzing accuracy, else simulation correlation)",
+        y_label="features",
+    )

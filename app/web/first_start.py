@@ -19,7 +19,8 @@ from collections.abc import Callable
 from contextlib import AsyncExitStack
 from types import SimpleNamespace
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from fastapi import FastAPI
+from starlette.types import Receive, Scope, Send
 from tqdm import tqdm
 
 from app.settings import Settings
@@ -53,17 +54,25 @@ class BuildProgress:
             return {}
         bar = bars[-1].format_dict
         done, total = bar["n"], bar["total"]
-        return {"step": bar.get("prefix") or "", "done": done, "total": total,
-                "fraction": done / total if total else None}  # fmt: skip
+        return {
+            "step": bar.get("prefix") or "",
+            "done": done,
+            "total": total,
+            "fraction": done / total if total else None,
+        }
 
 
 class FirstStart:
-    def __init__(self, settings: Settings, build: Callable[[BuildProgress], None],
-                 ready: Callable[[], ASGIApp]):  # fmt: skip
+    def __init__(
+        self,
+        settings: Settings,
+        build: Callable[[BuildProgress], None],
+        ready: Callable[[], FastAPI],
+    ):
         self.state = SimpleNamespace(settings=settings)  # as on the app it becomes
         self.progress = BuildProgress()
         self._build, self._ready = build, ready
-        self._app: ASGIApp | None = None
+        self._app: FastAPI | None = None
         self._stack = AsyncExitStack()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -106,17 +115,30 @@ class FirstStart:
     async def _building(self, scope: Scope, send: Send) -> None:
         figures = self.progress.figures()
         progress = self.progress
-        status = {"status": "failed" if progress.error else "building", "stage": progress.stage,
-                  "error": progress.error, **figures}  # fmt: skip
+        status = {
+            "status": "failed" if progress.error else "building",
+            "stage": progress.stage,
+            "error": progress.error,
+            **figures,
+        }
         if scope["path"].endswith("/healthz"):
             body, kind = json.dumps(status).encode(), b"application/json"
         else:
             body, kind = self._page(status).encode(), b"text/html; charset=utf-8"
-        await send({"type": "http.response.start", "status": 503, "headers": [
-            (b"content-type", kind), (b"retry-after", b"3"), (b"cache-control", b"no-store"),
-            (b"content-security-policy", f"{POLICY}; frame-ancestors 'none'".encode()),
-            (b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"),
-        ]})  # fmt: skip
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 503,
+                "headers": [
+                    (b"content-type", kind),
+                    (b"retry-after", b"3"),
+                    (b"cache-control", b"no-store"),
+                    (b"content-security-policy", f"{POLICY}; frame-ancestors 'none'".encode()),
+                    (b"x-content-type-options", b"nosniff"),
+                    (b"x-frame-options", b"DENY"),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
     @staticmethod
@@ -128,7 +150,9 @@ class FirstStart:
         fraction = status.get("fraction")
         bar = ""
         if fraction is not None:
-            bar = (f'<progress value="{fraction:.3f}"></progress><p class="muted">'
-                   f"{html.escape(str(status['step']))} {status['done']:,.0f} of "
-                   f"{status['total']:,.0f} ({fraction:.0%})</p>")  # fmt: skip
+            bar = (
+                f'<progress value="{fraction:.3f}"></progress><p class="muted">'
+                f"{html.escape(str(status['step']))} {status['done']:,.0f} of "
+                f"{status['total']:,.0f} ({fraction:.0%})</p>"
+            )
         return PAGE.format(stage=stage, bar=bar)

@@ -73,8 +73,11 @@ class RedisRateLimiter:
 
     def check(self, key: str) -> int | None:
         member = f"{time.time_ns()}-{secrets.token_hex(4)}"
-        waited = int(self._script(keys=[f"monoscope:limit:{self.name}:{key}"],
-                                  args=[self.limit, self.window, member]))  # fmt: skip
+        waited = int(
+            self._script(
+                keys=[f"monoscope:limit:{self.name}:{key}"], args=[self.limit, self.window, member]
+            )
+        )
         return None if waited < 0 else max(1, math.ceil(waited / 1000))
 
 

@@ -8,13 +8,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from fastapi import HTTPException
-
-from app.core.errors import MonoscopeError
-from app.core.inspect import Inspection, inspect
+from app.core.errors import MonoscopeError, NotLoadedError
+from app.core.inspect import Inspection, Reduce, inspect
 from app.core.model import LoadedModel
 from app.core.sae import Sae
-from app.core.serving import InferenceWorker, QueueFull
+from app.core.serving import InferenceWorker
 from app.core.workspace import Workspace
 
 T = TypeVar("T")
@@ -38,7 +36,7 @@ def resident(workspace: Workspace | None, model: str, sae: str) -> Resident | No
 def require_loaded(workspace: Workspace | None, purpose: str) -> Workspace:
     """The workspace, or a 409 saying the server has nothing loaded to `purpose`."""
     if workspace is None or not workspace.saes:
-        raise HTTPException(409, f"This server has no model and SAE loaded to {purpose}.")
+        raise NotLoadedError(f"This server has no model and SAE loaded to {purpose}.")
     return workspace
 
 
@@ -51,39 +49,48 @@ def loaded_sae(workspace: Workspace | None, sae: str | None, purpose: str) -> Re
 def check_text(text: str, empty: str) -> None:
     """Typed text a page may run: not blank (`empty` says what to do), within the limit."""
     if not text.strip():
-        raise HTTPException(400, empty)
+        raise MonoscopeError(empty)
     if len(text) > MAX_TEXT_CHARS:
-        raise HTTPException(400, f"The text is {len(text):,} characters; the limit is "
-                                 f"{MAX_TEXT_CHARS:,}.")  # fmt: skip
+        raise MonoscopeError(
+            f"The text is {len(text):,} characters; the limit is {MAX_TEXT_CHARS:,}."
+        )
 
 
 def require_resident(workspace: Workspace | None, model: str, sae: str) -> Resident:
     found = resident(workspace, model, sae)
     if found is None:
-        raise HTTPException(
-            409, f"{model}/{sae} is not loaded on this server, so it cannot read new text"
+        raise NotLoadedError(
+            f"{model}/{sae} is not loaded on this server, so it cannot read new text"
         )
     return found
 
 
 def run_text(
-    worker: InferenceWorker, found: Resident, text: str, top_k: int = 10, reduce: str = "max"
+    worker: InferenceWorker | None,
+    found: Resident,
+    text: str,
+    top_k: int = 10,
+    reduce: Reduce = "max",
 ) -> Inspection:
     """Per-token and overall features of `text`, run by the model's owner (the inference
     worker), with limits a page can state."""
     check_text(text, "Type some text to run through the model.")
-    return run_on_model(worker, lambda: inspect(
-        found.model, {found.sae_name: found.sae}, text, top_k=top_k, reduce=reduce,
-        max_tokens=MAX_TEXT_TOKENS,
-    ))  # fmt: skip
+    return run_on_model(
+        worker,
+        lambda: inspect(
+            found.model,
+            {found.sae_name: found.sae},
+            text,
+            top_k=top_k,
+            reduce=reduce,
+            max_tokens=MAX_TEXT_TOKENS,
+        ),
+    )
 
 
-def run_on_model(worker: InferenceWorker, compute: Callable[[], T]) -> T:
+def run_on_model(worker: InferenceWorker | None, compute: Callable[[], T]) -> T:
     """`compute` run by the inference worker (the model's one owner). Its refusals (the text is
-    too long, a bad target) become a 400; a full queue stays QueueFull, the app's 503."""
-    try:
-        return worker.run(compute)
-    except QueueFull:
-        raise
-    except MonoscopeError as exc:
-        raise HTTPException(400, str(exc)) from exc
+    too long, a bad target) and a full queue reach the app's handlers as they are."""
+    if worker is None:
+        raise NotLoadedError("This server has no model loaded.")
+    return worker.run(compute)

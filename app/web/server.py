@@ -38,8 +38,9 @@ class SlowHeadGuard(H11Protocol):
         self._deadline = self.loop.call_later(self.head_timeout, self._too_slow)
 
     def _disarm(self) -> None:
-        if getattr(self, "_deadline", None) is not None:
-            self._deadline.cancel()
+        deadline = getattr(self, "_deadline", None)
+        if deadline is not None:
+            deadline.cancel()
             self._deadline = None
 
     def _too_slow(self) -> None:

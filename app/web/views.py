@@ -1,58 +1,21 @@
 """View models: what templates render, shaped from query results.
 
 Token text is hostile input (any byte sequence a tokenizer can emit); it reaches templates only
-as data and is escaped there, or in app.web.markup for token strips.
+as data and is escaped there, or in app.web.markup, which owns token cells and strips.
 """
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-import numpy as np
 from markupsafe import Markup
+from starlette.requests import Request
 
 from app.db.labels import SCORE_PREFERENCE, headline_score
 from app.db.queries import ExampleView
+from app.web.markup import TokenTexts, example_strip
 
-if TYPE_CHECKING:
-    from app.web.markup import TokenTexts
-
-SPECIAL_TOKEN = ("<|", "|>")
 WINDOW_BEFORE, WINDOW_AFTER = 40, 12  # tokens shown around an example's peak
-
-
-def display_token(text: str) -> str:
-    """Whitespace a reader can see: a newline token shows as ↵, a tab as ⇥."""
-    return text.replace("\n", "↵").replace("\t", "⇥").replace("\r", "␍") or "∅"
-
-
-@dataclass(slots=True)  # thousands per page: plain slots build several times faster than frozen
-class TokenCell:
-    text: str
-    value: float
-    intensity: float  # 0..1, the highlight's opacity
-    peak: bool
-    special: bool
-    position: int
-
-
-def token_cells(
-    texts: list[str], activations: np.ndarray, scale: float, start: int = 0, end: int | None = None
-) -> list[TokenCell]:
-    """Highlight cells for texts[start:end], intensity relative to `scale` (the feature's max)."""
-    end = len(texts) if end is None else end
-    peak = int(activations.argmax()) if len(activations) and activations.max() > 0 else -1
-    window = np.asarray(activations[start:end], dtype=np.float64)
-    values = window.tolist()
-    intensities = np.clip(window / (scale if scale > 0 else 1.0), 0.0, 1.0).round(3).tolist()
-    cells = []
-    for offset, (value, intensity) in enumerate(zip(values, intensities, strict=True)):
-        i = start + offset
-        text = texts[i]
-        special = text.startswith(SPECIAL_TOKEN[0]) and text.endswith(SPECIAL_TOKEN[1])
-        cells.append(TokenCell(display_token(text), value, intensity, i == peak, special, i))
-    return cells
 
 
 @dataclass(frozen=True)
@@ -67,14 +30,12 @@ class ExampleRow:
 
 def example_row(
     example: ExampleView,
-    texts: "TokenTexts",
+    texts: TokenTexts,
     scale: float,
     before: int = WINDOW_BEFORE,
     after: int = WINDOW_AFTER,
     with_text: bool = False,
 ) -> ExampleRow:
-    from app.web.markup import example_strip
-
     ids = example.token_ids
     peak = example.max_position
     start = max(peak - before, 0)
@@ -97,7 +58,7 @@ class IntervalGroup:
 
 
 def interval_groups(
-    examples: list[ExampleView], texts: "TokenTexts", max_act: float, n_intervals: int
+    examples: list[ExampleView], texts: TokenTexts, max_act: float, n_intervals: int
 ) -> list[IntervalGroup]:
     """Quantile examples grouped by their activation interval, strongest interval first."""
     groups: dict[int, list[ExampleRow]] = {}
@@ -148,6 +109,11 @@ def feature_path(model: str, sae: str, index: int) -> str:
     """A feature page's path. Starlette's url_for matches every route per call, which on a page
     of 50 rows cost more than the page's queries; links in loops use this instead."""
     return f"/{quote(model, safe='')}/{quote(sae, safe='')}/{int(index)}"
+
+
+def feature_url(request: Request, model: str, sae: str, index: int) -> str:
+    """A feature page's absolute URL, as the JSON API gives it."""
+    return str(request.url_for("feature_page", model=model, sae=sae, index=str(index)))
 
 
 def format_density(density: float | None) -> str:

@@ -120,9 +120,19 @@ def test_review_a_label_and_it_becomes_the_shown_one(page, server_url):
     expect(page.locator(".dashboard-grid")).to_contain_text("fog over the bay")
 
 
-PAGES = ["/", "/tiny/res1", "/tiny/res1/0", "/tiny/res1/0?embed=1", "/search?q=golden",
-         "/search/text?text=The+Golden+Gate", "/steer", "/inspect?text=The+cat+sat",
-         "/dashboard", "/lists", "/login"]  # fmt: skip
+PAGES = [
+    "/",
+    "/tiny/res1",
+    "/tiny/res1/0",
+    "/tiny/res1/0?embed=1",
+    "/search?q=golden",
+    "/search/text?text=The+Golden+Gate",
+    "/steer",
+    "/inspect?text=The+cat+sat",
+    "/dashboard",
+    "/lists",
+    "/login",
+]
 
 
 def test_every_page_runs_under_its_content_security_policy(page, server_url):

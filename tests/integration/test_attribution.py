@@ -92,8 +92,13 @@ def story_chain(demo_workspace):
     found = attribute(model, late, STORY, top_k=5, exact=0)
     assert found.target_text == " chess" and found.prob > 0.5
     features = [e.index for e in found.by_attribution[:4]]
-    return model, early, late, found, trace_chain(model, early, late, found.token_ids,
-                                                  found.target, features, sources=6)  # fmt: skip
+    return (
+        model,
+        early,
+        late,
+        found,
+        trace_chain(model, early, late, found.token_ids, found.target, features, sources=6),
+    )
 
 
 def test_chain_follows_the_answer_back_to_the_fact_it_copies(story_chain):

@@ -1,7 +1,5 @@
 """Accounts, API keys, sessions, CSRF and write limits, on both databases."""
 
-import re
-
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select, text
@@ -12,8 +10,8 @@ from app.db.engine import session_scope
 from app.db.models import ApiKey, SteeringSession
 from app.settings import Settings
 from app.web.app import create_app
-from tests.integration.test_cli import run_cli
-from tests.web_world import PASSWORD, form_token, sign_in
+from tests.helpers import run_cli
+from tests.web_world import PASSWORD, form_token, header_token, sign_in
 
 SHARE = {"features": [], "settings": {"mode": "chat"}, "steered": [], "default": []}
 
@@ -57,8 +55,9 @@ def test_writes_need_a_key_or_a_signed_in_session_with_its_csrf_token(engine, pe
         assert anonymous.status_code == 401 and "Sign in" in anonymous.json()["detail"]
         bad = client.post("/steer/share", json=SHARE, headers={"Authorization": "Bearer msk_x"})
         assert bad.status_code == 401 and "unknown or has been revoked" in bad.json()["detail"]
-        keyed = client.post("/steer/share", json=SHARE,
-                            headers={"Authorization": f"Bearer {people}"})  # fmt: skip
+        keyed = client.post(
+            "/steer/share", json=SHARE, headers={"Authorization": f"Bearer {people}"}
+        )
         assert keyed.status_code == 200
         assert client.get("/").text.count("Sign in") >= 1
 
@@ -69,13 +68,15 @@ def test_writes_need_a_key_or_a_signed_in_session_with_its_csrf_token(engine, pe
         assert "ada" in page and "Sign out" in page
         forged = client.post("/steer/share", json=SHARE)  # the cookie alone is not enough
         assert forged.status_code == 403 and "did not come from this site" in forged.text
-        token = re.search(r'"X-CSRF-Token": "([^"]+)"', page).group(1)
+        token = header_token(page)
         ok = client.post("/steer/share", json=SHARE, headers={"X-CSRF-Token": token})
         assert ok.status_code == 200
         out = client.post("/logout", data={"csrf_token": token}, follow_redirects=False)
         assert out.status_code == 303
-        assert client.post("/steer/share", json=SHARE,
-                           headers={"X-CSRF-Token": token}).status_code == 401  # fmt: skip
+        assert (
+            client.post("/steer/share", json=SHARE, headers={"X-CSRF-Token": token}).status_code
+            == 401
+        )
     with session_scope(engine) as session:
         authors = session.scalars(select(SteeringSession.author)).all()
         assert authors == ["ada", "ada"]
@@ -84,8 +85,9 @@ def test_writes_need_a_key_or_a_signed_in_session_with_its_csrf_token(engine, pe
 def test_sign_in_rejects_forged_forms_and_foreign_redirects(engine, people):
     with TestClient(_app(engine)) as client:
         client.get("/login")
-        forged = client.post("/login", data={"name": "ada", "password": PASSWORD,
-                                             "csrf_token": "guess"})  # fmt: skip
+        forged = client.post(
+            "/login", data={"name": "ada", "password": PASSWORD, "csrf_token": "guess"}
+        )
         assert forged.status_code == 403
         away = sign_in(client, next="//evil.example/")
         assert away.status_code == 303 and away.headers["location"] == "/"
@@ -107,13 +109,17 @@ def test_a_server_can_require_sign_in_to_read(engine, people):
 def test_writes_and_sign_ins_are_rate_limited(engine, people):
     with TestClient(_app(engine, write_rate_per_minute=2, sign_in_rate_per_minute=2)) as client:
         headers = {"Authorization": f"Bearer {people}"}
-        codes = [client.post("/steer/share", json=SHARE, headers=headers).status_code
-                 for _ in range(3)]  # fmt: skip
+        codes = [
+            client.post("/steer/share", json=SHARE, headers=headers).status_code for _ in range(3)
+        ]
         assert codes == [200, 200, 429]
         token = form_token(client.get("/login").text)
-        attempts = [client.post("/login", data={"name": "ada", "password": "nope",
-                                                "csrf_token": token}).status_code
-                    for _ in range(3)]  # fmt: skip
+        attempts = [
+            client.post(
+                "/login", data={"name": "ada", "password": "nope", "csrf_token": token}
+            ).status_code
+            for _ in range(3)
+        ]
         assert attempts == [400, 400, 429]
 
 
@@ -147,7 +153,7 @@ def test_signing_out_ends_the_session_for_every_copy_of_its_cookie(engine, peopl
     app = _app(engine)
     with TestClient(app) as client, TestClient(app) as thief:
         sign_in(client)
-        token = re.search(r'"X-CSRF-Token": "([^"]+)"', client.get("/steer").text).group(1)
+        token = header_token(client.get("/steer").text)
         copied = client.cookies["monoscope"]
         assert _share_with(thief, copied, token).status_code == 200  # the copy works while valid
         client.post("/logout", data={"csrf_token": token}, follow_redirects=False)
@@ -161,13 +167,17 @@ def test_a_password_change_signs_every_browser_out(engine, people):
     app = _app(engine)
     with TestClient(app) as client:
         sign_in(client)
-        token = re.search(r'"X-CSRF-Token": "([^"]+)"', client.get("/steer").text).group(1)
-        assert client.post("/steer/share", json=SHARE,
-                           headers={"X-CSRF-Token": token}).status_code == 200  # fmt: skip
+        token = header_token(client.get("/steer").text)
+        assert (
+            client.post("/steer/share", json=SHARE, headers={"X-CSRF-Token": token}).status_code
+            == 200
+        )
         with session_scope(engine) as session:
             accounts.set_password(session, "ada", "a new long password")
-        assert client.post("/steer/share", json=SHARE,
-                           headers={"X-CSRF-Token": token}).status_code == 401  # fmt: skip
+        assert (
+            client.post("/steer/share", json=SHARE, headers={"X-CSRF-Token": token}).status_code
+            == 401
+        )
         assert sign_in(client).status_code == 400  # the old password is gone
         assert sign_in(client, "a new long password").status_code == 303
 
@@ -220,8 +230,9 @@ def test_a_sign_in_link_works_once_and_not_after_it_expires(engine):
 
 def test_the_cli_changes_a_password(engine, people):
     env = {"MONOSCOPE_DATABASE_URL": engine.url.render_as_string(hide_password=False)}
-    changed = run_cli("user", "password", "ada", "--password-stdin", env=env,
-                      input="a brand new password\n")  # fmt: skip
+    changed = run_cli(
+        "user", "password", "ada", "--password-stdin", env=env, input="a brand new password\n"
+    )
     assert changed.returncode == 0, changed.stderr
     with session_scope(engine) as session:
         assert accounts.sign_in(session, "ada", "a brand new password") is not None

@@ -1,19 +1,23 @@
-"""The CLI as a person runs it: a real subprocess, real files, one error line on bad input."""
+"""The CLI as a person runs it: real files, one error line on bad input. Commands run in this
+process (tests.helpers.run_cli); two tests run the installed entry point as a real subprocess."""
 
 import os
+import shutil
 import subprocess
 import sys
 
 import pytest
 
 from app.core.sae import load_sae, save_saelens
-from tests.helpers import random_sae
+from tests.helpers import random_sae, run_cli
 
 
-def run_cli(*args, env=None, input=None):
+def run_monoscope(*args, env=None):
+    """The `monoscope` script on PATH (the package's entry point), in a process of its own."""
+    command = shutil.which("monoscope", path=os.path.dirname(sys.executable))
+    assert command is not None, "monoscope is not installed in this environment"
     return subprocess.run(
-        [sys.executable, "-c", "from app.cli import main; main()", *args],
-        input=input,
+        [command, *args],
         capture_output=True,
         text=True,
         timeout=120,
@@ -45,7 +49,7 @@ def test_inspect_lists_features(gpt2_dir, sae_dir):
     assert "res1 (blocks.1.hook_resid_post)" in result.stdout and "strongest on" in result.stdout
 
 
-def test_steer_prints_both_replies(gpt2_dir, sae_dir):
+def test_steer_prints_both_replies(gpt2_dir, sae_dir, tmp_path):
     result = run_cli(
         "steer",
         "--model",
@@ -55,10 +59,11 @@ def test_steer_prints_both_replies(gpt2_dir, sae_dir):
         "--device",
         "cpu",
         "-f",
-        "res1:3:add:40",
+        "res1/3:add:40:raw",
         "--max-tokens",
         "5",
         "Hello",
+        env={"MONOSCOPE_DATA_DIR": str(tmp_path), "MONOSCOPE_DATABASE_URL": ""},
     )
     assert result.returncode == 0, result.stderr
     assert "default" in result.stdout and "steered" in result.stdout
@@ -96,7 +101,11 @@ def test_convert_sae_writes_saelens(tmp_path, sae_dir):
         ),
         (["convert-sae", "/nowhere", "/tmp/x"], "error: /nowhere: no such file or directory"),
         (["inspect", "--device", "tpu", "hi"], "error: device: Value error, unknown device 'tpu'"),
-        (["steer", "--model", "M", "-f", "res1:x", "hi"], "error: bad feature 'res1:x'"),
+        (  # printed as written: rich would draw ":clamp:" as an emoji
+            ["steer", "--model", "M", "-f", "res1:x", "hi"],
+            "error: bad feature 'res1:x': write [MODEL/]SAE/INDEX:clamp|add:STRENGTH[:max_act|raw]"
+            ", e.g. monoscope-demo/res1/946:clamp:5",
+        ),
     ],
 )
 def test_bad_input_is_one_error_line(args, message):
@@ -105,8 +114,16 @@ def test_bad_input_is_one_error_line(args, message):
     assert result.stderr.startswith(message) and "Traceback" not in result.stderr
 
 
-def test_no_model_means_the_shipped_demo():
-    result = run_cli("inspect", "--top", "2", "The Golden Gate Bridge", env={"MONOSCOPE_MODEL": ""})
+def test_the_installed_command_refuses_bad_input_in_one_line():
+    result = run_monoscope("inspect", "--model", "/nowhere", "hi", env={"MONOSCOPE_MODEL": ""})
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr == "error: cannot load model '/nowhere': no such directory\n"
+
+
+def test_the_installed_command_serves_the_demo_without_a_model():
+    result = run_monoscope(
+        "inspect", "--top", "2", "The Golden Gate Bridge", env={"MONOSCOPE_MODEL": ""}
+    )
     assert result.returncode == 0, result.stderr
     assert "res1 (blocks.1.hook_resid_post)" in result.stdout
 
@@ -134,9 +151,17 @@ def test_every_command_is_documented_in_the_readme():
 
 def test_train_sae_refuses_relu_without_l1(gpt2_dir, tmp_path):
     result = run_cli(
-        "train-sae", str(tmp_path / "out"), "--model", str(gpt2_dir), "--site",
-        "blocks.1.hook_resid_post", "--corpus", "demo-world", "--k", "0",
-    )  # fmt: skip
+        "train-sae",
+        str(tmp_path / "out"),
+        "--model",
+        str(gpt2_dir),
+        "--site",
+        "blocks.1.hook_resid_post",
+        "--corpus",
+        "demo-world",
+        "--k",
+        "0",
+    )
     assert result.returncode == 2
     assert result.stderr.startswith("error: a ReLU SAE (--k 0) needs an L1 coefficient")
 
@@ -163,9 +188,15 @@ def test_ingest_then_harvest_into_the_database(gpt2_dir, sae_dir, tmp_path):
     )
     store = tmp_path / "store"
     ingested = run_cli(
-        "ingest", str(tmp_path / "corpus.jsonl"), str(store), "--model", str(gpt2_dir),
-        "--context-size", "32", env=env,
-    )  # fmt: skip
+        "ingest",
+        str(tmp_path / "corpus.jsonl"),
+        str(store),
+        "--model",
+        str(gpt2_dir),
+        "--context-size",
+        "32",
+        env=env,
+    )
     assert ingested.returncode == 0, ingested.stderr
     assert "contexts × 32 tokens from 400 documents" in ingested.stdout
     harvest = ["harvest", "--model", str(gpt2_dir), "--sae", str(sae_dir), "--corpus", str(store)]
@@ -179,6 +210,11 @@ def test_ingest_then_harvest_into_the_database(gpt2_dir, sae_dir, tmp_path):
     assert too_many.returncode == 2
     last_line = too_many.stderr.strip().splitlines()[-1]
     assert last_line.startswith("error: --tokens 10,000,000 is more than the corpus holds")
+    steer = ["steer", "--model", str(gpt2_dir), "--sae", str(sae_dir), "--device", "cpu"]
+    steered = run_cli(*steer, "-f", "res1/3:add:2", "--max-tokens", "3", "Hello", env=env)
+    assert steered.returncode == 0, steered.stderr  # 2 × the max activation harvest stored
+    unknown = run_cli(*steer, "-f", "res1/4000:add:2", "--max-tokens", "3", "Hello", env=env)
+    assert unknown.returncode == 2 and "outside SAE 'res1'" in unknown.stderr
     name = gpt2_dir.name
     labelled = run_cli("explain", "--model", name, "--sae", "res1", env=env)
     assert labelled.returncode == 0 and "labelled" in labelled.stdout, labelled.stderr
@@ -189,18 +225,31 @@ def test_ingest_then_harvest_into_the_database(gpt2_dir, sae_dir, tmp_path):
     judged = run_cli("score", "--model", name, "--sae", "res1", "--scorer", "detection", env=env)
     assert judged.returncode == 2 and "need an LLM" in judged.stderr
     added = run_cli(
-        "add-sae", str(sae_dir), "--model", str(gpt2_dir), "--corpus", str(store),
-        "--tokens", "2048", "--name", "added", env=env,
-    )  # fmt: skip
+        "add-sae",
+        str(sae_dir),
+        "--model",
+        str(gpt2_dir),
+        "--corpus",
+        str(store),
+        "--tokens",
+        "2048",
+        "--name",
+        "added",
+        env=env,
+    )
     assert added.returncode == 0, added.stderr
     assert "labelled" in added.stdout and "scored" in added.stdout
 
 
 def test_harvest_with_an_unreachable_database_is_one_line(sae_dir, tmp_path):
     result = run_cli(
-        "harvest", "--sae", str(sae_dir), "--corpus", "demo-world",
+        "harvest",
+        "--sae",
+        str(sae_dir),
+        "--corpus",
+        "demo-world",
         env={"MONOSCOPE_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"},
-    )  # fmt: skip
+    )
     assert result.returncode == 2 and result.stderr.startswith("error: cannot open database")
     assert "Traceback" not in result.stderr
 
@@ -214,9 +263,16 @@ def test_harvest_with_an_unreachable_database_is_one_line(sae_dir, tmp_path):
 )
 def test_import_paths_and_names_cannot_escape(sae_dir, gpt2_dir, tmp_path, sae, extra, error):
     result = run_cli(
-        "harvest", "--model", str(gpt2_dir), "--sae", sae or str(sae_dir), "--corpus",
-        "demo-world", *extra, env={"MONOSCOPE_DATA_DIR": str(tmp_path)},
-    )  # fmt: skip
+        "harvest",
+        "--model",
+        str(gpt2_dir),
+        "--sae",
+        sae or str(sae_dir),
+        "--corpus",
+        "demo-world",
+        *extra,
+        env={"MONOSCOPE_DATA_DIR": str(tmp_path)},
+    )
     assert result.returncode == 2 and error in result.stderr
     assert "Traceback" not in result.stderr
 

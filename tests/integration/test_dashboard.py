@@ -21,14 +21,23 @@ def client(engine):
         review.add_label(session, features[4], SCRIPT, "ada")
         found = lists.create_list(session, "Bridge things", "", "ada")
         lists.add_item(session, found, features[1])
-        session.add(Explanation(feature_id=features[5].id, text="", method="offline",
-                                status="failed", error="refused"))  # fmt: skip
+        session.add(
+            Explanation(
+                feature_id=features[5].id,
+                text="",
+                method="offline",
+                status="failed",
+                error="refused",
+            )
+        )
         session.flush()
         refresh_sae(session, sae_id)  # as the explain job does when it ends
         steered = {"sae": "res1", "index": 0, "mode": "clamp", "strength": 5, "label": "gate"}
         for n in range(3):
-            config = {"model": "tiny", "features": [steered] if n else [steered, {
-                **steered, "index": 2, "label": None}]}  # fmt: skip
+            config = {
+                "model": "tiny",
+                "features": [steered] if n else [steered, {**steered, "index": 2, "label": None}],
+            }
             session.add(SteeringSession(share_id=f"s{n}", config=config, transcript=[]))
     url = engine.url.render_as_string(hide_password=False)
     with TestClient(create_app(Settings(database_url=url))) as client:

@@ -62,8 +62,10 @@ def test_servers_starting_together_migrate_once(engine):
         "sys.argv[1]); time.sleep(float(sys.argv[2]) - time.time()); migrate(engine)"
     )
     at = str(time.time() + 4)  # all four begin at once, after their imports
-    starts = [subprocess.Popen([sys.executable, "-c", code, url, at], stderr=subprocess.PIPE,
-                               text=True) for _ in range(4)]  # fmt: skip
+    starts = [
+        subprocess.Popen([sys.executable, "-c", code, url, at], stderr=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
     for start in starts:
         _, errors = start.communicate(timeout=120)
         assert start.returncode == 0, errors

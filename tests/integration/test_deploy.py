@@ -27,8 +27,14 @@ def _compose() -> list[str]:
 def _config(*files: str) -> dict:
     args = [a for f in files for a in ("-f", f)]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MONOSCOPE_", "POSTGRES_"))}
-    done = subprocess.run([*_compose(), *args, "config"], cwd=ROOT, capture_output=True,
-                          text=True, env=env, timeout=60)  # fmt: skip
+    done = subprocess.run(
+        [*_compose(), *args, "config"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     return yaml.safe_load(done.stdout)
 
@@ -60,8 +66,13 @@ def test_the_gpu_override_reserves_an_nvidia_device():
 
 def test_the_image_holds_what_the_server_reads_at_run_time():
     lines = (ROOT / "Dockerfile").read_text().splitlines()
-    copied = {part.rstrip("/") for line in lines if line.startswith("COPY")
-              for part in line.split()[1:-1] if not part.startswith("--")}  # fmt: skip
+    copied = {
+        part.rstrip("/")
+        for line in lines
+        if line.startswith("COPY")
+        for part in line.split()[1:-1]
+        if not part.startswith("--")
+    }
     assert {"app", "templates", "static", "migrations", "alembic.ini"} <= copied
     assert any("node_modules" in line for line in lines if line.startswith("COPY --from=assets"))
     assert any("npm ci" in line for line in lines)

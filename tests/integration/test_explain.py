@@ -8,7 +8,8 @@ from app.core.errors import MonoscopeError
 from app.db.engine import session_scope
 from app.db.models import Explanation, Feature, InterpRun, SaeRow
 from app.db.search import search_explanations
-from app.pipeline.explain import labels, offline_explainer, run_explain
+from app.pipeline.config import ExplainConfig, ScoreConfig
+from app.pipeline.explain import ExplainJob, labels, offline_explainer
 from app.pipeline.harvest import HarvestJob
 from tests.integration.test_harvest import _config, corpus, sae_dir  # noqa: F401 (fixtures)
 
@@ -46,15 +47,18 @@ def _alive(engine) -> list[int]:
 def test_offline_labels_every_alive_feature_once(harvested, gpt2):
     engine = harvested
     explainer = offline_explainer(engine, gpt2.name)
-    first = run_explain(engine, gpt2.name, "res1", explainer, progress=False)
+    first = ExplainJob(ExplainConfig(gpt2.name, "res1", progress=False), engine, explainer).run()
     alive = _alive(engine)
     assert first.explained + first.failed == len(alive) and first.explained > 0
     found = labels(engine, gpt2.name, "res1")
     assert set(found) <= set(alive) and all(found.values())
-    again = run_explain(engine, gpt2.name, "res1", explainer, progress=False)
+    again = ExplainJob(ExplainConfig(gpt2.name, "res1", progress=False), engine, explainer).run()
     assert again.explained == 0 and again.skipped == first.explained
-    forced = run_explain(engine, gpt2.name, "res1", explainer, features=[alive[0]], force=True,
-                         progress=False)  # fmt: skip
+    forced = ExplainJob(
+        ExplainConfig(gpt2.name, "res1", features=[alive[0]], force=True, progress=False),
+        engine,
+        explainer,
+    ).run()
     assert forced.explained == 1
     with session_scope(engine) as session:
         assert session.query(Explanation).count() == first.explained + first.failed
@@ -72,7 +76,9 @@ def test_failures_are_stored_with_their_reason_and_retried(harvested, gpt2):
     engine = harvested
     alive = _alive(engine)
     failing = set(alive[:3])
-    result = run_explain(engine, gpt2.name, "res1", Scripted(failing), progress=False)
+    result = ExplainJob(
+        ExplainConfig(gpt2.name, "res1", progress=False), engine, Scripted(failing)
+    ).run()
     assert result.failed == 3 and result.explained == len(alive) - 3
     assert result.prompt_tokens == 100 * (len(alive) - 3)
     with session_scope(engine) as session:
@@ -83,7 +89,7 @@ def test_failures_are_stored_with_their_reason_and_retried(harvested, gpt2):
         assert (run.features, run.failures) == (len(alive) - 3, 3)
         assert run.cost_usd == pytest.approx(0.01 * (len(alive) - 3))
     retry = Scripted(set())
-    second = run_explain(engine, gpt2.name, "res1", retry, progress=False)
+    second = ExplainJob(ExplainConfig(gpt2.name, "res1", progress=False), engine, retry).run()
     assert sorted(retry.calls) == sorted(failing) and second.explained == 3
     with session_scope(engine) as session:
         assert session.query(Explanation).filter_by(status="failed").count() == 0
@@ -92,7 +98,7 @@ def test_failures_are_stored_with_their_reason_and_retried(harvested, gpt2):
 
 def test_an_unknown_sae_is_a_clear_error(engine):
     with pytest.raises(MonoscopeError, match="no SAE nowhere/none"):
-        run_explain(engine, "nowhere", "none", Scripted(set()), progress=False)
+        ExplainJob(ExplainConfig("nowhere", "none", progress=False), engine, Scripted(set())).run()
 
 
 def test_llm_labels_through_a_real_endpoint_resume_without_new_requests(harvested, gpt2):
@@ -104,9 +110,13 @@ def test_llm_labels_through_a_real_endpoint_resume_without_new_requests(harveste
     script = [ok("[EXPLANATION]: tiny things")] * 2 + [status(402)] + [ok("[EXPLANATION]: more")]
     with ScriptedLLM(script) as llm:
         explainer = LLMExplainer(ChatClient(llm.url, "scripted", backoff=0.01), concurrency=1)
-        first = run_explain(engine, gpt2.name, "res1", explainer, features=alive, progress=False)
+        first = ExplainJob(
+            ExplainConfig(gpt2.name, "res1", features=alive, progress=False), engine, explainer
+        ).run()
         assert (first.explained, first.failed) == (4, 1) and len(llm.requests) == 5
-        second = run_explain(engine, gpt2.name, "res1", explainer, features=alive, progress=False)
+        second = ExplainJob(
+            ExplainConfig(gpt2.name, "res1", features=alive, progress=False), engine, explainer
+        ).run()
         assert second.explained == 1 and len(llm.requests) == 6  # only the failure is retried
     found = labels(engine, gpt2.name, "res1", method="openai")
     assert set(found) == set(alive) and set(found.values()) <= {"tiny things", "more"}
@@ -118,7 +128,9 @@ def test_a_model_that_cannot_explain_leaves_failures_with_its_reply(harvested, g
     engine = harvested
     alive = _alive(engine)[:2]
     explainer = SelfExplainer(gpt2, max_new_tokens=8)
-    result = run_explain(engine, gpt2.name, "res1", explainer, features=alive, progress=False)
+    result = ExplainJob(
+        ExplainConfig(gpt2.name, "res1", features=alive, progress=False), engine, explainer
+    ).run()
     assert result.failed == 2 and result.explained == 0
     with session_scope(engine) as session:
         errors = [e.error for e in session.query(Explanation).filter_by(method="self")]
@@ -127,12 +139,14 @@ def test_a_model_that_cannot_explain_leaves_failures_with_its_reply(harvested, g
 
 def _score(engine, gpt2, scorers, **options):
     from app.core.sae import load_sae
-    from app.pipeline.score import run_score
+    from app.pipeline.score import ScoreJob
 
     with session_scope(engine) as session:
         source = session.query(SaeRow).one().source
     sae = gpt2.attach(load_sae(source))
-    return run_score(engine, gpt2.name, "res1", scorers, gpt2, sae, progress=False, **options)
+    judge = options.pop("judge", None)
+    config = ScoreConfig(gpt2.name, "res1", tuple(scorers), progress=False, **options)
+    return ScoreJob(config, engine, gpt2, sae, judge=judge).run()
 
 
 def _scores(engine) -> list[dict]:
@@ -142,7 +156,11 @@ def _scores(engine) -> list[dict]:
 
 def test_simulation_scores_are_stored_once_and_redone_on_force(harvested, gpt2):
     engine = harvested
-    run_explain(engine, gpt2.name, "res1", offline_explainer(engine, gpt2.name), progress=False)
+    ExplainJob(
+        ExplainConfig(gpt2.name, "res1", progress=False),
+        engine,
+        offline_explainer(engine, gpt2.name),
+    ).run()
     first = _score(engine, gpt2, ["simulation"])
     scores = _scores(engine)
     assert first.scored + first.failed == len(scores) and first.scored > 0
@@ -170,7 +188,9 @@ def test_judged_scores_and_their_failures(harvested, gpt2):
 
     engine = harvested
     alive = _alive(engine)[:3]
-    run_explain(engine, gpt2.name, "res1", Scripted(set()), features=alive, progress=False)
+    ExplainJob(
+        ExplainConfig(gpt2.name, "res1", features=alive, progress=False), engine, Scripted(set())
+    ).run()
     with pytest.raises(MonoscopeError, match="need an LLM"):
         _score(engine, gpt2, ["detection"])
     with ScriptedLLM([malformed(), ok("[ANSWER]: [1, 2]")]) as llm:
@@ -184,8 +204,12 @@ def test_judged_scores_and_their_failures(harvested, gpt2):
             score = scores[name]
             assert "failed" in score or 0 <= score["balanced_accuracy"] <= 1
         if "failed" not in scores["detection"]:
-            assert set(scores["detection"]["examples"]) <= {"top", "quantile", "negative",
-                                                            "hard_negative"}  # fmt: skip
+            assert set(scores["detection"]["examples"]) <= {
+                "top",
+                "quantile",
+                "negative",
+                "hard_negative",
+            }
 
 
 def _review(engine, index: int, action: str, text: str = "") -> int:
@@ -193,9 +217,10 @@ def _review(engine, index: int, action: str, text: str = "") -> int:
 
     with session_scope(engine) as session:
         label = session.scalars(
-            select(Explanation).join(Feature).where(Feature.index == index,
-                                                    Explanation.status == "ok")
-        ).first()  # fmt: skip
+            select(Explanation)
+            .join(Feature)
+            .where(Feature.index == index, Explanation.status == "ok")
+        ).first()
         review_label(session, label, action, author="ada", text=text)
         return label.id
 
@@ -207,7 +232,7 @@ def test_a_forced_relabel_keeps_every_label_a_person_touched(harvested, gpt2):
 
     engine = harvested
     explainer = offline_explainer(engine, gpt2.name)
-    run_explain(engine, gpt2.name, "res1", explainer, progress=False)
+    ExplainJob(ExplainConfig(gpt2.name, "res1", progress=False), engine, explainer).run()
     alive = _alive(engine)
     verified = _review(engine, alive[0], "verified")
     edited = _review(engine, alive[1], "edit", "a person's own words")
@@ -228,7 +253,9 @@ def test_a_forced_relabel_keeps_every_label_a_person_touched(harvested, gpt2):
             return await explainer.explain_batch(evidence)
 
     mid_run = ReviewsMidRun()
-    result = run_explain(engine, gpt2.name, "res1", mid_run, force=True, progress=False)
+    result = ExplainJob(
+        ExplainConfig(gpt2.name, "res1", force=True, progress=False), engine, mid_run
+    ).run()
     assert result.explained == len(alive)
     with session_scope(engine) as session:
         kept = {e.id: e for e in session.scalars(select(Explanation))}
@@ -246,7 +273,11 @@ def test_a_score_of_a_label_edited_meanwhile_is_not_stored(harvested, gpt2, monk
     from app.pipeline import score
 
     engine = harvested
-    run_explain(engine, gpt2.name, "res1", offline_explainer(engine, gpt2.name), progress=False)
+    ExplainJob(
+        ExplainConfig(gpt2.name, "res1", progress=False),
+        engine,
+        offline_explainer(engine, gpt2.name),
+    ).run()
     alive = _alive(engine)
     real = score.simulation_score
     edited = {}
@@ -282,7 +313,9 @@ def test_two_explain_runs_at_once_take_turns_and_label_each_feature_once(harvest
 
     def run(explainer):
         started.wait()
-        results.append(run_explain(engine, gpt2.name, "res1", explainer, progress=False))
+        results.append(
+            ExplainJob(ExplainConfig(gpt2.name, "res1", progress=False), engine, explainer).run()
+        )
 
     threads = [threading.Thread(target=run, args=(e,)) for e in explainers]
     for thread in threads:

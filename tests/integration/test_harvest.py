@@ -13,8 +13,9 @@ from app.db import store as db
 from app.db.engine import session_scope
 from app.db.queries import feature_detail
 from app.pipeline import harvest as harvest_module
+from app.pipeline.config import IngestConfig
 from app.pipeline.harvest import HarvestConfig, HarvestJob
-from app.pipeline.ingest import TokenStore, ingest
+from app.pipeline.ingest import IngestJob, TokenStore
 from tests.helpers import CORPUS, database_snapshot, random_sae
 
 CONTEXT = 16
@@ -25,9 +26,12 @@ TOKENS = 40 * CONTEXT
 def corpus(gpt2, tmp_path_factory) -> TokenStore:
     folder = tmp_path_factory.mktemp("harvest")
     (folder / "corpus.txt").write_text("\n\n".join(CORPUS))
-    return ingest(
-        str(folder / "corpus.txt"), gpt2.tokenizer, folder / "store", CONTEXT, progress=False
-    )
+    return IngestJob(
+        IngestConfig(
+            str(folder / "corpus.txt"), folder / "store", context_size=CONTEXT, progress=False
+        ),
+        gpt2.tokenizer,
+    ).run()
 
 
 @pytest.fixture(scope="module")

@@ -54,8 +54,11 @@ def test_oversized_bodies_are_refused_before_they_are_read(client, engine):
         for _ in range(LIMIT // 65_536 + 2):
             yield b"a" * 65_536
 
-    chunked = client.post("/api/v1/activations", headers=client.key | {
-        "Content-Type": "application/json"}, content=chunks())  # fmt: skip
+    chunked = client.post(
+        "/api/v1/activations",
+        headers=client.key | {"Content-Type": "application/json"},
+        content=chunks(),
+    )
     assert chunked.status_code == 413
 
     assert _counts(engine) == before
@@ -65,13 +68,17 @@ def test_oversized_bodies_are_refused_before_they_are_read(client, engine):
 
 def test_invalid_utf8_gets_a_4xx_or_a_plain_answer(client, engine):
     bad = b'{"title": "\xff\xfe broken"}'
-    answer = client.post("/api/v1/lists", headers=client.key | {
-        "Content-Type": "application/json"}, content=bad)  # fmt: skip
+    answer = client.post(
+        "/api/v1/lists", headers=client.key | {"Content-Type": "application/json"}, content=bad
+    )
     assert answer.status_code == 400 and answer.json()["detail"]
 
-    form = client.post("/lists", headers=client.key | {
-        "Content-Type": "application/x-www-form-urlencoded"}, content=b"title=%FF%FEx",
-        follow_redirects=False)  # fmt: skip
+    form = client.post(
+        "/lists",
+        headers=client.key | {"Content-Type": "application/x-www-form-urlencoded"},
+        content=b"title=%FF%FEx",
+        follow_redirects=False,
+    )
     assert form.status_code < 500
     with Session(engine) as session:  # whatever was kept is text, and shows as text
         titles = session.scalars(select(FeatureList.title)).all()
@@ -82,23 +89,38 @@ def test_invalid_utf8_gets_a_4xx_or_a_plain_answer(client, engine):
         assert client.get(path).status_code < 500, path
     assert client.get("/%FF%FE/res1").status_code == 404
     assert client.get("/tiny/%C3%28/0").status_code == 404
-    assert client.post("/api/v1/lists", headers={"Authorization": b"Bearer \xff\xfe"},
-                       json={"title": "t"}).status_code == 401  # fmt: skip
+    assert (
+        client.post(
+            "/api/v1/lists", headers={"Authorization": b"Bearer \xff\xfe"}, json={"title": "t"}
+        ).status_code
+        == 401
+    )
     assert client.get("/", headers={"Cookie": b"monoscope=\xff\xfe.garbage"}).status_code == 200
 
 
 def test_nul_characters_are_looked_up_and_stored_as_text(client):
     # PostgreSQL refuses NUL in text; it must cost a 404 or a replacement character, not a 500.
-    for path in ("/%00/res1", "/tiny/res1%00/0", "/lists/%00", "/api/v1/lists/a%00",
-                 "/search?q=gate%00", "/tiny/res1?q=%00", "/api/v1/search?q=%00"):  # fmt: skip
+    for path in (
+        "/%00/res1",
+        "/tiny/res1%00/0",
+        "/lists/%00",
+        "/api/v1/lists/a%00",
+        "/search?q=gate%00",
+        "/tiny/res1?q=%00",
+        "/api/v1/search?q=%00",
+    ):
         assert client.get(path).status_code in (200, 404), path
     made = client.post("/api/v1/lists", headers=client.key, json={"title": "a\u0000b"})
     assert made.status_code == 201 and made.json()["title"] in ("a\x00b", "a\ufffdb")
-    label = client.post("/api/v1/features/tiny/res1/1/labels", headers=client.key,
-                        json={"text": "fog\u0000"})  # fmt: skip
+    label = client.post(
+        "/api/v1/features/tiny/res1/1/labels", headers=client.key, json={"text": "fog\u0000"}
+    )
     assert label.status_code == 201
-    shared = client.post("/steer/share", headers=client.key,
-                         json={"default": [{"role": "user", "content": "a\u0000"}]})  # fmt: skip
+    shared = client.post(
+        "/steer/share",
+        headers=client.key,
+        json={"default": [{"role": "user", "content": "a\u0000"}]},
+    )
     assert shared.status_code == 200
     assert client.get(shared.json()["url"].removeprefix("http://testserver")).status_code == 200
 

@@ -8,7 +8,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from app.core.errors import MonoscopeError
-from app.pipeline.ingest import TokenStore, ingest
+from app.pipeline.config import IngestConfig
+from app.pipeline.ingest import IngestJob, TokenStore
 from tests.helpers import CORPUS
 
 DOCS = CORPUS[:25]
@@ -45,7 +46,12 @@ def _write(kind: str, folder):
 
 @pytest.mark.parametrize("kind", ["jsonl", "parquet", "hf-dataset"])
 def test_formats_pack_the_same_stream_with_bos_and_document_starts(tokenizer, tmp_path, kind):
-    store = ingest(str(_write(kind, tmp_path)), tokenizer, tmp_path / "store", 16, progress=False)
+    store = IngestJob(
+        IngestConfig(
+            str(_write(kind, tmp_path)), tmp_path / "store", context_size=16, progress=False
+        ),
+        tokenizer,
+    ).run()
     stream = _expected_stream(tokenizer)
     body = 15
     assert store.ids.shape == (len(stream) // body, 16)
@@ -63,7 +69,10 @@ def test_formats_pack_the_same_stream_with_bos_and_document_starts(tokenizer, tm
 
 def test_token_cap_and_whole_contexts(tokenizer, tmp_path):
     path = _write("jsonl", tmp_path)
-    store = ingest(str(path), tokenizer, tmp_path / "s", 16, max_tokens=100, progress=False)
+    store = IngestJob(
+        IngestConfig(str(path), tmp_path / "s", context_size=16, max_tokens=100, progress=False),
+        tokenizer,
+    ).run()
     assert store.ids.shape == (7, 16)  # ceil(100 / 16) whole contexts
 
 
@@ -82,11 +91,19 @@ def test_bad_corpora_are_one_clear_error_and_leave_nothing(
 ):
     (tmp_path / name).write_bytes(content)
     with pytest.raises(MonoscopeError, match=message):
-        ingest(str(tmp_path / name), tokenizer, tmp_path / "store", 16, progress=False)
+        IngestJob(
+            IngestConfig(str(tmp_path / name), tmp_path / "store", context_size=16, progress=False),
+            tokenizer,
+        ).run()
     assert not (tmp_path / "store").exists()
     assert not (tmp_path / "store.partial").exists()
 
 
 def test_a_missing_corpus_says_what_is_accepted(tokenizer, tmp_path):
     with pytest.raises(MonoscopeError, match="not found"):
-        ingest(str(tmp_path / "nope.txt"), tokenizer, tmp_path / "store", 16, progress=False)
+        IngestJob(
+            IngestConfig(
+                str(tmp_path / "nope.txt"), tmp_path / "store", context_size=16, progress=False
+            ),
+            tokenizer,
+        ).run()

@@ -9,11 +9,21 @@ from tests.helpers import assert_same_weights, killed_at_step
 
 def tiny(tmp_path, name):
     return LanguageModelConfig(
-        out=tmp_path / name / "model", tokenizer_documents=300, vocab_size=600,
-        train_documents=200, val_documents=20, context_size=64, n_layer=1, d_model=32,
-        n_head=2, steps=6, batch_size=2, warmup_steps=2, checkpoint_every=3,
+        out=tmp_path / name / "model",
+        tokenizer_documents=300,
+        vocab_size=600,
+        train_documents=200,
+        val_documents=20,
+        context_size=64,
+        n_layer=1,
+        d_model=32,
+        n_head=2,
+        steps=6,
+        batch_size=2,
+        warmup_steps=2,
+        checkpoint_every=3,
         work_dir=tmp_path / name / "work",
-    )  # fmt: skip
+    )
 
 
 def test_same_seed_same_weights_and_resume_is_exact(tmp_path, monkeypatch):

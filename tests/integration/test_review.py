@@ -31,15 +31,19 @@ def _labels(client, index: int = 0) -> list[dict]:
 def test_verified_leads_wrong_and_retired_never_show_and_history_keeps_all(engine, client):
     scored = _shown(client)
     assert scored is not None
-    added = client.post("/api/v1/features/tiny/res1/0/labels", headers=client.key,
-                        json={"text": "  the word   Gate  "})  # fmt: skip
+    added = client.post(
+        "/api/v1/features/tiny/res1/0/labels",
+        headers=client.key,
+        json={"text": "  the word   Gate  "},
+    )
     assert added.status_code == 201 and added.json()["text"] == "the word Gate"
     human = added.json()["id"]
     assert _shown(client) == scored  # unscored and unreviewed: the scored label still leads
 
     def act(action, **extra):
-        response = client.patch(f"/api/v1/labels/{human}", headers=client.key,
-                                json={"action": action, **extra})  # fmt: skip
+        response = client.patch(
+            f"/api/v1/labels/{human}", headers=client.key, json={"action": action, **extra}
+        )
         assert response.status_code == 200, response.text
         return response.json()
 
@@ -60,8 +64,14 @@ def test_verified_leads_wrong_and_retired_never_show_and_history_keeps_all(engin
 
     events = client.get("/api/v1/features/tiny/res1/0/history").json()
     assert [e["action"] for e in events] == [
-        "restored", "retired", "unreviewed", "wrong", "edited", "verified", "added"
-    ]  # fmt: skip
+        "restored",
+        "retired",
+        "unreviewed",
+        "wrong",
+        "edited",
+        "verified",
+        "added",
+    ]
     assert all(e["author"] == "ada" for e in events)
     assert events[4]["before"] == "the word Gate" and events[4]["after"] == "the token Gate"
 
@@ -113,8 +123,11 @@ def test_reviews_shift_the_sae_summary_exactly_as_a_full_recount(engine, client)
 def test_an_edit_drops_the_scores_of_the_old_text(engine, client):
     best = next(label for label in _labels(client) if label["text"] == _shown(client))
     assert best["scores"]
-    edited = client.patch(f"/api/v1/labels/{best['id']}", headers=client.key,
-                          json={"action": "edit", "text": "something else"}).json()  # fmt: skip
+    edited = client.patch(
+        f"/api/v1/labels/{best['id']}",
+        headers=client.key,
+        json={"action": "edit", "text": "something else"},
+    ).json()
     assert edited["scores"] == {}
     with session_scope(engine) as session:
         label = session.get(Explanation, best["id"])
@@ -146,8 +159,11 @@ def test_the_feature_page_reviews_labels_with_forms(engine, client):
     page = client.get("/tiny/res1/0")
     assert "Add label" in page.text and 'class="label-review"' in page.text
     token = form_token(page.text)
-    added = client.post("/labels/add", data={"csrf_token": token, "feature": "tiny/res1/0",
-                                             "text": SCRIPT}, follow_redirects=False)  # fmt: skip
+    added = client.post(
+        "/labels/add",
+        data={"csrf_token": token, "feature": "tiny/res1/0", "text": SCRIPT},
+        follow_redirects=False,
+    )
     assert added.status_code == 303 and added.headers["location"] == "/tiny/res1/0#labels"
     with session_scope(engine) as session:
         human = session.query(Explanation).filter_by(method="human").one()

@@ -57,9 +57,10 @@ def _sign_in_attempts(base: str, forwarded_for: list[str]) -> list[int]:
         token = form_token(client.get("/login").text)
         for address in forwarded_for:
             answer = client.post(
-                "/login", headers={"X-Forwarded-For": address},
+                "/login",
+                headers={"X-Forwarded-For": address},
                 data={"name": "ada", "password": "wrong", "csrf_token": token},
-            )  # fmt: skip
+            )
             codes.append(answer.status_code)
     return codes
 

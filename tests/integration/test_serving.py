@@ -102,11 +102,16 @@ def test_rows_that_join_a_running_batch_read_as_if_alone(gpt2, saes):
     steer = [FeatureEdit("res1", 3, "add", 40.0)]
     first = [GenerationRow(_ids(gpt2, "The Golden Gate"), None, 1, SamplingParams(12, 1.0))]
     later = {
-        3: [GenerationRow(_ids(gpt2, "Once upon a time there was"), steer, 2,
-                          SamplingParams(10, 1.0))],
-        6: [GenerationRow(_ids(gpt2, "A"), None, 3, SamplingParams(5, 0.0)),
-            GenerationRow(_ids(gpt2, "B b b b b b b b b"), steer, 4, SamplingParams(8, 0.7))],
-    }  # fmt: skip
+        3: [
+            GenerationRow(
+                _ids(gpt2, "Once upon a time there was"), steer, 2, SamplingParams(10, 1.0)
+            )
+        ],
+        6: [
+            GenerationRow(_ids(gpt2, "A"), None, 3, SamplingParams(5, 0.0)),
+            GenerationRow(_ids(gpt2, "B b b b b b b b b"), steer, 4, SamplingParams(8, 0.7)),
+        ],
+    }
     calls = iter(range(1000))
 
     def admit(_running: int):
@@ -132,8 +137,14 @@ def test_a_row_the_model_cannot_fit_is_refused_at_the_door(gpt2, saes):
 
 
 LONG = "Tell me about your day, the food you like and the animals in the park. " * 10
-PROMPTS = ["What do you like to eat?", LONG, "Tell me a story about a cat.", LONG + "And dogs?",
-           "Hi", "What are your plans for the weekend?"]  # fmt: skip
+PROMPTS = [
+    "What do you like to eat?",
+    LONG,
+    "Tell me a story about a cat.",
+    LONG + "And dogs?",
+    "Hi",
+    "What are your plans for the weekend?",
+]
 
 
 def _mixed_request(demo_workspace, i: int) -> list[GenerationRow]:
@@ -144,8 +155,11 @@ def _mixed_request(demo_workspace, i: int) -> list[GenerationRow]:
     tokenizer = demo_workspace.model.tokenizer
     ids, stops = chat_prompt_ids(tokenizer, [{"role": "user", "content": PROMPTS[i % 6]}])
     params = SamplingParams(40, 0.9, 1.0 if i % 3 else 0.9, stops)
-    steer = ([FeatureEdit("res1", 100 + i, "clamp", 5 * 8.0)] if i % 2 == 0
-             else [FeatureEdit("res3", 200 + i, "add", 12.0)])  # fmt: skip
+    steer = (
+        [FeatureEdit("res1", 100 + i, "clamp", 5 * 8.0)]
+        if i % 2 == 0
+        else [FeatureEdit("res3", 200 + i, "add", 12.0)]
+    )
     return [GenerationRow(ids, None, i, params), GenerationRow(ids, steer, i, params)]
 
 
@@ -155,8 +169,10 @@ def test_twenty_concurrent_mixed_requests_read_exactly_as_alone(demo_workspace):
     other sampling) and must decode bit for bit as when it runs alone."""
     model, saes = demo_workspace.model, demo_workspace.saes
     n = 20
-    alone = [complete(model, saes, _mixed_request(demo_workspace, i), SamplingParams(1))
-             for i in range(n)]  # fmt: skip
+    alone = [
+        complete(model, saes, _mixed_request(demo_workspace, i), SamplingParams(1))
+        for i in range(n)
+    ]
     worker = InferenceWorker(model, saes, max_pending=64)
 
     async def crowd():
@@ -188,8 +204,13 @@ def _logits_of_first_request(demo_workspace, rows, invariant: bool):
     head = demo_workspace.model.hf.get_output_embeddings()
     handle = head.register_forward_hook(record)
     try:
-        for _ in generate(demo_workspace.model, demo_workspace.saes, rows, SamplingParams(1),
-                          batch_invariant=invariant):  # fmt: skip
+        for _ in generate(
+            demo_workspace.model,
+            demo_workspace.saes,
+            rows,
+            SamplingParams(1),
+            batch_invariant=invariant,
+        ):
             pass
     finally:
         handle.remove()

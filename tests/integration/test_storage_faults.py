@@ -48,8 +48,14 @@ def test_writes_to_a_read_only_database_answer_503_and_reads_go_on(engine):
         assert "read-only" in made.json()["detail"]
         share = client.post("/steer/share", json={"features": []}, headers=key)
         assert share.status_code == 503
-        added = run_cli("user", "add", "bob", "--password-stdin",
-                        env={"MONOSCOPE_DATABASE_URL": url}, input=PASSWORD + "\n")  # fmt: skip
+        added = run_cli(
+            "user",
+            "add",
+            "bob",
+            "--password-stdin",
+            env={"MONOSCOPE_DATABASE_URL": url},
+            input=PASSWORD + "\n",
+        )
         assert added.returncode == 2 and "Traceback" not in added.stderr
         assert added.stderr.strip().splitlines() == [
             "error: The database is read-only at the moment, so nothing was saved; reading works."

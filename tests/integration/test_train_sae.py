@@ -22,11 +22,24 @@ def corpus(tmp_path_factory):
 
 def config(gpt2_dir, corpus, tmp_path, **changes) -> TrainSaeConfig:
     base = dict(
-        model=str(gpt2_dir), hook_name=SITE, corpus=str(corpus), out=tmp_path / "sae",
-        d_sae=64, k=4, context_size=32, train_tokens=3100, epochs=2, batch_size=256,
-        lr=3e-3, warmup_steps=3, eval_contexts=8, device="cpu", checkpoint_every=5,
-        log_every=5, work_dir=tmp_path / "work",
-    )  # fmt: skip
+        model=str(gpt2_dir),
+        hook_name=SITE,
+        corpus=str(corpus),
+        out=tmp_path / "sae",
+        d_sae=64,
+        k=4,
+        context_size=32,
+        train_tokens=3100,
+        epochs=2,
+        batch_size=256,
+        lr=3e-3,
+        warmup_steps=3,
+        eval_contexts=8,
+        device="cpu",
+        checkpoint_every=5,
+        log_every=5,
+        work_dir=tmp_path / "work",
+    )
     return TrainSaeConfig(**(base | changes))
 
 

@@ -1,6 +1,5 @@
 """Pages and the JSON API through the test client, on SQLite and PostgreSQL."""
 
-import html
 import re
 
 import pytest
@@ -11,6 +10,7 @@ from sqlalchemy import event
 from app.db.engine import session_scope
 from app.settings import Settings
 from app.web.app import create_app
+from tests.helpers import parsed
 from tests.web_world import D_SAE, DEAD, HOSTILE_LABEL, IMG, SCRIPT, build_world
 
 
@@ -35,7 +35,7 @@ def test_home_lists_each_sae_with_its_health(client):
     assert "tiny / res1" in page.text
     assert "81.0%" in page.text and "93.0%" in page.text  # variance explained, CE recovered
     assert "12.5" in page.text  # L0
-    assert re.search(r"50\.0%.*labelled", page.text, re.S)  # 3 of 6 features labelled
+    assert re.search(r"50\.0%.*labelled", parsed(page.text).get_text(), re.S)  # 3 of 6 labelled
 
 
 def test_sae_page_shows_metrics_charts_and_the_table(client):
@@ -45,12 +45,13 @@ def test_sae_page_shows_metrics_charts_and_the_table(client):
     assert "Headline label scores" in page.text
     assert escape(HOSTILE_LABEL) in page.text
     assert_escaped(page.text)
-    assert "<title>tiny / res1 · Monoscope</title>" in page.text
-    assert 'property="og:description" content="6 features' in page.text
+    doc = parsed(page.text)
+    assert doc.title.string == "tiny / res1 · Monoscope"
+    assert doc.select_one('meta[property="og:description"]')["content"].startswith("6 features")
 
 
 def _indices(body: str) -> list[int]:
-    return [int(i) for i in re.findall(r'<td class="num"><a href="[^"]*/tiny/res1/(\d+)"', body)]
+    return [int(a.string) for a in parsed(body).select('td.num > a[href*="/tiny/res1/"]')]
 
 
 @pytest.mark.parametrize(
@@ -82,13 +83,14 @@ def test_keyset_pages_follow_next_links_through_every_feature(client):
         assert page.status_code == 200
         assert "<html" not in page.text  # htmx gets the table block only
         seen += _indices(page.text)
-        found = re.search(r'class="next" rel="next" href="([^"]+)"', page.text)
-        url = html.unescape(found.group(1)) if found else None
+        found = parsed(page.text).select_one('a.next[rel="next"]')
+        url = found["href"] if found else None
     assert sorted(seen) == list(range(D_SAE))
     api, after, walked = "/api/v1/saes/tiny/res1/features", None, []
     while True:
-        body = client.get(api, params={"sort": "density", "limit": 25} | (
-            {"after": after} if after else {})).json()  # fmt: skip
+        body = client.get(
+            api, params={"sort": "density", "limit": 25} | ({"after": after} if after else {})
+        ).json()
         walked += [f["index"] for f in body["features"]]
         if not (after := body["next_cursor"]):
             break
@@ -96,9 +98,14 @@ def test_keyset_pages_follow_next_links_through_every_feature(client):
 
 
 @pytest.mark.parametrize(
-    "params", [{"limit": 7}, {"sort": "colour"}, {"after": "x:y", "sort": "density"},
-               {"min_density": "lots"}],
-)  # fmt: skip
+    "params",
+    [
+        {"limit": 7},
+        {"sort": "colour"},
+        {"after": "x:y", "sort": "density"},
+        {"min_density": "lots"},
+    ],
+)
 def test_bad_table_parameters_get_a_clear_4xx_page(client, params):
     page = client.get("/tiny/res1", params=params)
     assert 400 <= page.status_code < 500
@@ -114,14 +121,15 @@ def test_feature_page_shows_the_whole_dashboard_with_hostile_text_escaped(client
     # Labels best first, the failure shown as one.
     assert body.index(escape(HOSTILE_LABEL)) < body.index("an older, weaker label")
     assert "the explainer returned nothing" in body
-    assert body.count('class="example"') == 8
-    assert body.count("tok peak") == 8  # each example marks its max token
+    doc = parsed(body)
+    assert len(doc.select(".example")) == 8
+    assert len(doc.select(".tok.peak")) == 8  # each example marks its max token
     assert "Activation histogram" in body and "<rect" in body
     assert "promotes" in body and "suppresses" in body
     assert '/tiny/res1/1">#1</a>' in body and "Golden Gate Bridge in the fog" in body  # neighbour
-    assert re.search(r'rel="next" href="[^"]*/tiny/res1/1"', body) and "‹ #" not in body
-    og = re.search(r'property="og:description" content="([^"]*)"', body).group(1)
-    assert html.unescape(og).startswith(f"“{HOSTILE_LABEL}”")
+    assert doc.select_one('a[rel="next"]')["href"].endswith("/tiny/res1/1") and "‹ #" not in body
+    og = doc.select_one('meta[property="og:description"]')["content"]
+    assert og.startswith(f"“{HOSTILE_LABEL}”")
     assert "Test your own text" not in body  # no model loaded here
 
 
@@ -158,9 +166,10 @@ def test_unknown_models_saes_and_indices_are_404s(client, path, message):
 def test_label_search_ranks_and_shows_snippets(client):
     page = client.get("/search", params={"q": "golden gate"})
     assert page.status_code == 200
-    results = re.findall(r'class="result-label" href="[^"]*(/tiny/res1/\d+)"', page.text)
+    doc = parsed(page.text)
+    results = [a["href"] for a in doc.select("a.result-label")]
     assert sorted(results) == ["/tiny/res1/0", "/tiny/res1/1"]
-    assert 'class="snippet"' in page.text
+    assert doc.select(".snippet")
     assert_escaped(page.text)
     assert "<title>“golden gate” · Search · Monoscope</title>" in page.text
     filtered = client.get("/search", params={"q": "golden", "sae": "nope"})
@@ -181,18 +190,29 @@ def test_the_api_mirrors_the_pages(client):
     feature = client.get("/api/v1/features/tiny/res1/0").json()
     assert feature["label"] == HOSTILE_LABEL
     assert [label["text"] for label in feature["labels"]][:2] == [
-        HOSTILE_LABEL, "an older, weaker label"
-    ]  # fmt: skip
+        HOSTILE_LABEL,
+        "an older, weaker label",
+    ]
     assert len(feature["top_examples"]) == 5 and len(feature["interval_examples"]) == 3
     assert feature["top_examples"][0]["tokens"][5] == SCRIPT  # raw in JSON, as data
-    assert feature["neighbours"][0] == {"index": 1, "cosine": 0.62,
-                                        "label": "Golden Gate Bridge in the fog"}  # fmt: skip
+    assert feature["neighbours"][0] == {
+        "index": 1,
+        "cosine": 0.62,
+        "label": "Golden Gate Bridge in the fog",
+    }
     hits = client.get("/api/v1/search", params={"q": "fog"}).json()
     assert [(h["index"], h["url"].endswith("/tiny/res1/1")) for h in hits] == [(1, True)]
     schema = client.get("/openapi.json").json()
-    documented = {"/api/v1/saes", "/api/v1/features/{model}/{sae}/{index}", "/api/v1/search",
-                  "/api/v1/activations", "/api/v1/saes/{model}/{sae}/features"}  # fmt: skip
+    documented = {
+        "/api/v1/saes",
+        "/api/v1/features/{model}/{sae}/{index}",
+        "/api/v1/search",
+        "/api/v1/activations",
+        "/api/v1/saes/{model}/{sae}/features",
+    }
     assert documented <= set(schema["paths"])
+    # One name per schema: FastAPI qualifies clashing names with their module (app__web__...).
+    assert not [name for name in schema["components"]["schemas"] if name.startswith("app__")]
     live = client.post("/api/v1/activations", json={"text": "hello"})
     assert live.status_code == 409 and "no model" in live.json()["detail"]
 

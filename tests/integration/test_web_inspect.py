@@ -1,7 +1,5 @@
 """/inspect and /api/v1/inspect on the demo model and its two SAEs, labels from the database."""
 
-import re
-
 import pytest
 import torch
 from fastapi.testclient import TestClient
@@ -12,6 +10,7 @@ from app.db.labels import refresh_sae
 from app.db.models import Explanation, Feature
 from app.settings import Settings
 from app.web.app import create_app
+from tests.helpers import parsed
 from tests.web_world import SCRIPT, build_demo_rows
 
 PROMPT = "User: What colour is a banana?\nAssistant: A banana is"
@@ -73,8 +72,11 @@ def test_the_page_shows_both_lists_links_and_the_ablation(client):
     )
     assert page.status_code == 200
     assert "Loudest: ranked by activation" in page.text and "Load-bearing" in page.text
-    assert re.search(r'Target <span class="tok-text">\s*green</span>', page.text)
-    first = re.search(r'name="zero" value="(\d+)"', page.text.split("Load-bearing")[1]).group(1)
+    doc = parsed(page.text)
+    target = doc.select_one("h2:has(> .tok-text)").get_text().split()
+    assert target[:2] == ["Target", "green"]
+    load_bearing = doc.select("section:has(> h2) table.inspect-table")[1]
+    first = load_bearing.select_one('input[name="zero"]')["value"]
     assert "/steer?f=monoscope-demo%2Fres1%2F" in page.text
     assert "load an SAE at a site before res1" in page.text
     assert "Chain: what drives" not in page.text

@@ -1,6 +1,5 @@
 """Pages that run the resident model: activations for typed text, per feature and overall."""
 
-import re
 import threading
 import time
 
@@ -10,6 +9,7 @@ from fastapi.testclient import TestClient
 from app.db.engine import session_scope
 from app.settings import Settings
 from app.web.app import create_app
+from tests.helpers import parsed
 from tests.web_world import SCRIPT, build_demo_rows
 
 
@@ -30,8 +30,8 @@ def test_feature_page_offers_the_test_your_text_box_and_it_reads_text(client):
     result = client.get("/monoscope-demo/res1/7/activations", params={"text": typed})
     assert result.status_code == 200
     assert SCRIPT not in result.text and "&lt;" in result.text  # typed text is escaped too
-    cells = re.findall(r'class="tok[^"]*"[^>]*data-value="([\d.]+)"', result.text)
-    assert len(cells) > 5 and all(float(v) >= 0 for v in cells)
+    cells = [float(c["data-value"]) for c in parsed(result.text).select(".tok[data-value]")]
+    assert len(cells) > 5 and all(v >= 0 for v in cells)
 
 
 @pytest.mark.parametrize(
@@ -50,11 +50,12 @@ def test_which_features_fire_on_a_text(client):
     page = client.get("/search/text", params=params)
     assert page.status_code == 200
     assert "Top features (max, BOS excluded)" in page.text
-    assert re.search(r"Token 8: <span class=\"tok-text\">", page.text)
-    links = re.findall(r'href="[^"]*/monoscope-demo/res1/(\d+)"', page.text)
-    assert len(links) >= 10
+    doc = parsed(page.text)
+    assert doc.select_one("h2:has(> .tok-text)").get_text().startswith("Token 8: ")
+    links = [a["href"].rsplit("/", 1)[1] for a in doc.select('a[href*="/monoscope-demo/res1/"]')]
+    assert len([i for i in links if i.isdigit()]) >= 10
     assert "demo feature seven" in page.text or "no label" in page.text
-    tokens = re.findall(r'<a class="tok[^"]*"[^>]*href="([^"]+)"', page.text)
+    tokens = [a["href"] for a in doc.select("a.tok[href]")]
     assert len(tokens) == 11 and all("pos=" in t for t in tokens)  # each token is a link
     by_sum = client.get("/search/text", params=params | {"reduce": "sum"})
     assert "Top features (sum, BOS excluded)" in by_sum.text
@@ -81,11 +82,12 @@ def test_the_heat_strip_can_follow_one_feature(client):
     feature = top["overall"][0]["index"]
     page = client.get("/search/text", params={"text": text, "feature": feature})
     assert page.status_code == 200
-    assert f'heat: feature <a href="/monoscope-demo/res1/{feature}">#{feature}</a>' in page.text
-    assert 'class="clear-focus"' in page.text
-    shares = [
-        int(p) for p in re.findall(r'<a class="tok[^"]*"[^>]*title="[^"]*· (\d+)%"', page.text)
-    ]
+    doc = parsed(page.text)
+    heading = doc.select_one("a.clear-focus").find_parent("h2")
+    assert heading.get_text().startswith(f"Tokens heat: feature #{feature}")
+    focus = heading.select_one(f'a[href="/monoscope-demo/res1/{feature}"]')
+    assert focus is not None and focus.string == f"#{feature}"
+    shares = [int(a["title"].rsplit("· ", 1)[1].rstrip("%")) for a in doc.select("a.tok[title]")]
     peak = max(range(len(shares)), key=shares.__getitem__)
     per_token = client.post("/api/v1/activations", json={"text": text, "top_k": 100}).json()
     strongest = max(

@@ -16,7 +16,7 @@ from app.db.accounts import add_user, create_key
 from app.db.engine import session_scope
 from app.settings import Settings
 from app.web.app import create_app
-from tests.helpers import serving
+from tests.helpers import parsed, serving
 from tests.web_world import SCRIPT, build_demo_rows, golden_gate_feature
 
 QUESTION = [{"role": "user", "content": "What is your favourite food?"}]
@@ -26,8 +26,7 @@ QUESTION = [{"role": "user", "content": "What is your favourite food?"}]
 def app_for(engine, demo_workspace):
     bridge, max_act = golden_gate_feature(demo_workspace)
     with session_scope(engine) as session:
-        build_demo_rows(session, demo_workspace,
-                        {bridge: ("Golden Gate Bridge", max_act)})  # fmt: skip
+        build_demo_rows(session, demo_workspace, {bridge: ("Golden Gate Bridge", max_act)})
         _, secret = create_key(session, add_user(session, "ada", "correct horse battery"), "tests")
     url = engine.url.render_as_string(hide_password=False)
 
@@ -40,8 +39,12 @@ def app_for(engine, demo_workspace):
 
 
 def _body(features=(), **extra):
-    return {"features": list(features), "messages": QUESTION, "max_new_tokens": 24,
-            "temperature": 0.0} | extra  # fmt: skip
+    return {
+        "features": list(features),
+        "messages": QUESTION,
+        "max_new_tokens": 24,
+        "temperature": 0.0,
+    } | extra
 
 
 def test_steering_with_the_bridge_feature_talks_about_the_bridge(app_for):
@@ -59,9 +62,12 @@ def test_steering_with_the_bridge_feature_talks_about_the_bridge(app_for):
 
 
 def test_the_stream_sends_tokens_for_both_sides_then_done(app_for):
-    with TestClient(app_for()) as client, client.stream(
-        "POST", "/api/v1/steer/stream", json=_body([{"sae": "res1", "index": 7, "strength": 2}])
-    ) as response:  # fmt: skip
+    with (
+        TestClient(app_for()) as client,
+        client.stream(
+            "POST", "/api/v1/steer/stream", json=_body([{"sae": "res1", "index": 7, "strength": 2}])
+        ) as response,
+    ):
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         events = re.findall(r"event: (\w+)\r?\ndata: (.*)", response.read().decode())
@@ -102,16 +108,21 @@ def test_limits_are_enforced_with_clear_errors(app_for, body, status, message):
 
 def test_a_client_over_its_rate_gets_429_with_retry_after(app_for):
     with TestClient(app_for(steer_rate_per_minute=2)) as client:
-        assert [client.post("/api/v1/steer", json=_body(max_new_tokens=2)).status_code
-                for _ in range(2)] == [200, 200]  # fmt: skip
+        assert [
+            client.post("/api/v1/steer", json=_body(max_new_tokens=2)).status_code for _ in range(2)
+        ] == [200, 200]
         refused = client.post("/api/v1/steer", json=_body(max_new_tokens=2))
     assert refused.status_code == 429 and 1 <= int(refused.headers["Retry-After"]) <= 60
     assert "Too many generations" in refused.json()["detail"]
 
 
 def test_identical_seeds_give_identical_default_replies_under_concurrency(app_for):
-    body = _body([{"sae": "res1", "index": app_for.bridge, "strength": 2}], temperature=1.0,
-                 seed=11, max_new_tokens=20)  # fmt: skip
+    body = _body(
+        [{"sae": "res1", "index": app_for.bridge, "strength": 2}],
+        temperature=1.0,
+        seed=11,
+        max_new_tokens=20,
+    )
     with TestClient(app_for()) as client, ThreadPoolExecutor(4) as pool:
         replies = list(pool.map(lambda _: client.post("/api/v1/steer", json=body).json(), range(4)))
         other = client.post("/api/v1/steer", json=body | {"seed": 12}).json()
@@ -178,32 +189,42 @@ def test_presets_and_shared_sessions_round_trip(app_for):
     with TestClient(app_for()) as client:
         page = client.get("/steer", params={"f": f"monoscope-demo/res1/{bridge}:clamp:4"})
         assert page.status_code == 200
-        state = json.loads(re.search(r'id="steer-state" type="application/json">(.*?)</script>',
-                                     page.text, re.S).group(1))  # fmt: skip
+        state = json.loads(parsed(page.text).select_one("script#steer-state").string)
         [preset] = state["features"]
         assert preset["max_act"] > 0 and {k: v for k, v in preset.items() if k != "max_act"} == {
-            "sae": "res1", "index": bridge, "mode": "clamp", "strength": 4.0,
+            "sae": "res1",
+            "index": bridge,
+            "mode": "clamp",
+            "strength": 4.0,
             "label": "Golden Gate Bridge",
-        }  # fmt: skip
-        for bad in ("monoscope-demo/res1/7:twist:1", "monoscope-demo/res1/7:clamp:99",
-                    "other/res1/7:clamp:1", "monoscope-demo/res1/999999:clamp:1"):  # fmt: skip
+        }
+        for bad in (
+            "monoscope-demo/res1/7:twist:1",
+            "monoscope-demo/res1/7:clamp:99",
+            "other/res1/7:clamp:1",
+            "monoscope-demo/res1/999999:clamp:1",
+        ):
             assert client.get("/steer", params={"f": bad}).status_code == 400
         transcript = [{"role": "user", "content": SCRIPT}, {"role": "assistant", "content": "ok"}]
-        shared = client.post("/steer/share", headers=app_for.writer, json={
-            "features": [{"sae": "res1", "index": bridge, "mode": "clamp", "strength": 4}],
-            "settings": {"temperature": 0.5, "seed": 3}, "default": transcript,
-            "steered": transcript,
-        }).json()  # fmt: skip
+        shared = client.post(
+            "/steer/share",
+            headers=app_for.writer,
+            json={
+                "features": [{"sae": "res1", "index": bridge, "mode": "clamp", "strength": 4}],
+                "settings": {"temperature": 0.5, "seed": 3},
+                "default": transcript,
+                "steered": transcript,
+            },
+        ).json()
         assert re.fullmatch(r"[A-Za-z0-9_-]{8}", shared["id"])
         again = client.get(f"/steer/{shared['id']}")
         assert again.status_code == 200 and SCRIPT not in again.text  # escaped in the JSON
-        state = json.loads(re.search(r'id="steer-state" type="application/json">(.*?)</script>',
-                                     again.text, re.S).group(1))  # fmt: skip
+        state = json.loads(parsed(again.text).select_one("script#steer-state").string)
         assert state["steered"] == transcript and state["settings"]["seed"] == 3
         assert state["features"][0]["label"] == "Golden Gate Bridge"
         assert client.get("/steer/nothing-here").status_code == 404
         picked = client.get("/steer/pick", params={"q": "golden gate"})
-        assert f'data-index="{bridge}"' in picked.text
+        assert str(bridge) in [b["data-index"] for b in parsed(picked.text).select("[data-index]")]
 
 
 def test_each_side_keeps_its_own_history_and_completion_mode_continues_text(app_for):
@@ -211,12 +232,14 @@ def test_each_side_keeps_its_own_history_and_completion_mode_continues_text(app_
     default_side = [*earlier, {"role": "assistant", "content": "Hello. I like pizza."}, *QUESTION]
     steered_side = [*earlier, {"role": "assistant", "content": "The Bridge is red."}, *QUESTION]
     with TestClient(app_for()) as client:
-        both = client.post("/api/v1/steer", json=_body(
-            messages=steered_side, default_messages=default_side)).json()  # fmt: skip
+        both = client.post(
+            "/api/v1/steer", json=_body(messages=steered_side, default_messages=default_side)
+        ).json()
         alone = client.post("/api/v1/steer", json=_body(messages=default_side)).json()
         steered_alone = client.post("/api/v1/steer", json=_body(messages=steered_side)).json()
-        completion = client.post("/api/v1/steer", json=_body(
-            mode="completion", prompt="Once upon a time", messages=[])).json()  # fmt: skip
+        completion = client.post(
+            "/api/v1/steer", json=_body(mode="completion", prompt="Once upon a time", messages=[])
+        ).json()
     assert both["default"] == alone["default"]  # each column follows its own conversation
     assert both["steered"] == steered_alone["steered"]
     assert completion["default"]["text"] and completion["default"] == completion["steered"]

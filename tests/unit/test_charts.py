@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from app.web.charts import bar_chart, decade_label, log_ticks, trimmed
-from app.web.markup import token_strip
-from app.web.views import display_token, format_density, format_number, token_cells
+from app.web.markup import display_token, token_cells, token_strip
+from app.web.views import format_density, format_number
 
 
 def test_bars_fill_the_plot_in_proportion_to_their_counts():

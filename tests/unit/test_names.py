@@ -42,9 +42,14 @@ def test_chosen_names_that_are_fine_pass():
 
 @pytest.mark.parametrize(
     "spec",
-    ["hf://owner/repo/../../../../etc", "hf://owner/repo/layer/../..", "hf://owner/../x",
-     "hf://owner/repo//abs", "hf://owner/repo/./x"],
-)  # fmt: skip
+    [
+        "hf://owner/repo/../../../../etc",
+        "hf://owner/repo/layer/../..",
+        "hf://owner/../x",
+        "hf://owner/repo//abs",
+        "hf://owner/repo/./x",
+    ],
+)
 def test_hub_folders_cannot_climb_out_of_the_snapshot(spec):
     with pytest.raises(SaeFormatError, match="parts are not allowed"):
         load_sae(spec)  # refused before any download is tried

@@ -6,16 +6,12 @@ from fastapi import APIRouter, Form, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
+from app.core.errors import MonoscopeError
 from app.db.accounts import close_sign_in, open_sign_in, sign_in, use_sign_in_link
 from app.web.auth import check_csrf, client_address, csrf_token
-from app.web.deps import SessionDep, TemplatesDep
+from app.web.deps import SessionDep, TemplatesDep, local_path
 
 router = APIRouter()
-
-
-def local_path(target: str) -> str:
-    """Only a path on this site: `next` must not send a fresh sign-in elsewhere."""
-    return target if target.startswith("/") and not target.startswith(("//", "/\\")) else "/"
 
 
 @router.get("/login", response_class=HTMLResponse, name="login")
@@ -36,13 +32,20 @@ async def login_submit(
     await check_csrf(request)
     wait = request.app.state.sign_in_limiter.check(client_address(request))
     if wait is not None:
-        raise HTTPException(429, f"Too many sign-in attempts; try again in {wait} s.",
-                            headers={"Retry-After": str(wait)})  # fmt: skip
+        raise HTTPException(
+            429,
+            f"Too many sign-in attempts; try again in {wait} s.",
+            headers={"Retry-After": str(wait)},
+        )
     # scrypt takes ~50 ms of CPU: off the event loop, or every request waits on it
     user = await run_in_threadpool(sign_in, session, name.strip(), password)
     if user is None:
-        context = {"next": local_path(next), "csrf": csrf_token(request), "name": name,
-                   "error": "That name and password do not match an account."}  # fmt: skip
+        context = {
+            "next": local_path(next),
+            "csrf": csrf_token(request),
+            "name": name,
+            "error": "That name and password do not match an account.",
+        }
         return templates.TemplateResponse(request, "accounts/login.html", context, status_code=400)
     _begin_sign_in(request, session, user)
     return RedirectResponse(local_path(next), status_code=303)
@@ -61,7 +64,7 @@ def login_link(request: Request, session: SessionDep, token: Annotated[str, Quer
     """Sign in with a one-time link (`monoscope demo` prints one for its administrator)."""
     user = use_sign_in_link(session, token)
     if user is None:
-        raise HTTPException(400, "This sign-in link was used already or has expired.")
+        raise MonoscopeError("This sign-in link was used already or has expired.")
     _begin_sign_in(request, session, user)
     return RedirectResponse("/", status_code=303)
 

@@ -5,8 +5,8 @@ from fastapi.responses import HTMLResponse
 
 from app.db import dashboard
 from app.db.queries import list_saes
+from app.web.charts import score_chart
 from app.web.deps import SessionDep, TemplatesDep
-from app.web.routes.features import score_chart
 
 router = APIRouter()
 
@@ -21,4 +21,4 @@ def dashboard_page(request: Request, session: SessionDep, templates: TemplatesDe
         "steered": dashboard.most_steered(session),
         "lists": dashboard.list_activity(session),
     }
-    return templates.TemplateResponse(request, "dashboard/page.html", context)
+    return templates.TemplateResponse(request, "dashboard/index.html", context)

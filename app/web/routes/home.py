@@ -59,8 +59,11 @@ def healthz(workspace: WorkspaceDep, session: SessionDep) -> Health:
 def index(request: Request, workspace: WorkspaceDep, session: SessionDep, templates: TemplatesDep):
     health = _health(workspace, session)
     saes = list_saes(session)
-    context = {"health": health, "saes": saes, "resident": set(health.harvested) & {
-        f"{health.model}/{s.name}" for s in health.saes}}  # fmt: skip
+    context = {
+        "health": health,
+        "saes": saes,
+        "resident": set(health.harvested) & {f"{health.model}/{s.name}" for s in health.saes},
+    }
     return templates.TemplateResponse(request, "home/index.html", context)
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Annotated, Literal
 
 import torch
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
@@ -23,7 +23,9 @@ from app.core.attribution import (
     attribute,
     trace_chain,
 )
+from app.core.errors import MonoscopeError
 from app.core.generation import chat_prompt_ids
+from app.core.model import decode_text
 from app.core.serving import InferenceWorker
 from app.db.queries import find_sae, labels_of
 from app.web.deps import InferenceDep, SessionDep, TemplatesDep, WorkspaceDep
@@ -61,8 +63,7 @@ def earlier_saes(workspace, sae: str) -> list[str]:
     """Loaded SAEs at sites before `sae`'s, nearest first: the ones a chain can run back to."""
     model, site = workspace.model, workspace.model.site(workspace.saes[sae].hook_name)
     before = [n for n, s in workspace.saes.items() if model.site(s.hook_name).depth < site.depth]
-    return sorted(before, key=lambda n: model.site(workspace.saes[n].hook_name).depth,
-                  reverse=True)  # fmt: skip
+    return sorted(before, key=lambda n: model.site(workspace.saes[n].hook_name).depth, reverse=True)
 
 
 def default_sae(workspace) -> str:
@@ -76,53 +77,84 @@ def _target_id(tokenizer, target: str | None) -> int | None:
         return None
     ids = tokenizer(target, add_special_tokens=False)["input_ids"]
     if len(ids) != 1:
-        raise HTTPException(400, f"The target {target!r} is {len(ids)} tokens; give one token "
-                                 "(a leading space usually matters).")  # fmt: skip
+        raise MonoscopeError(
+            f"The target {target!r} is {len(ids)} tokens; give one token "
+            "(a leading space usually matters)."
+        )
     return ids[0]
 
 
 def run_inspection(
-    session: Session, workspace, inference: InferenceWorker | None, text: str, sae: str | None,
-    target: str | None, mode: str,
-    top_k: int, exact: int, zeroed: list[int], chain_from: str | None = None, chain: int = 0,
-) -> Inspected:  # fmt: skip
+    session: Session,
+    workspace,
+    inference: InferenceWorker | None,
+    text: str,
+    sae: str | None,
+    target: str | None,
+    mode: str,
+    top_k: int,
+    exact: int,
+    zeroed: list[int],
+    chain_from: str | None = None,
+    chain: int = 0,
+) -> Inspected:
     workspace = require_loaded(workspace, "inspect with")
     loaded = loaded_sae(workspace, sae or default_sae(workspace), "inspect with")
     model, sae, found_sae = loaded.model, loaded.sae_name, loaded.sae
     check_text(text, "Type a prompt to inspect.")
     if any(not 0 <= i < found_sae.d_sae for i in zeroed) or len(zeroed) > MAX_ABLATE:
-        raise HTTPException(400, f"Ablate at most {MAX_ABLATE} features, each 0 to "
-                                 f"{found_sae.d_sae - 1}.")  # fmt: skip
+        raise MonoscopeError(
+            f"Ablate at most {MAX_ABLATE} features, each 0 to {found_sae.d_sae - 1}."
+        )
     prompt = text
     if mode == "chat":
         ids, _ = chat_prompt_ids(model.tokenizer, [{"role": "user", "content": text}])
-        prompt = model.tokenizer.decode(ids, skip_special_tokens=True)
+        prompt = decode_text(model.tokenizer, ids, skip_special_tokens=True)
     target_id = _target_id(model.tokenizer, target)
     chain_sae = _chain_sae(workspace, sae, chain_from) if chain else None
 
     def compute():  # on the inference worker, the model's one owner
-        found = attribute(model, found_sae, prompt, target=target_id, top_k=top_k, exact=exact,
-                          max_tokens=MAX_TEXT_TOKENS)  # fmt: skip
+        found = attribute(
+            model,
+            found_sae,
+            prompt,
+            target=target_id,
+            top_k=top_k,
+            exact=exact,
+            max_tokens=MAX_TEXT_TOKENS,
+        )
         after, target_after = [], None
         if zeroed:
             probs = torch.softmax(ablate(model, found_sae, found.token_ids, [zeroed])[0], -1)
             decode = model.tokenizer.decode
-            after = [(int(t), decode([int(t)]), float(p)) for p, t in zip(*probs.topk(10),
-                                                                          strict=True)]  # fmt: skip
+            after = [
+                (int(t), decode([int(t)]), float(p)) for p, t in zip(*probs.topk(10), strict=True)
+            ]
             target_after = float(probs[found.target])
         links = []
         if chain_sae and chain:
             chosen = [e.index for e in found.by_attribution[:chain]]
-            links = trace_chain(model, workspace.saes[chain_sae], found_sae, found.token_ids,
-                                found.target, chosen)  # fmt: skip
+            links = trace_chain(
+                model, workspace.saes[chain_sae], found_sae, found.token_ids, found.target, chosen
+            )
         return found, after, target_after, links
 
     found, after, target_after, links = run_on_model(inference, compute)
     shown = {e.index for e in found.by_activation + found.by_attribution} | set(zeroed)
     sources = {s.index for link in links for s in link.earlier + link.local}
-    return Inspected(model.name, sae, prompt, found, _labels(session, model.name, sae, shown),
-                     sorted(set(zeroed)), after, target_after, chain_sae, links,
-                     _labels(session, model.name, chain_sae, sources))  # fmt: skip
+    return Inspected(
+        model.name,
+        sae,
+        prompt,
+        found,
+        _labels(session, model.name, sae, shown),
+        sorted(set(zeroed)),
+        after,
+        target_after,
+        chain_sae,
+        links,
+        _labels(session, model.name, chain_sae, sources),
+    )
 
 
 def _labels(session: Session, model: str, sae: str | None, indices: set[int]) -> dict:
@@ -138,8 +170,10 @@ def _chain_sae(workspace, sae: str, chain_from: str | None) -> str | None:
         return earlier[0] if earlier else None
     if chain_from not in earlier:
         where = ", ".join(earlier) or "none is loaded"
-        raise HTTPException(400, f"A chain runs back from {sae} to an SAE at an earlier site "
-                                 f"({where}), not to {chain_from!r}.")  # fmt: skip
+        raise MonoscopeError(
+            f"A chain runs back from {sae} to an SAE at an earlier site "
+            f"({where}), not to {chain_from!r}."
+        )
     return chain_from
 
 
@@ -147,8 +181,9 @@ def _parse_ablate(text: str) -> list[int]:
     try:
         return [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise HTTPException(400, f"ablate must be feature indices separated by commas, not "
-                                 f"{text!r}.") from None  # fmt: skip
+        raise MonoscopeError(
+            f"ablate must be feature indices separated by commas, not {text!r}."
+        ) from None
 
 
 @router.get("/inspect", response_class=HTMLResponse, name="inspect_page")
@@ -167,9 +202,17 @@ def inspect_page(
     chain: Annotated[int, Query(ge=0, le=MAX_CHAIN)] = 5,
 ):
     loaded = sorted(workspace.saes) if workspace else []
-    context = {"text": text, "sae": sae or (default_sae(workspace) if loaded else ""),
-               "target": target, "mode": mode, "exact": exact, "chain": chain, "loaded": loaded,
-               "result": None, "model": workspace.model.name if workspace else None}  # fmt: skip
+    context = {
+        "text": text,
+        "sae": sae or (default_sae(workspace) if loaded else ""),
+        "target": target,
+        "mode": mode,
+        "exact": exact,
+        "chain": chain,
+        "loaded": loaded,
+        "result": None,
+        "model": workspace.model.name if workspace else None,
+    }
     if text:
         context["result"] = run_inspection(
             session,
@@ -184,7 +227,7 @@ def inspect_page(
             _parse_ablate(ablate),
             chain=chain,
         )
-    return templates.TemplateResponse(request, "inspect/page.html", context)
+    return templates.TemplateResponse(request, "inspect/index.html", context)
 
 
 class InspectIn(BaseModel):
@@ -194,10 +237,12 @@ class InspectIn(BaseModel):
     mode: Literal["text", "chat"] = "text"
     top_k: int = Field(20, ge=1, le=200)
     exact: int = Field(32, ge=0, le=MAX_EXACT)
-    ablate: list[int] = Field(default_factory=list, max_length=MAX_ABLATE,
-                              description="features to zero together")  # fmt: skip
-    chain: int = Field(5, ge=0, le=MAX_CHAIN,
-                       description="load-bearing features to trace to an earlier SAE")  # fmt: skip
+    ablate: list[int] = Field(
+        default_factory=list, max_length=MAX_ABLATE, description="features to zero together"
+    )
+    chain: int = Field(
+        5, ge=0, le=MAX_CHAIN, description="load-bearing features to trace to an earlier SAE"
+    )
     chain_from: str | None = Field(None, description="that SAE; default: the nearest earlier one")
 
 
@@ -260,23 +305,43 @@ def api_inspect(
 ) -> InspectOut:
     """Features ranked by activation and by attribution to the target's logit, with exact
     ablation effects for the top `exact`, and predictions with `ablate` zeroed together."""
-    found = run_inspection(session, workspace, inference, body.text, body.sae, body.target,
-                           body.mode, body.top_k, body.exact, body.ablate, body.chain_from,
-                           body.chain)  # fmt: skip
+    found = run_inspection(
+        session,
+        workspace,
+        inference,
+        body.text,
+        body.sae,
+        body.target,
+        body.mode,
+        body.top_k,
+        body.exact,
+        body.ablate,
+        body.chain_from,
+        body.chain,
+    )
     a = found.found
 
     def sources(items) -> list[ChainSourceOut]:
-        return [ChainSourceOut(label=found.chain_labels.get(s.index), token=a.tokens[s.position],
-                               **s.__dict__) for s in items]  # fmt: skip
+        return [
+            ChainSourceOut(
+                label=found.chain_labels.get(s.index), token=a.tokens[s.position], **s.__dict__
+            )
+            for s in items
+        ]
 
     chain = [
         ChainLinkOut(
-            index=link.index, label=found.labels.get(link.index), position=link.position,
-            token=a.tokens[link.position], activation=link.activation,
-            attribution=link.attribution, earlier=sources(link.earlier), local=sources(link.local),
+            index=link.index,
+            label=found.labels.get(link.index),
+            position=link.position,
+            token=a.tokens[link.position],
+            activation=link.activation,
+            attribution=link.attribution,
+            earlier=sources(link.earlier),
+            local=sources(link.local),
         )
         for link in found.chain
-    ]  # fmt: skip
+    ]
 
     def out(e: FeatureEffect) -> EffectOut:
         return EffectOut(label=found.labels.get(e.index), **e.__dict__)
@@ -285,11 +350,16 @@ def api_inspect(
         return [PredictionOut(token_id=t, token=s, prob=p) for t, s, p in items]
 
     return InspectOut(
-        model=found.model, sae=found.sae, tokens=a.tokens,
+        model=found.model,
+        sae=found.sae,
+        tokens=a.tokens,
         target=PredictionOut(token_id=a.target, token=a.target_text, prob=a.prob),
         predictions=predictions(a.predictions),
         by_activation=[out(e) for e in a.by_activation],
         by_attribution=[out(e) for e in a.by_attribution],
-        ablated=found.ablated, after_ablation=predictions(found.after_ablation),
-        target_prob_after_ablation=found.target_after, chain_sae=found.chain_sae, chain=chain,
-    )  # fmt: skip
+        ablated=found.ablated,
+        after_ablation=predictions(found.after_ablation),
+        target_prob_after_ablation=found.target_after,
+        chain_sae=found.chain_sae,
+        chain=chain,
+    )

@@ -3,7 +3,7 @@ it verified or wrong, and read the history. Every change is a write (a user or a
 
 from typing import Annotated
 
-from fastapi import APIRouter, Form, HTTPException, Request
+from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
@@ -11,24 +11,24 @@ from sqlalchemy.orm import Session
 from app.db import review
 from app.db.models import Explanation, Feature, Model, SaeRow
 from app.web.auth import WriterDep
-from app.web.deps import FeatureIndex, RowId, SessionDep, TemplatesDep
-from app.web.routes.lists import changing, feature_or_404, parse_feature_ref
+from app.web.deps import (
+    FeatureIndex,
+    RowId,
+    SessionDep,
+    TemplatesDep,
+    feature_or_404,
+    label_or_404,
+    parse_feature_ref,
+)
 from app.web.views import feature_path
 
 router = APIRouter()
 
 
-def _label_or_404(session: Session, label_id: int) -> Explanation:
-    label = session.get(Explanation, label_id)
-    if label is None:
-        raise HTTPException(404, f"No label {label_id}.")
-    return label
-
-
 def _path_of(session: Session, feature_id: int) -> str:
-    feature = session.get(Feature, feature_id)
-    sae = session.get(SaeRow, feature.sae_id)
-    return feature_path(session.get(Model, sae.model_id).name, sae.name, feature.index)
+    feature = session.get_one(Feature, feature_id)
+    sae = session.get_one(SaeRow, feature.sae_id)
+    return feature_path(session.get_one(Model, sae.model_id).name, sae.name, feature.index)
 
 
 @router.post("/labels/add", name="label_add")
@@ -39,7 +39,7 @@ def label_add(
     text: Annotated[str, Form(max_length=review.MAX_LABEL * 2)],
 ):
     row = feature_or_404(session, *parse_feature_ref(feature))
-    changing(lambda: review.add_label(session, row, text, viewer.name))
+    review.add_label(session, row, text, viewer.name)
     session.commit()
     return RedirectResponse(_path_of(session, row.id) + "#labels", status_code=303)
 
@@ -52,18 +52,23 @@ def label_review(
     action: Annotated[str, Form(max_length=16)],
     text: Annotated[str, Form(max_length=review.MAX_LABEL * 2)] = "",
 ):
-    label = _label_or_404(session, label_id)
-    changing(lambda: review.review_label(session, label, action, viewer.name, text))
+    label = label_or_404(session, label_id)
+    review.review_label(session, label, action, viewer.name, text)
     session.commit()
     return RedirectResponse(_path_of(session, label.feature_id) + "#labels", status_code=303)
 
 
-@router.get("/labels/history/{model}/{sae}/{index}", response_class=HTMLResponse,
-            name="label_history")  # fmt: skip
+@router.get(
+    "/labels/history/{model}/{sae}/{index}", response_class=HTMLResponse, name="label_history"
+)
 def label_history(
-    request: Request, session: SessionDep, templates: TemplatesDep, model: str, sae: str,
+    request: Request,
+    session: SessionDep,
+    templates: TemplatesDep,
+    model: str,
+    sae: str,
     index: FeatureIndex,
-):  # fmt: skip
+):
     """The feature's review history (htmx partial, so the feature page keeps its 3 queries)."""
     events = review.history(session, feature_or_404(session, model, sae, index).id)
     return templates.TemplateResponse(request, "labels/_history.html", {"events": events})
@@ -99,19 +104,29 @@ class EventOut(BaseModel):
 
 
 def _label_out(label: Explanation) -> LabelOut:
-    return LabelOut(id=label.id, text=label.text, method=label.method, author=label.author,
-                    verdict=label.verdict, retired=label.retired_at is not None,
-                    scores=label.scores or {})  # fmt: skip
+    return LabelOut(
+        id=label.id,
+        text=label.text,
+        method=label.method,
+        author=label.author,
+        verdict=label.verdict,
+        retired=label.retired_at is not None,
+        scores=label.scores or {},
+    )
 
 
-@router.post("/api/v1/features/{model}/{sae}/{index}/labels", response_model=LabelOut,
-             status_code=201, tags=["api"])  # fmt: skip
+@router.post(
+    "/api/v1/features/{model}/{sae}/{index}/labels",
+    response_model=LabelOut,
+    status_code=201,
+    tags=["api"],
+)
 def api_add_label(
     model: str, sae: str, index: FeatureIndex, body: LabelIn, session: SessionDep, viewer: WriterDep
 ) -> LabelOut:
     """Add a human label to a feature."""
     row = feature_or_404(session, model, sae, index)
-    label = changing(lambda: review.add_label(session, row, body.text, viewer.name))
+    label = review.add_label(session, row, body.text, viewer.name)
     session.commit()
     return _label_out(label)
 
@@ -121,18 +136,28 @@ def api_review_label(
     label_id: RowId, body: ReviewIn, session: SessionDep, viewer: WriterDep
 ) -> LabelOut:
     """Edit, retire, restore, or mark a label verified, wrong or unreviewed."""
-    label = _label_or_404(session, label_id)
-    changing(lambda: review.review_label(session, label, body.action, viewer.name, body.text))
+    label = label_or_404(session, label_id)
+    review.review_label(session, label, body.action, viewer.name, body.text)
     session.commit()
     return _label_out(label)
 
 
-@router.get("/api/v1/features/{model}/{sae}/{index}/history", response_model=list[EventOut],
-            tags=["api"])  # fmt: skip
+@router.get(
+    "/api/v1/features/{model}/{sae}/{index}/history", response_model=list[EventOut], tags=["api"]
+)
 def api_label_history(
     model: str, sae: str, index: FeatureIndex, session: SessionDep
 ) -> list[EventOut]:
     events = review.history(session, feature_or_404(session, model, sae, index).id)
-    return [EventOut(label_id=e.explanation_id, label=text, author=e.author, action=e.action,
-                     before=e.before, after=e.after, at=e.created_at.isoformat())
-            for e, text in events]  # fmt: skip
+    return [
+        EventOut(
+            label_id=e.explanation_id,
+            label=text,
+            author=e.author,
+            action=e.action,
+            before=e.before,
+            after=e.after,
+            at=e.created_at.isoformat(),
+        )
+        for e, text in events
+    ]

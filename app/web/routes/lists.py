@@ -11,15 +11,15 @@ import io
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import APIRouter, Form, HTTPException, Request
+from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
-from app.core.errors import MonoscopeError
+from app.core.errors import MonoscopeError, NotFoundError
 from app.db import lists as db_lists
 from app.db.models import FeatureList
-from app.db.queries import find_feature, find_model, find_sae, top_examples
+from app.db.queries import find_model, top_examples
 from app.web import views
 from app.web.auth import WriterDep, signed_in_name
 from app.web.deps import (
@@ -29,46 +29,14 @@ from app.web.deps import (
     SessionDep,
     TemplatesDep,
     VocabularyDep,
-    parse_feature_index,
+    feature_or_404,
+    list_or_404,
+    local_path,
+    parse_feature_ref,
 )
-from app.web.routes.accounts import local_path
+from app.web.markup import TokenTexts
 
 router = APIRouter()
-
-
-def _list_or_404(session: Session, slug: str) -> FeatureList:
-    found = db_lists.find_list(session, slug)
-    if found is None:
-        raise HTTPException(404, f"No feature list {slug!r}.")
-    return found
-
-
-def feature_or_404(session: Session, model: str, sae: str, index: int):
-    sae_row = find_sae(session, model, sae)
-    feature = find_feature(session, sae_row.id, index) if sae_row else None
-    if feature is None:
-        raise HTTPException(404, f"No feature {model}/{sae}/{index} in this database.")
-    return feature
-
-
-def parse_feature_ref(text: str) -> tuple[str, str, int]:
-    model, _, rest = text.strip().partition("/")
-    sae, _, index = rest.rpartition("/")
-    number = parse_feature_index(index)
-    if not model or not sae or number is None:
-        raise HTTPException(400, f"A feature is model/sae/index, not {text!r}.")
-    return model, sae, number
-
-
-def changing(action):
-    """Run a change to lists or labels; a rule it breaks (title, note or label length, size, a
-    review action) becomes a 400, a missing item a 404."""
-    try:
-        return action()
-    except MonoscopeError as exc:
-        raise HTTPException(400, str(exc)) from exc
-    except LookupError as exc:
-        raise HTTPException(404, str(exc)) from exc
 
 
 @dataclass(frozen=True)
@@ -81,7 +49,7 @@ class EntryView:
 def _entries(session: Session, vocabularies, found: FeatureList) -> list[EntryView]:
     entries = db_lists.list_items(session, found)
     examples = top_examples(session, [e.feature.id for e in entries])
-    models: dict[str, object] = {}
+    models: dict[str, TokenTexts] = {}
     out = []
     for e in entries:
         example = examples.get(e.feature.id)
@@ -89,8 +57,9 @@ def _entries(session: Session, vocabularies, found: FeatureList) -> list[EntryVi
         if example is not None:
             if e.model not in models:
                 models[e.model] = vocabularies.get(session, find_model(session, e.model))
-            snippet = views.example_row(example, models[e.model], example.max_act, before=8,
-                                        after=6)  # fmt: skip
+            snippet = views.example_row(
+                example, models[e.model], example.max_act, before=8, after=6
+            )
         out.append(EntryView(e, views.feature_path(e.model, e.sae, e.feature.index), snippet))
     return out
 
@@ -111,23 +80,31 @@ def lists_create(
     title: Annotated[str, Form(max_length=db_lists.MAX_TITLE)],
     description: Annotated[str, Form(max_length=5_000)] = "",
 ):
-    found = changing(lambda: db_lists.create_list(session, title, description, viewer.name))
+    found = db_lists.create_list(session, title, description, viewer.name)
     session.commit()
     return RedirectResponse(f"/lists/{found.slug}", status_code=303)
 
 
 @router.get("/lists/for/{model}/{sae}/{index}", response_class=HTMLResponse, name="lists_for")
 def lists_for(
-    request: Request, session: SessionDep, templates: TemplatesDep, model: str, sae: str,
-    index: FeatureIndex, next: str = "",
-):  # fmt: skip
+    request: Request,
+    session: SessionDep,
+    templates: TemplatesDep,
+    model: str,
+    sae: str,
+    index: FeatureIndex,
+    next: str = "",
+):
     """The "add to list" box of one feature (htmx partial): the lists it is on, and a form."""
     feature = feature_or_404(session, model, sae, index)
     context = {
-        "ref": f"{model}/{sae}/{index}", "on": db_lists.lists_with_feature(session, feature.id),
-        "lists": [found for found, _ in db_lists.all_lists(session)] if signed_in_name(request)
-        else [], "next": local_path(next) if next else "",
-    }  # fmt: skip
+        "ref": f"{model}/{sae}/{index}",
+        "on": db_lists.lists_with_feature(session, feature.id),
+        "lists": [found for found, _ in db_lists.all_lists(session)]
+        if signed_in_name(request)
+        else [],
+        "next": local_path(next) if next else "",
+    }
     return templates.TemplateResponse(request, "lists/_for.html", context)
 
 
@@ -144,22 +121,25 @@ def lists_add(
     """Add a feature to a list, or to a new list named in the same form."""
     row = feature_or_404(session, *parse_feature_ref(feature))
     if new_title.strip():
-        found = changing(lambda: db_lists.create_list(session, new_title, "", viewer.name))
+        found = db_lists.create_list(session, new_title, "", viewer.name)
     elif slug:
-        found = _list_or_404(session, slug)
+        found = list_or_404(session, slug)
     else:
-        raise HTTPException(400, "Choose a list, or give a title for a new one.")
-    changing(lambda: db_lists.add_item(session, found, row, note))
+        raise MonoscopeError("Choose a list, or give a title for a new one.")
+    db_lists.add_item(session, found, row, note)
     session.commit()
     return RedirectResponse(local_path(next) if next else f"/lists/{found.slug}", status_code=303)
 
 
 @router.get("/lists/{slug}", response_class=HTMLResponse, name="list_page")
 def list_page(
-    request: Request, slug: str, session: SessionDep, templates: TemplatesDep,
+    request: Request,
+    slug: str,
+    session: SessionDep,
+    templates: TemplatesDep,
     vocabularies: VocabularyDep,
-):  # fmt: skip
-    found = _list_or_404(session, slug)
+):
+    found = list_or_404(session, slug)
     context = {"found": found, "entries": _entries(session, vocabularies, found)}
     return templates.TemplateResponse(request, "lists/show.html", context)
 
@@ -174,18 +154,18 @@ def list_item_change(
     note: Annotated[str, Form(max_length=db_lists.MAX_NOTE)] = "",
 ):
     """One form per item row: save its note, move it up or down, or remove it."""
-    found = _list_or_404(session, slug)
+    found = list_or_404(session, slug)
     entries = db_lists.list_items(session, found)
     position = next((e.item.position for e in entries if e.item.id == item_id), None)
     if position is None:
-        raise HTTPException(404, f"List {slug} has no item {item_id}.")
+        raise NotFoundError(f"List {slug} has no item {item_id}.")
     change = {
         "note": lambda: db_lists.set_note(session, found, item_id, note),
         "up": lambda: db_lists.move_item(session, found, item_id, position - 1),
         "down": lambda: db_lists.move_item(session, found, item_id, position + 1),
         "remove": lambda: db_lists.remove_item(session, found, item_id),
     }[action]
-    changing(change)
+    change()
     session.commit()
     return RedirectResponse(f"/lists/{slug}#items", status_code=303)
 
@@ -220,16 +200,29 @@ class FeatureListOut(BaseModel):
 def _list_out(session: Session, found: FeatureList) -> FeatureListOut:
     items = [
         ListItemOut(
-            id=e.item.id, position=e.item.position, model=e.model, sae=e.sae,
-            index=e.feature.index, label=e.feature.label, label_score=e.feature.label_score,
-            density=e.feature.density, max_act=e.feature.max_act, note=e.item.note,
+            id=e.item.id,
+            position=e.item.position,
+            model=e.model,
+            sae=e.sae,
+            index=e.feature.index,
+            label=e.feature.label,
+            label_score=e.feature.label_score,
+            density=e.feature.density,
+            max_act=e.feature.max_act,
+            note=e.item.note,
             path=views.feature_path(e.model, e.sae, e.feature.index),
         )
         for e in db_lists.list_items(session, found)
-    ]  # fmt: skip
-    return FeatureListOut(slug=found.slug, title=found.title, description=found.description,
-                          author=found.author, created_at=found.created_at.isoformat(),
-                          updated_at=found.updated_at.isoformat(), items=items)  # fmt: skip
+    ]
+    return FeatureListOut(
+        slug=found.slug,
+        title=found.title,
+        description=found.description,
+        author=found.author,
+        created_at=found.created_at.isoformat(),
+        updated_at=found.updated_at.isoformat(),
+        items=items,
+    )
 
 
 def _attachment(slug: str, extension: str) -> dict:
@@ -245,22 +238,33 @@ def _spreadsheet_safe(value: object) -> object:
 
 @router.get("/lists/{slug}/export.json", name="list_export_json")
 def list_export_json(slug: str, session: SessionDep) -> JSONResponse:
-    out = _list_out(session, _list_or_404(session, slug))
+    out = _list_out(session, list_or_404(session, slug))
     return JSONResponse(out.model_dump(), headers=_attachment(slug, "json"))
 
 
 @router.get("/lists/{slug}/export.csv", name="list_export_csv")
 def list_export_csv(slug: str, session: SessionDep) -> Response:
-    out = _list_out(session, _list_or_404(session, slug))
-    columns = ["position", "model", "sae", "index", "label", "label_score", "density", "max_act",
-               "note", "path"]  # fmt: skip
+    out = _list_out(session, list_or_404(session, slug))
+    columns = [
+        "position",
+        "model",
+        "sae",
+        "index",
+        "label",
+        "label_score",
+        "density",
+        "max_act",
+        "note",
+        "path",
+    ]
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(columns)
     for item in out.items:
         writer.writerow([_spreadsheet_safe(getattr(item, c)) for c in columns])
-    return Response(buffer.getvalue(), media_type="text/csv; charset=utf-8",
-                    headers=_attachment(slug, "csv"))  # fmt: skip
+    return Response(
+        buffer.getvalue(), media_type="text/csv; charset=utf-8", headers=_attachment(slug, "csv")
+    )
 
 
 # -- JSON API ------------------------------------------------------------------------------------
@@ -293,54 +297,58 @@ class ItemPatch(BaseModel):
 
 @router.get("/api/v1/lists", response_model=list[ListSummaryOut], tags=["api"])
 def api_lists(session: SessionDep) -> list[ListSummaryOut]:
-    return [ListSummaryOut(slug=f.slug, title=f.title, author=f.author, items=n,
-                           updated_at=f.updated_at.isoformat())
-            for f, n in db_lists.all_lists(session)]  # fmt: skip
+    return [
+        ListSummaryOut(
+            slug=f.slug,
+            title=f.title,
+            author=f.author,
+            items=n,
+            updated_at=f.updated_at.isoformat(),
+        )
+        for f, n in db_lists.all_lists(session)
+    ]
 
 
 @router.post("/api/v1/lists", response_model=FeatureListOut, status_code=201, tags=["api"])
 def api_create_list(body: ListIn, session: SessionDep, viewer: WriterDep) -> FeatureListOut:
-    found = changing(lambda: db_lists.create_list(session, body.title, body.description,
-                                                   viewer.name))  # fmt: skip
+    found = db_lists.create_list(session, body.title, body.description, viewer.name)
     session.commit()
     return _list_out(session, found)
 
 
 @router.get("/api/v1/lists/{slug}", response_model=FeatureListOut, tags=["api"])
 def api_list(slug: str, session: SessionDep) -> FeatureListOut:
-    return _list_out(session, _list_or_404(session, slug))
+    return _list_out(session, list_or_404(session, slug))
 
 
 @router.post("/api/v1/lists/{slug}/items", response_model=FeatureListOut, tags=["api"])
 def api_add_item(slug: str, body: ItemIn, session: SessionDep, viewer: WriterDep):
-    found = _list_or_404(session, slug)
+    found = list_or_404(session, slug)
     row = feature_or_404(session, body.model, body.sae, body.index)
-    changing(lambda: db_lists.add_item(session, found, row, body.note))
+    db_lists.add_item(session, found, row, body.note)
     session.commit()
     return _list_out(session, found)
 
 
-@router.patch("/api/v1/lists/{slug}/items/{item_id}", response_model=FeatureListOut,
-              tags=["api"])  # fmt: skip
+@router.patch("/api/v1/lists/{slug}/items/{item_id}", response_model=FeatureListOut, tags=["api"])
 def api_change_item(
     slug: str, item_id: RowId, body: ItemPatch, session: SessionDep, viewer: WriterDep
 ) -> FeatureListOut:
     """Change an item's note and/or move it to `position` (0 = first)."""
-    found = _list_or_404(session, slug)
+    found = list_or_404(session, slug)
     if body.note is not None:
-        changing(lambda: db_lists.set_note(session, found, item_id, body.note))
+        db_lists.set_note(session, found, item_id, body.note)
     if body.position is not None:
-        changing(lambda: db_lists.move_item(session, found, item_id, body.position))
+        db_lists.move_item(session, found, item_id, body.position)
     session.commit()
     return _list_out(session, found)
 
 
-@router.delete("/api/v1/lists/{slug}/items/{item_id}", response_model=FeatureListOut,
-               tags=["api"])  # fmt: skip
+@router.delete("/api/v1/lists/{slug}/items/{item_id}", response_model=FeatureListOut, tags=["api"])
 def api_remove_item(
     slug: str, item_id: RowId, session: SessionDep, viewer: WriterDep
 ) -> FeatureListOut:
-    found = _list_or_404(session, slug)
-    changing(lambda: db_lists.remove_item(session, found, item_id))
+    found = list_or_404(session, slug)
+    db_lists.remove_item(session, found, item_id)
     session.commit()
     return _list_out(session, found)

@@ -1,12 +1,15 @@
-"""Search by label text, and "which features fire on this text"; both are shareable URLs."""
+"""Search by label text, and "which features fire on this text"; both are shareable URLs, and
+both are in the JSON API (/api/v1/search, /api/v1/activations)."""
 
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
+from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
+from app.core.errors import MonoscopeError, NotLoadedError
 from app.core.inspect import FeatureHit, Inspection
 from app.db.labels import headline_score
 from app.db.models import Model
@@ -14,7 +17,8 @@ from app.db.queries import find_sae, labels_of, list_saes, top_examples
 from app.db.search import SearchHit, search_explanations
 from app.web import views
 from app.web.deps import InferenceDep, SessionDep, TemplatesDep, VocabularyDep, WorkspaceDep
-from app.web.resident import require_loaded, resident, run_text
+from app.web.markup import TokenCell, display_token
+from app.web.resident import loaded_sae, require_loaded, resident, run_text
 
 router = APIRouter()
 RESULTS_PER_PAGE = 20
@@ -33,11 +37,15 @@ def label_search(
 ) -> list[SearchResult]:
     """Ranked label matches with each feature's strongest example as a snippet."""
     if page < 1 or (page - 1) * RESULTS_PER_PAGE > MAX_RESULT_OFFSET:
-        raise HTTPException(400, f"page must be between 1 and {MAX_RESULT_OFFSET // 20 + 1}")
+        raise MonoscopeError(f"page must be between 1 and {MAX_RESULT_OFFSET // 20 + 1}")
     hits = search_explanations(
-        session, q, model=model or None, sae=sae or None, limit=RESULTS_PER_PAGE,
+        session,
+        q,
+        model=model or None,
+        sae=sae or None,
+        limit=RESULTS_PER_PAGE,
         offset=(page - 1) * RESULTS_PER_PAGE,
-    )  # fmt: skip
+    )
     examples = top_examples(session, sorted({h.feature_id for h in hits}))
     results = []
     for hit in hits:
@@ -73,7 +81,7 @@ def search_page(
         "more": len(results) == RESULTS_PER_PAGE,
         "saes": list_saes(session),
     }
-    return templates.TemplateResponse(request, "search/labels.html", context)
+    return templates.TemplateResponse(request, "search/index.html", context)
 
 
 @dataclass(frozen=True)
@@ -87,7 +95,7 @@ class FeatureLine:
 
 @dataclass(frozen=True)
 class TextReading:
-    cells: list[views.TokenCell]
+    cells: list[TokenCell]
     overall: list[FeatureLine]
     per_token: list[list[FeatureLine]]
     excluded: set[int]
@@ -95,9 +103,12 @@ class TextReading:
 
 
 def read_text(
-    session: Session, sae_id: int | None, inspection: Inspection, sae: str,
+    session: Session,
+    sae_id: int | None,
+    inspection: Inspection,
+    sae: str,
     focus: int | None = None,
-) -> TextReading:  # fmt: skip
+) -> TextReading:
     """Labels for every feature that shows up, in one query, and a heat strip: each token's
     strongest feature relative to that feature's stored maximum, or, with `focus`, that one
     feature's activation relative to its maximum."""
@@ -111,9 +122,12 @@ def read_text(
     def line(hit) -> FeatureLine:
         f = known.get(hit.index)
         return FeatureLine(
-            hit.index, hit.value, f.label if f else None, f.max_act if f else None,
+            hit.index,
+            hit.value,
+            f.label if f else None,
+            f.max_act if f else None,
             f.density if f else None,
-        )  # fmt: skip
+        )
 
     per_token = [[line(h) for h in row] for row in found.per_token]
     heat = [max((h.value / h.max_act for h in row if h.max_act), default=0.0) for row in per_token]
@@ -124,14 +138,23 @@ def read_text(
         scale = focused.max_act or max(max(values), 1e-9)
         heat = [max(v, 0.0) / scale for v in values]
     cells = [
-        views.TokenCell(
-            views.display_token(text), heat[i], round(min(heat[i], 1.0), 3), False,
-            i in inspection.excluded_positions, i,
+        TokenCell(
+            display_token(text),
+            heat[i],
+            round(min(heat[i], 1.0), 3),
+            False,
+            i in inspection.excluded_positions,
+            i,
         )
         for i, text in enumerate(inspection.tokens)
-    ]  # fmt: skip
-    return TextReading(cells, [line(h) for h in found.overall], per_token,
-                       set(inspection.excluded_positions), focused)  # fmt: skip
+    ]
+    return TextReading(
+        cells,
+        [line(h) for h in found.overall],
+        per_token,
+        set(inspection.excluded_positions),
+        focused,
+    )
 
 
 @router.get("/search/text", response_class=HTMLResponse, name="search_text")
@@ -150,24 +173,121 @@ def search_text_page(
     loaded = sorted(workspace.saes) if workspace else []
     model = workspace.model.name if workspace else None
     sae = sae or (loaded[0] if loaded else "")
-    context = {
-        "text": text, "sae": sae, "reduce": reduce, "pos": pos, "model": model, "feature": feature,
-        "loaded": loaded, "reading": None,
-    }  # fmt: skip
+    context: dict[str, object] = {
+        "text": text,
+        "sae": sae,
+        "reduce": reduce,
+        "pos": pos,
+        "model": model,
+        "feature": feature,
+        "loaded": loaded,
+        "reading": None,
+    }
     if text:
-        found = resident(workspace, model or "", sae)
         require_loaded(workspace, "read text with")
+        found = resident(workspace, model or "", sae)
         if found is None:
-            raise HTTPException(409, f"SAE {sae!r} is not loaded on this server.")
-        sae_row = find_sae(session, model, sae)
+            raise NotLoadedError(f"SAE {sae!r} is not loaded on this server.")
+        sae_row = find_sae(session, found.model.name, sae)
         if sae_row is None:
-            raise HTTPException(409, f"{model}/{sae} is loaded but not harvested into this "
-                                     "database, so its features have no pages yet.")  # fmt: skip
+            raise NotLoadedError(
+                f"{model}/{sae} is loaded but not harvested into this "
+                "database, so its features have no pages yet."
+            )
         if feature is not None and feature >= found.sae.d_sae:
-            raise HTTPException(400, f"{sae} has features 0 to {found.sae.d_sae - 1}.")
+            raise MonoscopeError(f"{sae} has features 0 to {found.sae.d_sae - 1}.")
         inspection = run_text(inference, found, text, top_k=10, reduce=reduce)
         reading = read_text(session, sae_row.id, inspection, sae, focus=feature)
         if pos is not None and not 0 <= pos < len(reading.cells):
-            raise HTTPException(400, f"pos must be between 0 and {len(reading.cells) - 1}")
+            raise MonoscopeError(f"pos must be between 0 and {len(reading.cells) - 1}")
         context["reading"] = reading
     return templates.TemplateResponse(request, "search/text.html", context)
+
+
+# -- JSON ----------------------------------------------------------------------------------------
+class SearchHitOut(BaseModel):
+    model: str
+    sae: str
+    index: int
+    label: str
+    method: str
+    scores: dict
+    density: float
+    max_act: float
+    rank: float
+    snippet: str | None = Field(description="text around the feature's strongest activation")
+    url: str
+
+
+class ActivationsIn(BaseModel):
+    text: str = Field(max_length=8_000)
+    sae: str | None = Field(None, description="a loaded SAE (default: the first)")
+    top_k: int = Field(10, ge=1, le=100)
+    reduce: Literal["max", "sum"] = "max"
+
+
+class TokenFeatureOut(BaseModel):
+    index: int
+    value: float
+    label: str | None
+
+
+class ActivationsOut(BaseModel):
+    model: str
+    sae: str
+    tokens: list[str]
+    excluded_positions: list[int] = Field(description="left out of `overall` (BOS)")
+    overall: list[TokenFeatureOut]
+    per_token: list[list[TokenFeatureOut]]
+
+
+@router.get("/api/v1/search", response_model=list[SearchHitOut], tags=["api"])
+def api_search(
+    request: Request,
+    session: SessionDep,
+    vocabularies: VocabularyDep,
+    q: Annotated[str, Query(min_length=1, max_length=500)],
+    model: str = "",
+    sae: str = "",
+    page: Annotated[int, Query(ge=1)] = 1,
+) -> list[SearchHitOut]:
+    return [
+        SearchHitOut(
+            model=r.hit.model,
+            sae=r.hit.sae,
+            index=r.hit.index,
+            label=r.hit.text,
+            method=r.hit.method,
+            scores=r.hit.scores or {},
+            density=r.hit.density,
+            max_act=r.hit.max_act,
+            rank=r.hit.rank,
+            snippet=r.snippet.text if r.snippet else None,
+            url=views.feature_url(request, r.hit.model, r.hit.sae, r.hit.index),
+        )
+        for r in label_search(session, vocabularies, q, model, sae, page)
+    ]
+
+
+@router.post("/api/v1/activations", response_model=ActivationsOut, tags=["api"])
+def api_activations(
+    body: ActivationsIn, session: SessionDep, workspace: WorkspaceDep, inference: InferenceDep
+) -> ActivationsOut:
+    """Which features fire on a text: per token and overall (BOS excluded from overall)."""
+    found = loaded_sae(workspace, body.sae, "read text with")
+    model, sae = found.model.name, found.sae_name
+    inspection = run_text(inference, found, body.text, top_k=body.top_k, reduce=body.reduce)
+    sae_row = find_sae(session, model, sae)  # not harvested yet: features come without labels
+    reading = read_text(session, sae_row.id if sae_row else None, inspection, sae)
+
+    def out(line) -> TokenFeatureOut:
+        return TokenFeatureOut(index=line.index, value=round(line.value, 4), label=line.label)
+
+    return ActivationsOut(
+        model=model,
+        sae=sae,
+        tokens=inspection.tokens,
+        excluded_positions=inspection.excluded_positions,
+        overall=[out(x) for x in reading.overall],
+        per_token=[[out(x) for x in row] for row in reading.per_token],
+    )

@@ -8,25 +8,25 @@ multiples of each feature's max activation, as harvested into the database.
 
 import asyncio
 import json
-import re
 import secrets
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 from sse_starlette import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 
-from app.core.errors import MonoscopeError
+from app.core.errors import MonoscopeError, NotFoundError
+from app.core.feature_ref import SteeringFeature, parse_feature_ref
 from app.core.generation import GenerationRow, SamplingParams, chat_prompt_ids
 from app.core.serving import Ticket
-from app.core.steering import SteeringFeature, SteeringSpec, resolve_steering
+from app.core.steering import SteeringSpec, resolve_steering
 from app.core.workspace import Workspace
-from app.db.models import Feature, Model, SaeRow, SteeringSession
+from app.db.models import SteeringSession
 from app.db.search import search_explanations
+from app.db.steering import max_acts_and_labels, shared_session
 from app.settings import Settings
 from app.web.auth import WriterDep, client_address
 from app.web.deps import MAX_INDEX, SessionDep, SettingsDep, TemplatesDep, WorkspaceDep
@@ -37,16 +37,15 @@ MAX_STRENGTH = 10.0
 # A token of any tokenizer we load covers a few characters at most (English BPE averages ~4);
 # text past this many per allowed token cannot fit, so it is refused before it is tokenized.
 CHARS_PER_TOKEN = 8
-PRESET = re.compile(r"^(?P<model>[^/]+)/(?P<sae>[^/]+)/(?P<index>\d+):(?P<mode>clamp|add):"
-                    r"(?P<strength>-?\d+(?:\.\d+)?)$")  # fmt: skip
 
 
 class SteerFeature(BaseModel):
     sae: str = Field(max_length=200)
     index: int = Field(ge=0, le=MAX_INDEX)
     mode: Literal["clamp", "add"] = "clamp"
-    strength: float = Field(ge=-MAX_STRENGTH, le=MAX_STRENGTH,
-                            description="multiples of the feature's max activation")  # fmt: skip
+    strength: float = Field(
+        ge=-MAX_STRENGTH, le=MAX_STRENGTH, description="multiples of the feature's max activation"
+    )
 
 
 class Message(BaseModel):
@@ -58,9 +57,10 @@ class SteerIn(BaseModel):
     features: list[SteerFeature] = Field(default_factory=list, max_length=64)
     mode: Literal["chat", "completion"] = "chat"
     messages: list[Message] = Field(
-        default_factory=list, max_length=200,
+        default_factory=list,
+        max_length=200,
         description="chat mode: the steered side's conversation, ending with the new user turn",
-    )  # fmt: skip
+    )
     default_messages: list[Message] | None = Field(
         None, max_length=200, description="the default side's own history (default: messages)"
     )
@@ -82,20 +82,8 @@ class SteerOut(BaseModel):
 
 
 def _max_acts(session: Session, model: str, features: list[SteerFeature]) -> dict:
-    """(sae, index) -> (max activation, label) from the database, in one query."""
-    if not features:
-        return {}
-    rows = session.execute(
-        select(SaeRow.name, Feature.index, Feature.max_act, Feature.label)
-        .join(SaeRow, SaeRow.id == Feature.sae_id)
-        .join(Model, Model.id == SaeRow.model_id)
-        .where(
-            Model.name == model,
-            SaeRow.name.in_({f.sae for f in features}),
-            Feature.index.in_({f.index for f in features}),
-        )
-    )
-    return {(sae, index): (max_act, label) for sae, index, max_act, label in rows}
+    """(sae, index) -> (max activation, label) of the requested features."""
+    return max_acts_and_labels(session, model, ((f.sae, f.index) for f in features))
 
 
 def build_rows(
@@ -108,48 +96,54 @@ def build_rows(
     chars = max(len(body.prompt), *(sum(len(m.content) for m in side) for side in sides))
     tokens = settings.steer_max_prompt_tokens
     if chars > CHARS_PER_TOKEN * tokens:
-        raise HTTPException(400, f"The conversation has {chars:,} characters; the limit is "
-                                 f"{CHARS_PER_TOKEN * tokens:,} ({tokens:,} tokens).")  # fmt: skip
+        raise MonoscopeError(
+            f"The conversation has {chars:,} characters; the limit is "
+            f"{CHARS_PER_TOKEN * tokens:,} ({tokens:,} tokens)."
+        )
     if len(body.features) > settings.steer_max_features:
-        raise HTTPException(400, f"{len(body.features)} features; the limit is "
-                                 f"{settings.steer_max_features}.")  # fmt: skip
+        raise MonoscopeError(
+            f"{len(body.features)} features; the limit is {settings.steer_max_features}."
+        )
     if body.max_new_tokens > settings.steer_max_new_tokens:
-        raise HTTPException(400, f"max_new_tokens is {body.max_new_tokens}; the limit is "
-                                 f"{settings.steer_max_new_tokens}.")  # fmt: skip
+        raise MonoscopeError(
+            f"max_new_tokens is {body.max_new_tokens}; the limit is "
+            f"{settings.steer_max_new_tokens}."
+        )
     known = _max_acts(session, workspace.model.name, body.features)
-    spec = SteeringSpec(tuple(
-        SteeringFeature(f.sae, f.index, f.mode, f.strength, units="max_act") for f in body.features
-    ))  # fmt: skip
-    try:
-        edits = resolve_steering(spec, workspace.saes, lambda s, i: known.get((s, i), (None,))[0])
-    except MonoscopeError as exc:
-        raise HTTPException(400, str(exc)) from exc
+    spec = SteeringSpec(
+        tuple(
+            SteeringFeature(f.sae, f.index, f.mode, f.strength, units="max_act")
+            for f in body.features
+        )
+    )
+    edits = resolve_steering(spec, workspace.saes, lambda s, i: known.get((s, i), (None,))[0])
     tokenizer = workspace.model.tokenizer
     if body.mode == "chat":
         if not body.messages or body.messages[-1].role != "user":
-            raise HTTPException(400, "A chat needs messages ending with the user's turn.")
+            raise MonoscopeError("A chat needs messages ending with the user's turn.")
         sides = [body.default_messages or body.messages, body.messages]
         if sides[0][-1].role != "user":
-            raise HTTPException(400, "default_messages must end with the user's turn too.")
-        try:
-            prompts = [chat_prompt_ids(tokenizer, [m.model_dump() for m in s]) for s in sides]
-        except MonoscopeError as exc:
-            raise HTTPException(400, str(exc)) from exc
+            raise MonoscopeError("default_messages must end with the user's turn too.")
+        prompts = [chat_prompt_ids(tokenizer, [m.model_dump() for m in s]) for s in sides]
     else:
         if not body.prompt.strip():
-            raise HTTPException(400, "Completion mode needs a prompt to continue.")
+            raise MonoscopeError("Completion mode needs a prompt to continue.")
         ids = tokenizer(body.prompt)["input_ids"]
         prompts = [(ids, ()), (ids, ())]
     longest = max(len(ids) for ids, _ in prompts)
     if longest > settings.steer_max_prompt_tokens:
-        raise HTTPException(400, f"The conversation has {longest:,} tokens; the limit is "
-                                 f"{settings.steer_max_prompt_tokens:,}.")  # fmt: skip
+        raise MonoscopeError(
+            f"The conversation has {longest:,} tokens; the limit is "
+            f"{settings.steer_max_prompt_tokens:,}."
+        )
     window = workspace.model.context_length
     if window is not None and longest + body.max_new_tokens > window:
-        raise HTTPException(400, f"The conversation ({longest:,} tokens) and the reply "
-                                 f"({body.max_new_tokens}) need {longest + body.max_new_tokens:,} "
-                                 f"positions; {workspace.model.name} has {window:,}. Start a new "
-                                 "chat or ask for fewer tokens.")  # fmt: skip
+        raise MonoscopeError(
+            f"The conversation ({longest:,} tokens) and the reply "
+            f"({body.max_new_tokens}) need {longest + body.max_new_tokens:,} "
+            f"positions; {workspace.model.name} has {window:,}. Start a new "
+            "chat or ask for fewer tokens."
+        )
     rows = []
     for (ids, stops), edit in zip(prompts, (None, edits), strict=True):
         params = SamplingParams(body.max_new_tokens, body.temperature, body.top_p, stops)
@@ -169,8 +163,11 @@ async def _start(request: Request, body: SteerIn, workspace, settings) -> Ticket
     # that fail their checks still costs the server their parsing.
     wait = request.app.state.steer_limiter.check(client_address(request))
     if wait is not None:
-        raise HTTPException(429, f"Too many generations from this address; try again in {wait} s.",
-                            headers={"Retry-After": str(wait)})  # fmt: skip
+        raise HTTPException(
+            429,
+            f"Too many generations from this address; try again in {wait} s.",
+            headers={"Retry-After": str(wait)},
+        )
     # Tokenizing is CPU work: in a thread, so the event loop keeps answering everyone else.
     rows = await run_in_threadpool(_rows, request.app.state.engine, body, workspace, settings)
     return request.app.state.inference.submit(rows, asyncio.get_running_loop())  # or QueueFull
@@ -185,15 +182,17 @@ async def api_steer(
 ) -> SteerOut:
     """Default and steered replies, whole. Same limits as the stream."""
     ticket = await _start(request, body, workspace, settings)
-    texts, reasons = ["", ""], [None, None]
+    texts = ["", ""]
+    reasons: list[str | None] = [None, None]
     try:
         async for part in ticket.stream():
             texts = [t + new for t, new in zip(texts, part.texts, strict=True)]
             reasons = [r or new for r, new in zip(reasons, part.finish_reasons, strict=True)]
     finally:
         ticket.cancel()
-    return SteerOut(**{side: Reply(text=texts[i], finish_reason=reasons[i])
-                       for i, side in enumerate(SIDES)})  # fmt: skip
+    return SteerOut(
+        **{side: Reply(text=texts[i], finish_reason=reasons[i]) for i, side in enumerate(SIDES)}
+    )
 
 
 @router.post("/api/v1/steer/stream", tags=["api"], response_class=EventSourceResponse)
@@ -222,17 +221,17 @@ async def api_steer_stream(
     return EventSourceResponse(events(), ping=15)
 
 
-def parse_preset(text: str) -> tuple[str, str, int, str, float]:
-    found = PRESET.match(text)
-    if found is None:
-        raise HTTPException(400, f"Bad feature {text!r}: write model/sae/index:clamp|add:strength, "
-                                 "e.g. monoscope-demo/res1/946:clamp:10.")  # fmt: skip
-    if int(found["index"]) > MAX_INDEX:
-        raise HTTPException(400, f"Feature index {found['index'][:20]} is past any SAE's width.")
-    strength = float(found["strength"])
-    if abs(strength) > MAX_STRENGTH:
-        raise HTTPException(400, f"Strength {strength:g} is outside ±{MAX_STRENGTH:g}.")
-    return found["model"], found["sae"], int(found["index"]), found["mode"], strength
+def parse_preset(text: str, loaded_model: str | None) -> tuple[str, str, int, str, float]:
+    """A ?f= preset in the one feature grammar (app.core.steering); the page sets strengths in
+    multiples of max activation, so a :raw preset is refused."""
+    model, feature = parse_feature_ref(text)
+    if feature.units == "raw":
+        raise MonoscopeError(f"Preset {text[:80]!r}: the page's strengths are in max_act units.")
+    if feature.index > MAX_INDEX:
+        raise MonoscopeError(f"Feature index {feature.index} is past any SAE's width.")
+    if abs(feature.strength) > MAX_STRENGTH:
+        raise MonoscopeError(f"Strength {feature.strength:g} is outside ±{MAX_STRENGTH:g}.")
+    return model or loaded_model or "", feature.sae, feature.index, feature.mode, feature.strength
 
 
 def _state_features(session: Session, workspace, presets: list[tuple]) -> list[dict]:
@@ -244,12 +243,20 @@ def _state_features(session: Session, workspace, presets: list[tuple]) -> list[d
     features = []
     for model, sae, index, mode, strength in presets:
         if model != workspace.model.name or sae not in workspace.saes:
-            raise HTTPException(400, f"{model}/{sae} is not loaded on this server.")
+            raise MonoscopeError(f"{model}/{sae} is not loaded on this server.")
         if (sae, index) not in known:
-            raise HTTPException(400, f"{model}/{sae} has no stored feature {index}.")
+            raise MonoscopeError(f"{model}/{sae} has no stored feature {index}.")
         max_act, label = known[(sae, index)]
-        features.append({"sae": sae, "index": index, "mode": mode, "strength": strength,
-                         "label": label, "max_act": max_act})  # fmt: skip
+        features.append(
+            {
+                "sae": sae,
+                "index": index,
+                "mode": mode,
+                "strength": strength,
+                "label": label,
+                "max_act": max_act,
+            }
+        )
     return features
 
 
@@ -265,32 +272,45 @@ def _page(request, templates, workspace, settings, state: dict, share_id: str | 
             "max_strength": MAX_STRENGTH,
         },
     }
-    return templates.TemplateResponse(request, "steer/page.html", context)
+    return templates.TemplateResponse(request, "steer/index.html", context)
 
 
 @router.get("/steer", response_class=HTMLResponse, name="steer_page")
 def steer_page(
-    request: Request, session: SessionDep, templates: TemplatesDep, workspace: WorkspaceDep,
-    settings: SettingsDep, f: Annotated[list[str] | None, Query(max_length=64)] = None,
-):  # fmt: skip
-    presets = [parse_preset(text) for text in f or []]
-    state = {"features": _state_features(session, workspace, presets), "settings": {},
-             "default": [], "steered": []}  # fmt: skip
+    request: Request,
+    session: SessionDep,
+    templates: TemplatesDep,
+    workspace: WorkspaceDep,
+    settings: SettingsDep,
+    f: Annotated[list[str] | None, Query(max_length=64)] = None,
+):
+    loaded_model = workspace.model.name if workspace else None
+    presets = [parse_preset(text, loaded_model) for text in f or []]
+    state = {
+        "features": _state_features(session, workspace, presets),
+        "settings": {},
+        "default": [],
+        "steered": [],
+    }
     return _page(request, templates, workspace, settings, state)
 
 
 @router.get("/steer/pick", response_class=HTMLResponse, name="steer_pick")
 def steer_pick(
-    request: Request, session: SessionDep, templates: TemplatesDep, workspace: WorkspaceDep,
+    request: Request,
+    session: SessionDep,
+    templates: TemplatesDep,
+    workspace: WorkspaceDep,
     q: Annotated[str, Query(max_length=200)] = "",
-):  # fmt: skip
+):
     """Label search among the features this server can steer with (htmx partial)."""
     hits = []
     if workspace is not None and q.strip():
         hits = [
-            h for h in search_explanations(session, q, model=workspace.model.name, limit=40)
+            h
+            for h in search_explanations(session, q, model=workspace.model.name, limit=40)
             if h.sae in workspace.saes
-        ][:12]  # fmt: skip
+        ][:12]
     return templates.TemplateResponse(request, "steer/_pick.html", {"hits": hits, "q": q})
 
 
@@ -315,41 +335,57 @@ class ShareOut(BaseModel):
 
 @router.post("/steer/share", response_model=ShareOut, name="steer_share")
 def steer_share(
-    request: Request, body: ShareIn, session: SessionDep, workspace: WorkspaceDep,
-    settings: SettingsDep, viewer: WriterDep,
-) -> ShareOut:  # fmt: skip
+    request: Request,
+    body: ShareIn,
+    session: SessionDep,
+    workspace: WorkspaceDep,
+    settings: SettingsDep,
+    viewer: WriterDep,
+) -> ShareOut:
     """Save the session (features, settings, both transcripts) under a short id; needs a
     signed-in user or an API key."""
     features = body.features
     if len(features) > settings.steer_max_features:
-        raise HTTPException(400, f"At most {settings.steer_max_features} features.")
+        raise MonoscopeError(f"At most {settings.steer_max_features} features.")
     known = _max_acts(session, workspace.model.name, features) if workspace else {}
     share_id = secrets.token_urlsafe(6)
     config = {
         "model": workspace.model.name if workspace else None,
         "features": [
-            f.model_dump() | {"label": known.get((f.sae, f.index), (None, None))[1],
-                              "max_act": known.get((f.sae, f.index), (None, None))[0]}
+            f.model_dump()
+            | {
+                "label": known.get((f.sae, f.index), (None, None))[1],
+                "max_act": known.get((f.sae, f.index), (None, None))[0],
+            }
             for f in features
         ],
         "settings": body.settings.model_dump(),
-    }  # fmt: skip
-    transcript = {"default": [m.model_dump() for m in body.default],
-                  "steered": [m.model_dump() for m in body.steered]}  # fmt: skip
-    session.add(SteeringSession(share_id=share_id, config=config, transcript=[transcript],
-                                author=viewer.name))  # fmt: skip
+    }
+    transcript = {
+        "default": [m.model_dump() for m in body.default],
+        "steered": [m.model_dump() for m in body.steered],
+    }
+    session.add(
+        SteeringSession(
+            share_id=share_id, config=config, transcript=[transcript], author=viewer.name
+        )
+    )
     session.commit()
     return ShareOut(id=share_id, url=str(request.url_for("steer_shared", share_id=share_id)))
 
 
 @router.get("/steer/{share_id}", response_class=HTMLResponse, name="steer_shared")
 def steer_shared(
-    request: Request, share_id: str, session: SessionDep, templates: TemplatesDep,
-    workspace: WorkspaceDep, settings: SettingsDep,
-):  # fmt: skip
-    saved = session.scalar(select(SteeringSession).where(SteeringSession.share_id == share_id))
+    request: Request,
+    share_id: str,
+    session: SessionDep,
+    templates: TemplatesDep,
+    workspace: WorkspaceDep,
+    settings: SettingsDep,
+):
+    saved = shared_session(session, share_id)
     if saved is None:
-        raise HTTPException(404, f"No shared steering session {share_id!r}.")
+        raise NotFoundError(f"No shared steering session {share_id!r}.")
     transcript = (saved.transcript or [{}])[0]
     state = {
         "features": saved.config.get("features", []),

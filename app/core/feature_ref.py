@@ -1,0 +1,53 @@
+"""How people write one steering intervention, and the grammar shared by the CLI's -f and the
+steering page's ?f= presets. Free of torch, so the CLI can state it in its help at no cost.
+
+    model, feature = parse_feature_ref("monoscope-demo/res1/946:clamp:5")
+"""
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from app.core.errors import SteeringError
+
+Mode = Literal["clamp", "add"]
+Units = Literal["max_act", "raw"]
+Positions = Literal["all", "prompt", "generated"]
+
+
+@dataclass(frozen=True)
+class SteeringFeature:
+    """One intervention as a person states it: strength in raw units or multiples of max act."""
+
+    sae: str
+    index: int
+    mode: Mode
+    strength: float
+    units: Units = "raw"
+    positions: Positions = "all"
+
+
+# How a steering feature is written everywhere (the CLI's -f, the steering page's ?f= presets):
+# model and SAE names are single URL segments (app.core.names), so the slashes are unambiguous.
+FEATURE_REF_SYNTAX = "[MODEL/]SAE/INDEX:clamp|add:STRENGTH[:max_act|raw]"
+_FEATURE_REF = re.compile(
+    r"(?:(?P<model>[^/:\s]+)/)?(?P<sae>[^/:\s]+)/(?P<index>\d{1,12}):(?P<mode>clamp|add):"
+    r"(?P<strength>[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:e[-+]?\d+)?)(?::(?P<units>max_act|raw))?"
+)
+
+
+def parse_feature_ref(text: str) -> tuple[str | None, SteeringFeature]:
+    """(model or None, feature) from FEATURE_REF_SYNTAX; the strength is in multiples of the
+    feature's max activation unless the reference ends in :raw."""
+    found = _FEATURE_REF.fullmatch(text.strip())
+    if found is None:
+        raise SteeringError(
+            f"bad feature {text[:80]!r}: write {FEATURE_REF_SYNTAX}, "
+            "e.g. monoscope-demo/res1/946:clamp:5"
+        )
+    units: Units = "raw" if found["units"] == "raw" else "max_act"
+    mode: Mode = "add" if found["mode"] == "add" else "clamp"
+    feature = SteeringFeature(
+        found["sae"], int(found["index"]), mode, float(found["strength"]), units=units
+    )
+    return found["model"], feature

@@ -1,0 +1,48 @@
+"""`monoscope add-sae`: bring your own SAE in one job: harvest it into the database, label its
+features and score the labels.
+
+    result = AddSaeJob(HarvestConfig(model="gpt2", sae="saes/res6", corpus="web"), engine,
+                       settings).run()
+
+The explainer is the LLM one when MONOSCOPE_EXPLAINER_BASE_URL is set, else the offline one; the
+labels are scored by simulation. Each step resumes and skips what is done, so running the job
+again after a crash continues it.
+"""
+
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+
+from app.pipeline.config import ExplainConfig, HarvestConfig, ScoreConfig
+from app.pipeline.explain import ExplainJob, ExplainResult, explainer_for
+from app.pipeline.harvest import HarvestJob, HarvestResult
+from app.pipeline.score import ScoreJob, ScoreResult, load_harvested
+from app.settings import Settings
+
+
+@dataclass
+class AddSaeResult:
+    harvest: HarvestResult
+    explain: ExplainResult
+    score: ScoreResult
+
+
+class AddSaeJob:
+    def __init__(self, config: HarvestConfig, engine: Engine, settings: Settings):
+        self.config, self.engine, self.settings = config, engine, settings
+
+    def run(self) -> AddSaeResult:
+        harvested = HarvestJob(self.config, self.engine).run()
+        model, sae = harvested.model, harvested.sae
+        explainer = explainer_for(self.engine, self.settings, model)
+        explained = ExplainJob(
+            ExplainConfig(model, sae, progress=self.config.progress), self.engine, explainer
+        ).run()
+        resident, resident_sae = load_harvested(self.engine, model, sae, self.settings.device)
+        scored = ScoreJob(
+            ScoreConfig(model, sae, ("simulation",), progress=self.config.progress),
+            self.engine,
+            resident,
+            resident_sae,
+        ).run()
+        return AddSaeResult(harvested, explained, scored)

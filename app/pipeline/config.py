@@ -1,0 +1,145 @@
+"""The offline jobs' configs: what each run is asked to do, with a docstring per field that the
+CLI shows as its help (app.config_options). Kept apart from the runners so that `monoscope` can
+build its options without importing the runners' libraries.
+"""
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class HarvestConfig:
+    model: str
+    """Hub id or local directory of the model (on the command line, default: the demo model)."""
+    sae: str
+    """SAE to harvest: SAELens or sparsify directory, Gemma Scope params.npz, hf://..."""
+    corpus: str
+    """A token store from `monoscope ingest`, or any corpus ingest reads (ingested first)."""
+    tokens: int = 1_000_000
+    """Tokens to harvest (whole contexts; BOS included in the count)."""
+    context_size: int = 128
+    """Context length when the corpus still has to be ingested."""
+    name: str | None = None
+    """Name of the SAE in the database and in URLs (default: its folder name)."""
+    batch_size: int = 16
+    """Contexts per forward pass."""
+    n_top: int = 32
+    n_intervals: int = 5
+    per_interval: int = 5
+    n_logits: int = 10
+    n_neighbours: int = 10
+    eval_contexts: int = 64
+    """Contexts for variance explained and CE loss recovered (0 skips them)."""
+    checkpoint_every: int = 25
+    """Batches between checkpoints."""
+    seed: int = 0
+    device: str = "auto"
+    replace: bool = False
+    """Replace an SAE of the same name already in the database."""
+    work_dir: Path = Path("data/harvest")
+    progress: bool = True
+
+    def fingerprint(self, *parts: str | int) -> str:
+        body = json.dumps(parts, sort_keys=True)
+        return hashlib.sha256(body.encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class TrainSaeConfig:
+    model: str
+    """Hub id or local directory of the model."""
+    hook_name: str
+    """Site to train on, e.g. blocks.1.hook_resid_post."""
+    corpus: str
+    """Training text: demo-world[:SEED], a .txt/.jsonl file, or a .npy of token ids."""
+    out: Path
+    """Folder for the SAELens-format SAE."""
+    eval_corpus: str | None = None
+    """Held-out text for the final metrics (default: the end of the training corpus)."""
+    d_sae: int = 4096
+    """Number of latents."""
+    k: int | None = 32
+    """Active latents per token (TopK); None (0 on the command line) trains a ReLU SAE with an
+    L1 penalty."""
+    l1_coefficient: float = 0.0
+    """L1 coefficient of a ReLU SAE."""
+    context_size: int = 128
+    """Tokens per context."""
+    train_tokens: int = 2_000_000
+    """Activations cached for training (each is seen `epochs` times)."""
+    epochs: int = 2
+    """Passes over the cached activations."""
+    batch_size: int = 2048
+    """Activations per step."""
+    lr: float = 5e-4
+    """Adam learning rate (after warm-up, before the final decay)."""
+    warmup_steps: int = 100
+    decay_fraction: float = 0.2
+    """The last part of training, during which the learning rate decays linearly to zero."""
+    dead_after_tokens: int = 500_000
+    """A latent that has not fired for this many tokens is dead and gets the auxiliary loss."""
+    eval_contexts: int = 200
+    seed: int = 0
+    """Initialisation and data order."""
+    device: str = "auto"
+    checkpoint_every: int = 250
+    log_every: int = 100
+    work_dir: Path = Path("data/train-sae")
+    """Activation cache and checkpoints."""
+
+    @property
+    def steps(self) -> int:
+        return self.epochs * self.train_tokens // self.batch_size
+
+    def fingerprint(self, *names: str) -> str:
+        body = json.dumps({n: str(getattr(self, n)) for n in names}, sort_keys=True)
+        return hashlib.sha256(body.encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    source: str
+    """A .txt/.jsonl/.parquet/.arrow file, a local HF dataset directory, or demo-world[:SEED]."""
+    out: Path
+    """Folder to write the token store to."""
+    context_size: int = 128
+    """Tokens per context, BOS included."""
+    max_tokens: int | None = None
+    """Stop after this many tokens (default: the whole corpus)."""
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class ExplainConfig:
+    model: str
+    """The model's name in the database."""
+    sae: str
+    """The SAE's name in the database."""
+    features: list[int] | None = None
+    """Feature indices to label (default: every alive feature)."""
+    force: bool = False
+    """Label again features this explainer has labelled."""
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    model: str
+    """The model's name in the database."""
+    sae: str
+    """The SAE's name in the database."""
+    scorers: tuple[str, ...] = ("simulation",)
+    """simulation (offline), detection or fuzzing (an LLM judge)."""
+    features: list[int] | None = None
+    """Feature indices whose labels to score (default: every labelled feature)."""
+    force: bool = False
+    """Score again labels already scored."""
+    n_negatives: int = 10
+    """Non-activating contexts per feature, half of them hard negatives."""
+    pool_size: int = 64
+    """Stored contexts run through the model once to draw negatives from."""
+    concurrency: int = 8
+    """LLM judge requests in flight at once."""
+    progress: bool = True
