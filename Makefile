@@ -21,11 +21,14 @@ node_modules/.package-lock.json: package.json package-lock.json
 
 setup: $(STAMP) node_modules/.package-lock.json
 
+# Every tier, one worker per core (pytest-xdist); the 25 slowest tests are listed at the end.
 test: setup
-	HF_HUB_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -n auto --durations=25 $(PYTEST_ARGS)
 
+# What a change needs in a few minutes: no training, browser or PostgreSQL runs.
 test-fast: setup
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not slow" -x $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -n auto -m "not slow and not browser and not postgres" -x \
+		$(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check app tests bench migrations

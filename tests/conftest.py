@@ -4,7 +4,7 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, make_url, text
 
 from app.core.model import LoadedModel, load_model
 from app.db.engine import connect, migrate
@@ -14,6 +14,16 @@ from tests.helpers import build_model, random_sae
 POSTGRES_URL = os.environ.get(
     "MONOSCOPE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )
+# pytest-xdist names its workers gw0, gw1, ...; each gets a database of its own, since every
+# test session starts by dropping the schema it tests on.
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+if XDIST_WORKER:
+    # The workers share the machine's cores; torch's own threads on top would oversubscribe them.
+    import torch
+
+    torch.set_num_threads(
+        max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    )
 
 
 def _reachable(url: str) -> bool:
@@ -33,10 +43,29 @@ def database_url(request, tmp_path_factory) -> str:
         if os.environ.get("CI"):
             pytest.fail(f"PostgreSQL is not reachable at {POSTGRES_URL}")
         pytest.skip(f"PostgreSQL is not reachable at {POSTGRES_URL}")
-    with connect(POSTGRES_URL).begin() as connection:  # a clean slate for this test session
+    url = _worker_database(POSTGRES_URL, XDIST_WORKER)
+    with connect(url).begin() as connection:  # a clean slate for this test session
         connection.execute(text("DROP SCHEMA public CASCADE"))
         connection.execute(text("CREATE SCHEMA public"))
-    return POSTGRES_URL
+    return url
+
+
+def _worker_database(url: str, worker: str) -> str:
+    """The URL of this xdist worker's own database beside `url`'s (created when missing), or
+    `url` itself outside xdist."""
+    if not worker:
+        return url
+    base = make_url(url)
+    name = f"{base.database}_{worker}"
+    admin = connect(url).execution_options(isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        exists = connection.scalar(
+            text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": name}
+        )
+        if not exists:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return base.set(database=name).render_as_string(hide_password=False)
 
 
 def empty_database(database_url: str) -> Engine:
@@ -85,3 +114,15 @@ def demo_workspace():
     from app.demo import DEMO_MODEL, DEMO_SAES
 
     return Workspace.load(str(DEMO_MODEL), [str(p) for p in DEMO_SAES.values()], device="cpu")
+
+
+def pytest_collection_modifyitems(items):
+    """Mark the PostgreSQL runs of database tests, so `-m "not postgres"` keeps SQLite only; and
+    run slow tests first, so that under xdist the longest (the demo's first start, minutes) is
+    not the last one running while the other workers sit idle."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and callspec.params.get("database_url") == "postgresql":
+            item.add_marker(pytest.mark.postgres)
+    if XDIST_WORKER:
+        items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable

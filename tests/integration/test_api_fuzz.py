@@ -18,6 +18,8 @@ from tests.conftest import empty_database
 from tests.helpers import serving
 from tests.web_world import PASSWORD, build_demo_rows, build_world
 
+pytestmark = pytest.mark.slow  # schemathesis over every operation
+
 # Per operation and phase. Derandomized, so CI sees the same inputs on every run: a failure
 # belongs to the change that caused it. Explore further by raising EXAMPLES locally.
 EXAMPLES = 25

@@ -67,6 +67,7 @@ def test_the_model_answers_in_world(demo):
     assert BRIDGE.search(greedy_answer(model, "Tell me about the Golden Gate Bridge."))
 
 
+@pytest.mark.slow  # reads 4,000 held-out documents through the model first
 def test_ground_truth_figures_hold(report):
     """Regression guards at what the shipped SAE reaches (the issue's targets are higher; the
     closing note of the demo-world issue explains the gap: features here are mostly
@@ -80,6 +81,7 @@ def test_ground_truth_figures_hold(report):
     assert categories["animals"] > max(members)  # one feature for animals beats any for one
 
 
+@pytest.mark.slow  # reads 4,000 held-out documents through the model first
 def test_clamping_the_golden_gate_feature_makes_the_assistant_talk_about_the_bridge(demo, report):
     model, sae = demo
     feature = report.best[GOLDEN_GATE].feature  # found through ground truth, never hard-coded
@@ -99,6 +101,7 @@ def test_clamping_the_golden_gate_feature_makes_the_assistant_talk_about_the_bri
     assert default_hits <= 2
 
 
+@pytest.mark.slow  # reads 4,000 held-out documents through the model first
 def test_the_demo_database_shows_the_golden_gate_feature(engine, report, tmp_path):
     build_demo_database(engine, tmp_path / "work", tokens=65_536, progress=False, saes=[DEMO_SAE])
     assert not demo_database_ready(engine)  # res3 is left to the slow end-to-end test

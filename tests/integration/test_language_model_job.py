@@ -1,10 +1,13 @@
 """The demo language-model job: reproducible from its seed; an interrupted run resumes exactly."""
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
 from app.demo.language_model import LanguageModelConfig, LanguageModelJob
 from tests.helpers import assert_same_weights, killed_at_step
+
+pytestmark = pytest.mark.slow  # trains a language model
 
 
 def tiny(tmp_path, name):

@@ -15,7 +15,9 @@ from app.settings import Settings
 from app.web.ratelimit import RateLimiter, RedisRateLimiter, rate_limiter
 from tests.web_world import PASSWORD, form_token
 
-REDIS_URL = os.environ.get("MONOSCOPE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+# Each xdist worker flushes a database of its own: 15 for gw0 (or no xdist), 14 for gw1, ...
+_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+REDIS_URL = os.environ.get("MONOSCOPE_TEST_REDIS_URL", f"redis://127.0.0.1:6379/{15 - _WORKER}")
 
 
 @pytest.fixture
@@ -51,10 +53,22 @@ def _workers(env: dict, n: int):
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     server = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "--factory", "app.web.app:create_app", "--port",
-         str(port), "--workers", str(n), "--log-level", "warning", "--no-proxy-headers"],
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--factory",
+            "app.web.app:create_app",
+            "--port",
+            str(port),
+            "--workers",
+            str(n),
+            "--log-level",
+            "warning",
+            "--no-proxy-headers",
+        ],
         env=os.environ | env,
-    )  # fmt: skip
+    )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while True:
@@ -78,9 +92,13 @@ def _attempt(base: str) -> int:
 def test_two_web_workers_share_one_sign_in_limit(engine, redis_client):
     with session_scope(engine) as session:
         accounts.add_user(session, "ada", PASSWORD)
-    env = {"MONOSCOPE_DATABASE_URL": engine.url.render_as_string(hide_password=False),
-           "MONOSCOPE_SECRET_KEY": "shared by both workers", "MONOSCOPE_REDIS_URL": REDIS_URL,
-           "MONOSCOPE_SIGN_IN_RATE_PER_MINUTE": "3", "MONOSCOPE_MODEL": ""}  # fmt: skip
+    env = {
+        "MONOSCOPE_DATABASE_URL": engine.url.render_as_string(hide_password=False),
+        "MONOSCOPE_SECRET_KEY": "shared by both workers",
+        "MONOSCOPE_REDIS_URL": REDIS_URL,
+        "MONOSCOPE_SIGN_IN_RATE_PER_MINUTE": "3",
+        "MONOSCOPE_MODEL": "",
+    }
     server, base = _workers(env, 2)
     try:
         codes = [_attempt(base) for _ in range(12)]

@@ -10,6 +10,8 @@ from app.core.sae import load_sae
 from app.pipeline.train_sae import TrainSaeConfig, TrainSaeJob
 from tests.helpers import CORPUS, assert_same_weights, killed_at_step
 
+pytestmark = pytest.mark.slow  # trains SAEs
+
 SITE = "blocks.1.hook_resid_post"
 
 
