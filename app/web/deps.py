@@ -75,7 +75,7 @@ def parse_feature_index(text: str) -> int | None:
 
 
 def parse_feature_ref(text: str) -> tuple[str, str, int]:
-    """'model/sae/index' as a form sends it (SAE names may hold slashes; the index is last)."""
+    """'model/sae/index' as a form sends it (names are single URL segments: app.core.names)."""
     model, _, rest = text.strip().partition("/")
     sae, _, index = rest.rpartition("/")
     number = parse_feature_index(index)
