@@ -670,6 +670,44 @@ def ground_truth(
     _print_metrics("ground truth", summary)
 
 
+@eval_cli.command("world-structure")
+def world_structure(
+    model: Annotated[str | None, typer.Option(help="A model trained on the demo world.")] = None,
+    site: Annotated[
+        list[str] | None, typer.Option(help="Residual sites to measure (repeatable).")
+    ] = None,
+    world_version: Annotated[int, typer.Option(help="Version of the demo world's text.")] = 1,
+    seed: Annotated[int | None, typer.Option(help="World seed of the held-out text.")] = None,
+    documents: Annotated[int, typer.Option(help="Documents for identity and probes.")] = 3000,
+    two_hop_documents: Annotated[int, typer.Option(help="Documents to ask two-hop from.")] = 1500,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    device: DeviceOpt = None,
+) -> None:
+    """Whether the model carries the world's structure, before any SAE is trained on it: how much
+    of a category's variance tells its concepts apart, how many concepts a linear probe separates,
+    and how often it answers two-hop questions past a distractor."""
+    import json
+
+    from app.core.model import load_model
+    from app.demo import DEMO_MODEL, DEMO_SITE, EVAL_SEED
+    from app.demo.structure import world_structure as measure
+    from app.demo.world import World
+
+    world = World(EVAL_SEED if seed is None else seed, world_version)  # checked before loading
+    loaded = load_model(model or DEMO_MODEL, device=device or "auto")
+    context = min(128, loaded.tokenizer.model_max_length)
+    reports = [
+        measure(loaded, world, s, documents, two_hop_documents, context).to_dict()
+        for s in site or [DEMO_SITE]
+    ]
+    if as_json:
+        print(json.dumps(reports, indent=2))
+        return
+    for report in reports:
+        by_category = report.pop("identity_by_category")
+        _print_metrics(f"world structure at {report.pop('site')}", report | by_category)
+
+
 @cli.command("convert-sae")
 def convert_sae(
     source: Annotated[

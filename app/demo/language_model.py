@@ -34,6 +34,8 @@ class LanguageModelConfig:
     """Folder for the tokenizer, config and weights."""
     seed: int = 0
     """World seed for training text; validation uses seed + 1."""
+    world_version: int = 1
+    """Which version of the demo world the text comes from."""
     tokenizer_documents: int = 30_000
     vocab_size: int = 4096
     train_documents: int = 100_000
@@ -67,11 +69,12 @@ class LanguageModelJob:
         torch.manual_seed(c.seed)
         c.out.mkdir(parents=True, exist_ok=True)
         c.work_dir.mkdir(parents=True, exist_ok=True)
+        world, held_out = World(c.seed, c.world_version), World(c.seed + 1, c.world_version)
         tokenizer = train_tokenizer(
-            World(c.seed).documents(c.tokenizer_documents), c.out, c.vocab_size, c.context_size
+            world.documents(c.tokenizer_documents), c.out, c.vocab_size, c.context_size
         )
-        train = pack(World(c.seed), c.train_documents, tokenizer, c.context_size)
-        val = pack(World(c.seed + 1), c.val_documents, tokenizer, c.context_size)
+        train = pack(world, c.train_documents, tokenizer, c.context_size)
+        val = pack(held_out, c.val_documents, tokenizer, c.context_size)
         model = GPT2LMHeadModel(
             GPT2Config(
                 vocab_size=len(tokenizer),

@@ -15,9 +15,12 @@ import random
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cache
 from itertools import accumulate
 
+from app.core.errors import MonoscopeError
 from app.demo.catalogue import CATALOGUE, Concept
+from app.demo.facts import CONCEPT_FACTS, PERSONAS, TOPICS
 
 Part = tuple[str, tuple[Concept, ...]]
 Phrase = list[Part]
@@ -44,6 +47,9 @@ class Document:
     text: str
     spans: tuple[tuple[int, int, int], ...]  # (start, end, concept id), character offsets
     genre: str
+    topics: tuple[str, ...] = ()  # subjects the document keeps to (a passage, a digression)
+    persona: str = ""  # the assistant's persona in a chat; "" for none
+    answers: tuple[tuple[int, int], ...] = ()  # (character offset, concept id) of two-hop answers
 
 
 def _concept(key: str) -> Concept:
@@ -115,6 +121,9 @@ class _Writer:
         self.chunks: list[str] = []
         self.spans: list[tuple[int, int, int]] = []
         self.size = 0
+        self.topics: list[str] = []
+        self.persona = ""
+        self.answers: list[tuple[int, int]] = []
 
     def add(self, text: str, *concepts: Concept) -> None:
         for concept in concepts:
@@ -147,9 +156,17 @@ class _Writer:
             pos = match.end()
         self.add(template[pos:])
 
-    def document(self, genre: str) -> Document:
+    def reopen_line(self) -> None:
+        """Take back the newline that ended the last line, to go on writing it."""
+        if self.chunks and self.chunks[-1].endswith("\n"):
+            self.chunks[-1] = self.chunks[-1][:-1]
+            self.size -= 1
+
+    def document(self, genre: str, rng: random.Random) -> Document:
         text = "".join(self.chunks)
         spans = list(self.spans)
+        if self.persona:
+            text, spans = _restyle(text, spans, PERSONAS[self.persona], rng)
         if genre != "code":
             for concept, pattern in SYNTAX_PATTERNS:
                 spans += [(hit.start(), hit.end(), concept.id) for hit in pattern.finditer(text)]
@@ -157,18 +174,74 @@ class _Writer:
                 for hit in QUESTION_WORDS.finditer(question.group()):
                     start = question.start() + hit.start()
                     spans.append((start, start + len(hit.group()), QUESTION.id))
-        return Document(text, tuple(sorted(set(spans))), genre)
+        return Document(
+            text,
+            tuple(sorted(set(spans))),
+            genre,
+            tuple(dict.fromkeys(self.topics)),
+            self.persona,
+            tuple(self.answers),
+        )
+
+
+def _restyle(
+    text: str, spans: list[tuple[int, int, int]], persona: dict, rng: random.Random
+) -> tuple[str, list[tuple[int, int, int]]]:
+    """Every assistant reply in the persona's style: an opener, a closer, and its substitutions
+    applied to the reply's own words (a concept's span is kept verbatim, its offsets moved)."""
+    substitutions = [(re.compile(pattern), new) for pattern, new in persona["substitutions"]]
+    replies = [(hit.start(1), hit.end(1)) for hit in re.finditer(r"Assistant: ([^\n]*)", text)]
+    starts, ends = {a for a, _ in replies}, {b for _, b in replies}
+    covered = [False] * len(text)
+    for start, end, _ in spans:
+        covered[start:end] = [True] * (end - start)
+    inside = [False] * len(text)
+    for start, end in replies:
+        inside[start:end] = [True] * (end - start)
+    cuts = sorted({0, len(text), *starts, *ends, *(p for s, e, _ in spans for p in (s, e))})
+    out: list[str] = []
+    size, start_at, end_at = 0, {}, {}
+    for a, b in zip(cuts, [*cuts[1:], len(text)], strict=True):
+        end_at[a] = size
+        inserted = ""
+        if a in ends:
+            inserted += " " + rng.choice(persona["closers"])
+        if a in starts:
+            inserted += rng.choice(persona["openers"]) + " "
+        out.append(inserted)
+        size += len(inserted)
+        start_at[a] = size
+        piece = text[a:b]
+        if piece and inside[a] and not covered[a]:
+            for pattern, new in substitutions:
+                piece = pattern.sub(new, piece)
+        out.append(piece)
+        size += len(piece)
+    return "".join(out), [(start_at[s], end_at[e], c) for s, e, c in spans]
+
+
+@cache
+def _zipf(
+    category: str, exclude: frozenset[int], damping: tuple[tuple[int, float], ...]
+) -> tuple[list[Concept], list[float]]:
+    """A category's members less `exclude`, with cumulative Zipf weights by rank (cached: drawing
+    was a third of the time it takes to write a document)."""
+    factor = dict(damping)
+    members = [c for c in CATALOGUE.categories[category] if c.id not in exclude]
+    weights = accumulate(factor.get(c.id, 1.0) / (c.rank + 1) ** ZIPF_EXPONENT for c in members)
+    return members, list(weights)
 
 
 class _Draw:
     """The random choices of one document."""
 
-    def __init__(self, rng: random.Random):
+    def __init__(self, rng: random.Random, damping: dict[int, float] | None = None):
         self.rng = rng
+        self.damping = damping or {}  # concept id -> factor on its Zipf weight
 
     def pick(self, category: str, exclude: tuple[Concept, ...] = ()) -> Concept:
-        members = [c for c in CATALOGUE.categories[category] if c not in exclude]
-        weights = list(accumulate(1.0 / (c.rank + 1) ** ZIPF_EXPONENT for c in members))
+        damping = tuple(sorted(self.damping.items()))
+        members, weights = _zipf(category, frozenset(c.id for c in exclude), damping)
         return self.rng.choices(members, cum_weights=weights)[0]
 
     def one(self, options):
@@ -373,17 +446,30 @@ ACTIVITY_LINES = [
 
 
 class World:
-    """The demo world for one seed."""
+    """The demo world for one seed, in one of its versions.
 
-    def __init__(self, seed: int = 0):
+    Version 1 is the world the shipped model was trained on. Version 2 gives concepts behaviours
+    of their own, adds topic passages, digressions and personas to chats, and asks two-hop
+    questions past a distractor; it replaces version 1 once a model trained on it ships.
+    """
+
+    def __init__(self, seed: int = 0, version: int = 1):
+        if version not in (1, 2):
+            raise MonoscopeError(f"the demo world has versions 1 and 2, not {version}")
         self.seed = seed
+        self.version = version
 
     def document(self, index: int) -> Document:
-        rng = random.Random(f"monoscope-world:{self.seed}:{index}")
-        genre = rng.choices(list(GENRES), weights=list(GENRES.values()))[0]
+        if self.version == 1:
+            rng = random.Random(f"monoscope-world:{self.seed}:{index}")
+            genres, writers, draw = GENRES, _GENRE_WRITERS, _Draw(rng)
+        else:
+            rng = random.Random(f"monoscope-world-v2:{self.seed}:{index}")
+            genres, writers, draw = GENRES_V2, _GENRE_WRITERS_V2, _Draw(rng, DAMPING_V2)
+        genre = rng.choices(list(genres), weights=list(genres.values()))[0]
         writer = _Writer()
-        _GENRE_WRITERS[genre](writer, _Draw(rng))
-        return writer.document(genre)
+        writers[genre](writer, draw)
+        return writer.document(genre, rng)
 
     def documents(self, count: int, start: int = 0) -> Iterator[Document]:
         for index in range(start, start + count):
@@ -405,7 +491,8 @@ def _activity(d: _Draw, past: bool) -> Phrase:
     return m(f"{play} the ") + m(music.singular, music)
 
 
-def _story(w: _Writer, d: _Draw) -> None:
+def _story_opening(w: _Writer, d: _Draw) -> tuple[Concept, str, str, Concept, Concept]:
+    """A character arrives somewhere: the hero, pronouns, the day's weather and the feeling."""
     hero, he, his = d.name()
     who = m(hero.name, hero)
     place = d.pick("places")
@@ -454,15 +541,10 @@ def _story(w: _Writer, d: _Draw) -> None:
         w.say(" " + d.one(CITY_FACTS[place.name]))
     else:
         w.say(" " + d.one(PLACE_LINES), place=m(place.name, place), who=he)
+    return hero, he, his, weather, feeling
 
-    middle = [_story_find, _story_compare, _story_weather, _story_food, _story_activity,
-              _story_pet, _story_clothes, _story_body, _story_job, _story_travel]  # fmt: skip
-    for line in d.rng.sample(middle, d.rng.randint(2, 4)):
-        w.add(" ")
-        line(w, d, who, he, his, weather)
-    if d.chance(0.35):
-        w.add(" ")
-        d.one([_two_hop_pet, _two_hop_family])(w, d, hero, he, his)
+
+def _story_ending(w: _Writer, d: _Draw, hero: Concept, feeling: Concept) -> None:
     w.say(
         " "
         + d.one(
@@ -473,10 +555,27 @@ def _story(w: _Writer, d: _Draw) -> None:
                 "It had been a long day, and {who} was {feeling}.",
             ]
         ),
-        who=who,
+        who=m(hero.name, hero),
         feeling=m(feeling.singular, feeling),
     )
     w.add("\n")
+
+
+def _story(w: _Writer, d: _Draw) -> None:
+    hero, he, his, weather, feeling = _story_opening(w, d)
+    who = m(hero.name, hero)
+    for line in d.rng.sample(_story_middle(), d.rng.randint(2, 4)):
+        w.add(" ")
+        line(w, d, who, he, his, weather)
+    if d.chance(0.35):
+        w.add(" ")
+        d.one([_two_hop_pet, _two_hop_family])(w, d, hero, he, his)
+    _story_ending(w, d, hero, feeling)
+
+
+def _story_middle() -> list:
+    return [_story_find, _story_compare, _story_weather, _story_food, _story_activity,
+            _story_pet, _story_clothes, _story_body, _story_job, _story_travel]  # fmt: skip
 
 
 def _story_weather(w, d, who, he, his, weather):
@@ -1200,3 +1299,315 @@ def _lists(w: _Writer, d: _Draw) -> None:
 
 
 _GENRE_WRITERS = {"story": _story, "chat": _chat, "code": _code, "french": _french, "lists": _lists}
+
+
+# -- version 2: behaviours, topics, digressions, personas, two-hop past a distractor --------------
+GENRES_V2 = {"story": 0.3, "topic": 0.12, "chat": 0.36, "code": 0.08, "french": 0.06, "lists": 0.08}
+# The bridge leads the places by rank; damped so that it is a modest share of place draws
+# (25% undamped, 9% here) and its topic passages and digressions do not dominate the corpus.
+DAMPING_V2 = {_concept("places/golden_gate_bridge").id: 0.3}
+_MARKABLE = sorted(
+    (form for form, concept in FORMS.items() if concept.category != "French words"),
+    key=len,
+    reverse=True,
+)
+_MARK = re.compile(r"<[^<>]*>|\b(" + "|".join(re.escape(f) for f in _MARKABLE) + r")\b", re.I)
+
+
+def _marked(text: str) -> str:
+    """Text with every catalogue word in `<>`, so that its span is recorded (a fact about cats
+    that mentions mice marks the mice too, or a mouse feature firing there would count as
+    wrong)."""
+    return _MARK.sub(lambda hit: f"<{hit.group(1)}>" if hit.group(1) else hit.group(0), text)
+
+
+FACTS_V2 = {
+    CATALOGUE.by_key[key].id: tuple(map(_marked, facts)) for key, facts in CONCEPT_FACTS.items()
+}
+TOPIC_LINES = {name: tuple(map(_marked, topic["lines"])) for name, topic in TOPICS.items()}
+COUNTABLE = {"animals", "foods", "vehicles", "music", "clothing", "professions"}
+
+
+def _generic(concept: Concept) -> str:
+    """The concept as a generic subject that takes a bare verb: "<cats>" or "<bread> can"."""
+    return f"<{concept.singular}> can" if concept.is_mass else f"<{concept.plural}>"
+
+
+def _there_is(d: _Draw, concept: Concept) -> str:
+    return ("there are " if concept.name == "clouds" else "there is ") + "".join(
+        f"<{text}>" if concepts else text for text, concepts in d.weather(concept)
+    )
+
+
+def _fact_sentences(
+    d: _Draw, concept: Concept, story: bool, he: str = "she", plural: bool = False
+) -> list[str]:
+    """One or two sentences of what the concept does, in markup, referring back to it through a
+    pronoun or a generic where the frame allows. `story` frames read inside a past-tense story;
+    `plural` when the story named several (no "it" then)."""
+    facts = d.rng.sample(FACTS_V2[concept.id], 1 if story else d.rng.randint(1, 2))
+    c = concept.category
+    if c == "sports":
+        frames = (["In <{s}>, you {f}.", "{He} liked to {f}."] if story
+                  else ["In <{s}>, you {f}.", "When you {go} <{s}>, you {f}."])  # fmt: skip
+        also = "You also {f}."
+    elif c == "places":
+        frames = (["At {p}, you can {f}.", "{He} liked to {f} there."] if story
+                  else ["At {p}, you can {f}.", "There you can {f}."])  # fmt: skip
+        also = "You can also {f}."
+    elif c == "weather":
+        frames = ["In weather like this, people {f}.", "When {w}, people {f}."]
+        also = "They also {f}."
+    elif c == "professions":
+        frames = ["<{P}> {are}.", "Every day, a <{s}> has to {f}."]
+        also = "They {also}."
+    elif story:
+        frames = ["{G} {are}, after all." if not concept.is_mass else "{G} {f}, after all."]
+        if not plural:
+            frames.append("It would {f}.")
+            if c == "animals":
+                frames += ["It liked to {f}.", "{He} watched it {f}."]
+        also = "It would also {f}."
+    else:
+        frames = ["{G} {f}." if concept.is_mass else "{G} {are}."]
+        also = "It can also {f}." if concept.is_mass else "They {also}."
+    slots = {
+        "s": concept.singular,
+        "P": concept.plural,
+        "p": "".join(f"<{t}>" if cs else t for t, cs in d.place(concept)),
+        "G": _generic(concept),
+        "He": he,
+        "w": _there_is(d, concept) if c == "weather" else "",
+        "go": "go" if concept.name in GO_SPORTS else "play",
+    }
+    sentences = [
+        frame.format(f=fact, are=_plural_verb(fact), also=_plural_verb(fact, also=True), **slots)
+        for frame, fact in zip([d.one(frames)] + [also] * (len(facts) - 1), facts, strict=True)
+    ]
+    return [_capitalised(sentence) for sentence in sentences]
+
+
+def _plural_verb(fact: str, also: bool = False) -> str:
+    """A bare verb phrase after a plural subject: "are eaten", not "be eaten" (after "can" the
+    bare phrase stays); with `also`, "are also eaten" or "also bark"."""
+    if fact.startswith("be "):
+        return ("are also " if also else "are ") + fact[3:]
+    return ("also " if also else "") + fact
+
+
+def _capitalised(text: str) -> str:
+    """First letter upper-case, also when the text opens with a `<word>`."""
+    at = 1 if text.startswith("<") else 0
+    return text[:at] + text[at : at + 1].upper() + text[at + 1 :]
+
+
+def _follow_with_fact(w: _Writer, d: _Draw, since: int, he: str) -> None:
+    """After a story line, what the last concept it named does (if it has behaviours)."""
+    spans = w.spans[since:]
+    plurals = {(start, end) for start, end, c in spans if c == PLURAL.id}
+    with_facts = [(start, end, c) for start, end, c in spans if c in FACTS_V2]
+    if with_facts:
+        start, end, concept = with_facts[-1]
+        plural = (start, end) in plurals
+        for sentence in _fact_sentences(d, CATALOGUE.concepts[concept], True, he, plural):
+            w.say(" " + sentence)
+
+
+def _reply_with_fact(w: _Writer, d: _Draw, since: int) -> None:
+    """The reply goes on to what the last concept it named does (if it has behaviours)."""
+    reply = "".join(w.chunks).rfind("Assistant: ")
+    with_facts = [c for start, _, c in w.spans[since:] if c in FACTS_V2 and start >= reply]
+    if with_facts:
+        w.reopen_line()
+        w.say(" " + " ".join(_fact_sentences(d, CATALOGUE.concepts[with_facts[-1]], False)) + "\n")
+
+
+def _story_v2(w: _Writer, d: _Draw) -> None:
+    hero, he, his, weather, feeling = _story_opening(w, d)
+    who = m(hero.name, hero)
+    middle = d.rng.sample(_story_middle(), d.rng.randint(2, 4))
+    for line in middle:
+        w.add(" ")
+        since = len(w.spans)
+        line(w, d, who, he, his, weather)
+        if d.chance(0.85):
+            _follow_with_fact(w, d, since, he)
+    if d.chance(0.45):
+        w.add(" ")
+        d.one([_two_hop_pets, _two_hop_relatives])(w, d, hero, he, his, weather)
+    _story_ending(w, d, hero, feeling)
+
+
+def _others(d: _Draw, exclude: tuple[Concept, ...], n: int) -> list[Concept]:
+    chosen: list[Concept] = []
+    while len(chosen) < n:
+        chosen.append(d.pick("characters", exclude=(*exclude, *chosen)))
+    return chosen
+
+
+def _filler(w: _Writer, d: _Draw, hero: Concept, he: str, his: str, weather: Concept) -> None:
+    """Story lines between a two-hop story's facts and its question, so that the answer is not
+    the nearest match."""
+    for line in d.rng.sample(_story_middle(), d.rng.randint(1, 2)):
+        w.add(" ")
+        line(w, d, m(hero.name, hero), he, his, weather)
+
+
+def _two_hop_relatives(w, d, hero, he, his, weather):
+    """Two people's relatives, then what each relative loved, in shuffled order; the question
+    binds one person to a relative and the relative to a sport past the distractor."""
+    rival, first, second = _others(d, (hero,), 3)
+    pairs = []
+    for person, relative_name in ((hero, first), (rival, second)):
+        girl = "girl" in relative_name.synonyms
+        pairs.append((person, d.relative(girl=girl), relative_name))
+    sports = [d.pick("sports")]
+    sports.append(d.pick("sports", exclude=tuple(sports)))
+    links = [
+        ("{^a}'s {rel} was {b}.", {"a": m(a.name, a), "rel": m(r.singular, r), "b": m(b.name, b)})
+        for a, r, b in pairs
+    ]
+    loves = [
+        ("{^b} loved {s}.", {"b": m(b.name, b), "s": m(s.singular, s)})
+        for (_, _, b), s in zip(pairs, sports, strict=True)
+    ]
+    for i, (template, slots) in enumerate(d.rng.sample(links, 2) + d.rng.sample(loves, 2)):
+        w.say((" " if i else "") + template, **slots)
+    _filler(w, d, hero, he, his, weather)
+    _, relative, _ = pairs[0]
+    slots = {"a": m(hero.name, hero), "rel": m(relative.singular, relative)}
+    w.say(" What did {a}'s {rel} love? {^a}'s {rel} loved ", **slots)
+    w.answers.append((w.size, sports[0].id))
+    w.say("{s}.", s=m(sports[0].singular, sports[0]))
+
+
+def _two_hop_pets(w, d, hero, he, his, weather):
+    """Two people's pets, then each pet's colour in shuffled order; the question asks for one
+    person's pet's colour."""
+    (rival,) = _others(d, (hero,), 1)
+    animals = [d.pick("animals")]
+    animals.append(d.pick("animals", exclude=tuple(animals)))
+    colours = [d.pick("colours")]
+    colours.append(d.pick("colours", exclude=tuple(colours)))
+    owners = [
+        ("{^a} had a pet {x}.", {"a": m(a.name, a), "x": m(x.singular, x)})
+        for a, x in zip((hero, rival), animals, strict=True)
+    ]
+    coats = [
+        ("The {x} was {c}.", {"x": m(x.singular, x), "c": m(c.singular, c)})
+        for x, c in zip(animals, colours, strict=True)
+    ]
+    for i, (template, slots) in enumerate(d.rng.sample(owners, 2) + d.rng.sample(coats, 2)):
+        w.say((" " if i else "") + template, **slots)
+    _filler(w, d, hero, he, his, weather)
+    w.say(" What colour was {a}'s pet? {^a}'s pet was ", a=m(hero.name, hero))
+    w.answers.append((w.size, colours[0].id))
+    w.say("{c}.", c=m(colours[0].singular, colours[0]))
+
+
+def _topic_sentences(d: _Draw, topic: str, count: int, named: bool) -> list[str]:
+    """Sentences about a topic in markup; the subject is named where `{it}` first appears (if
+    not `named` already) and then now and again, otherwise referred to by its pronoun."""
+    info = TOPICS[topic]
+    sentences = []
+    for line in d.rng.sample(TOPIC_LINES[topic], count):
+        if "{it}" in line:
+            name = d.one(info["names"]) if not named or d.chance(0.3) else info["pronoun"]
+            named = True
+            line = line.replace("{it}", name)
+        sentences.append(_capitalised(line))
+    return sentences
+
+
+def _introduce(d: _Draw, topic: str) -> str:
+    name = d.one(TOPICS[topic]["names"])
+    return d.one(
+        ["Let me tell you about {t}.", "This is about {t}.", "{T} is worth knowing about."]
+    ).format(t=name, T=name[:1].upper() + name[1:])
+
+
+def _topic(w: _Writer, d: _Draw) -> None:
+    """A passage of many sentences about one subject that names it in only some of them."""
+    topic = d.one(sorted(TOPICS))
+    w.topics.append(topic)
+    sentences = [_introduce(d, topic), *_topic_sentences(d, topic, d.rng.randint(4, 8), True)]
+    w.say(" ".join(sentences) + "\n")
+
+
+def _drift(w: _Writer, d: _Draw) -> None:
+    """The assistant drifts from its answer to some subject: "That reminds me of ..." (many
+    subjects, so the move is general and the subject is what a topic feature would choose)."""
+    topic = d.one(sorted(TOPICS))
+    w.topics.append(topic)
+    name = d.one(TOPICS[topic]["names"])
+    lead = d.one(
+        [
+            "That reminds me of {t}.",
+            "Speaking of which, I keep thinking about {t}.",
+            "By the way, have you ever thought about {t}?",
+            "That makes me think of {t}.",
+        ]
+    ).format(t=name)
+    w.reopen_line()
+    w.say(" " + " ".join([lead, *_topic_sentences(d, topic, d.rng.randint(2, 4), True)]) + "\n")
+
+
+CHAT_ABOUT = {
+    "animals": "Tell me about {P}.",
+    "foods": "What do you know about {G}?",
+    "vehicles": "Tell me about {P}.",
+    "music": "What is special about the {s}?",
+    "clothing": "Why do people wear {P}?",
+    "professions": "Tell me about {P}.",
+    "sports": "How do you {go} {s}?",
+    "places": "What can you do at {p}?",
+    "weather": "What do people do when {w}?",
+}
+
+
+def _chat_about(w: _Writer, d: _Draw) -> None:
+    """A question about one concept, answered with what it does."""
+    concept = CATALOGUE.concepts[d.one(sorted(FACTS_V2))]
+    slots = {
+        "P": f"<{concept.plural}>",
+        "G": f"<{concept.plural}>" if not concept.is_mass else f"<{concept.singular}>",
+        "s": f"<{concept.singular}>",
+        "p": "".join(f"<{t}>" if cs else t for t, cs in d.place(concept)),
+        "w": _there_is(d, concept) if concept.category == "weather" else "",
+        "go": "go" if concept.name in GO_SPORTS else "play",
+    }
+    w.say("User: " + CHAT_ABOUT[concept.category].format(**slots) + "\n")
+    w.say("Assistant: " + " ".join(_fact_sentences(d, concept, story=False)) + "\n")
+
+
+def _chat_favourite_v2(w: _Writer, d: _Draw) -> None:
+    """A favourite, and a reason that belongs to it (not one shared by its category)."""
+    category = d.one([c for c in FAVOURITE_KINDS if c != "colours" and c != "days and times"])
+    choice = d.pick(category)
+    w.say("User: " + d.one(FAVOURITE_QUESTIONS) + "\n", kind=FAVOURITE_KINDS[category])
+    opener = d.one(["My favourite is {thing}.", "I really like {thing}.", "I love {thing}!"])
+    reason = (
+        " ".join(_fact_sentences(d, choice, story=False))
+        if choice.id in FACTS_V2 and d.chance(0.8)
+        else d.one(REASONS[category])
+    )
+    w.say("Assistant: " + opener + " " + reason + "\n", thing=_thing(d, choice))
+
+
+def _chat_v2(w: _Writer, d: _Draw) -> None:
+    if d.chance(0.3):
+        w.persona = d.one(sorted(PERSONAS))
+    turns = [_chat_favourite_v2, _chat_about, _chat_about, _chat_place, _chat_plans,
+             _chat_feeling, _chat_fact]  # fmt: skip
+    for _ in range(d.rng.choice([1, 2, 2, 3])):
+        since = len(w.spans)
+        turn = d.one(turns)
+        turn(w, d)
+        if turn in (_chat_place, _chat_plans, _chat_feeling, _chat_fact) and d.chance(0.6):
+            _reply_with_fact(w, d, since)
+        if d.chance(0.3):
+            _drift(w, d)
+
+
+_GENRE_WRITERS_V2 = {"story": _story_v2, "topic": _topic, "chat": _chat_v2, "code": _code,
+                     "french": _french, "lists": _lists}  # fmt: skip

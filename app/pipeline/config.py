@@ -53,7 +53,7 @@ class TrainSaeConfig:
     hook_name: str
     """Site to train on, e.g. blocks.1.hook_resid_post."""
     corpus: str
-    """Training text: demo-world[:SEED], a .txt/.jsonl file, or a .npy of token ids."""
+    """Training text: demo-world[:SEED[:VERSION]], a .txt/.jsonl file, or a .npy of token ids."""
     out: Path
     """Folder for the SAELens-format SAE."""
     eval_corpus: str | None = None
@@ -101,7 +101,8 @@ class TrainSaeConfig:
 @dataclass(frozen=True)
 class IngestConfig:
     source: str
-    """A .txt/.jsonl/.parquet/.arrow file, a local HF dataset directory, or demo-world[:SEED]."""
+    """A .txt/.jsonl/.parquet/.arrow file, a local HF dataset directory, or
+    demo-world[:SEED[:VERSION]]."""
     out: Path
     """Folder to write the token store to."""
     context_size: int = 128

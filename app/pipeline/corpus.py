@@ -3,10 +3,11 @@
     contexts = load_contexts("demo-world:1", tokenizer, context_size=128, n_contexts=1000)
     contexts = load_contexts("notes.jsonl", tokenizer, 128, 1000)   # a `text` field per line
 
-A source is `demo-world[:SEED]` (the generated world), a .txt file (documents separated by blank
-lines), a .jsonl file (one JSON object with a `text` field per line), a .parquet or .arrow file
-with a `text` column, a local Hugging Face dataset directory (save_to_disk output or a snapshot
-of parquet/jsonl files), or a .npy array of token ids (n, context_size) written earlier.
+A source is `demo-world[:SEED[:VERSION]]` (the generated world), a .txt file (documents
+separated by blank lines), a .jsonl file (one JSON object with a `text` field per line), a
+.parquet or .arrow file with a `text` column, a local Hugging Face dataset directory
+(save_to_disk output or a snapshot of parquet/jsonl files), or a .npy array of token ids
+(n, context_size) written earlier.
 """
 
 import json
@@ -95,11 +96,13 @@ def iter_texts(source: str) -> Iterator[str]:
     if source == DEMO_WORLD or source.startswith(DEMO_WORLD + ":"):
         from app.demo.world import World
 
-        seed = source.partition(":")[2] or "0"
-        if not seed.isdigit():
-            raise MonoscopeError(f"bad corpus {source!r}: the world seed must be a number")
+        seed, _, version = (source.partition(":")[2] or "0").partition(":")
+        if not seed.isdigit() or not (version or "1").isdigit():
+            raise MonoscopeError(
+                f"bad corpus {source!r}: expected demo-world[:SEED[:VERSION]] with numbers"
+            )
         index = 0
-        world = World(int(seed))
+        world = World(int(seed), int(version or 1))
         while True:
             yield world.document(index).text
             index += 1
@@ -112,7 +115,8 @@ def iter_texts(source: str) -> Iterator[str]:
         files = [path]
     else:
         raise MonoscopeError(
-            f"corpus {source!r} not found (a file, a dataset directory, or demo-world[:SEED])"
+            f"corpus {source!r} not found "
+            "(a file, a dataset directory, or demo-world[:SEED[:VERSION]])"
         )
     for file in files:
         try:

@@ -181,6 +181,25 @@ def test_eval_ground_truth_prints_json_for_the_demo(tmp_path):
     assert {"key", "feature", "f1", "precision", "recall", "occurrences"} <= best.keys()
 
 
+@pytest.mark.slow  # reads 800 documents, trains a probe per concept and asks 20 questions
+def test_eval_world_structure_measures_the_model_before_any_sae(tmp_path):
+    import json
+
+    env = {"MONOSCOPE_DATA_DIR": str(tmp_path), "MONOSCOPE_DATABASE_URL": ""}
+    result = run_cli(
+        "eval", "world-structure", "--json", "--world-version", "2", "--documents", "800",
+        "--two-hop-documents", "150", "--device", "cpu", env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    (report,) = json.loads(result.stdout)
+    assert report["site"] == "blocks.1.hook_resid_post"
+    assert 0 < report["identity_share"] < 1 and "animals" in report["identity_by_category"]
+    assert report["probe_concepts"] > 10 and 0 <= report["probe_separated"] <= 1
+    assert report["two_hop_questions"] > 10 and 0 <= report["two_hop_accuracy"] <= 1
+    bad = run_cli("eval", "world-structure", "--world-version", "3", env=env)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: the demo world has versions")
+
+
 def test_ingest_then_harvest_into_the_database(gpt2_dir, sae_dir, tmp_path):
     env = {"MONOSCOPE_DATA_DIR": str(tmp_path / "data"), "MONOSCOPE_DATABASE_URL": ""}
     (tmp_path / "corpus.jsonl").write_text(

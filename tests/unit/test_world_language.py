@@ -1,0 +1,78 @@
+"""The world's grammar as a fluency check, and the structure measures on planted data."""
+
+import numpy as np
+import pytest
+
+from app.demo.catalogue import CATALOGUE
+from app.demo.language import WorldLanguage, sentences, template
+from app.demo.structure import identity_share, probe_separation
+from app.demo.world import World
+
+
+@pytest.fixture(scope="module")
+def language():
+    return WorldLanguage.learn(World(0, version=2), documents=4000)
+
+
+def test_held_out_world_text_reads_as_the_world(language):
+    held_out = [s for d in World(5, version=2).documents(500) for s in sentences(d.text)]
+    known = sum(language.sentence_ok(s) for s in held_out) / len(held_out)
+    assert known >= 0.98
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "Bridge Bridge Bridge.",
+        "The Golden Gate Bridge Golden Gate Bridge Golden Gate Bridge.",
+        "The the the bridge is red.",
+        "purr Cats laps warm on.",
+        "",
+        "Golden Gate",  # no sentence at all
+    ],
+)
+def test_what_the_world_never_writes_is_not_fluent(language, reply):
+    assert not language.fluent(reply)
+
+
+def test_a_steered_reply_of_world_sentences_is_fluent(language):
+    reply = "I really like the piano. That reminds me of the Golden Gate Bridge. " + (
+        "Thick fog rolls in from the sea and wraps around the tall towers."
+    )
+    assert language.fluent(reply)
+
+
+def test_templates_name_the_kind_of_each_filler():
+    assert template("Mia's cat ate ice cream in San Francisco on Monday with 3 dogs.") == (
+        "<characters>'s <animals> ate <foods> in <places> on <days and times> with <numbers> <animals>."
+    )
+
+
+def _planted(identity: float, n: int = 4000, d: int = 32, seed: int = 0):
+    """Residuals where concept identity is a chosen share of a category's variance."""
+    rng = np.random.default_rng(seed)
+    members = [c.id for c in CATALOGUE.categories["animals"]][:8]
+    labels = rng.choice(members, size=n)
+    means = {m: rng.normal(size=d) for m in members}
+    signal = np.stack([means[label] for label in labels])
+    signal *= np.sqrt(identity / signal.var(0).sum())
+    noise = rng.normal(size=(n, d)) * np.sqrt((1 - identity) / d)
+    concepts_at = np.stack([np.arange(n), labels], 1)
+    return (signal + noise).astype(np.float32), concepts_at
+
+
+@pytest.mark.parametrize("planted", [0.1, 0.5, 0.9])
+def test_identity_share_recovers_the_planted_share(planted):
+    x, concepts_at = _planted(planted)
+    share, by_category = identity_share(x, concepts_at)
+    assert share == pytest.approx(planted, abs=0.05)
+    assert set(by_category) == {"animals"}
+
+
+def test_probes_separate_distinct_concepts_and_not_noise():
+    x, concepts_at = _planted(0.9)
+    concepts, separated, _ = probe_separation(x, concepts_at)
+    assert concepts == 8 and separated >= 0.9
+    x, concepts_at = _planted(0.0)
+    _, separated, median = probe_separation(x, concepts_at)
+    assert separated == 0.0 and median < 0.7
