@@ -2,7 +2,7 @@
 
     stats = FeatureStatistics(d_sae, histogram_edges(first_batch_max))
     for acts in batches:                                      # (batch, pos, d_sae)
-        sparse = sparsify(acts, skip_first=True)              # BOS excluded
+        sparse = sparsify(acts, counted)    # counted: (batch, pos) bool, BOS and left context off
         stats.update(sparse)
         rows, features, values = context_maxima(sparse, d_sae, first_row)   # kept on disk
     picked = select_examples(rows, features, values, d_sae, n_top=32, n_intervals=5, per_interval=5)
@@ -37,20 +37,21 @@ class SparseActivations:
     """The non-zero entries of a batch of feature activations (batch, pos, d_sae)."""
 
     context: torch.Tensor  # (n,) int64: row within the batch
-    position: torch.Tensor  # (n,) int64: token position, counted after any skipped first token
+    position: torch.Tensor  # (n,) int64: token position in the context
     feature: torch.Tensor  # (n,) int64
     value: torch.Tensor  # (n,) float32
     batch: int
-    tokens: int  # tokens that count (BOS excluded)
+    tokens: int  # tokens that count (neither BOS nor left context)
 
 
-def sparsify(acts: torch.Tensor, skip_first: bool) -> SparseActivations:
+def sparsify(acts: torch.Tensor, counted: torch.Tensor) -> SparseActivations:
     """One scan of the dense activations; everything else works on the non-zeros.
 
-    skip_first drops position 0 (the BOS token, whose residual is an outlier)."""
-    if skip_first:
-        acts = acts[:, 1:]
+    `counted` (batch, pos) bool says which positions count: not the BOS token (whose residual
+    is an outlier) nor left context that an earlier context counted already."""
     context, position, feature = acts.nonzero(as_tuple=True)
+    keep = counted.to(acts.device)[context, position]  # filtered sparse: cheaper than masking
+    context, position, feature = context[keep], position[keep], feature[keep]
     value = acts[context, position, feature].float()
     return SparseActivations(
         context.cpu(),
@@ -58,7 +59,7 @@ def sparsify(acts: torch.Tensor, skip_first: bool) -> SparseActivations:
         feature.cpu(),
         value.cpu(),
         batch=acts.shape[0],
-        tokens=acts.shape[0] * acts.shape[1],
+        tokens=int(counted.sum()),
     )
 
 

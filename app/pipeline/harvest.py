@@ -164,7 +164,6 @@ class HarvestJob:
         work.mkdir(parents=True, exist_ok=True)
         checkpoint = work / "checkpoint.pt"
         n_batches = math.ceil(n_contexts / c.batch_size)
-        skip_first = corpus.meta["bos"] is not None
         edges = torch.zeros(65, dtype=torch.float64)
         stats: FeatureStatistics | None = None
         done = 0
@@ -194,12 +193,11 @@ class HarvestJob:
         shard_start = done
         for batch in range(done, n_batches):
             first = batch * c.batch_size
-            ids = torch.from_numpy(
-                np.asarray(corpus.ids[first : min(first + c.batch_size, n_contexts)], np.int64)
-            )
+            last = min(first + c.batch_size, n_contexts)
+            ids = torch.from_numpy(np.asarray(corpus.ids[first:last], np.int64))
             x = model.capture(ids, [sae.hook_name])[model.site(sae.hook_name).name]
             acts = sae.encode(x)
-            sparse = sparsify(acts, skip_first=skip_first)
+            sparse = sparsify(acts, torch.from_numpy(corpus.counted_mask(first, last)))
             if stats is None:
                 peak = float(sparse.value.max()) if len(sparse.value) else 1.0
                 edges = torch.from_numpy(histogram_edges(peak))
@@ -212,7 +210,7 @@ class HarvestJob:
                     "features": features,
                     "values": values,
                     "token_rows": (sparse.context + first).numpy().astype(np.int64),
-                    "token_positions": (sparse.position + skip_first).numpy().astype(np.int16),
+                    "token_positions": sparse.position.numpy().astype(np.int16),
                     "token_features": sparse.feature.numpy().astype(np.int32),
                     "token_values": sparse.value.numpy().astype(np.float16),
                 }

@@ -72,14 +72,15 @@ def _brute_force(gpt2, sae_dir, corpus):
     sae = gpt2.attach(load_sae(str(sae_dir)))
     ids = torch.from_numpy(np.asarray(corpus.ids[: TOKENS // CONTEXT], np.int64))
     x = gpt2.capture(ids, [sae.hook_name])[sae.hook_name]
-    acts = sae.encode(x)[:, 1:]  # BOS excluded
-    return acts
+    counted = torch.from_numpy(corpus.counted_mask(0, len(ids)))
+    return sae.encode(x) * counted[..., None], counted  # BOS and left context count nowhere
 
 
 def test_harvest_matches_brute_force(engine, gpt2, corpus, sae_dir, tmp_path):
     result = _run(engine, gpt2, _config(corpus, sae_dir, tmp_path))
-    acts = _brute_force(gpt2, sae_dir, corpus)
-    flat = acts.reshape(-1, acts.shape[-1])
+    acts, counted = _brute_force(gpt2, sae_dir, corpus)
+    assert (corpus.counted_from[: len(acts)] > 1).any()  # left context is re-read: tested
+    flat = acts[counted]
     assert result.tokens == flat.shape[0]
     with session_scope(engine) as session:
         for index in range(64):
@@ -98,7 +99,7 @@ def test_harvest_matches_brute_force(engine, gpt2, corpus, sae_dir, tmp_path):
             for example in detail.examples:
                 row = example.context_row
                 assert np.array_equal(example.token_ids, corpus.ids[row])
-                truth = torch.cat([torch.zeros(1), acts[row, :, index]]).numpy()
+                truth = acts[row, :, index].numpy()
                 np.testing.assert_allclose(example.activations, truth, rtol=1e-3, atol=1e-3)
                 assert example.max_act == pytest.approx(float(truth.max()), rel=1e-5)
             quantiles = detail.of_kind("quantile")

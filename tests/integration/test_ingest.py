@@ -45,7 +45,7 @@ def _write(kind: str, folder):
 
 
 @pytest.mark.parametrize("kind", ["jsonl", "parquet", "hf-dataset"])
-def test_formats_pack_the_same_stream_with_bos_and_document_starts(tokenizer, tmp_path, kind):
+def test_formats_pack_the_same_aligned_contexts_with_document_starts(tokenizer, tmp_path, kind):
     store = IngestJob(
         IngestConfig(
             str(_write(kind, tmp_path)), tmp_path / "store", context_size=16, progress=False
@@ -54,17 +54,25 @@ def test_formats_pack_the_same_stream_with_bos_and_document_starts(tokenizer, tm
     ).run()
     stream = _expected_stream(tokenizer)
     body = 15
-    assert store.ids.shape == (len(stream) // body, 16)
     assert (store.ids[:, 0] == tokenizer.bos_token_id).all()
-    assert np.array_equal(store.ids[:, 1:].ravel(), stream[: store.ids.shape[0] * body])
-    # every document start points at its separator, and tokens map back to their document
     starts = store.document_starts
     assert all(stream[s] == tokenizer.eos_token_id for s in starts)
+    counted = []
+    for row, offset, first in zip(store.ids, store.offsets, store.counted_from, strict=True):
+        assert np.array_equal(row[1:], stream[offset : offset + body])
+        # a context opens at a document's first token, or re-reads the cut one as left context
+        assert (first == 1 and offset - 1 in set(starts)) or first > 1
+        counted += range(offset + first - 1, offset + body)
+    assert counted == sorted(set(counted))  # no token counted twice
+    assert len(counted) >= 0.6 * len(stream)
+    assert store.counted_mask(0, 2).shape == (2, 16) and not store.counted_mask(0, 2)[:, 0].any()
+    # tokens map back to their document
     second = int(starts[1])
-    assert store.document_at(second // body, second % body + 1) == 1
-    assert store.document_at(0, 0) == 0
+    context = next(i for i, o in enumerate(store.offsets) if o == second + 1)
+    assert store.document_at(context, 1) == 1 and store.document_at(0, 0) == 0
     reopened = TokenStore.open(tmp_path / "store")
     assert reopened.fingerprint == store.fingerprint and reopened.meta["documents"] == len(starts)
+    assert np.array_equal(reopened.offsets, store.offsets)
 
 
 def test_token_cap_and_whole_contexts(tokenizer, tmp_path):

@@ -21,13 +21,24 @@ def _sparse_acts(batch=6, pos=9, d_sae=40, density=0.15, seed=0) -> torch.Tensor
     return values * (torch.rand(batch, pos, d_sae, generator=g) < density)
 
 
-def test_statistics_match_a_dense_reference_and_skip_bos():
+def _counted(acts: torch.Tensor, left: tuple[int, ...] = ()) -> torch.Tensor:
+    """BOS off everywhere; in context i, also the first left[i] positions after it."""
+    counted = torch.ones(acts.shape[:2], dtype=torch.bool)
+    counted[:, 0] = False
+    for i, n in enumerate(left):
+        counted[i, 1 : 1 + n] = False
+    return counted
+
+
+def test_statistics_match_a_dense_reference_and_skip_bos_and_left_context():
     acts = _sparse_acts()
     acts[:, 0] = 100.0  # BOS: must not count anywhere
+    acts[1, 1:4] = 50.0  # left context of context 1: shown to the model, counted before
+    counted = _counted(acts, left=(0, 3))
     stats = FeatureStatistics(acts.shape[-1], histogram_edges(5.0))
-    for half in (acts[:3], acts[3:]):
-        stats.update(sparsify(half, skip_first=True))
-    body = acts[:, 1:].reshape(-1, acts.shape[-1])
+    for half in (slice(0, 3), slice(3, 6)):
+        stats.update(sparsify(acts[half], counted[half]))
+    body = acts[counted]
     assert int(stats.tokens) == body.shape[0]
     assert torch.equal(stats.counts, (body > 0).sum(0))
     torch.testing.assert_close(stats.sums, body.double().sum(0))
@@ -41,7 +52,8 @@ def test_statistics_match_a_dense_reference_and_skip_bos():
 
 def test_context_maxima_are_the_positive_per_context_maxima():
     acts = _sparse_acts(seed=1)
-    rows, features, values = context_maxima(sparsify(acts, skip_first=True), acts.shape[-1], 100)
+    sparse = sparsify(acts, _counted(acts))
+    rows, features, values = context_maxima(sparse, acts.shape[-1], 100)
     dense = acts[:, 1:].amax(dim=1)
     expected = dense.nonzero()
     assert np.array_equal(rows, expected[:, 0].numpy() + 100)
