@@ -44,7 +44,8 @@ def test_a_steered_reply_of_world_sentences_is_fluent(language):
 
 def test_templates_name_the_kind_of_each_filler():
     assert template("Mia's cat ate ice cream in San Francisco on Monday with 3 dogs.") == (
-        "<characters>'s <animals> ate <foods> in <places> on <days and times> with <numbers> <animals>."
+        "<characters>'s <animals> ate <foods> in <places> on <days and times> "
+        "with <numbers> <animals>."
     )
 
 
