@@ -114,8 +114,8 @@ def probe_separation(
 
 @torch.inference_mode()
 def two_hop_accuracy(model: LoadedModel, world: World, documents: int) -> tuple[int, float]:
-    """Greedy answers to the two-hop questions in the world's stories, each asked of the story up
-    to the answer (the distractor's fact sits between, in random order)."""
+    """Greedy answers to the world's two-hop questions (in stories and chats), each asked of the
+    document up to the answer (the distractor's facts are shuffled among the asked ones)."""
     tokenizer = model.tokenizer
     asked = correct = 0
     for doc in world.documents(documents):

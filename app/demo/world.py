@@ -164,9 +164,10 @@ class _Writer:
 
     def document(self, genre: str, rng: random.Random) -> Document:
         text = "".join(self.chunks)
-        spans = list(self.spans)
+        spans, answers = list(self.spans), list(self.answers)
         if self.persona:
-            text, spans = _restyle(text, spans, PERSONAS[self.persona], rng)
+            text, spans, moved = _restyle(text, spans, PERSONAS[self.persona], rng)
+            answers = [(moved[offset], concept) for offset, concept in answers]
         if genre != "code":
             for concept, pattern in SYNTAX_PATTERNS:
                 spans += [(hit.start(), hit.end(), concept.id) for hit in pattern.finditer(text)]
@@ -180,15 +181,16 @@ class _Writer:
             genre,
             tuple(dict.fromkeys(self.topics)),
             self.persona,
-            tuple(self.answers),
+            tuple(answers),
         )
 
 
 def _restyle(
     text: str, spans: list[tuple[int, int, int]], persona: dict, rng: random.Random
-) -> tuple[str, list[tuple[int, int, int]]]:
+) -> tuple[str, list[tuple[int, int, int]], dict[int, int]]:
     """Every assistant reply in the persona's style: an opener, a closer, and its substitutions
-    applied to the reply's own words (a concept's span is kept verbatim, its offsets moved)."""
+    applied to the reply's own words (a concept's span is kept verbatim, its offsets moved).
+    Also returns where each span's start moved to, for the offsets kept beside the spans."""
     substitutions = [(re.compile(pattern), new) for pattern, new in persona["substitutions"]]
     replies = [(hit.start(1), hit.end(1)) for hit in re.finditer(r"Assistant: ([^\n]*)", text)]
     starts, ends = {a for a, _ in replies}, {b for _, b in replies}
@@ -217,7 +219,7 @@ def _restyle(
                 piece = pattern.sub(new, piece)
         out.append(piece)
         size += len(piece)
-    return "".join(out), [(start_at[s], end_at[e], c) for s, e, c in spans]
+    return "".join(out), [(start_at[s], end_at[e], c) for s, e, c in spans], start_at
 
 
 @cache
@@ -1432,9 +1434,9 @@ def _story_v2(w: _Writer, d: _Draw) -> None:
         line(w, d, who, he, his, weather)
         if d.chance(0.85):
             _follow_with_fact(w, d, since, he)
-    if d.chance(0.45):
+    if d.chance(0.7):
         w.add(" ")
-        d.one([_two_hop_pets, _two_hop_relatives])(w, d, hero, he, his, weather)
+        _two_hop_story(w, d, hero, he, his, weather)
     _story_ending(w, d, hero, feeling)
 
 
@@ -1445,6 +1447,11 @@ def _others(d: _Draw, exclude: tuple[Concept, ...], n: int) -> list[Concept]:
     return chosen
 
 
+_Puzzle = tuple[str, str, dict, Concept]
+"""A two-hop puzzle whose facts are written: its question, the reply up to the answer, their
+slots, and the answer."""
+
+
 def _filler(w: _Writer, d: _Draw, hero: Concept, he: str, his: str, weather: Concept) -> None:
     """Story lines between a two-hop story's facts and its question, so that the answer is not
     the nearest match."""
@@ -1453,12 +1460,12 @@ def _filler(w: _Writer, d: _Draw, hero: Concept, he: str, his: str, weather: Con
         line(w, d, m(hero.name, hero), he, his, weather)
 
 
-def _two_hop_relatives(w, d, hero, he, his, weather):
+def _relatives_puzzle(w: _Writer, d: _Draw, people: list[Concept]) -> _Puzzle:
     """Two people's relatives, then what each relative loved, in shuffled order; the question
     binds one person to a relative and the relative to a sport past the distractor."""
-    rival, first, second = _others(d, (hero,), 3)
+    relatives = _others(d, tuple(people), 2)
     pairs = []
-    for person, relative_name in ((hero, first), (rival, second)):
+    for person, relative_name in zip(people, relatives, strict=True):
         girl = "girl" in relative_name.synonyms
         pairs.append((person, d.relative(girl=girl), relative_name))
     sports = [d.pick("sports")]
@@ -1468,41 +1475,87 @@ def _two_hop_relatives(w, d, hero, he, his, weather):
         for a, r, b in pairs
     ]
     loves = [
-        ("{^b} loved {s}.", {"b": m(b.name, b), "s": m(s.singular, s)})
+        (
+            _with_fact(d, "{^b} loved {s}.", s, _pronoun(b)),
+            {"b": m(b.name, b), "s": m(s.singular, s)},
+        )
         for (_, _, b), s in zip(pairs, sports, strict=True)
     ]
-    for i, (template, slots) in enumerate(d.rng.sample(links, 2) + d.rng.sample(loves, 2)):
-        w.say((" " if i else "") + template, **slots)
-    _filler(w, d, hero, he, his, weather)
-    _, relative, _ = pairs[0]
-    slots = {"a": m(hero.name, hero), "rel": m(relative.singular, relative)}
-    w.say(" What did {a}'s {rel} love? {^a}'s {rel} loved ", **slots)
-    w.answers.append((w.size, sports[0].id))
-    w.say("{s}.", s=m(sports[0].singular, sports[0]))
+    _state(w, d.rng.sample(links, 2) + d.rng.sample(loves, 2))
+    asked = d.rng.randrange(2)
+    person, relative, _ = pairs[asked]
+    slots = {"a": m(person.name, person), "rel": m(relative.singular, relative)}
+    return "What did {a}'s {rel} love?", "{^a}'s {rel} loved ", slots, sports[asked]
 
 
-def _two_hop_pets(w, d, hero, he, his, weather):
+def _pets_puzzle(w: _Writer, d: _Draw, people: list[Concept]) -> _Puzzle:
     """Two people's pets, then each pet's colour in shuffled order; the question asks for one
     person's pet's colour."""
-    (rival,) = _others(d, (hero,), 1)
     animals = [d.pick("animals")]
     animals.append(d.pick("animals", exclude=tuple(animals)))
     colours = [d.pick("colours")]
     colours.append(d.pick("colours", exclude=tuple(colours)))
     owners = [
         ("{^a} had a pet {x}.", {"a": m(a.name, a), "x": m(x.singular, x)})
-        for a, x in zip((hero, rival), animals, strict=True)
+        for a, x in zip(people, animals, strict=True)
     ]
     coats = [
-        ("The {x} was {c}.", {"x": m(x.singular, x), "c": m(c.singular, c)})
-        for x, c in zip(animals, colours, strict=True)
+        (
+            _with_fact(d, "The {x} was {c}.", x, _pronoun(a)),
+            {"x": m(x.singular, x), "c": m(c.singular, c)},
+        )
+        for a, x, c in zip(people, animals, colours, strict=True)
     ]
-    for i, (template, slots) in enumerate(d.rng.sample(owners, 2) + d.rng.sample(coats, 2)):
+    _state(w, d.rng.sample(owners, 2) + d.rng.sample(coats, 2))
+    asked = d.rng.randrange(2)
+    slots = {"a": m(people[asked].name, people[asked])}
+    return "What colour was {a}'s pet?", "{^a}'s pet was ", slots, colours[asked]
+
+
+def _pronoun(person: Concept) -> str:
+    return "she" if "girl" in person.synonyms else "he"
+
+
+def _with_fact(d: _Draw, template: str, concept: Concept, he: str) -> str:
+    """A puzzle's statement, often followed by what its concept does: puzzles name animals and
+    sports in many documents, and without these the share of documents naming a cat that say
+    what cats do fell to 24% (61% with them)."""
+    if concept.id in FACTS_V2 and d.chance(0.6):
+        return " ".join([template, *_fact_sentences(d, concept, True, he)])
+    return template
+
+
+def _state(w: _Writer, facts: list[tuple[str, dict]]) -> None:
+    for i, (template, slots) in enumerate(facts):
         w.say((" " if i else "") + template, **slots)
+
+
+def _answer(w: _Writer, reply: str, slots: dict, answer: Concept, end: str) -> None:
+    w.say(reply, **slots)
+    w.answers.append((w.size, answer.id))
+    w.say("{s}." + end, s=m(answer.singular, answer))
+
+
+def _two_hop_story(w, d, hero, he, his, weather):
+    """A two-hop puzzle told in the story, story lines, then its question about the hero or the
+    rival."""
+    (rival,) = _others(d, (hero,), 1)
+    question, reply, slots, answer = d.one([_pets_puzzle, _relatives_puzzle])(w, d, [hero, rival])
     _filler(w, d, hero, he, his, weather)
-    w.say(" What colour was {a}'s pet? {^a}'s pet was ", a=m(hero.name, hero))
-    w.answers.append((w.size, colours[0].id))
-    w.say("{c}.", c=m(colours[0].singular, colours[0]))
+    w.say(" " + question + " ", **slots)
+    _answer(w, reply, slots, answer, "")
+
+
+def _chat_puzzle(w: _Writer, d: _Draw) -> None:
+    """A user states a two-hop puzzle and asks it; the assistant answers in the question's words.
+    Chats carry these too because one story question per story was too rare a signal: the
+    9.8M-token model answered 37% of them."""
+    w.add("User: ")
+    question, reply, slots, answer = d.one([_pets_puzzle, _relatives_puzzle])(
+        w, d, _others(d, (), 2)
+    )
+    w.say(" " + question + "\n", **slots)
+    _answer(w, "Assistant: " + reply, slots, answer, "\n")
 
 
 def _topic_sentences(d: _Draw, topic: str, count: int, named: bool) -> list[str]:
@@ -1598,7 +1651,7 @@ def _chat_v2(w: _Writer, d: _Draw) -> None:
     if d.chance(0.3):
         w.persona = d.one(sorted(PERSONAS))
     turns = [_chat_favourite_v2, _chat_about, _chat_about, _chat_place, _chat_plans,
-             _chat_feeling, _chat_fact]  # fmt: skip
+             _chat_feeling, _chat_fact, _chat_puzzle, _chat_puzzle]  # fmt: skip
     for _ in range(d.rng.choice([1, 2, 2, 3])):
         since = len(w.spans)
         turn = d.one(turns)

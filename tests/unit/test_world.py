@@ -164,10 +164,13 @@ def test_personas_style_every_reply_and_only_replies(docs_v2):
 
 
 def test_two_hop_answers_need_the_binding_past_a_distractor(docs_v2):
-    """Each answer is recorded where it is written, and in a good share of stories the fact
-    nearest the question belongs to the distractor, so copying it fails."""
+    """Each answer is recorded where it is written (in persona chats too, whose replies are
+    restyled after writing), and in a good share of puzzles the fact nearest the question
+    belongs to the distractor, so copying it fails."""
     asked = [(d, offset, c) for d in docs_v2 for offset, c in d.answers]
-    assert len(asked) > 300
+    assert len(asked) > 0.3 * len(docs_v2)
+    assert any(d.genre == "story" for d, *_ in asked)
+    assert any(d.genre == "chat" and d.persona for d, *_ in asked)
     nearest_wrong = 0
     for doc, offset, concept in asked:
         word = CATALOGUE[concept].singular
