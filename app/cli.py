@@ -599,6 +599,7 @@ def ground_truth(
     sae: Annotated[str | None, typer.Option("--sae", help="An SAE on that model.")] = None,
     documents: Annotated[int, typer.Option(help="Held-out world documents to read.")] = 10_000,
     seed: Annotated[int | None, typer.Option(help="World seed of the held-out text.")] = None,
+    world_version: Annotated[int, typer.Option(help="Version of the demo world's text.")] = 1,
     min_occurrences: Annotated[
         int, typer.Option(help="Concepts seen fewer times are left out.")
     ] = 20,
@@ -606,8 +607,9 @@ def ground_truth(
     device: DeviceOpt = None,
     database_url: DatabaseOpt = None,
 ) -> None:
-    """How well the SAE's features match the demo world's planted concepts (F1 per concept), and,
-    when the database holds labels for it, how often the best feature's label names the concept."""
+    """How well the SAE's features match the demo world's planted concepts (token and span F1 per
+    concept), topics and personas (document F1), and, when the database holds labels for it, how
+    often the best feature's label names the concept."""
     import json
 
     from app.core.model import load_model
@@ -620,7 +622,8 @@ def ground_truth(
     loaded = load_model(model or DEMO_MODEL, device=device or "auto")
     attached = loaded.attach(load_sae(sae or str(DEMO_SAE)))
     context = min(128, loaded.tokenizer.model_max_length)
-    tokens = pack(World(EVAL_SEED if seed is None else seed), documents, loaded.tokenizer, context)
+    world = World(EVAL_SEED if seed is None else seed, world_version)
+    tokens = pack(world, documents, loaded.tokenizer, context, aligned=True)
     report = evaluate_ground_truth(loaded, attached, tokens, min_occurrences)
     from app.core.workspace import sae_name
     from app.demo.ground_truth import label_accuracy, score_agreement
@@ -650,6 +653,34 @@ def ground_truth(
                 f"{c.f1:.3f}",
                 f"{c.precision:.3f}",
                 f"{c.recall:.3f}",
+            )
+        out.print(table)
+    table = Table(title="best feature and best union of up to three per concept, by span")
+    for column in ("concept", "spans", "features", "F1 single", "F1 union", "precision", "recall"):
+        table.add_column(column, justify="left" if column == "concept" else "right")
+    for m in report.spans:
+        table.add_row(
+            m.key,
+            str(m.spans),
+            " ".join(map(str, m.features)),
+            f"{m.f1_single:.3f}",
+            f"{m.f1_union:.3f}",
+            f"{m.precision:.3f}",
+            f"{m.recall:.3f}",
+        )
+    out.print(table)
+    if report.documents:
+        table = Table(title="best feature per topic and persona, by document")
+        for column in ("label", "documents", "feature", "F1", "precision", "recall"):
+            table.add_column(column, justify="left" if column == "label" else "right")
+        for d in report.documents:
+            table.add_row(
+                d.label,
+                str(d.documents),
+                str(d.feature),
+                f"{d.f1:.3f}",
+                f"{d.precision:.3f}",
+                f"{d.recall:.3f}",
             )
         out.print(table)
     if accuracy is not None:

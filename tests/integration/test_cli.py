@@ -179,6 +179,17 @@ def test_eval_ground_truth_prints_json_for_the_demo(tmp_path):
     assert 0 <= report["fraction_f1_at_least_0.5"] <= 1
     best = report["concepts"][0]
     assert {"key", "feature", "f1", "precision", "recall", "occurrences"} <= best.keys()
+    assert report["span_concepts_evaluated"] == len(report["spans"]) > 10
+    span = report["spans"][0]
+    assert 1 <= len(span["features"]) <= 3 and span["f1_union"] >= span["f1_single"]
+    assert report["documents"] == []  # the first world has no topics or personas
+    v2 = run_cli(
+        "eval", "ground-truth", "--json", "--world-version", "2", "--documents", "300",
+        "--device", "cpu", env=env,
+    )  # fmt: skip
+    assert v2.returncode == 0, v2.stderr
+    labels = {d["label"] for d in json.loads(v2.stdout)["documents"]}
+    assert "topic/golden gate bridge" in labels and "persona/pirate" in labels
 
 
 @pytest.mark.slow  # reads 800 documents, trains a probe per concept and asks 20 questions
