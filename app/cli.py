@@ -599,7 +599,10 @@ def ground_truth(
     sae: Annotated[str | None, typer.Option("--sae", help="An SAE on that model.")] = None,
     documents: Annotated[int, typer.Option(help="Held-out world documents to read.")] = 10_000,
     seed: Annotated[int | None, typer.Option(help="World seed of the held-out text.")] = None,
-    world_version: Annotated[int, typer.Option(help="Version of the demo world's text.")] = 1,
+    world_version: Annotated[
+        int | None,
+        typer.Option(help="Version of the demo world's text (default: the shipped one's)."),
+    ] = None,
     min_occurrences: Annotated[
         int, typer.Option(help="Concepts seen fewer times are left out.")
     ] = 20,
@@ -614,7 +617,7 @@ def ground_truth(
 
     from app.core.model import load_model
     from app.core.sae import load_sae
-    from app.demo import DEMO_MODEL, DEMO_SAE, EVAL_SEED
+    from app.demo import DEMO_MODEL, DEMO_SAE, EVAL_SEED, WORLD_VERSION
     from app.demo.corpus import pack
     from app.demo.ground_truth import evaluate_ground_truth
     from app.demo.world import World
@@ -622,7 +625,8 @@ def ground_truth(
     loaded = load_model(model or DEMO_MODEL, device=device or "auto")
     attached = loaded.attach(load_sae(sae or str(DEMO_SAE)))
     context = min(128, loaded.tokenizer.model_max_length)
-    world = World(EVAL_SEED if seed is None else seed, world_version)
+    version = WORLD_VERSION if world_version is None else world_version
+    world = World(EVAL_SEED if seed is None else seed, version)
     tokens = pack(world, documents, loaded.tokenizer, context, aligned=True)
     report = evaluate_ground_truth(loaded, attached, tokens, min_occurrences)
     from app.core.workspace import sae_name
@@ -707,7 +711,10 @@ def world_structure(
     site: Annotated[
         list[str] | None, typer.Option(help="Residual sites to measure (repeatable).")
     ] = None,
-    world_version: Annotated[int, typer.Option(help="Version of the demo world's text.")] = 1,
+    world_version: Annotated[
+        int | None,
+        typer.Option(help="Version of the demo world's text (default: the shipped one's)."),
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="World seed of the held-out text.")] = None,
     documents: Annotated[int, typer.Option(help="Documents for identity and probes.")] = 3000,
     two_hop_documents: Annotated[int, typer.Option(help="Documents to ask two-hop from.")] = 1500,
@@ -720,11 +727,12 @@ def world_structure(
     import json
 
     from app.core.model import load_model
-    from app.demo import DEMO_MODEL, DEMO_SITE, EVAL_SEED
+    from app.demo import DEMO_MODEL, DEMO_SITE, EVAL_SEED, WORLD_VERSION
     from app.demo.structure import world_structure as measure
     from app.demo.world import World
 
-    world = World(EVAL_SEED if seed is None else seed, world_version)  # checked before loading
+    version = WORLD_VERSION if world_version is None else world_version
+    world = World(EVAL_SEED if seed is None else seed, version)  # checked before loading
     loaded = load_model(model or DEMO_MODEL, device=device or "auto")
     context = min(128, loaded.tokenizer.model_max_length)
     reports = [

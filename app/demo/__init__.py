@@ -15,5 +15,6 @@ DEMO_SAE = DEMO_DIR / "saes" / "res1"
 DEMO_LATE_SITE = "blocks.3.hook_resid_post"
 DEMO_LATE_SAE = DEMO_DIR / "saes" / "res3"
 DEMO_SAES = {DEMO_SITE: DEMO_SAE, DEMO_LATE_SITE: DEMO_LATE_SAE}
+WORLD_VERSION = 1  # of the demo world (`World(seed, version)`) the shipped weights were made on
 TRAIN_SEED = 0  # world seed of the training text
 EVAL_SEED = 2  # held out: neither the model nor the SAE saw it

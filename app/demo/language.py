@@ -65,7 +65,7 @@ class WorldLanguage:
         return template(sentence) in self.templates and not _STUTTER.search(sentence)
 
     def fluent(self, reply: str) -> bool:
-        """Every complete sentence is one the world can produce, none stutters (a word three
-        times running), and there is at least one."""
+        """Every complete sentence is one the world can produce, there is at least one, and
+        nothing stutters (a word three times running), not even an unfinished last sentence."""
         found = sentences(reply)
-        return bool(found) and all(self.sentence_ok(s) for s in found)
+        return bool(found) and all(map(self.sentence_ok, found)) and not _STUTTER.search(reply)

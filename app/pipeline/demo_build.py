@@ -15,7 +15,7 @@ from app.core.sae import Sae, load_sae
 from app.core.workspace import sae_name
 from app.db.engine import session_scope
 from app.db.queries import find_sae
-from app.demo import DEMO_MODEL, DEMO_SAE, DEMO_SAES, TRAIN_SEED
+from app.demo import DEMO_MODEL, DEMO_SAE, DEMO_SAES, TRAIN_SEED, WORLD_VERSION
 from app.demo.language_model import LanguageModelConfig, LanguageModelJob
 from app.pipeline.config import ExplainConfig, ScoreConfig
 from app.pipeline.explain import ExplainJob, offline_explainer
@@ -25,15 +25,17 @@ from app.pipeline.train_sae import TrainSaeConfig, TrainSaeJob
 
 
 def language_model_config(work_dir: Path) -> LanguageModelConfig:
-    return LanguageModelConfig(out=DEMO_MODEL, seed=TRAIN_SEED, work_dir=work_dir)
+    return LanguageModelConfig(
+        out=DEMO_MODEL, seed=TRAIN_SEED, world_version=WORLD_VERSION, work_dir=work_dir
+    )
 
 
 def sae_config(work_dir: Path, site: str) -> TrainSaeConfig:
     return TrainSaeConfig(
         model=str(DEMO_MODEL),
         hook_name=site,
-        corpus=f"demo-world:{TRAIN_SEED}",
-        eval_corpus=f"demo-world:{TRAIN_SEED + 1}",
+        corpus=f"demo-world:{TRAIN_SEED}:{WORLD_VERSION}",
+        eval_corpus=f"demo-world:{TRAIN_SEED + 1}:{WORLD_VERSION}",
         out=DEMO_SAES[site],
         d_sae=4096,
         k=16,
@@ -65,7 +67,7 @@ def demo_harvest_config(
     return HarvestConfig(
         model=str(DEMO_MODEL),
         sae=str(sae),
-        corpus=f"demo-world:{DEMO_DB_SEED}",
+        corpus=f"demo-world:{DEMO_DB_SEED}:{WORLD_VERSION}",
         tokens=tokens,
         work_dir=work_dir,  # one ingested corpus for both SAEs; spills are per SAE
     )

@@ -11,7 +11,7 @@ from app.core.sae import load_sae
 from app.core.steering import SteeringFeature, SteeringSpec, resolve_steering
 from app.db.engine import session_scope
 from app.db.queries import feature_detail, vocabulary
-from app.demo import DEMO_MODEL, DEMO_SAE, DEMO_SAES, DEMO_SITE, EVAL_SEED
+from app.demo import DEMO_MODEL, DEMO_SAE, DEMO_SAES, DEMO_SITE, EVAL_SEED, WORLD_VERSION
 from app.demo.corpus import pack
 from app.demo.ground_truth import GOLDEN_GATE, evaluate_ground_truth, label_accuracy
 from app.demo.world import World
@@ -30,7 +30,8 @@ def demo():
 @pytest.fixture(scope="module")
 def report(demo):
     model, sae = demo
-    tokens = pack(World(EVAL_SEED), 4000, model.tokenizer, context_size=128)
+    world = World(EVAL_SEED, WORLD_VERSION)
+    tokens = pack(world, 4000, model.tokenizer, context_size=128, aligned=True)
     return evaluate_ground_truth(model, sae, tokens)
 
 

@@ -29,6 +29,7 @@ def test_held_out_world_text_reads_as_the_world(language):
         "purr Cats laps warm on.",
         "",
         "Golden Gate",  # no sentence at all
+        "I would say pizza. Bridge Bridge Bridge",  # stuttering as it was cut off
     ],
 )
 def test_what_the_world_never_writes_is_not_fluent(language, reply):
