@@ -705,6 +705,100 @@ def ground_truth(
     _print_metrics("ground truth", summary)
 
 
+@eval_cli.command("steering")
+def steering(
+    target: Annotated[
+        str, typer.Option(help="topic/<subject>, persona/<name> or a concept key.")
+    ] = "topic/golden gate bridge",
+    model: Annotated[str | None, typer.Option(help="A model trained on the demo world.")] = None,
+    sae: Annotated[str | None, typer.Option("--sae", help="An SAE on that model.")] = None,
+    strength: Annotated[
+        list[float] | None, typer.Option(help="Multiples of max activation to try (repeatable).")
+    ] = None,
+    mode: Annotated[str, typer.Option(help="clamp or add.")] = "clamp",
+    seeds: Annotated[int, typer.Option(help="Samples per prompt.")] = 10,
+    documents: Annotated[int, typer.Option(help="Held-out documents to find it in.")] = 3000,
+    seed: Annotated[int | None, typer.Option(help="World seed of the held-out text.")] = None,
+    world_version: Annotated[
+        int | None,
+        typer.Option(help="Version of the demo world's text (default: the shipped one's)."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    device: DeviceOpt = None,
+) -> None:
+    """The Golden Gate check: find the target's feature through ground truth, steer the
+    assistant with it at each strength, and judge the replies (on aim, fluent by the world's
+    grammar, loss under the unsteered model within 1.5x of the default replies')."""
+    import json
+
+    from app.core.feature_ref import Mode
+    from app.core.model import load_model
+    from app.core.sae import load_sae
+    from app.core.steering import SteeringFeature, SteeringSpec, resolve_steering
+    from app.demo import DEMO_MODEL, DEMO_SAE, EVAL_SEED, WORLD_VERSION
+    from app.demo.catalogue import CATALOGUE
+    from app.demo.corpus import pack
+    from app.demo.facts import PERSONAS, TOPICS
+    from app.demo.ground_truth import GOLDEN_GATE, evaluate_ground_truth
+    from app.demo.steering_check import mentions_bridge, speaks_as, steering_check
+    from app.demo.world import World
+
+    if mode not in ("clamp", "add"):
+        raise MonoscopeError(f"unknown steering mode {mode!r}; use clamp or add")
+    kind, _, name = target.partition("/")
+    if kind == "persona" and name not in PERSONAS:
+        raise MonoscopeError(f"unknown persona {name!r}; use {', '.join(sorted(PERSONAS))}")
+    if kind == "topic" and name not in TOPICS:
+        raise MonoscopeError(f"unknown topic {name!r}; use {', '.join(sorted(TOPICS))}")
+    if kind not in ("topic", "persona") and target not in CATALOGUE.by_key:
+        raise MonoscopeError(f"unknown concept {target!r}; use a key such as {GOLDEN_GATE!r}")
+    aim = speaks_as(name) if kind == "persona" else mentions_bridge
+    version = WORLD_VERSION if world_version is None else world_version
+    world = World(EVAL_SEED if seed is None else seed, version)
+    loaded = load_model(model or DEMO_MODEL, device=device or "auto")
+    attached = loaded.attach(load_sae(sae or str(DEMO_SAE)))
+    context = min(128, loaded.tokenizer.model_max_length)
+    report = evaluate_ground_truth(
+        loaded, attached, pack(world, documents, loaded.tokenizer, context, aligned=True)
+    )
+    feature = report.feature_for(target)
+    max_act = float(report.feature_max[feature])
+    checks = []
+    for multiple in strength or [2.0, 4.0, 6.0, 8.0, 10.0]:
+        steer = SteeringFeature("sae", feature, cast(Mode, mode), multiple, units="max_act")
+        spec = SteeringSpec((steer,))
+        edits = resolve_steering(spec, {"sae": attached}, max_act=lambda _s, _i: max_act)
+        checks.append(steering_check(loaded, {"sae": attached}, edits, aim, multiple, seeds=seeds))
+    if as_json:
+        result = {"target": target, "feature": feature, "max_activation": max_act}
+        result["strengths"] = [
+            c.summary() | {"steered": [r.text for r in c.steered[:5]]} for c in checks
+        ]
+        print(json.dumps(result, indent=2))
+        return
+    table = Table(title=f"{target}: feature {feature} ({mode}, max activation {max_act:.2f})")
+    columns = ("× max", "accepted", "on aim", "fluent", "default on aim", "loss", "default loss")
+    for column in columns:
+        table.add_column(column, justify="right")
+    for c in checks:
+        row = c.summary()
+        table.add_row(
+            f"{c.strength:g}",
+            f"{row['steered_share']:.2f}",
+            f"{row['steered_on_aim']:.2f}",
+            f"{row['steered_fluent']:.2f}",
+            f"{row['default_share']:.2f}",
+            f"{row['steered_loss']:.3f}",
+            f"{row['default_loss']:.3f}",
+        )
+    out.print(table)
+    best = max(checks, key=lambda c: c.steered_share)
+    out.print(f"replies at {best.strength:g}× max activation:")
+    for reply in best.steered[:: max(1, len(best.steered) // 6)]:
+        verdict = "accepted" if best.passes(reply) else "rejected"
+        out.print(f"  [{verdict}] {reply.text}", markup=False, highlight=False)
+
+
 @eval_cli.command("world-structure")
 def world_structure(
     model: Annotated[str | None, typer.Option(help="A model trained on the demo world.")] = None,

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from app.core.errors import MonoscopeError
 from app.core.model import LoadedModel
 from app.core.sae import Sae
 from app.demo.catalogue import CATALOGUE
@@ -83,6 +84,19 @@ class GroundTruthReport:
     @property
     def mean_best_f1(self) -> float:
         return float(np.mean([c.f1 for c in self.concepts])) if self.concepts else 0.0
+
+    def feature_for(self, target: str) -> int:
+        """The feature ground truth names for a target: "topic/<subject>" or "persona/<name>"
+        by document F1, a concept key by span F1 (its best single feature), else token F1."""
+        found = {m.label: m.feature for m in self.documents}
+        found |= {m.key: m.features[0] for m in self.spans}
+        found = {c.key: c.feature for c in self.concepts} | found
+        if target not in found:
+            raise MonoscopeError(
+                f"no feature for {target!r} in this text; targets are concept keys such as "
+                f"{GOLDEN_GATE!r}, topic/<subject> or persona/<name>"
+            )
+        return found[target]
 
     def span_fraction_at(self, threshold: float, union: bool = True) -> float:
         hits = sum((m.f1_union if union else m.f1_single) >= threshold for m in self.spans)

@@ -192,6 +192,30 @@ def test_eval_ground_truth_prints_json_for_the_demo(tmp_path):
     assert "topic/golden gate bridge" in labels and "persona/pirate" in labels
 
 
+def test_eval_steering_judges_replies_steered_by_a_feature_ground_truth_names(tmp_path):
+    import json
+
+    env = {"MONOSCOPE_DATA_DIR": str(tmp_path), "MONOSCOPE_DATABASE_URL": ""}
+    result = run_cli(
+        "eval", "steering", "--json", "--target", "places/golden_gate_bridge", "--strength", "10",
+        "--seeds", "2", "--documents", "200", "--device", "cpu", env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    (at_ten,) = report["strengths"]
+    assert at_ten["strength"] == 10 and report["max_activation"] > 0
+    assert 0 <= at_ten["steered_share"] <= at_ten["steered_on_aim"] <= 1
+    assert len(at_ten["steered"]) == 5 and at_ten["default_loss"] > 0
+    for bad, message in (
+        (["--target", "persona/pirat"], "error: unknown persona 'pirat'"),
+        (["--target", "places/atlantis"], "error: unknown concept 'places/atlantis'"),
+        (["--target", "topic/atlantis"], "error: unknown topic 'atlantis'"),
+        (["--mode", "scale"], "error: unknown steering mode 'scale'"),
+    ):
+        failed = run_cli("eval", "steering", "--documents", "100", *bad, env=env)
+        assert failed.returncode == 2 and failed.stderr.startswith(message), failed.stderr
+
+
 @pytest.mark.slow  # reads 800 documents, trains a probe per concept and asks 20 questions
 def test_eval_world_structure_measures_the_model_before_any_sae(tmp_path):
     import json
