@@ -34,6 +34,33 @@ def test_feature_page_offers_the_test_your_text_box_and_it_reads_text(client):
     assert len(cells) > 5 and all(v >= 0 for v in cells)
 
 
+def test_the_decoder_vector_downloads_as_npy_and_json(client, demo_workspace):
+    import io
+
+    import numpy as np
+
+    page = parsed(client.get("/monoscope-demo/res1/7").text)
+    (npy_link,) = page.select("a[download]")
+    npy = client.get(npy_link["href"])
+    assert npy.status_code == 200 and "res1-7-decoder.npy" in npy.headers["content-disposition"]
+    vector = np.load(io.BytesIO(npy.content))
+    expected = demo_workspace.saes["res1"].W_dec[7].detach().float().numpy()
+    assert vector.dtype == np.float32 and (vector == expected).all()
+    body = client.get("/api/v1/features/monoscope-demo/res1/7/decoder").json()
+    assert (
+        body["d_in"] == len(body["decoder"]) == 256
+        and body["hook_name"] == "blocks.1.hook_resid_post"
+    )
+    assert np.allclose(body["decoder"], expected, atol=1e-6)
+    for path, status, message in (
+        ("res1/4096/decoder", 404, "features 0 to 4,095"),
+        ("nope/7/decoder", 409, "not loaded"),
+        ("res1/7/decoder?format=csv", 422, None),
+    ):
+        failed = client.get(f"/api/v1/features/monoscope-demo/{path}")
+        assert failed.status_code == status and (message is None or message in failed.text)
+
+
 @pytest.mark.parametrize(
     "text, status, message",
     [("   ", 400, "Type some text"), ("x" * 9000, 400, "limit is 8,000"), ("hi", 404, None)],

@@ -1,10 +1,12 @@
 """Feature pages (the dashboard of one feature), test-your-text, and /api/v1/features."""
 
+import io
 import math
-from typing import Annotated
+from typing import Annotated, Literal
 
+import numpy as np
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 from starlette.routing import NoMatchFound
 
@@ -237,3 +239,37 @@ def api_feature(
         ],
         url=views.feature_url(request, model, sae, f.index),
     )
+
+
+@router.get("/api/v1/features/{model}/{sae}/{index}/decoder", tags=["api"], name="feature_decoder")
+def feature_decoder(
+    model: str,
+    sae: str,
+    index: FeatureIndex,
+    workspace: WorkspaceDep,
+    format: Literal["json", "npy"] = "json",
+) -> Response:
+    """The feature's decoder vector (its row of W_dec, in the SAE's input space, float32), from
+    the SAE this server holds: as JSON, or as a `.npy` file for `numpy.load`."""
+    found = require_resident(workspace, model, sae)
+    if index >= found.sae.d_sae:
+        raise NotFoundError(f"{model}/{sae} has features 0 to {found.sae.d_sae - 1:,}.")
+    vector = found.sae.W_dec[index].detach().float().cpu().numpy()
+    if format == "npy":
+        buffer = io.BytesIO()
+        np.save(buffer, vector)
+        name = f"{model}-{sae}-{index}-decoder.npy".replace("/", "_")
+        return Response(
+            buffer.getvalue(),
+            media_type="application/octet-stream",
+            headers={"Content-Disposition": f'attachment; filename="{name}"'},
+        )
+    body = {
+        "model": model,
+        "sae": sae,
+        "index": index,
+        "hook_name": found.sae.hook_name,
+        "d_in": int(vector.shape[0]),
+        "decoder": [round(float(v), 7) for v in vector],
+    }
+    return JSONResponse(body)
