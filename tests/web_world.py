@@ -23,6 +23,7 @@ from tests.helpers import parsed
 
 SCRIPT = "<script>alert(1)</script>"
 IMG = '"><img src=x onerror=alert(1)>'
+LOGITS = {"counts": [1, 3, 8, 20, 40, 20, 6, 2], "low": -1.2, "high": 1.5}  # vocabulary of 100
 VOCAB = ["<|endoftext|>", "Golden", " Gate", SCRIPT, IMG, " Bridge", "\n", " the", " fog", "&amp;"]
 HOSTILE_LABEL = "<b>bold</b> & <i>Golden Gate</i>"
 CONTEXT = 12
@@ -58,7 +59,7 @@ def build_world(session: Session, name: str = "res1") -> int:
             name, "saes/" + name, "blocks.1.hook_resid_post", "topk", 16, D_SAE, metrics, harvest
         ),
     )
-    counts = [0] * 60
+    counts = [0] * 60  # feature 0 alone has a logit histogram, as an older harvest left none
     counts[30:40] = [5, 9, 14, 20, 25, 18, 10, 6, 3, 1]
     feature_ids = db.insert_features(
         session,
@@ -68,7 +69,8 @@ def build_world(session: Session, name: str = "res1") -> int:
             "density": [0.02, 0.005, 0.3, 0.0, 0.0004, 0.01],
             "max_act": [5.0, 2.0, 1.0, 0.0, 3.0, 4.0],
             "mean_act": [1.5, 0.7, 0.4, 0.0, 1.0, 1.1],
-            "histogram": [{"counts": counts}] * D_SAE,
+            "histogram": [{"counts": counts, "logits": LOGITS}]
+            + [{"counts": counts}] * (D_SAE - 1),
             "top_logits": [[[3, SCRIPT, 1.5], [5, " Bridge", 0.9]]] * D_SAE,
             "bottom_logits": [[[4, IMG, -1.2]]] * D_SAE,
             "neighbours": [[[1, 0.62], [4, 0.35]]] + [[]] * (D_SAE - 1),

@@ -6,7 +6,7 @@
         stats.update(sparse)
         rows, features, values = context_maxima(sparse, d_sae, first_row)   # kept on disk
     picked = select_examples(rows, features, values, d_sae, n_top=32, n_intervals=5, per_interval=5)
-    top_ids, top_values, bottom_ids, bottom_values = logit_effects(directions, W_U, norm_scale)
+    effects = logit_effects(directions, W_U, norm_scale)    # top/bottom tokens, histogram
     neighbour_ids, cosines = decoder_neighbours(W_dec)
 
 Examples are chosen from every (context, feature) pair with a positive context maximum, so the top
@@ -177,6 +177,21 @@ def select_examples(
     )
 
 
+@dataclass(frozen=True)
+class LogitEffects:
+    """What each feature's direction does to the logits: its top and bottom k tokens (ids and
+    values, each (d_sae, k)), and a histogram over the whole vocabulary, `bins` equal bins from
+    each feature's lowest effect to its highest (counts (d_sae, bins), low and high (d_sae,))."""
+
+    top_ids: torch.Tensor
+    top_values: torch.Tensor
+    bottom_ids: torch.Tensor
+    bottom_values: torch.Tensor
+    histogram: torch.Tensor
+    low: torch.Tensor
+    high: torch.Tensor
+
+
 @torch.inference_mode()
 def logit_effects(
     directions: torch.Tensor,  # (d_sae, d_model): what each feature adds to the residual stream
@@ -184,22 +199,27 @@ def logit_effects(
     norm_scale: torch.Tensor | None = None,  # (d_model,) final norm gain
     k: int = 10,
     chunk: int = 512,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Top and bottom k tokens of W_dec (diag(norm gain)) W_U^T: ids and values, each (d_sae, k)."""
+    bins: int = 32,
+) -> LogitEffects:
+    """The effects W_dec (diag(norm gain)) W_U^T, summarised per feature in one pass."""
     W_U = unembedding.float()
     if norm_scale is not None:
         W_U = W_U * norm_scale.float().to(W_U.device)
     k = min(k, W_U.shape[0])
-    parts: list[list[torch.Tensor]] = [[], [], [], []]
+    parts: list[list[torch.Tensor]] = [[], [], [], [], [], [], []]
     for start in range(0, directions.shape[0], chunk):
         effects = directions[start : start + chunk].float().to(W_U.device) @ W_U.T
         top = effects.topk(k, dim=-1)
         bottom = effects.topk(k, dim=-1, largest=False)
-        results = (top.indices, top.values, bottom.indices, bottom.values)
+        low, high = effects.min(-1).values, effects.max(-1).values
+        width = (high - low).clamp(min=1e-12) / bins
+        which = ((effects - low[:, None]) / width[:, None]).long().clamp(0, bins - 1)
+        counts = torch.zeros(len(effects), bins, dtype=torch.long, device=effects.device)
+        counts.scatter_add_(1, which, torch.ones_like(which))
+        results = (top.indices, top.values, bottom.indices, bottom.values, counts, low, high)
         for part, tensor in zip(parts, results, strict=True):
             part.append(tensor.cpu())
-    top_ids, top_values, bottom_ids, bottom_values = (torch.cat(p) for p in parts)
-    return top_ids, top_values, bottom_ids, bottom_values
+    return LogitEffects(*(torch.cat(p) for p in parts))
 
 
 @torch.inference_mode()

@@ -288,7 +288,7 @@ class HarvestJob:
         c = self.config
         d_sae = sae.d_sae
         directions = sae.decoder_directions(torch.arange(d_sae, device=sae.device))
-        top_ids, top_values, bottom_ids, bottom_values = logit_effects(
+        logits = logit_effects(
             directions, model.unembedding(), model.final_norm_scale(), k=c.n_logits
         )
         neighbour_ids, cosines = decoder_neighbours(sae.W_dec, k=c.n_neighbours)
@@ -303,14 +303,28 @@ class HarvestJob:
             ]
 
         histogram = stats.histogram.numpy()
+        logit_counts = logits.histogram.numpy()
+        low, high = logits.low.numpy().astype(float), logits.high.numpy().astype(float)
         return {
             "index": list(range(d_sae)),
             "density": (counts / tokens).tolist(),
             "max_act": stats.maxima.numpy().astype(float).tolist(),
             "mean_act": mean.astype(float).tolist(),
-            "histogram": [{"counts": histogram[f].tolist()} for f in range(d_sae)],
-            "top_logits": [effects(top_ids, top_values, f) for f in range(d_sae)],
-            "bottom_logits": [effects(bottom_ids, bottom_values, f) for f in range(d_sae)],
+            "histogram": [
+                {
+                    "counts": histogram[f].tolist(),
+                    "logits": {
+                        "counts": logit_counts[f].tolist(),
+                        "low": round(low[f], 4),
+                        "high": round(high[f], 4),
+                    },
+                }
+                for f in range(d_sae)
+            ],
+            "top_logits": [effects(logits.top_ids, logits.top_values, f) for f in range(d_sae)],
+            "bottom_logits": [
+                effects(logits.bottom_ids, logits.bottom_values, f) for f in range(d_sae)
+            ],
             "neighbours": [
                 [
                     [int(i), round(float(s), 4)]

@@ -125,6 +125,10 @@ def test_logit_effects_use_the_final_norm_gain(engine, gpt2, corpus, sae_dir, tm
     assert [t[0] for t in feature.bottom_logits] == effects.topk(4, largest=False).indices.tolist()
     vocab = gpt2.tokenizer.decode([feature.top_logits[0][0]])
     assert feature.top_logits[0][1] == vocab
+    spread = feature.histogram["logits"]
+    assert sum(spread["counts"]) == len(effects)  # every token of the vocabulary, once
+    assert spread["low"] == pytest.approx(float(effects.min()), abs=1e-4)
+    assert spread["high"] == pytest.approx(float(effects.max()), abs=1e-4)
 
 
 def test_a_killed_harvest_resumes_to_the_same_database(

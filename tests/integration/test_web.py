@@ -126,6 +126,9 @@ def test_feature_page_shows_the_whole_dashboard_with_hostile_text_escaped(client
     assert len(doc.select(".tok.peak")) == 8  # each example marks its max token
     assert "Activation histogram" in body and "<rect" in body
     assert "promotes" in body and "suppresses" in body
+    logit_chart = next(c for c in doc.select(".chart") if "Logit effects over" in c.get_text())
+    assert len(logit_chart.select("rect")) >= 8  # a bar per non-empty bin
+    assert "Logit effects over" not in client.get("/tiny/res1/1").text  # harvested without one
     assert '/tiny/res1/1">#1</a>' in body and "Golden Gate Bridge in the fog" in body  # neighbour
     assert doc.select_one('a[rel="next"]')["href"].endswith("/tiny/res1/1") and "‹ #" not in body
     og = doc.select_one('meta[property="og:description"]')["content"]

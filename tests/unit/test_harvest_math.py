@@ -111,15 +111,21 @@ def test_logit_effects_go_through_the_final_norm_gain():
     g = torch.Generator().manual_seed(0)
     directions, W_U, gain = torch.randn(30, 8, generator=g), torch.randn(50, 8, generator=g), None
     gain = torch.rand(8, generator=g) + 0.5
-    top_ids, top_values, bottom_ids, bottom_values = logit_effects(
-        directions, W_U, gain, k=5, chunk=7
-    )
+    effects = logit_effects(directions, W_U, gain, k=5, chunk=7, bins=10)
     full = (directions * gain) @ W_U.T
     expected_top = full.topk(5, dim=-1)
-    assert torch.equal(top_ids, expected_top.indices)
-    torch.testing.assert_close(top_values, expected_top.values)
-    assert torch.equal(bottom_ids, full.topk(5, dim=-1, largest=False).indices)
-    torch.testing.assert_close(bottom_values, full.topk(5, dim=-1, largest=False).values)
+    assert torch.equal(effects.top_ids, expected_top.indices)
+    torch.testing.assert_close(effects.top_values, expected_top.values)
+    assert torch.equal(effects.bottom_ids, full.topk(5, dim=-1, largest=False).indices)
+    torch.testing.assert_close(effects.bottom_values, full.topk(5, dim=-1, largest=False).values)
+    # The histogram covers every token once, from the lowest effect to the highest.
+    assert (effects.histogram.sum(1) == 50).all() and effects.histogram.shape == (30, 10)
+    torch.testing.assert_close(effects.low, full.min(1).values)
+    torch.testing.assert_close(effects.high, full.max(1).values)
+    for f in (0, 17):
+        edges = torch.linspace(float(effects.low[f]), float(effects.high[f]), 11)
+        expected = torch.histogram(full[f], bins=edges).hist.long()
+        assert torch.equal(effects.histogram[f], expected)
 
 
 @pytest.mark.parametrize("chunk", [3, 64])

@@ -49,6 +49,25 @@ def _activation_chart(detail):
     )
 
 
+def _logit_chart(detail):
+    """How the feature's direction moves every token's logit: the vocabulary's spread, against
+    which the promoted and suppressed lists are the two tails."""
+    logits = (detail.feature.histogram or {}).get("logits")
+    if not logits or not any(logits["counts"]):
+        return None
+    counts, low, high = logits["counts"], logits["low"], logits["high"]
+    edges = [low + (high - low) * i / len(counts) for i in range(len(counts) + 1)]
+    return bar_chart(
+        counts,
+        edges,
+        title="Logit effects over the vocabulary",
+        x_label="change in logit per unit of activation",
+        y_label="tokens",
+        x_tick_format=lambda v: f"{v:.2g}",
+        marks={"0": 0.0} if low < 0 < high else None,
+    )
+
+
 def _steer_url(request: Request, model: str, sae: str, index: int) -> str | None:
     """The steering chat preloaded with this feature, when this server has that page."""
     try:
@@ -96,6 +115,7 @@ def feature_page(
         ),
         "neighbours": view.neighbours,
         "activation_chart": _activation_chart(detail),
+        "logit_chart": _logit_chart(detail),
         "previous": feature.index - 1 if feature.index > 0 else None,
         "next": feature.index + 1 if feature.index + 1 < detail.sae.d_sae else None,
         "can_run_text": resident(workspace, model, sae) is not None,
@@ -171,7 +191,10 @@ class FeatureOut(BaseModel):
     labels: list[FeatureLabelOut] = Field(description="best first")
     top_examples: list[ExampleOut]
     interval_examples: list[ExampleOut]
-    histogram: dict = Field(description="counts over the SAE's log10 activation edges")
+    histogram: dict = Field(
+        description="counts over the SAE's log10 activation edges; under 'logits', the logit "
+        "effects of every vocabulary token in equal bins from 'low' to 'high'"
+    )
     histogram_log10_edges: list[float]
     top_logits: list[tuple[int, str, float]]
     bottom_logits: list[tuple[int, str, float]]
