@@ -33,6 +33,9 @@ ModelOpt = Annotated[str | None, typer.Option(help=FIELDS["model"].description)]
 SaeOpt = Annotated[list[str] | None, typer.Option("--sae", help=FIELDS["saes"].description)]
 DeviceOpt = Annotated[str | None, typer.Option(help=FIELDS["device"].description)]
 DatabaseOpt = Annotated[str | None, typer.Option(help=FIELDS["database_url"].description)]
+WorldVersionOpt = Annotated[
+    int | None, typer.Option(help="Version of the demo world's text (default: the shipped one's).")
+]
 
 
 def _settings(**overrides) -> Settings:
@@ -593,16 +596,22 @@ eval_cli = typer.Typer(no_args_is_help=True, help="Evaluate SAEs.")
 cli.add_typer(eval_cli, name="eval")
 
 
+def _held_out_world(seed: int | None, version: int | None):
+    """The demo world's held-out text for an eval: the shipped seed and version unless given
+    (a version it does not have is an error before any model loads)."""
+    from app.demo import EVAL_SEED, WORLD_VERSION
+    from app.demo.world import World
+
+    return World(EVAL_SEED if seed is None else seed, WORLD_VERSION if version is None else version)
+
+
 @eval_cli.command("ground-truth")
 def ground_truth(
     model: Annotated[str | None, typer.Option(help="A model trained on the demo world.")] = None,
     sae: Annotated[str | None, typer.Option("--sae", help="An SAE on that model.")] = None,
     documents: Annotated[int, typer.Option(help="Held-out world documents to read.")] = 10_000,
     seed: Annotated[int | None, typer.Option(help="World seed of the held-out text.")] = None,
-    world_version: Annotated[
-        int | None,
-        typer.Option(help="Version of the demo world's text (default: the shipped one's)."),
-    ] = None,
+    world_version: WorldVersionOpt = None,
     min_occurrences: Annotated[
         int, typer.Option(help="Concepts seen fewer times are left out.")
     ] = 20,
@@ -617,16 +626,14 @@ def ground_truth(
 
     from app.core.model import load_model
     from app.core.sae import load_sae
-    from app.demo import DEMO_MODEL, DEMO_SAE, EVAL_SEED, WORLD_VERSION
+    from app.demo import DEMO_MODEL, DEMO_SAE
     from app.demo.corpus import pack
     from app.demo.ground_truth import evaluate_ground_truth
-    from app.demo.world import World
 
     loaded = load_model(model or DEMO_MODEL, device=device or "auto")
     attached = loaded.attach(load_sae(sae or str(DEMO_SAE)))
     context = min(128, loaded.tokenizer.model_max_length)
-    version = WORLD_VERSION if world_version is None else world_version
-    world = World(EVAL_SEED if seed is None else seed, version)
+    world = _held_out_world(seed, world_version)
     tokens = pack(world, documents, loaded.tokenizer, context, aligned=True)
     report = evaluate_ground_truth(loaded, attached, tokens, min_occurrences)
     from app.core.workspace import sae_name
@@ -719,10 +726,7 @@ def steering(
     seeds: Annotated[int, typer.Option(help="Samples per prompt.")] = 10,
     documents: Annotated[int, typer.Option(help="Held-out documents to find it in.")] = 3000,
     seed: Annotated[int | None, typer.Option(help="World seed of the held-out text.")] = None,
-    world_version: Annotated[
-        int | None,
-        typer.Option(help="Version of the demo world's text (default: the shipped one's)."),
-    ] = None,
+    world_version: WorldVersionOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     device: DeviceOpt = None,
 ) -> None:
@@ -735,13 +739,12 @@ def steering(
     from app.core.model import load_model
     from app.core.sae import load_sae
     from app.core.steering import SteeringFeature, SteeringSpec, resolve_steering
-    from app.demo import DEMO_MODEL, DEMO_SAE, EVAL_SEED, WORLD_VERSION
+    from app.demo import DEMO_MODEL, DEMO_SAE
     from app.demo.catalogue import CATALOGUE
     from app.demo.corpus import pack
     from app.demo.facts import PERSONAS, TOPICS
     from app.demo.ground_truth import GOLDEN_GATE, evaluate_ground_truth
     from app.demo.steering_check import mentions_bridge, speaks_as, steering_check
-    from app.demo.world import World
 
     if mode not in ("clamp", "add"):
         raise MonoscopeError(f"unknown steering mode {mode!r}; use clamp or add")
@@ -753,8 +756,7 @@ def steering(
     if kind not in ("topic", "persona") and target not in CATALOGUE.by_key:
         raise MonoscopeError(f"unknown concept {target!r}; use a key such as {GOLDEN_GATE!r}")
     aim = speaks_as(name) if kind == "persona" else mentions_bridge
-    version = WORLD_VERSION if world_version is None else world_version
-    world = World(EVAL_SEED if seed is None else seed, version)
+    world = _held_out_world(seed, world_version)
     loaded = load_model(model or DEMO_MODEL, device=device or "auto")
     attached = loaded.attach(load_sae(sae or str(DEMO_SAE)))
     context = min(128, loaded.tokenizer.model_max_length)
@@ -805,10 +807,7 @@ def world_structure(
     site: Annotated[
         list[str] | None, typer.Option(help="Residual sites to measure (repeatable).")
     ] = None,
-    world_version: Annotated[
-        int | None,
-        typer.Option(help="Version of the demo world's text (default: the shipped one's)."),
-    ] = None,
+    world_version: WorldVersionOpt = None,
     seed: Annotated[int | None, typer.Option(help="World seed of the held-out text.")] = None,
     documents: Annotated[int, typer.Option(help="Documents for identity and probes.")] = 3000,
     two_hop_documents: Annotated[int, typer.Option(help="Documents to ask two-hop from.")] = 1500,
@@ -821,12 +820,10 @@ def world_structure(
     import json
 
     from app.core.model import load_model
-    from app.demo import DEMO_MODEL, DEMO_SITE, EVAL_SEED, WORLD_VERSION
+    from app.demo import DEMO_MODEL, DEMO_SITE
     from app.demo.structure import world_structure as measure
-    from app.demo.world import World
 
-    version = WORLD_VERSION if world_version is None else world_version
-    world = World(EVAL_SEED if seed is None else seed, version)  # checked before loading
+    world = _held_out_world(seed, world_version)
     loaded = load_model(model or DEMO_MODEL, device=device or "auto")
     context = min(128, loaded.tokenizer.model_max_length)
     reports = [

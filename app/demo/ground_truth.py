@@ -88,9 +88,11 @@ class GroundTruthReport:
     def feature_for(self, target: str) -> int:
         """The feature ground truth names for a target: "topic/<subject>" or "persona/<name>"
         by document F1, a concept key by span F1 (its best single feature), else token F1."""
-        found = {m.label: m.feature for m in self.documents}
-        found |= {m.key: m.features[0] for m in self.spans}
-        found = {c.key: c.feature for c in self.concepts} | found
+        found = (
+            {c.key: c.feature for c in self.concepts}
+            | {m.key: m.features[0] for m in self.spans}
+            | {m.label: m.feature for m in self.documents}
+        )
         if target not in found:
             raise MonoscopeError(
                 f"no feature for {target!r} in this text; targets are concept keys such as "
@@ -165,25 +167,23 @@ def evaluate_ground_truth(
     names = list(CATALOGUE.categories)
     category_of = np.array([names.index(c.category) for c in CATALOGUE.concepts])
     as_categories = np.stack([tokens.concepts_at[:, 0], category_of[tokens.concepts_at[:, 1]]], 1)
+    by_concept = _overlaps(
+        positions, features, sae.d_sae, tokens.concepts_at, len(CATALOGUE.concepts)
+    )
+    by_category = _overlaps(positions, features, sae.d_sae, as_categories, len(names))
     concepts = _best_features(
-        positions,
-        features,
+        by_concept,
         feature_max,
-        sae.d_sae,
-        tokens.concepts_at,
         [(c.key, c.name, c.category) for c in CATALOGUE.concepts],
         min_occurrences,
     )
     categories = _best_features(
-        positions,
-        features,
+        by_category,
         feature_max,
-        sae.d_sae,
-        as_categories,
         [(f"category/{name}", name, name) for name in names],
         min_occurrences,
     )
-    spans = _span_matches(positions, features, sae.d_sae, tokens, min_occurrences)
+    spans = _span_matches(positions, features, sae.d_sae, tokens, by_concept[0], min_occurrences)
     documents = _document_matches(positions, features, sae.d_sae, tokens)
     return GroundTruthReport(
         int(tokens.counted.sum()),
@@ -221,19 +221,13 @@ def _overlaps(
 
 
 def _best_features(
-    positions: np.ndarray,
-    features: np.ndarray,
+    overlaps: tuple[np.ndarray, np.ndarray, np.ndarray],  # from _overlaps
     feature_max: np.ndarray,
-    d_sae: int,
-    labelled: np.ndarray,  # (n_pairs, 2): flat token position, label id
     labels: list[tuple[str, str, str]],  # key, name, category per label id
     min_occurrences: int,
 ) -> tuple[ConceptMatch, ...]:
     """The best feature by F1 for each label seen at least min_occurrences times."""
-    n_concepts = len(labels)
-    overlap, feature_count, concept_count = _overlaps(
-        positions, features, d_sae, labelled, n_concepts
-    )
+    overlap, feature_count, concept_count = overlaps
     with np.errstate(divide="ignore", invalid="ignore"):
         f1 = np.nan_to_num(2 * overlap / (feature_count[None, :] + concept_count[:, None]))
     matches = []
@@ -300,6 +294,7 @@ def _span_matches(
     features: np.ndarray,
     d_sae: int,
     tokens: PackedTokens,
+    overlap: np.ndarray,  # (concepts, d_sae) tokens where each concept and feature meet
     min_occurrences: int,
     candidates: int = 24,
     most: int = 3,
@@ -309,9 +304,6 @@ def _span_matches(
     order = np.argsort(features, kind="stable")
     fired_at = positions[order]
     bounds = np.searchsorted(features[order], np.arange(d_sae + 1))
-    overlap, _, _ = _overlaps(
-        positions, features, d_sae, tokens.concepts_at, len(CATALOGUE.concepts)
-    )
     pos, concept_ids, span_ids = tokens.concepts_at[:, 0], tokens.concepts_at[:, 1], tokens.spans_of
     matches = []
     for concept in CATALOGUE.concepts:

@@ -1,6 +1,7 @@
 """The Golden Gate check, as a person judges a steered reply.
 
-    check = steering_check(model, sae, feature, strength=4 * max_act, aim=mentions_bridge)
+    edits = resolve_steering(spec, saes, max_act=...)        # the feature, clamped at 4x max
+    check = steering_check(model, saes, edits, aim=mentions_bridge, strength=4)
     check.steered_share, check.default_share, check.steered[0].text
 
 A reply counts only if it is on aim (it turns to the bridge, or speaks in the persona) and fluent:

@@ -5,7 +5,7 @@ import numpy as np
 
 from app.demo.catalogue import CATALOGUE
 from app.demo.corpus import PackedTokens
-from app.demo.ground_truth import _document_matches, _span_matches
+from app.demo.ground_truth import _document_matches, _overlaps, _span_matches
 
 CAT = CATALOGUE.by_key["animals/cat"].id
 DOG = CATALOGUE.by_key["animals/dog"].id
@@ -48,7 +48,8 @@ def _planted() -> tuple[PackedTokens, np.ndarray, np.ndarray]:
 
 def test_a_span_is_found_by_any_of_its_tokens_and_unions_grow_while_they_help():
     tokens, positions, features = _planted()
-    matches = {m.key: m for m in _span_matches(positions, features, 8, tokens, 20)}
+    overlap, _, _ = _overlaps(positions, features, 8, tokens.concepts_at, len(CATALOGUE.concepts))
+    matches = {m.key: m for m in _span_matches(positions, features, 8, tokens, overlap, 20)}
     assert set(matches) == {"animals/cat", "animals/dog"}
     cat, dog = matches["animals/cat"], matches["animals/dog"]
     assert cat.spans == 30 and cat.features == (0,)
@@ -56,7 +57,7 @@ def test_a_span_is_found_by_any_of_its_tokens_and_unions_grow_while_they_help():
     assert dog.features[:2] in ((1, 2), (2, 1)) and len(dog.features) == 2
     assert round(dog.f1_single, 2) == 0.67 and dog.f1_union == 1.0
     assert dog.precision == dog.recall == 1.0
-    assert not _span_matches(positions, features, 8, tokens, 31)  # too few occurrences
+    assert not _span_matches(positions, features, 8, tokens, overlap, 31)  # too few occurrences
 
 
 def test_documents_are_claimed_by_a_feature_that_fires_anywhere_in_them():
