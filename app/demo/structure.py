@@ -114,21 +114,26 @@ def probe_separation(
 
 @torch.inference_mode()
 def two_hop_accuracy(model: LoadedModel, world: World, documents: int) -> tuple[int, float]:
-    """Greedy answers to the world's two-hop questions (in stories and chats), each asked of the
-    document up to the answer (the distractor's facts are shuffled among the asked ones)."""
+    """Greedy replies to the world's two-hop questions (in stories and chats), each continued
+    from where the reply's own words begin, so the model names the middle hop itself; right when
+    the reply's sentence ends with the answer (the distractor's facts are shuffled among the
+    asked ones)."""
     tokenizer = model.tokenizer
     asked = correct = 0
     for doc in world.documents(documents):
-        for offset, concept in doc.answers:
-            ids = tokenizer(doc.text[:offset].rstrip(), return_tensors="pt")["input_ids"]
-            ids = ids[:, -model.hf.config.n_positions + 4 :].to(model.device)
-            answer: list[int] = []
-            for _ in range(4):  # greedy, a few tokens: enough for any answer word
-                logits = model.hf(torch.cat([ids, ids.new_tensor([answer])], 1)).logits
-                answer.append(int(logits[0, -1].argmax()))
-            reply = str(tokenizer.decode(answer)).strip().lower()
+        for reply, _, concept in doc.answers:
+            ids = tokenizer(doc.text[:reply], return_tensors="pt")["input_ids"]
+            ids = ids[:, -model.hf.config.n_positions + 16 :].to(model.device)
+            out = model.hf.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=16,  # enough for ", the lizard, was turquoise."
+                do_sample=False,
+                pad_token_id=tokenizer.eos_token_id,
+            )
+            sentence = str(tokenizer.decode(out[0, ids.shape[1] :])).split(".")[0]
             asked += 1
-            correct += reply.startswith(CATALOGUE.concepts[concept].singular.lower())
+            correct += sentence.lower().endswith(" " + CATALOGUE.concepts[concept].singular.lower())
     return asked, round(correct / max(asked, 1), 4)
 
 

@@ -49,7 +49,9 @@ class Document:
     genre: str
     topics: tuple[str, ...] = ()  # subjects the document keeps to (a passage, a digression)
     persona: str = ""  # the assistant's persona in a chat; "" for none
-    answers: tuple[tuple[int, int], ...] = ()  # (character offset, concept id) of two-hop answers
+    answers: tuple[tuple[int, int, int], ...] = ()
+    """Two-hop answers: where the reply's own words begin (after it repeats the question's
+    subject), where the answer is written, and the answer's concept id."""
 
 
 def _concept(key: str) -> Concept:
@@ -123,7 +125,7 @@ class _Writer:
         self.size = 0
         self.topics: list[str] = []
         self.persona = ""
-        self.answers: list[tuple[int, int]] = []
+        self.answers: list[tuple[int, int, int]] = []
 
     def add(self, text: str, *concepts: Concept) -> None:
         for concept in concepts:
@@ -166,8 +168,9 @@ class _Writer:
         text = "".join(self.chunks)
         spans, answers = list(self.spans), list(self.answers)
         if self.persona:
-            text, spans, moved = _restyle(text, spans, PERSONAS[self.persona], rng)
-            answers = [(moved[offset], concept) for offset, concept in answers]
+            kept = tuple(offset for answer in answers for offset in answer[:2])
+            text, spans, moved = _restyle(text, spans, PERSONAS[self.persona], rng, kept)
+            answers = [(moved[reply], moved[offset], concept) for reply, offset, concept in answers]
         if genre != "code":
             for concept, pattern in SYNTAX_PATTERNS:
                 spans += [(hit.start(), hit.end(), concept.id) for hit in pattern.finditer(text)]
@@ -186,11 +189,15 @@ class _Writer:
 
 
 def _restyle(
-    text: str, spans: list[tuple[int, int, int]], persona: dict, rng: random.Random
+    text: str,
+    spans: list[tuple[int, int, int]],
+    persona: dict,
+    rng: random.Random,
+    offsets: tuple[int, ...] = (),
 ) -> tuple[str, list[tuple[int, int, int]], dict[int, int]]:
     """Every assistant reply in the persona's style: an opener, a closer, and its substitutions
     applied to the reply's own words (a concept's span is kept verbatim, its offsets moved).
-    Also returns where each span's start moved to, for the offsets kept beside the spans."""
+    Also returns where each of `offsets` moved to (substitutions never reach across one)."""
     substitutions = [(re.compile(pattern), new) for pattern, new in persona["substitutions"]]
     replies = [(hit.start(1), hit.end(1)) for hit in re.finditer(r"Assistant: ([^\n]*)", text)]
     starts, ends = {a for a, _ in replies}, {b for _, b in replies}
@@ -200,7 +207,8 @@ def _restyle(
     inside = [False] * len(text)
     for start, end in replies:
         inside[start:end] = [True] * (end - start)
-    cuts = sorted({0, len(text), *starts, *ends, *(p for s, e, _ in spans for p in (s, e))})
+    spanned = (p for s, e, _ in spans for p in (s, e))
+    cuts = sorted({0, len(text), *starts, *ends, *offsets, *spanned})
     out: list[str] = []
     size, start_at, end_at = 0, {}, {}
     for a, b in zip(cuts, [*cuts[1:], len(text)], strict=True):
@@ -1447,9 +1455,9 @@ def _others(d: _Draw, exclude: tuple[Concept, ...], n: int) -> list[Concept]:
     return chosen
 
 
-_Puzzle = tuple[str, str, dict, Concept]
-"""A two-hop puzzle whose facts are written: its question, the reply up to the answer, their
-slots, and the answer."""
+_Puzzle = tuple[str, str, str, dict, Concept]
+"""A two-hop puzzle whose facts are written: its question, the reply's subject, the reply's
+middle hop up to the answer, their slots, and the answer."""
 
 
 def _filler(w: _Writer, d: _Draw, hero: Concept, he: str, his: str, weather: Concept) -> None:
@@ -1483,9 +1491,13 @@ def _relatives_puzzle(w: _Writer, d: _Draw, people: list[Concept]) -> _Puzzle:
     ]
     _state(w, d.rng.sample(links, 2) + d.rng.sample(loves, 2))
     asked = d.rng.randrange(2)
-    person, relative, _ = pairs[asked]
-    slots = {"a": m(person.name, person), "rel": m(relative.singular, relative)}
-    return "What did {a}'s {rel} love?", "{^a}'s {rel} loved ", slots, sports[asked]
+    person, relative, name = pairs[asked]
+    slots = {
+        "a": m(person.name, person),
+        "rel": m(relative.singular, relative),
+        "b": m(name.name, name),
+    }
+    return "What did {a}'s {rel} love?", "{^a}'s {rel}", ", {b}, loved ", slots, sports[asked]
 
 
 def _pets_puzzle(w: _Writer, d: _Draw, people: list[Concept]) -> _Puzzle:
@@ -1508,8 +1520,11 @@ def _pets_puzzle(w: _Writer, d: _Draw, people: list[Concept]) -> _Puzzle:
     ]
     _state(w, d.rng.sample(owners, 2) + d.rng.sample(coats, 2))
     asked = d.rng.randrange(2)
-    slots = {"a": m(people[asked].name, people[asked])}
-    return "What colour was {a}'s pet?", "{^a}'s pet was ", slots, colours[asked]
+    slots = {
+        "a": m(people[asked].name, people[asked]),
+        "x": m(animals[asked].singular, animals[asked]),
+    }
+    return "What colour was {a}'s pet?", "{^a}'s pet", ", the {x}, was ", slots, colours[asked]
 
 
 def _pronoun(person: Concept) -> str:
@@ -1530,9 +1545,15 @@ def _state(w: _Writer, facts: list[tuple[str, dict]]) -> None:
         w.say((" " if i else "") + template, **slots)
 
 
-def _answer(w: _Writer, reply: str, slots: dict, answer: Concept, end: str) -> None:
-    w.say(reply, **slots)
-    w.answers.append((w.size, answer.id))
+def _answer(w: _Writer, subject: str, hop: str, slots: dict, answer: Concept, end: str) -> None:
+    """The reply names the middle hop before the answer ("Tom's sister, Mia, loved chess"):
+    answered in one step, the 12M-token model got 39.5% of puzzles right (36.6% with a third of
+    the puzzles), so a 4-layer model does not bind both hops inside one position; spelled out,
+    each hop is one lookup past the distractor."""
+    w.say(subject, **slots)
+    reply = w.size
+    w.say(hop, **slots)
+    w.answers.append((reply, w.size, answer.id))
     w.say("{s}." + end, s=m(answer.singular, answer))
 
 
@@ -1540,10 +1561,12 @@ def _two_hop_story(w, d, hero, he, his, weather):
     """A two-hop puzzle told in the story, story lines, then its question about the hero or the
     rival."""
     (rival,) = _others(d, (hero,), 1)
-    question, reply, slots, answer = d.one([_pets_puzzle, _relatives_puzzle])(w, d, [hero, rival])
+    question, subject, hop, slots, answer = d.one([_pets_puzzle, _relatives_puzzle])(
+        w, d, [hero, rival]
+    )
     _filler(w, d, hero, he, his, weather)
     w.say(" " + question + " ", **slots)
-    _answer(w, reply, slots, answer, "")
+    _answer(w, subject, hop, slots, answer, "")
 
 
 def _chat_puzzle(w: _Writer, d: _Draw) -> None:
@@ -1551,11 +1574,11 @@ def _chat_puzzle(w: _Writer, d: _Draw) -> None:
     Chats carry these too because one story question per story was too rare a signal: the
     9.8M-token model answered 37% of them."""
     w.add("User: ")
-    question, reply, slots, answer = d.one([_pets_puzzle, _relatives_puzzle])(
+    question, subject, hop, slots, answer = d.one([_pets_puzzle, _relatives_puzzle])(
         w, d, _others(d, (), 2)
     )
     w.say(" " + question + "\n", **slots)
-    _answer(w, "Assistant: " + reply, slots, answer, "\n")
+    _answer(w, "Assistant: " + subject, hop, slots, answer, "\n")
 
 
 def _topic_sentences(d: _Draw, topic: str, count: int, named: bool) -> list[str]:

@@ -165,18 +165,29 @@ def test_personas_style_every_reply_and_only_replies(docs_v2):
 
 def test_two_hop_answers_need_the_binding_past_a_distractor(docs_v2):
     """Each answer is recorded where it is written (in persona chats too, whose replies are
-    restyled after writing), and in a good share of puzzles the fact nearest the question
-    belongs to the distractor, so copying it fails."""
-    asked = [(d, offset, c) for d in docs_v2 for offset, c in d.answers]
+    restyled after writing); the reply names the asked person's middle hop, which the facts bind
+    to the answer; and in a good share of puzzles the fact nearest the question belongs to the
+    distractor, so copying it fails."""
+    asked = [(d, *answer) for d in docs_v2 for answer in d.answers]
     assert len(asked) > 0.3 * len(docs_v2)
     assert any(d.genre == "story" for d, *_ in asked)
     assert any(d.genre == "chat" and d.persona for d, *_ in asked)
     nearest_wrong = 0
-    for doc, offset, concept in asked:
+    for doc, reply, offset, concept in asked:
         word = CATALOGUE[concept].singular
         assert doc.text[offset : offset + len(word)] == word
         question = doc.text.rindex("What ", 0, offset)
-        stated = [s for s in re.finditer(r"\b(?:loved|was) (\w+)\.", doc.text[:question])]
+        person, relation = re.search(r"(\w+)'s (\w+)$", doc.text[:reply]).groups()
+        middle = re.fullmatch(r", (?:the )?(\w+), (?:loved|was) ", doc.text[reply:offset])[1]
+        statements = doc.text[:question]
+        bound = (
+            f"{person} had a pet {middle}."
+            if relation == "pet"
+            else f"{person}'s {relation} was {middle}."
+        )
+        assert bound in statements
+        assert re.search(rf"\b{middle} (?:loved|was) {word}\.", statements, re.I)
+        stated = [s for s in re.finditer(r"\b(?:loved|was) (\w+)\.", statements)]
         nearest_wrong += stated[-1].group(1) != word
     assert 0.25 < nearest_wrong / len(asked) < 0.75
 
