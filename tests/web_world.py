@@ -6,6 +6,7 @@ with writer_client(engine) as client: ...      # build_world + user "ada" with a
 """
 
 import json
+import math
 from contextlib import contextmanager
 
 import numpy as np
@@ -39,6 +40,15 @@ def _contexts(rng: np.random.Generator, n: int) -> np.ndarray:
     return ids
 
 
+EDGES = [round(-3 + 0.1 * i, 2) for i in range(61)]  # log10 activation bins of a harvest
+
+
+def counts_up_to(max_act: float) -> list[int]:
+    """An activation histogram whose top bin holds `max_act`."""
+    top = min(int((math.log10(max_act) + 3) * 10), len(EDGES) - 2)
+    return [9 if top - 8 <= i <= top else 0 for i in range(len(EDGES) - 1)]
+
+
 def build_world(session: Session, name: str = "res1") -> int:
     """Model 'tiny' and SAE `name`: feature 0 has a hostile label, three labels and examples on
     hostile tokens; 1 and 2 are labelled; 3 is dead; 4 and 5 are alive without labels."""
@@ -50,8 +60,7 @@ def build_world(session: Session, name: str = "res1") -> int:
         "ce_loss_recovered": 0.93,
         "dead_fraction": 1 / 6,
     }
-    edges = [round(-3 + 0.1 * i, 2) for i in range(61)]
-    harvest = {"tokens": 4096, "histogram_log10_edges": edges, "config": {"n_intervals": 5}}
+    harvest = {"tokens": 4096, "histogram_log10_edges": EDGES, "config": {"n_intervals": 5}}
     sae = db.create_sae(
         session,
         model,
@@ -118,7 +127,8 @@ def build_demo_rows(
     session: Session, workspace, labels: dict | None = None, sae: str = "res1"
 ) -> int:
     """Stored rows for the demo model and SAE `sae` (no examples), so pages can link live text
-    to features without a harvest. `labels` gives chosen features a label and a max activation."""
+    to features without a harvest. `labels` gives chosen features a label, a max activation and
+    an activation histogram up to it."""
     tokenizer = workspace.model.tokenizer
     vocab = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
     name, loaded = sae, workspace.saes[sae]
@@ -129,7 +139,9 @@ def build_demo_rows(
     sae = db.create_sae(
         session,
         model,
-        db.SaeInfo(name, "demo", loaded.hook_name, "topk", 256, d_sae, {}, {}),
+        db.SaeInfo(
+            name, "demo", loaded.hook_name, "topk", 256, d_sae, {}, {"histogram_log10_edges": EDGES}
+        ),
     )
     db.insert_features(
         session,
@@ -144,6 +156,7 @@ def build_demo_rows(
     for index, (text, max_act) in {7: ("demo feature seven", 4.0), **(labels or {})}.items():
         feature = session.query(Feature).filter_by(sae_id=sae.id, index=index).one()
         feature.max_act = max_act
+        feature.histogram = {"counts": counts_up_to(max_act)}
         session.add(Explanation(feature_id=feature.id, text=text, method="offline"))
     session.flush()
     refresh_sae(session, sae.id)

@@ -26,6 +26,7 @@ class Bar:
 class Tick:
     at: float  # pixel position along its axis
     label: str
+    highlighted: bool = False  # a mark drawn in the accent colour, its label set lower
 
 
 @dataclass(frozen=True)
@@ -71,10 +72,13 @@ def bar_chart(
     x_tick_format=lambda v: f"{v:g}",
     x_ticks_at: list[float] | None = None,
     marks: dict[str, float] | None = None,
+    highlighted: tuple[str, ...] = (),
     width: int = 560,
     height: int = 180,
 ) -> BarChart:
-    """A histogram: len(edges) == len(counts) + 1, bars drawn between consecutive edges."""
+    """A histogram: len(edges) == len(counts) + 1, bars drawn between consecutive edges. `marks`
+    are vertical lines at values (clamped into the axis), those named in `highlighted` drawn
+    apart from the rest."""
     left, top, right, bottom = 48.0, 10.0, width - 12.0, height - 36.0
     lo, hi = edges[0], edges[-1]
     span = (hi - lo) or 1.0
@@ -107,7 +111,8 @@ def bar_chart(
         for v in (step * i for i in range(round(y_top / step) + 1))
     ]
     mark_ticks = [
-        Tick(round(x_of(min(max(v, lo), hi)), 2), name) for name, v in (marks or {}).items()
+        Tick(round(x_of(min(max(v, lo), hi)), 2), name, name in highlighted)
+        for name, v in (marks or {}).items()
     ]
     return BarChart(
         width,

@@ -46,6 +46,18 @@ def test_test_your_text_box_shows_the_feature_on_each_token(page, server_url):
     expect(page.locator("#test-result")).to_contain_text("of its stored max")
 
 
+def test_typed_text_marks_its_peak_on_the_activation_histogram(page, server_url, demo_workspace):
+    from tests.web_world import golden_gate_feature
+
+    bridge, _ = golden_gate_feature(demo_workspace)
+    page.goto(f"{server_url}/monoscope-demo/res1/{bridge}")
+    expect(page.locator("#activation-chart .mark-label")).to_have_text(["max"])
+    page.fill(".test-text textarea", "We walked across the Golden Gate Bridge.")
+    page.click(".test-text button[type=submit]")
+    expect(page.locator("#activation-chart .mark-label.highlighted")).to_have_text("your text")
+    expect(page.locator(".test-text #activation-chart")).to_have_count(0)  # swapped in place
+
+
 def test_the_feature_table_paginates_and_filters_in_place(page, server_url):
     page.goto(f"{server_url}/monoscope-demo/res1")
     first = page.locator("#feature-table tbody tr").first

@@ -10,7 +10,7 @@ from app.db.engine import session_scope
 from app.settings import Settings
 from app.web.app import create_app
 from tests.helpers import parsed
-from tests.web_world import SCRIPT, build_demo_rows
+from tests.web_world import SCRIPT, build_demo_rows, golden_gate_feature
 
 
 @pytest.fixture
@@ -32,6 +32,33 @@ def test_feature_page_offers_the_test_your_text_box_and_it_reads_text(client):
     assert SCRIPT not in result.text and "&lt;" in result.text  # typed text is escaped too
     cells = [float(c["data-value"]) for c in parsed(result.text).select(".tok[data-value]")]
     assert len(cells) > 5 and all(v >= 0 for v in cells)
+
+
+def test_typed_text_is_marked_on_the_activation_histogram(engine, demo_workspace):
+    """The test box's peak joins the stored max on the histogram (an out-of-band swap of the
+    page's chart), and a text the feature ignores leaves no mark."""
+    index, gate = golden_gate_feature(demo_workspace)
+    with session_scope(engine) as session:
+        build_demo_rows(session, demo_workspace, {index: ("the bridge's name", 2 * gate)})
+    url = engine.url.render_as_string(hide_password=False)
+    app = create_app(Settings(database_url=url), workspace=demo_workspace)
+    with TestClient(app) as client:
+        path = f"/monoscope-demo/res1/{index}"
+        page = parsed(client.get(path).text)
+        assert [m.get_text() for m in page.select("#activation-chart .mark-label")] == ["max"]
+
+        def typed(text: str):
+            doc = parsed(client.get(path + "/activations", params={"text": text}).text)
+            peak = max(float(c["data-value"]) for c in doc.select(".tok[data-value]"))
+            chart = doc.select_one('#activation-chart[hx-swap-oob="true"]')
+            return peak, {m.get_text(): m for m in chart.select(".mark-label")}
+
+        peak, marks = typed("We walked across the Golden Gate Bridge.")
+        assert peak > 0 and set(marks) == {"max", "your text"}
+        assert "highlighted" in marks["your text"]["class"]
+        assert float(marks["your text"]["x"]) < float(marks["max"]["x"])
+        peak, marks = typed("The cat sat on the mat.")
+        assert peak == 0 and set(marks) == {"max"}
 
 
 def test_the_decoder_vector_downloads_as_npy_and_json(client, demo_workspace):

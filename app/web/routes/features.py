@@ -31,12 +31,17 @@ from app.web.resident import require_resident, resident, run_text
 router = APIRouter()
 
 
-def _activation_chart(detail):
-    edges = detail.sae.harvest.get("histogram_log10_edges")
-    counts = (detail.feature.histogram or {}).get("counts")
+def _activation_chart(sae, feature, typed_peak: float | None = None):
+    """The harvest's activation histogram, marked at the stored max and, once text is typed into
+    the test box, at that text's peak, so a reader sees where it falls among the examples."""
+    edges = sae.harvest.get("histogram_log10_edges")
+    counts = (feature.histogram or {}).get("counts")
     if not edges or not counts or not any(counts):
         return None
     counts, edges = trimmed(counts, edges)
+    marks = {"max": math.log10(feature.max_act)} if feature.max_act > 0 else {}
+    if typed_peak is not None and typed_peak > 0:
+        marks["your text"] = math.log10(typed_peak)
     return bar_chart(
         counts,
         edges,
@@ -45,7 +50,8 @@ def _activation_chart(detail):
         y_label="tokens",
         x_tick_format=decade_label,
         x_ticks_at=log_ticks(edges[0], edges[-1]),
-        marks={"max": math.log10(detail.feature.max_act)} if detail.feature.max_act > 0 else None,
+        marks=marks,
+        highlighted=("your text",),
     )
 
 
@@ -114,7 +120,7 @@ def feature_page(
             detail.of_kind("quantile"), vocab, feature.max_act, n_intervals
         ),
         "neighbours": view.neighbours,
-        "activation_chart": _activation_chart(detail),
+        "activation_chart": _activation_chart(detail.sae, feature),
         "logit_chart": _logit_chart(detail),
         "previous": feature.index - 1 if feature.index > 0 else None,
         "next": feature.index + 1 if feature.index + 1 < detail.sae.d_sae else None,
@@ -154,6 +160,7 @@ def feature_activations(
         "peak": peak,
         "feature": feature,
         "excluded": set(result.excluded_positions),
+        "activation_chart": _activation_chart(sae_row, feature, peak),
     }
     return templates.TemplateResponse(request, "features/_activations.html", context)
 
