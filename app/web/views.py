@@ -16,6 +16,13 @@ from app.db.queries import ExampleView
 from app.web.markup import TokenTexts, example_strip
 
 WINDOW_BEFORE, WINDOW_AFTER = 40, 12  # tokens shown around an example's peak
+CONTEXT_WINDOWS: dict[str, tuple[int | None, int | None]] = {
+    "narrow": (8, 4),
+    "wide": (WINDOW_BEFORE, WINDOW_AFTER),
+    "whole": (None, None),
+}
+"""The feature page's context control: tokens before and after each example's peak (None: to
+the stored context's edge). Narrow lines peaks up for scanning; whole shows what led there."""
 
 
 @dataclass(frozen=True)
@@ -32,14 +39,14 @@ def example_row(
     example: ExampleView,
     texts: TokenTexts,
     scale: float,
-    before: int = WINDOW_BEFORE,
-    after: int = WINDOW_AFTER,
+    before: int | None = WINDOW_BEFORE,
+    after: int | None = WINDOW_AFTER,
     with_text: bool = False,
 ) -> ExampleRow:
     ids = example.token_ids
     peak = example.max_position
-    start = max(peak - before, 0)
-    end = min(peak + after + 1, len(ids))
+    start = 0 if before is None else max(peak - before, 0)
+    end = len(ids) if after is None else min(peak + after + 1, len(ids))
     return ExampleRow(
         example_strip(texts, ids, example.activations, scale, start, end, peak),
         "".join(texts.raw_at(t) for t in ids[start:end].tolist()) if with_text else None,
@@ -58,12 +65,16 @@ class IntervalGroup:
 
 
 def interval_groups(
-    examples: list[ExampleView], texts: TokenTexts, max_act: float, n_intervals: int
+    examples: list[ExampleView],
+    texts: TokenTexts,
+    max_act: float,
+    n_intervals: int,
+    window: tuple[int | None, int | None] = (WINDOW_BEFORE, WINDOW_AFTER),
 ) -> list[IntervalGroup]:
     """Quantile examples grouped by their activation interval, strongest interval first."""
     groups: dict[int, list[ExampleRow]] = {}
     for e in examples:
-        groups.setdefault(e.interval or 0, []).append(example_row(e, texts, max_act))
+        groups.setdefault(e.interval or 0, []).append(example_row(e, texts, max_act, *window))
     width = max_act / max(n_intervals, 1)
     return [
         IntervalGroup(i * width, (i + 1) * width, groups[i]) for i in sorted(groups, reverse=True)

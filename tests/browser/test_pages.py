@@ -58,6 +58,17 @@ def test_typed_text_marks_its_peak_on_the_activation_histogram(page, server_url,
     expect(page.locator(".test-text #activation-chart")).to_have_count(0)  # swapped in place
 
 
+def test_the_context_control_widens_examples_in_place(page, server_url):
+    page.goto(f"{server_url}/tiny/res1/0?context=narrow")
+    expect(page.locator(".top-examples .cut")).to_have_count(5)
+    page.evaluate("window.sameDocument = true")
+    page.click(".context-control >> text=whole")
+    expect(page).to_have_url(re.compile(r"context=whole"))
+    expect(page.locator(".top-examples .cut")).to_have_count(0)
+    expect(page.locator(".context-control .selected")).to_have_text("whole")
+    assert page.evaluate("window.sameDocument") is True
+
+
 def test_the_feature_table_paginates_and_filters_in_place(page, server_url):
     page.goto(f"{server_url}/monoscope-demo/res1")
     first = page.locator("#feature-table tbody tr").first

@@ -112,6 +112,27 @@ def test_bad_table_parameters_get_a_clear_4xx_page(client, params):
     assert "That did not work" in page.text and "Traceback" not in page.text
 
 
+def test_the_context_control_sets_how_much_of_each_example_shows(client):
+    """Each of the 12-token stored contexts peaks at token 5: narrow shows 8 before and 4 after
+    (cut on the right), whole shows every token, and the choice survives embedding."""
+
+    def shown(**params):
+        doc = parsed(client.get("/tiny/res1/0", params=params).text)
+        return [len(e.select(".tok")) for e in doc.select(".example")], doc
+
+    narrow, doc = shown(context="narrow")
+    whole, whole_doc = shown(context="whole")
+    assert narrow == [10] * 8 and whole == [12] * 8
+    assert len(doc.select(".example .cut")) == 8 and not whole_doc.select(".example .cut")
+    assert doc.select_one(".context-control .selected").get_text() == "narrow"
+    assert shown()[1].select_one(".context-control .selected").get_text() == "wide"
+    _, embedded = shown(context="whole", embed=1)
+    links = [a["href"] for a in embedded.select(".context-control a")]
+    assert len(links) == 3 and all("embed=1" in h and "context=" in h for h in links)
+    bad = client.get("/tiny/res1/0", params={"context": "huge"})
+    assert bad.status_code == 422 and "context" in bad.text and "Traceback" not in bad.text
+
+
 def test_feature_page_shows_the_whole_dashboard_with_hostile_text_escaped(client):
     page = client.get("/tiny/res1/0")
     assert page.status_code == 200

@@ -94,6 +94,7 @@ def feature_page(
     vocabularies: VocabularyDep,
     workspace: WorkspaceDep,
     embed: bool = False,
+    context: Literal["narrow", "wide", "whole"] = "wide",
 ):
     number = parse_feature_index(index)
     if number is None:
@@ -109,16 +110,21 @@ def feature_page(
     feature = detail.feature
     n_intervals = detail.sae.harvest.get("config", {}).get("n_intervals", 5)
     labels = [views.label_view(e) for e in detail.explanations]
-    context = {
+    window = views.CONTEXT_WINDOWS[context]
+    page = {
         "model": model,
         "sae": detail.sae,
         "feature": feature,
         "labels": labels,
         "shown_label": feature.label,
-        "top": [views.example_row(e, vocab, feature.max_act) for e in detail.of_kind("top")],
+        "top": [
+            views.example_row(e, vocab, feature.max_act, *window) for e in detail.of_kind("top")
+        ],
         "intervals": views.interval_groups(
-            detail.of_kind("quantile"), vocab, feature.max_act, n_intervals
+            detail.of_kind("quantile"), vocab, feature.max_act, n_intervals, window
         ),
+        "context": context,
+        "contexts": list(views.CONTEXT_WINDOWS),
         "neighbours": view.neighbours,
         "activation_chart": _activation_chart(detail.sae, feature),
         "logit_chart": _logit_chart(detail),
@@ -128,7 +134,7 @@ def feature_page(
         "steer_url": _steer_url(request, model, sae, feature.index),
         "embed": embed,
     }
-    return templates.TemplateResponse(request, "features/show.html", context)
+    return templates.TemplateResponse(request, "features/show.html", page)
 
 
 @router.get(
