@@ -265,7 +265,7 @@ def score(
     ] = None,
     scorer: Annotated[
         list[str] | None,
-        typer.Option(help="simulation (offline), detection or fuzzing (LLM); repeatable."),
+        typer.Option(help="keyword (offline), detection or fuzzing (LLM); repeatable."),
     ] = None,
     features: Annotated[
         str | None, typer.Option(help="Comma-separated feature indices (default: all labelled).")
@@ -329,7 +329,7 @@ def add_sae(
     _print_harvest(result.harvest)
     out.print(
         f"labelled {result.explain.explained:,} features ({result.explain.failed:,} failed); "
-        f"scored {result.score.scored:,} labels by simulation"
+        f"scored {result.score.scored:,} labels by keyword match"
     )
 
 
@@ -644,12 +644,12 @@ def ground_truth(
     stored_name = sae_name(sae or str(DEMO_SAE))
     found = labels(engine, loaded.name, stored_name)
     accuracy = label_accuracy(report, found) if found else None
-    simulation = label_scores(engine, loaded.name, stored_name, "simulation")
-    agreement = score_agreement(report, found, simulation) if simulation else None
+    keyword = label_scores(engine, loaded.name, stored_name, "keyword")
+    agreement = score_agreement(report, found, keyword) if keyword else None
     if as_json:
         extra = {"labels": accuracy.to_dict()} if accuracy else {}
         if agreement:
-            extra["simulation_vs_label_correctness"] = agreement
+            extra["keyword_vs_label_correctness"] = agreement
         print(json.dumps(report.to_dict() | extra, indent=2))
         return
     for title, rows in (("concept", report.concepts), ("category", report.categories)):
@@ -708,7 +708,7 @@ def ground_truth(
     if accuracy is not None:
         summary["label_accuracy"] = round(accuracy.accuracy, 4)
     if agreement:
-        summary |= {f"simulation_{k}": v for k, v in agreement.items()}
+        summary |= {f"keyword_{k}": v for k, v in agreement.items()}
     _print_metrics("ground truth", summary)
 
 

@@ -101,11 +101,11 @@ def build_world(session: Session, name: str = "res1") -> int:
         activations=acts,
     )
     labels = [
-        (0, HOSTILE_LABEL, {"simulation": {"value": 0.8}}),
-        (0, "an older, weaker label", {"simulation": {"value": 0.2}}),
+        (0, HOSTILE_LABEL, {"keyword": {"value": 0.8}}),
+        (0, "an older, weaker label", {"keyword": {"value": 0.2}}),
         (0, "", None),  # a failure is shown as one, never as the label
-        (1, "Golden Gate Bridge in the fog", {"simulation": {"value": 0.6}}),
-        (2, "common words", {"detection": {"value": 0.55}, "simulation": {"value": 0.9}}),
+        (1, "Golden Gate Bridge in the fog", {"keyword": {"value": 0.6}}),
+        (2, "common words", {"detection": {"value": 0.55}, "keyword": {"value": 0.9}}),
     ]
     for index, text, scores in labels:
         session.add(

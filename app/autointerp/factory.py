@@ -56,8 +56,8 @@ def build_explainer(
 
 
 def default_scorers(settings: Settings) -> list[str]:
-    """Simulation always; detection too when an LLM endpoint is set."""
-    return ["simulation", "detection"] if settings.explainer_base_url else ["simulation"]
+    """The keyword score always; detection too when an LLM endpoint is set."""
+    return ["keyword", "detection"] if settings.explainer_base_url else ["keyword"]
 
 
 def build_judge(settings: Settings, scorers: list[str]) -> LLMJudge | None:

@@ -1,13 +1,15 @@
 """Scorers: how far a label predicts where its feature fires, on examples the explainer never saw.
 
     scoring = ScoringSet(positives=held_out, negatives=negatives)
-    simulation_score("Golden Gate (Gate) → Bridge", scoring)      # offline, always available
+    keyword_score("Golden Gate (Gate) → Bridge", scoring)         # offline, always available
     await judge.detection(label, scoring)                          # an LLM decides, per REFERENCE
     await judge.fuzzing(label, scoring, max_act)
 
-Simulation (offline): each token's activation is predicted from the label alone (1 where the
-token is one of the label's words or shares a stem with it, else 0) and scored by the Pearson
-correlation with the true activations over the held-out positives and the negatives.
+Keyword (offline): each token's activation is predicted from the label alone (1 where the token
+is one of the label's words or shares a stem with it, else 0) and scored by the Pearson
+correlation with the true activations over the held-out positives and the negatives. It was
+called "simulation" until it was seen for what it is: a keyword match, not a simulator reading
+the label; it cannot credit a label that describes a context in other words.
 Detection: the judge sees unmarked excerpts (held-out activating ones and negatives, shuffled) and
 names those the label says should fire. Fuzzing: the judge sees activating excerpts, half marked
 where the feature really fires and half marked on random other tokens, and names the correctly
@@ -25,7 +27,7 @@ import numpy as np
 from app.autointerp.evidence import Example, format_example, marked
 from app.autointerp.llm import ChatClient, LLMError, _excerpt
 
-SCORERS = ("simulation", "detection", "fuzzing")
+SCORERS = ("keyword", "detection", "fuzzing")
 JUDGED_SCORERS = ("detection", "fuzzing")  # these need an LLM judge
 STOPWORDS = frozenset(
     re.findall(
@@ -72,7 +74,7 @@ def predicted_activations(label: str, example: Example) -> np.ndarray:
     return np.array([1.0 if _matches(t, terms) else 0.0 for t in example.tokens], np.float32)
 
 
-def simulation_score(label: str, scoring: ScoringSet) -> dict:
+def keyword_score(label: str, scoring: ScoringSet) -> dict:
     examples = scoring.positives + scoring.negatives
     if not scoring.positives:
         raise ScoreError("no held-out activating examples")

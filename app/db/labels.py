@@ -22,8 +22,8 @@ from sqlalchemy.orm import Session
 
 from app.db.models import Explanation, Feature, SaeRow
 
-# LLM judges say more about a label than the offline simulation does, so they lead.
-SCORE_PREFERENCE = ("detection", "fuzzing", "simulation")
+# LLM judges say more about a label than the offline keyword match does, so they lead.
+SCORE_PREFERENCE = ("detection", "fuzzing", "keyword")
 DENSITY_LOG10_EDGES = [round(-8 + 0.25 * i, 2) for i in range(33)]  # 1e-8 … 1
 SCORE_EDGES = [round(-1 + 0.1 * i, 1) for i in range(21)]  # correlations and accuracies
 

@@ -173,7 +173,7 @@ class Explanation(Base):
     text: Mapped[str] = mapped_column(Text)
     method: Mapped[str] = mapped_column(String(50))  # offline | openai | self | human
     explainer_model: Mapped[str | None] = mapped_column(String(200))
-    scores: Mapped[dict] = mapped_column(default=dict)  # {"simulation": {"value": ..., ...}, ...}
+    scores: Mapped[dict] = mapped_column(default=dict)  # {"keyword": {"value": ..., ...}, ...}
     author: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     # A failed attempt (refusal, unparseable reply, no credit, timeout) is kept with its reason,

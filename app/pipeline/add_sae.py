@@ -5,7 +5,7 @@ features and score the labels.
                        settings).run()
 
 The explainer is the LLM one when MONOSCOPE_EXPLAINER_BASE_URL is set, else the offline one; the
-labels are scored by simulation. Each step resumes and skips what is done, so running the job
+labels are scored by keyword match. Each step resumes and skips what is done, so running the job
 again after a crash continues it.
 """
 
@@ -40,7 +40,7 @@ class AddSaeJob:
         ).run()
         resident, resident_sae = load_harvested(self.engine, model, sae, self.settings.device)
         scored = ScoreJob(
-            ScoreConfig(model, sae, ("simulation",), progress=self.config.progress),
+            ScoreConfig(model, sae, ("keyword",), progress=self.config.progress),
             self.engine,
             resident,
             resident_sae,

@@ -131,8 +131,8 @@ class ScoreConfig:
     """The model's name in the database."""
     sae: str
     """The SAE's name in the database."""
-    scorers: tuple[str, ...] = ("simulation",)
-    """simulation (offline), detection or fuzzing (an LLM judge)."""
+    scorers: tuple[str, ...] = ("keyword",)
+    """keyword (offline), detection or fuzzing (an LLM judge)."""
     features: list[int] | None = None
     """Feature indices whose labels to score (default: every labelled feature)."""
     force: bool = False

@@ -91,7 +91,7 @@ def build_demo_database(
     stage: Callable[[str], None] = lambda _: None,
 ) -> None:
     """Harvest each shipped SAE over held-out world text into the database, label every feature
-    with the offline explainer and score the labels by simulation. Each step resumes where a
+    with the offline explainer and score the labels by keyword match. Each step resumes where a
     crash left it; `stage` hears what is under way (the first-start page shows it)."""
     stage("loading the demo model")
     model = load_model(DEMO_MODEL, device="cpu")
@@ -107,7 +107,7 @@ def build_demo_database(
         stage(f"scoring the labels of {name} ({of})")
         sae = model.attach(load_sae(str(path)))
         ScoreJob(
-            ScoreConfig(DEMO_MODEL.name, name, ("simulation",), progress=progress),
+            ScoreConfig(DEMO_MODEL.name, name, ("keyword",), progress=progress),
             engine,
             model,
             sae,

@@ -28,7 +28,7 @@ from app.autointerp.scoring import (
     LLMJudge,
     ScoreError,
     ScoringSet,
-    simulation_score,
+    keyword_score,
 )
 from app.core.errors import MonoscopeError
 from app.core.model import LoadedModel, load_model
@@ -215,9 +215,9 @@ def _score(
                         for scorer in scorers:
                             if not _needs(explanation, scorer, force):
                                 result.skipped += 1
-                            elif scorer == "simulation":
+                            elif scorer == "keyword":
                                 try:
-                                    score = simulation_score(explanation.text, scoring)
+                                    score = keyword_score(explanation.text, scoring)
                                 except ScoreError as exc:
                                     score = {"failed": str(exc)}
                                 updates.append((explanation, scorer, score))

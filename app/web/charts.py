@@ -193,6 +193,6 @@ def score_chart(summary: dict):
         histogram["counts"],
         SCORE_EDGES,
         title="Headline label scores",
-        x_label="score (detection or fuzzing accuracy, else simulation correlation)",
+        x_label="score (detection or fuzzing accuracy, else keyword-match correlation)",
         y_label="features",
     )

@@ -96,6 +96,28 @@ class LabelView:
     scores: list[tuple[str, float | None, str | None]]  # (scorer, value, failure)
 
 
+SCORE_METHODS = {
+    "detection": "an LLM judge picks, from shuffled held-out excerpts, those the label says fire "
+    "(balanced accuracy)",
+    "fuzzing": "an LLM judge tells excerpts marked where the feature fires from ones marked at "
+    "random (balanced accuracy)",
+    "keyword": "offline: correlation of the activations with tokens that are the label's own "
+    "words; a label that describes a context in other words scores low",
+}
+"""What each stored score measures, in a line the feature page shows under the labels."""
+
+
+def score_methods(labels: list[LabelView]) -> list[tuple[str, str]]:
+    """The methods behind the scores shown, in the order they rank labels."""
+    shown = {name for label in labels for name, _, _ in label.scores}
+    return [
+        (name, SCORE_METHODS.get(name, "a score from another tool"))
+        for name in sorted(
+            shown, key=lambda n: (SCORE_PREFERENCE.index(n) if n in SCORE_PREFERENCE else 99, n)
+        )
+    ]
+
+
 def label_view(explanation) -> LabelView:
     scores = explanation.scores or {}
     ordered = [s for s in SCORE_PREFERENCE if s in scores] + sorted(

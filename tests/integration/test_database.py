@@ -51,6 +51,32 @@ def test_migration_0002_keeps_data_going_down_and_fills_labels_going_up(engine):
     assert summary["labelled"] == 3 and summary["alive"] == 5 and summary["scored"] == 3
 
 
+def test_migration_0007_renames_the_keyword_score_both_ways(engine):
+    """Labels scored as "simulation" keep their values, and their place among other scores, as
+    "keyword"; going down restores the old name."""
+    with session_scope(engine) as session:
+        build_world(session)
+    _downgrade_to_base(engine, "0006")
+    with session_scope(engine) as session:
+        for label in session.query(Explanation):  # as a store before 0007 held them
+            label.scores = {
+                ("simulation" if k == "keyword" else k): v for k, v in (label.scores or {}).items()
+            }
+    migrate(engine)
+    with session_scope(engine) as session:
+        scores = {e.text: e.scores for e in session.query(Explanation)}
+    assert scores[HOSTILE_LABEL] == {"keyword": {"value": 0.8}}
+    assert list(scores["common words"]) == ["detection", "keyword"]
+    assert scores["common words"]["keyword"] == {"value": 0.9}
+    _downgrade_to_base(engine, "0006")
+    with engine.connect() as connection:
+        stored = [row[0] for row in connection.execute(text("SELECT scores FROM explanations"))]
+    assert any("simulation" in str(s) for s in stored) and not any(
+        "keyword" in str(s) for s in stored
+    )
+    migrate(engine)
+
+
 def test_servers_starting_together_migrate_once(engine):
     """Every server process migrates as it starts; four at once must not apply a revision twice."""
     with session_scope(engine) as session:

@@ -154,22 +154,22 @@ def _scores(engine) -> list[dict]:
         return [e.scores for e in session.query(Explanation).filter_by(status="ok")]
 
 
-def test_simulation_scores_are_stored_once_and_redone_on_force(harvested, gpt2):
+def test_keyword_scores_are_stored_once_and_redone_on_force(harvested, gpt2):
     engine = harvested
     ExplainJob(
         ExplainConfig(gpt2.name, "res1", progress=False),
         engine,
         offline_explainer(engine, gpt2.name),
     ).run()
-    first = _score(engine, gpt2, ["simulation"])
+    first = _score(engine, gpt2, ["keyword"])
     scores = _scores(engine)
     assert first.scored + first.failed == len(scores) and first.scored > 0
-    stored = [s["simulation"] for s in scores if "failed" not in s["simulation"]]
+    stored = [s["keyword"] for s in scores if "failed" not in s["keyword"]]
     assert all(-1 <= s["value"] <= 1 for s in stored)
     assert any(s["negatives"] > 0 for s in stored)  # dense random features may have none
-    again = _score(engine, gpt2, ["simulation"])
+    again = _score(engine, gpt2, ["keyword"])
     assert again.scored == 0 and again.skipped == first.scored
-    forced = _score(engine, gpt2, ["simulation"], force=True)
+    forced = _score(engine, gpt2, ["keyword"], force=True)
     assert forced.scored == first.scored
     with session_scope(engine) as session:  # the headline score follows onto the feature rows
         headline = (
@@ -279,7 +279,7 @@ def test_a_score_of_a_label_edited_meanwhile_is_not_stored(harvested, gpt2, monk
         offline_explainer(engine, gpt2.name),
     ).run()
     alive = _alive(engine)
-    real = score.simulation_score
+    real = score.keyword_score
     edited = {}
 
     def edits_while_scoring(text, scoring):
@@ -287,8 +287,8 @@ def test_a_score_of_a_label_edited_meanwhile_is_not_stored(harvested, gpt2, monk
             edited["id"] = _review(engine, alive[0], "edit", "edited while scoring")
         return real(text, scoring)
 
-    monkeypatch.setattr(score, "simulation_score", edits_while_scoring)
-    result = _score(engine, gpt2, ["simulation"])
+    monkeypatch.setattr(score, "keyword_score", edits_while_scoring)
+    result = _score(engine, gpt2, ["keyword"])
     assert result.stale == 1
     with session_scope(engine) as session:
         label = session.get(Explanation, edited["id"])

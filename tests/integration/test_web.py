@@ -60,7 +60,7 @@ def _indices(body: str) -> list[int]:
         ({}, [0, 1, 2, 3, 4, 5]),
         ({"sort": "density"}, [2, 0, 5, 1, 4, 3]),  # descending by default
         ({"sort": "density", "order": "asc"}, [3, 4, 1, 5, 0, 2]),
-        ({"sort": "score"}, [0, 1, 2]),  # headline: detection 0.55 for #2 beats its simulation
+        ({"sort": "score"}, [0, 1, 2]),  # headline: detection 0.55 for #2 beats its keyword score
         ({"labelled": "no"}, [3, 4, 5]),
         ({"alive": "no"}, [DEAD]),
         ({"min_density": 0.004, "max_density": 0.02}, [0, 1, 5]),
@@ -110,6 +110,16 @@ def test_bad_table_parameters_get_a_clear_4xx_page(client, params):
     page = client.get("/tiny/res1", params=params)
     assert 400 <= page.status_code < 500
     assert "That did not work" in page.text and "Traceback" not in page.text
+
+
+def test_the_feature_page_says_what_each_score_measures(client):
+    """Under the labels, one line per method of the scores shown, in the order they rank labels:
+    the keyword score says it is a word match, not a simulation."""
+    methods = parsed(client.get("/tiny/res1/2").text).select(".score-methods dt")
+    assert [m.get_text() for m in methods] == ["detection", "keyword"]
+    meaning = methods[1].find_next_sibling("dd").get_text()
+    assert "label's own words" in meaning and "offline" in meaning
+    assert not parsed(client.get("/tiny/res1/4").text).select(".score-methods")  # unlabelled
 
 
 def test_the_context_control_sets_how_much_of_each_example_shows(client):

@@ -1,4 +1,4 @@
-"""Scorer arithmetic on hand-made examples: simulation, classification, answer parsing, fuzzing."""
+"""Scorer arithmetic on hand-made examples: keyword match, classification, answers, fuzzing."""
 
 import random
 
@@ -11,8 +11,8 @@ from app.autointerp.scoring import (
     ScoringSet,
     _mislabelled,
     classification,
+    keyword_score,
     parse_answer,
-    simulation_score,
 )
 
 
@@ -30,13 +30,13 @@ SCORING = ScoringSet(
 
 
 def test_a_label_naming_the_firing_tokens_simulates_well_and_a_wrong_one_does_not():
-    good = simulation_score("Golden Gate (Gate)", SCORING)
-    wrong = simulation_score("foxes running", SCORING)
+    good = keyword_score("Golden Gate (Gate)", SCORING)
+    wrong = keyword_score("foxes running", SCORING)
     assert good["value"] > 0.7 and good["matched_tokens"] == 4
     assert wrong["value"] < 0.1  # "foxes"/"running" share a stem with nothing that fires
-    assert simulation_score("nothing here", SCORING)["value"] == 0.0  # matches no token
+    assert keyword_score("nothing here", SCORING)["value"] == 0.0  # matches no token
     with pytest.raises(ScoreError, match="no held-out"):
-        simulation_score("x", ScoringSet([], SCORING.negatives))
+        keyword_score("x", ScoringSet([], SCORING.negatives))
 
 
 def test_balanced_accuracy_precision_and_recall():

@@ -116,6 +116,7 @@ def feature_page(
         "sae": detail.sae,
         "feature": feature,
         "labels": labels,
+        "score_methods": views.score_methods(labels),
         "shown_label": feature.label,
         "top": [
             views.example_row(e, vocab, feature.max_act, *window) for e in detail.of_kind("top")
