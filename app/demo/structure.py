@@ -124,7 +124,7 @@ def two_hop_accuracy(model: LoadedModel, world: World, documents: int) -> tuple[
         for reply, _, concept in doc.answers:
             ids = tokenizer(doc.text[:reply], return_tensors="pt")["input_ids"]
             ids = ids[:, -model.hf.config.n_positions + 16 :].to(model.device)
-            out = model.hf.generate(
+            out = model.hf.generate(  # type: ignore[operator]  # stubs omit GenerationMixin
                 ids,
                 attention_mask=torch.ones_like(ids),
                 max_new_tokens=16,  # enough for ", the lizard, was turquoise."

@@ -1497,7 +1497,13 @@ def _relatives_puzzle(w: _Writer, d: _Draw, people: list[Concept]) -> _Puzzle:
         "rel": m(relative.singular, relative),
         "b": m(name.name, name),
     }
-    return "What did {a}'s {rel} love?", "{^a}'s {rel}", ", {b}, loved ", slots, sports[asked]
+    return (
+        "What did {a}'s {rel} love?",
+        "{^a}'s {rel}",
+        " was {b}, and {b} loved ",
+        slots,
+        sports[asked],
+    )
 
 
 def _pets_puzzle(w: _Writer, d: _Draw, people: list[Concept]) -> _Puzzle:
@@ -1508,7 +1514,7 @@ def _pets_puzzle(w: _Writer, d: _Draw, people: list[Concept]) -> _Puzzle:
     colours = [d.pick("colours")]
     colours.append(d.pick("colours", exclude=tuple(colours)))
     owners = [
-        ("{^a} had a pet {x}.", {"a": m(a.name, a), "x": m(x.singular, x)})
+        ("{^a}'s pet was " + _a(x) + " {x}.", {"a": m(a.name, a), "x": m(x.singular, x)})
         for a, x in zip(people, animals, strict=True)
     ]
     coats = [
@@ -1520,11 +1526,21 @@ def _pets_puzzle(w: _Writer, d: _Draw, people: list[Concept]) -> _Puzzle:
     ]
     _state(w, d.rng.sample(owners, 2) + d.rng.sample(coats, 2))
     asked = d.rng.randrange(2)
-    slots = {
-        "a": m(people[asked].name, people[asked]),
-        "x": m(animals[asked].singular, animals[asked]),
-    }
-    return "What colour was {a}'s pet?", "{^a}'s pet", ", the {x}, was ", slots, colours[asked]
+    animal = animals[asked]
+    slots = {"a": m(people[asked].name, people[asked]), "x": m(animal.singular, animal)}
+    hop = " was " + _a(animal) + " {x}, and the {x} was "
+    return "What colour was {a}'s pet?", "{^a}'s pet", hop, slots, colours[asked]
+
+
+def _distinct(d: _Draw, category: str, n: int) -> list[Concept]:
+    chosen: list[Concept] = []
+    while len(chosen) < n:
+        chosen.append(d.pick(category, exclude=tuple(chosen)))
+    return chosen
+
+
+def _a(concept: Concept) -> str:
+    return "an" if concept.singular[0] in "aeiou" else "a"
 
 
 def _pronoun(person: Concept) -> str:
@@ -1546,10 +1562,10 @@ def _state(w: _Writer, facts: list[tuple[str, dict]]) -> None:
 
 
 def _answer(w: _Writer, subject: str, hop: str, slots: dict, answer: Concept, end: str) -> None:
-    """The reply names the middle hop before the answer ("Tom's sister, Mia, loved chess"):
-    answered in one step, the 12M-token model got 39.5% of puzzles right (36.6% with a third of
-    the puzzles), so a 4-layer model does not bind both hops inside one position; spelled out,
-    each hop is one lookup past the distractor."""
+    """The reply names the middle hop before the answer ("Tom's sister was Mia, and Mia loved
+    chess"): answered in one step, the 12M-token model got 39.5% of puzzles right (36.6% with a
+    third of the puzzles), so a 4-layer model does not bind both hops inside one position;
+    spelled out, each hop repeats a stated fact past its distractor."""
     w.say(subject, **slots)
     reply = w.size
     w.say(hop, **slots)
@@ -1579,6 +1595,33 @@ def _chat_puzzle(w: _Writer, d: _Draw) -> None:
     )
     w.say(" " + question + "\n", **slots)
     _answer(w, "Assistant: " + subject, hop, slots, answer, "\n")
+
+
+def _chat_recall(w: _Writer, d: _Draw) -> None:
+    """A user states what three people love (or three animals' colours) and asks about some of
+    them; the assistant repeats the fact asked for. Each hop of a two-hop puzzle is such a recall
+    past distractors, and puzzles alone taught too little of it: the 3M-token model named the
+    middle hop right in 27% of puzzles and, given it, the answer in 39%, its priors' share."""
+    if d.chance(0.5):
+        people, sports = _others(d, (), 3), _distinct(d, "sports", 3)
+        fact, question = "{^k} loved {v}.", "What did {k} love?"
+        pairs = [
+            (m(a.name, a), b, _with_fact(d, fact, b, _pronoun(a)))
+            for a, b in zip(people, sports, strict=True)
+        ]
+    else:
+        animals, colours = _distinct(d, "animals", 3), _distinct(d, "colours", 3)
+        fact, question = "The {k} was {v}.", "What colour was the {k}?"
+        pairs = [
+            (m(a.singular, a), b, _with_fact(d, fact, a, "I"))
+            for a, b in zip(animals, colours, strict=True)
+        ]
+    slots = [{"k": k, "v": m(v.singular, v)} for k, v, _ in pairs]
+    w.add("User: ")
+    _state(w, [(stated, s) for (*_, stated), s in zip(pairs, slots, strict=True)])
+    for i, asked in enumerate(d.rng.sample(slots, d.rng.choice([1, 2, 2, 3]))):
+        w.say(("User: " if i else " ") + question + "\n", **asked)
+        w.say("Assistant: " + fact + "\n", **asked)
 
 
 def _topic_sentences(d: _Draw, topic: str, count: int, named: bool) -> list[str]:
@@ -1674,7 +1717,8 @@ def _chat_v2(w: _Writer, d: _Draw) -> None:
     if d.chance(0.3):
         w.persona = d.one(sorted(PERSONAS))
     turns = [_chat_favourite_v2, _chat_about, _chat_about, _chat_place, _chat_plans,
-             _chat_feeling, _chat_fact, _chat_puzzle, _chat_puzzle]  # fmt: skip
+             _chat_feeling, _chat_fact, _chat_puzzle, _chat_puzzle, _chat_recall,
+             _chat_recall]  # fmt: skip
     for _ in range(d.rng.choice([1, 2, 2, 3])):
         since = len(w.spans)
         turn = d.one(turns)

@@ -178,18 +178,40 @@ def test_two_hop_answers_need_the_binding_past_a_distractor(docs_v2):
         assert doc.text[offset : offset + len(word)] == word
         question = doc.text.rindex("What ", 0, offset)
         person, relation = re.search(r"(\w+)'s (\w+)$", doc.text[:reply]).groups()
-        middle = re.fullmatch(r", (?:the )?(\w+), (?:loved|was) ", doc.text[reply:offset])[1]
-        statements = doc.text[:question]
-        bound = (
-            f"{person} had a pet {middle}."
-            if relation == "pet"
-            else f"{person}'s {relation} was {middle}."
+        hop = re.fullmatch(
+            r" was (?:an? )?(\w+), and (?:the )?(\w+) (?:loved|was) ", doc.text[reply:offset]
         )
-        assert bound in statements
+        middle = hop[1]
+        assert hop[2] == middle  # the second hop starts from the first's answer
+        statements = doc.text[:question]
+        article = "an? " if relation == "pet" else ""
+        assert re.search(rf"{person}'s {relation} was {article}{middle}\.", statements), doc.text
         assert re.search(rf"\b{middle} (?:loved|was) {word}\.", statements, re.I)
         stated = [s for s in re.finditer(r"\b(?:loved|was) (\w+)\.", statements)]
         nearest_wrong += stated[-1].group(1) != word
     assert 0.25 < nearest_wrong / len(asked) < 0.75
+
+
+def test_recall_turns_answer_with_the_fact_stated_among_distractors(docs_v2):
+    """Chats ask back one of three stated facts; the reply repeats the one asked for, in persona
+    chats too (with the persona's opener and closer around it)."""
+    asks = (
+        (r"What did (\w+) love\?\nAssistant: (?:[^\n]*? )?\1 loved (\w+)\.", "{} loved {}."),
+        (
+            r"What colour was the (\w+)\?\nAssistant: (?:[^\n]*? )?The \1 was (\w+)\.",
+            "The {} was {}.",
+        ),
+    )
+    answered = 0
+    for doc in (d for d in docs_v2 if d.genre == "chat"):
+        for pattern, fact in asks:
+            for hit in re.finditer(pattern, doc.text):
+                stated = doc.text[: hit.start()]
+                assert fact.format(*hit.groups()) in stated
+                shape = fact.format(r"\w+", r"\w+").replace(".", r"\.")
+                assert len(re.findall(shape, stated)) >= 3  # two distractors at least
+                answered += 1
+    assert answered > 0.2 * len(docs_v2)
 
 
 def test_corpus_specs_name_a_seed_and_a_version():
