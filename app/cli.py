@@ -265,7 +265,7 @@ def score(
     ] = None,
     scorer: Annotated[
         list[str] | None,
-        typer.Option(help="keyword (offline), detection or fuzzing (LLM); repeatable."),
+        typer.Option(help="keyword, embedding (offline), detection, fuzzing (LLM); repeatable."),
     ] = None,
     features: Annotated[
         str | None, typer.Option(help="Comma-separated feature indices (default: all labelled).")

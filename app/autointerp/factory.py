@@ -56,8 +56,9 @@ def build_explainer(
 
 
 def default_scorers(settings: Settings) -> list[str]:
-    """The keyword score always; detection too when an LLM endpoint is set."""
-    return ["keyword", "detection"] if settings.explainer_base_url else ["keyword"]
+    """The offline scores always; detection too when an LLM endpoint is set."""
+    offline = ["keyword", "embedding"]
+    return [*offline, "detection"] if settings.explainer_base_url else offline
 
 
 def build_judge(settings: Settings, scorers: list[str]) -> LLMJudge | None:

@@ -27,7 +27,7 @@ import numpy as np
 from app.autointerp.evidence import Example, format_example, marked
 from app.autointerp.llm import ChatClient, LLMError, _excerpt
 
-SCORERS = ("keyword", "detection", "fuzzing")
+SCORERS = ("keyword", "embedding", "detection", "fuzzing")
 JUDGED_SCORERS = ("detection", "fuzzing")  # these need an LLM judge
 STOPWORDS = frozenset(
     re.findall(

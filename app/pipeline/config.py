@@ -132,7 +132,7 @@ class ScoreConfig:
     sae: str
     """The SAE's name in the database."""
     scorers: tuple[str, ...] = ("keyword",)
-    """keyword (offline), detection or fuzzing (an LLM judge)."""
+    """keyword or embedding (offline), detection or fuzzing (an LLM judge)."""
     features: list[int] | None = None
     """Feature indices whose labels to score (default: every labelled feature)."""
     force: bool = False

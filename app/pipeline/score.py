@@ -21,6 +21,7 @@ import torch
 from sqlalchemy import Engine
 from tqdm import tqdm
 
+from app.autointerp.embedding import TextEmbedder, embedding_scores
 from app.autointerp.evidence import Example, FeatureEvidence
 from app.autointerp.scoring import (
     JUDGED_SCORERS,
@@ -192,6 +193,7 @@ def _score(
             todo, n_labels = labelled_features(session, sae_row.id, features)
             model_id, sae_id = sae_row.model_id, sae_row.id
         pool = negative_pool(engine, model_id, resident, resident_sae, vocab, pool_size)
+        embedder = TextEmbedder.packaged(str(resident.device)) if "embedding" in scorers else None
         result = ScoreResult()
         bar = tqdm(
             total=n_labels if features is None else None,
@@ -202,7 +204,7 @@ def _score(
         for start in range(0, len(todo), BATCH):
             with session_scope(engine) as session:
                 details = feature_details(session, model, sae, todo[start : start + BATCH])
-                updates, jobs, targets = [], [], []
+                updates, jobs, targets, embedded = [], [], [], []
                 for detail in details:
                     evidence = FeatureEvidence.from_detail(detail, vocab)
                     peak_tokens = {int(e.token_ids[e.max_position]) for e in detail.of_kind("top")}
@@ -221,6 +223,8 @@ def _score(
                                 except ScoreError as exc:
                                     score = {"failed": str(exc)}
                                 updates.append((explanation, scorer, score))
+                            elif scorer == "embedding":
+                                embedded.append((explanation, scoring))
                             else:
                                 jobs.append(
                                     (
@@ -232,6 +236,12 @@ def _score(
                                     )
                                 )
                                 targets.append((explanation, scorer))
+                if embedded:
+                    assert embedder is not None
+                    found = embedding_scores([(e.text, s) for e, s in embedded], embedder)
+                    updates += [
+                        (e, "embedding", v) for (e, _), v in zip(embedded, found, strict=True)
+                    ]
                 if jobs:
                     assert judge is not None
                     judged_scores = asyncio.run(judge.score_many(jobs, concurrency))

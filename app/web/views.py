@@ -101,6 +101,8 @@ SCORE_METHODS = {
     "(balanced accuracy)",
     "fuzzing": "an LLM judge tells excerpts marked where the feature fires from ones marked at "
     "random (balanced accuracy)",
+    "embedding": "offline: how well the label's MiniLM similarity to each held-out excerpt tells "
+    "activating excerpts from negatives (AUROC; 0.5 is chance)",
     "keyword": "offline: correlation of the activations with tokens that are the label's own "
     "words; a label that describes a context in other words scores low",
 }

@@ -181,6 +181,34 @@ def test_keyword_scores_are_stored_once_and_redone_on_force(harvested, gpt2):
     assert len(headline) == len(stored) == summary["scored"] == sum(summary["scores"]["counts"])
 
 
+def test_embedding_scores_are_stored_beside_keyword_scores(harvested, gpt2):
+    """One run computes both offline scores for every label; the embedding score is an AUROC over
+    the same held-out positives and negatives, and a rerun skips what is stored."""
+    engine = harvested
+    with session_scope(engine) as session:  # the sparsest: dense random features lack negatives
+        alive = list(
+            session.scalars(
+                select(Feature.index).where(Feature.density > 0).order_by(Feature.density).limit(8)
+            )
+        )
+    ExplainJob(
+        ExplainConfig(gpt2.name, "res1", features=alive, progress=False),
+        engine,
+        offline_explainer(engine, gpt2.name),
+    ).run()
+    first = _score(engine, gpt2, ["keyword", "embedding"], features=alive)
+    scores = [s for s in _scores(engine) if s]
+    assert first.scored + first.failed == 2 * len(scores) > 0
+    embedded = [s["embedding"] for s in scores if "failed" not in s["embedding"]]
+    assert embedded and all(0 <= s["value"] <= 1 for s in embedded)
+    for s in scores:
+        if "failed" not in s["embedding"] and "failed" not in s["keyword"]:
+            assert s["embedding"]["positives"] == s["keyword"]["positives"]
+            assert s["embedding"]["negatives"] == s["keyword"]["negatives"]
+    again = _score(engine, gpt2, ["keyword", "embedding"], features=alive)
+    assert again.scored == 0 and again.skipped == first.scored + first.failed - again.failed
+
+
 def test_judged_scores_and_their_failures(harvested, gpt2):
     from app.autointerp.llm import ChatClient
     from app.autointerp.scoring import LLMJudge

@@ -29,7 +29,7 @@ SCORING = ScoringSet(
 )
 
 
-def test_a_label_naming_the_firing_tokens_simulates_well_and_a_wrong_one_does_not():
+def test_a_label_naming_the_firing_tokens_matches_well_and_a_wrong_one_does_not():
     good = keyword_score("Golden Gate (Gate)", SCORING)
     wrong = keyword_score("foxes running", SCORING)
     assert good["value"] > 0.7 and good["matched_tokens"] == 4
