@@ -644,12 +644,14 @@ def ground_truth(
     stored_name = sae_name(sae or str(DEMO_SAE))
     found = labels(engine, loaded.name, stored_name)
     accuracy = label_accuracy(report, found) if found else None
-    keyword = label_scores(engine, loaded.name, stored_name, "keyword")
-    agreement = score_agreement(report, found, keyword) if keyword else None
+    agreements = {}
+    for scorer in ("keyword", "embedding"):  # the offline scores, which the demo can compute
+        if scores := label_scores(engine, loaded.name, stored_name, scorer):
+            agreements[scorer] = score_agreement(report, found, scores)
     if as_json:
         extra = {"labels": accuracy.to_dict()} if accuracy else {}
-        if agreement:
-            extra["keyword_vs_label_correctness"] = agreement
+        for scorer, agreement in agreements.items():
+            extra[f"{scorer}_vs_label_correctness"] = agreement
         print(json.dumps(report.to_dict() | extra, indent=2))
         return
     for title, rows in (("concept", report.concepts), ("category", report.categories)):
@@ -707,8 +709,8 @@ def ground_truth(
     summary = report.summary()
     if accuracy is not None:
         summary["label_accuracy"] = round(accuracy.accuracy, 4)
-    if agreement:
-        summary |= {f"keyword_{k}": v for k, v in agreement.items()}
+    for scorer, agreement in agreements.items():
+        summary |= {f"{scorer}_{k}": v for k, v in agreement.items()}
     _print_metrics("ground truth", summary)
 
 

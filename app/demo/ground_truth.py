@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+from scipy.stats import spearmanr
 
 from app.core.errors import MonoscopeError
 from app.core.model import LoadedModel
@@ -433,7 +434,8 @@ def score_agreement(
     report: GroundTruthReport, labels: dict[int, str], scores: dict[int, float]
 ) -> dict:
     """How a label score tracks label correctness, over every concept's best feature: the
-    correlation of the score with "the label names the concept" (point-biserial)."""
+    correlation of the score with "the label names the concept" (point-biserial) and its rank
+    correlation (Spearman), which a few extreme scores cannot carry."""
     rows = label_accuracy(report, labels, threshold=0.0).rows
     pairs = [(scores[r["feature"]], float(r["named"])) for r in rows if r["feature"] in scores]
     if len(pairs) < 3:
@@ -444,6 +446,7 @@ def score_agreement(
         "concepts": len(pairs),
         "named_share": round(float(named.mean()), 4),
         "correlation": round(float(np.corrcoef(value, named)[0, 1]), 4) if spread else 0.0,
+        "rank_correlation": round(float(spearmanr(value, named).statistic), 4) if spread else 0.0,
         "mean_score_named": round(float(value[named == 1].mean()), 4) if named.any() else None,
         "mean_score_not_named": round(float(value[named == 0].mean()), 4)
         if (named == 0).any()

@@ -73,3 +73,26 @@ def test_documents_are_claimed_by_a_feature_that_fires_anywhere_in_them():
         "persona/pirate"
     ]
     assert pirate.feature == 4 and pirate.precision == 0.5 and pirate.recall == 1.0
+
+
+def test_score_agreement_ranks_scores_against_label_correctness():
+    """Labels naming their concept score higher here, so both correlations are positive; a
+    score that ranks them backwards correlates negatively."""
+    import numpy as np
+
+    from app.demo.catalogue import CATALOGUE
+    from app.demo.ground_truth import ConceptMatch, GroundTruthReport, score_agreement
+
+    keys = ["animals/cat", "animals/dog", "foods/pizza", "animals/horse"]
+    concepts = tuple(
+        ConceptMatch(k, CATALOGUE.by_key[k].name, "x", 50, i, 0.9, 0.9, 0.9, 1.0)
+        for i, k in enumerate(keys)
+    )
+    report = GroundTruthReport(1000, 20, concepts, (), np.ones(4))
+    labels = {0: "cats purring", 1: "dogs barking", 2: "the word 'the'", 3: "commas"}
+    agreeing = score_agreement(report, labels, {0: 0.9, 1: 0.8, 2: 0.2, 3: 0.1})
+    assert agreeing["concepts"] == 4 and agreeing["named_share"] == 0.5
+    assert agreeing["rank_correlation"] > 0.8 and agreeing["correlation"] > 0.8
+    backwards = score_agreement(report, labels, {0: 0.1, 1: 0.2, 2: 0.8, 3: 0.9})
+    assert backwards["rank_correlation"] < -0.8
+    assert score_agreement(report, labels, {0: 0.5}) == {"concepts": 1}
