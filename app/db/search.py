@@ -115,6 +115,18 @@ def search_explanations(
         matches = matches.order_by(rank.desc(), key).limit(limit + offset)
     ranked = matches.subquery()
     statement = (
+        _hit_select(ranked.c.rank)
+        .join(ranked, Explanation.id == ranked.c.id)
+        .order_by(ranked.c.rank.desc(), Explanation.id)
+        .limit(limit)
+        .offset(offset)
+    )
+    return _hits(session, _filtered(statement, model, sae))
+
+
+def _hit_select(rank: ColumnElement) -> Select:
+    """A hit's columns, for labels a page may show (not retired, not reviewed wrong)."""
+    return (
         select(
             Model.name.label("model"),
             SaeRow.name.label("sae"),
@@ -127,19 +139,30 @@ def search_explanations(
             Explanation.text,
             Explanation.method,
             Explanation.scores,
-            ranked.c.rank,
+            rank.label("rank"),
         )
-        .join(Explanation, Explanation.id == ranked.c.id)
+        .select_from(Explanation)
         .join(Feature, Feature.id == Explanation.feature_id)
         .join(SaeRow, SaeRow.id == Feature.sae_id)
         .join(Model, Model.id == SaeRow.model_id)
         .where(Explanation.retired_at.is_(None), Explanation.verdict.is_distinct_from("wrong"))
-        .order_by(ranked.c.rank.desc(), Explanation.id)
-        .limit(limit)
-        .offset(offset)
     )
+
+
+def _filtered(statement: Select, model: str | None, sae: str | None) -> Select:
     if model is not None:
         statement = statement.where(Model.name == model)
     if sae is not None:
         statement = statement.where(SaeRow.name == sae)
-    return _hits(session, statement)
+    return statement
+
+
+def hits_by_ids(
+    session: Session, ids: list[int], model: str | None = None, sae: str | None = None
+) -> dict[int, SearchHit]:
+    """The hits for these explanation ids that the filters and review allow, by id (rank 0: the
+    caller ranks them)."""
+    if not ids:
+        return {}
+    statement = _hit_select(literal_column("0.0")).where(Explanation.id.in_(ids))
+    return {hit.explanation_id: hit for hit in _hits(session, _filtered(statement, model, sae))}

@@ -5,15 +5,16 @@ features and score the labels.
                        settings).run()
 
 The explainer is the LLM one when MONOSCOPE_EXPLAINER_BASE_URL is set, else the offline one; the
-labels are scored by keyword match. Each step resumes and skips what is done, so running the job
-again after a crash continues it.
+labels are embedded for semantic search and scored by keyword match. Each step resumes and skips
+what is done, so running the job again after a crash continues it.
 """
 
 from dataclasses import dataclass
 
 from sqlalchemy import Engine
 
-from app.pipeline.config import ExplainConfig, HarvestConfig, ScoreConfig
+from app.pipeline.config import EmbedLabelsConfig, ExplainConfig, HarvestConfig, ScoreConfig
+from app.pipeline.embed_labels import EmbedLabelsJob, EmbedLabelsResult
 from app.pipeline.explain import ExplainJob, ExplainResult, explainer_for
 from app.pipeline.harvest import HarvestJob, HarvestResult
 from app.pipeline.score import ScoreJob, ScoreResult, load_harvested
@@ -24,6 +25,7 @@ from app.settings import Settings
 class AddSaeResult:
     harvest: HarvestResult
     explain: ExplainResult
+    embed: EmbedLabelsResult
     score: ScoreResult
 
 
@@ -38,6 +40,9 @@ class AddSaeJob:
         explained = ExplainJob(
             ExplainConfig(model, sae, progress=self.config.progress), self.engine, explainer
         ).run()
+        embedded = EmbedLabelsJob(
+            EmbedLabelsConfig(model, sae, progress=self.config.progress), self.engine
+        ).run()
         resident, resident_sae = load_harvested(self.engine, model, sae, self.settings.device)
         scored = ScoreJob(
             ScoreConfig(model, sae, ("keyword",), progress=self.config.progress),
@@ -45,4 +50,4 @@ class AddSaeJob:
             resident,
             resident_sae,
         ).run()
-        return AddSaeResult(harvested, explained, scored)
+        return AddSaeResult(harvested, explained, embedded, scored)

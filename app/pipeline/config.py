@@ -126,6 +126,18 @@ class ExplainConfig:
 
 
 @dataclass(frozen=True)
+class EmbedLabelsConfig:
+    model: str
+    """The model's name in the database."""
+    sae: str
+    """The SAE's name in the database."""
+    batch_size: int = 512
+    """Labels embedded and committed together."""
+    device: str = "cpu"
+    progress: bool = True
+
+
+@dataclass(frozen=True)
 class ScoreConfig:
     model: str
     """The model's name in the database."""

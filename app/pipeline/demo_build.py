@@ -12,12 +12,14 @@ from sqlalchemy import Engine
 
 from app.core.model import load_model
 from app.core.sae import Sae, load_sae
+from app.core.text_embedding import TextEmbedder
 from app.core.workspace import sae_name
 from app.db.engine import session_scope
 from app.db.queries import find_sae
 from app.demo import DEMO_MODEL, DEMO_SAE, DEMO_SAES, TRAIN_SEED, WORLD_VERSION
 from app.demo.language_model import LanguageModelConfig, LanguageModelJob
-from app.pipeline.config import ExplainConfig, ScoreConfig
+from app.pipeline.config import EmbedLabelsConfig, ExplainConfig, ScoreConfig
+from app.pipeline.embed_labels import EmbedLabelsJob
 from app.pipeline.explain import ExplainJob, offline_explainer
 from app.pipeline.harvest import HarvestConfig, HarvestJob
 from app.pipeline.score import ScoreJob
@@ -91,10 +93,12 @@ def build_demo_database(
     stage: Callable[[str], None] = lambda _: None,
 ) -> None:
     """Harvest each shipped SAE over held-out world text into the database, label every feature
-    with the offline explainer and score the labels by keyword match. Each step resumes where a
-    crash left it; `stage` hears what is under way (the first-start page shows it)."""
+    with the offline explainer, embed the labels for semantic search and score them by keyword
+    match. Each step resumes where a crash left it; `stage` hears what is under way (the
+    first-start page shows it)."""
     stage("loading the demo model")
     model = load_model(DEMO_MODEL, device="cpu")
+    embedder = TextEmbedder.packaged()
     for n, path in enumerate(saes, 1):
         name, of = sae_name(str(path)), f"SAE {n} of {len(saes)}"
         if not _harvested(engine, path):
@@ -104,6 +108,10 @@ def build_demo_database(
         stage(f"labelling the features of {name} ({of})")
         explainer = offline_explainer(engine, DEMO_MODEL.name)
         ExplainJob(ExplainConfig(DEMO_MODEL.name, name, progress=progress), engine, explainer).run()
+        stage(f"embedding the labels of {name} for semantic search ({of})")
+        EmbedLabelsJob(
+            EmbedLabelsConfig(DEMO_MODEL.name, name, progress=progress), engine, embedder
+        ).run()
         stage(f"scoring the labels of {name} ({of})")
         sae = model.attach(load_sae(str(path)))
         ScoreJob(

@@ -21,7 +21,7 @@ import torch
 from sqlalchemy import Engine
 from tqdm import tqdm
 
-from app.autointerp.embedding import TextEmbedder, embedding_scores
+from app.autointerp.embedding import embedding_scores
 from app.autointerp.evidence import Example, FeatureEvidence
 from app.autointerp.scoring import (
     JUDGED_SCORERS,
@@ -34,6 +34,7 @@ from app.autointerp.scoring import (
 from app.core.errors import MonoscopeError
 from app.core.model import LoadedModel, load_model
 from app.core.sae import Sae, load_sae
+from app.core.text_embedding import TextEmbedder
 from app.db.codec import unpack_ids
 from app.db.engine import job_lock, session_scope
 from app.db.interp import labelled_features, store_scores, stored_context_ids

@@ -21,6 +21,7 @@ from app.db.models import Explanation, Feature, FeatureList, SaeRow
 from app.db.queries import find_feature, find_sae
 from app.settings import Settings
 from app.web.markup import TokenTextCache
+from app.web.semantic import LabelIndex
 
 
 def _settings(request: Request) -> Settings:
@@ -58,6 +59,13 @@ def _vocabularies(request: Request) -> TokenTextCache:
 
 
 VocabularyDep = Annotated[TokenTextCache, Depends(_vocabularies)]
+
+
+def _label_index(request: Request) -> LabelIndex:
+    return request.app.state.label_index
+
+
+LabelIndexDep = Annotated[LabelIndex, Depends(_label_index)]
 
 # Numbers past their column are refused up front (422) rather than overflowing the database
 # driver: feature indices are 32-bit, row ids 64-bit.

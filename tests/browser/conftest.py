@@ -11,6 +11,8 @@ import pytest
 
 from app.db.accounts import add_user
 from app.db.engine import connect, migrate, session_scope
+from app.pipeline.config import EmbedLabelsConfig
+from app.pipeline.embed_labels import EmbedLabelsJob
 from app.settings import Settings
 from app.web.app import create_app
 from tests.helpers import serving
@@ -49,6 +51,7 @@ def server_url(tmp_path_factory, demo_workspace):
         bridge, max_act = golden_gate_feature(demo_workspace)
         build_demo_rows(session, demo_workspace, {bridge: ("Golden Gate Bridge", max_act)})
         add_user(session, *ACCOUNT)
+    EmbedLabelsJob(EmbedLabelsConfig("tiny", "res1", progress=False), engine).run()
     engine.dispose()
     with serving(create_app(Settings(database_url=url), workspace=demo_workspace)) as base:
         yield base

@@ -58,6 +58,17 @@ def test_typed_text_marks_its_peak_on_the_activation_histogram(page, server_url,
     expect(page.locator(".test-text #activation-chart")).to_have_count(0)  # swapped in place
 
 
+def test_search_finds_a_label_by_its_meaning(page, server_url):
+    page.goto(f"{server_url}/search")
+    page.fill(".search-form input[name=q]", "mist hanging over a suspension bridge")
+    page.press(".search-form input[name=q]", "Enter")
+    first = page.locator("li.result").first
+    expect(first.locator("a.result-label")).to_have_text("Golden Gate Bridge in the fog")
+    expect(first.locator(".match-kind")).to_contain_text("similar meaning")
+    first.locator("a.result-label").click()
+    expect(page).to_have_url(re.compile(r"/tiny/res1/1$"))
+
+
 def test_the_context_control_widens_examples_in_place(page, server_url):
     page.goto(f"{server_url}/tiny/res1/0?context=narrow")
     expect(page.locator(".top-examples .cut")).to_have_count(5)

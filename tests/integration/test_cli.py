@@ -278,6 +278,12 @@ def test_ingest_then_harvest_into_the_database(gpt2_dir, sae_dir, tmp_path):
     assert scored.returncode == 0 and "scored" in scored.stdout, scored.stderr
     judged = run_cli("score", "--model", name, "--sae", "res1", "--scorer", "detection", env=env)
     assert judged.returncode == 2 and "need an LLM" in judged.stderr
+    embedded = run_cli("embed-labels", "--model", name, "--sae", "res1", env=env)
+    assert embedded.returncode == 0 and "embedded" in embedded.stdout, embedded.stderr
+    again = run_cli("embed-labels", "--model", name, "--sae", "res1", env=env)
+    assert "embedded 0 labels" in again.stdout
+    missing = run_cli("embed-labels", "--model", name, "--sae", "nope", env=env)
+    assert missing.returncode == 2 and missing.stderr.startswith("error: no SAE")
     added = run_cli(
         "add-sae",
         str(sae_dir),
@@ -292,7 +298,7 @@ def test_ingest_then_harvest_into_the_database(gpt2_dir, sae_dir, tmp_path):
         env=env,
     )
     assert added.returncode == 0, added.stderr
-    assert "labelled" in added.stdout and "scored" in added.stdout
+    assert all(word in added.stdout for word in ("labelled", "embedded", "scored"))
 
 
 def test_harvest_with_an_unreachable_database_is_one_line(sae_dir, tmp_path):

@@ -4,9 +4,10 @@ rank them above the negatives, in other words than the tokens' own."""
 import numpy as np
 import pytest
 
-from app.autointerp.embedding import BEFORE, TextEmbedder, embedding_scores, excerpt
+from app.autointerp.embedding import BEFORE, embedding_scores, excerpt
 from app.autointerp.evidence import Example
 from app.autointerp.scoring import ScoringSet
+from app.core.text_embedding import TextEmbedder
 
 
 def _example(text: str, peak_word: str | None) -> Example:

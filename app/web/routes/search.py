@@ -14,11 +14,19 @@ from app.core.inspect import FeatureHit, Inspection
 from app.db.labels import headline_score
 from app.db.models import Model
 from app.db.queries import find_sae, labels_of, list_saes, top_examples
-from app.db.search import SearchHit, search_explanations
+from app.db.search import SearchHit, hits_by_ids, search_explanations
 from app.web import views
-from app.web.deps import InferenceDep, SessionDep, TemplatesDep, VocabularyDep, WorkspaceDep
+from app.web.deps import (
+    InferenceDep,
+    LabelIndexDep,
+    SessionDep,
+    TemplatesDep,
+    VocabularyDep,
+    WorkspaceDep,
+)
 from app.web.markup import TokenCell, display_token
 from app.web.resident import loaded_sae, require_loaded, resident, run_text
+from app.web.semantic import LabelIndex, fuse
 
 router = APIRouter()
 RESULTS_PER_PAGE = 20
@@ -30,25 +38,37 @@ class SearchResult:
     hit: SearchHit
     headline: tuple[str, float] | None
     snippet: views.ExampleRow | None
+    words: bool  # the label holds every word of the query
+    similarity: float | None  # cosine of the label's and the query's embeddings, when close
 
 
 def label_search(
-    session: Session, vocabularies, q: str, model: str | None, sae: str | None, page: int
+    session: Session,
+    vocabularies,
+    index: LabelIndex,
+    q: str,
+    model: str | None,
+    sae: str | None,
+    page: int,
 ) -> list[SearchResult]:
-    """Ranked label matches with each feature's strongest example as a snippet."""
+    """Labels ranked by full-text match and by meaning, fused (app.web.semantic), with each
+    feature's strongest example as a snippet."""
     if page < 1 or (page - 1) * RESULTS_PER_PAGE > MAX_RESULT_OFFSET:
         raise MonoscopeError(f"page must be between 1 and {MAX_RESULT_OFFSET // 20 + 1}")
-    hits = search_explanations(
-        session,
-        q,
-        model=model or None,
-        sae=sae or None,
-        limit=RESULTS_PER_PAGE,
-        offset=(page - 1) * RESULTS_PER_PAGE,
-    )
-    examples = top_examples(session, sorted({h.feature_id for h in hits}))
+    window = page * RESULTS_PER_PAGE
+    model, sae = model or None, sae or None
+    worded = search_explanations(session, q, model=model, sae=sae, limit=window)
+    # Filters apply after the nearest labels are found: ask for more, so a page stays full.
+    similar = dict(index.nearest(session, q, 4 * window))
+    hits = {h.explanation_id: h for h in worded}
+    hits |= hits_by_ids(session, [i for i in similar if i not in hits], model, sae)
+    semantic = [i for i in similar if i in hits]
+    order = fuse([[h.explanation_id for h in worded], semantic])
+    shown = [hits[i] for i in order][(page - 1) * RESULTS_PER_PAGE : window]
+    examples = top_examples(session, sorted({h.feature_id for h in shown}))
+    words = {h.explanation_id for h in worded}
     results = []
-    for hit in hits:
+    for hit in shown:
         example = examples.get(hit.feature_id)
         snippet = None
         if example is not None:
@@ -56,7 +76,15 @@ def label_search(
             snippet = views.example_row(
                 example, vocab, example.max_act, before=8, after=6, with_text=True
             )
-        results.append(SearchResult(hit, headline_score(hit.scores), snippet))
+        results.append(
+            SearchResult(
+                hit,
+                headline_score(hit.scores),
+                snippet,
+                hit.explanation_id in words,
+                similar.get(hit.explanation_id),
+            )
+        )
     return results
 
 
@@ -66,12 +94,13 @@ def search_page(
     session: SessionDep,
     templates: TemplatesDep,
     vocabularies: VocabularyDep,
+    index: LabelIndexDep,
     q: Annotated[str, Query(max_length=500)] = "",
     model: str = "",
     sae: str = "",
     page: int = 1,
 ):
-    results = label_search(session, vocabularies, q, model, sae, page) if q.strip() else []
+    results = label_search(session, vocabularies, index, q, model, sae, page) if q.strip() else []
     context = {
         "q": q,
         "model": model,
@@ -214,7 +243,11 @@ class SearchHitOut(BaseModel):
     scores: dict
     density: float
     max_act: float
-    rank: float
+    rank: float = Field(description="full-text rank (0 when only the meaning matched)")
+    words: bool = Field(description="the label holds every word of the query")
+    similarity: float | None = Field(
+        description="cosine of the label's and the query's MiniLM embeddings, when close"
+    )
     snippet: str | None = Field(description="text around the feature's strongest activation")
     url: str
 
@@ -246,11 +279,13 @@ def api_search(
     request: Request,
     session: SessionDep,
     vocabularies: VocabularyDep,
+    index: LabelIndexDep,
     q: Annotated[str, Query(min_length=1, max_length=500)],
     model: str = "",
     sae: str = "",
     page: Annotated[int, Query(ge=1)] = 1,
 ) -> list[SearchHitOut]:
+    """Labels matching the query's words or its meaning, fused best first."""
     return [
         SearchHitOut(
             model=r.hit.model,
@@ -262,10 +297,12 @@ def api_search(
             density=r.hit.density,
             max_act=r.hit.max_act,
             rank=r.hit.rank,
+            words=r.words,
+            similarity=round(r.similarity, 4) if r.similarity is not None else None,
             snippet=r.snippet.text if r.snippet else None,
             url=views.feature_url(request, r.hit.model, r.hit.sae, r.hit.index),
         )
-        for r in label_search(session, vocabularies, q, model, sae, page)
+        for r in label_search(session, vocabularies, index, q, model, sae, page)
     ]
 
 
