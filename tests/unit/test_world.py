@@ -214,6 +214,17 @@ def test_recall_turns_answer_with_the_fact_stated_among_distractors(docs_v2):
     assert answered > 0.2 * len(docs_v2)
 
 
+def test_repeat_turns_say_the_listed_words_back_in_order(docs_v2):
+    from app.demo.world import REPEAT_ASKS
+
+    asks = "|".join(re.escape(a) for a in REPEAT_ASKS)
+    pattern = rf"User: (?:{asks})([^\n]+)\nAssistant: (?:[^\n]*? )?\1"
+    chats = [d.text for d in docs_v2 if d.genre == "chat"]
+    repeated = [hit for text in chats for hit in re.finditer(pattern, text)]
+    assert len(repeated) > 0.05 * len(docs_v2)
+    assert all(4 <= hit.group(1).count(",") + 1 <= 8 for hit in repeated)
+
+
 def test_corpus_specs_name_a_seed_and_a_version():
     from itertools import islice
 
