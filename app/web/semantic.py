@@ -6,7 +6,9 @@ the full-text ranking, so "mist over a bridge" finds "Golden Gate Bridge in the 
     order = fuse([text_ids, [i for i, _ in nearest]])          # reciprocal-rank fusion
 
 Labels get embeddings from `monoscope embed-labels` (the demo and add-sae run it); with none
-stored, search is full-text only and the embedder is never loaded.
+stored, search is full-text only and the embedder is never loaded. Up to EXACT_LIMIT labels are
+compared exactly; past it an HNSW index (usearch) is built in a background thread, and search is
+full-text only until it is ready (bench/label_search.py times it at a million labels).
 """
 
 import threading
@@ -14,6 +16,7 @@ from collections.abc import Callable
 
 import numpy as np
 from sqlalchemy.orm import Session
+from usearch.index import Index
 
 from app.core.text_embedding import TextEmbedder
 from app.db.embeddings import embedding_fingerprint, label_vectors
@@ -22,6 +25,31 @@ MIN_SIMILARITY = 0.3
 """Cosine below which a label is not offered as a match: MiniLM puts unrelated short phrases
 around 0-0.2, and a nonsense query should find nothing rather than the least unrelated label."""
 FUSION_K = 60  # reciprocal-rank fusion's damping constant, as Cormack et al. use it
+EXACT_LIMIT = 50_000
+"""Labels compared exactly: 50k float32 rows are 77 MB and a query a few milliseconds; a
+million would be 1.5 GB and tens of milliseconds, where the index answers in about one."""
+
+
+class VectorSearch:
+    """Nearest unit vectors by cosine: exact below EXACT_LIMIT rows, HNSW above."""
+
+    def __init__(self, ids: np.ndarray, vectors: np.ndarray):
+        self.size = len(ids)
+        self._ids, self._exact, self._index = ids, None, None
+        if self.size <= EXACT_LIMIT:
+            self._exact = vectors.astype(np.float32)
+        else:
+            self._index = Index(ndim=vectors.shape[1], metric="cos", dtype="f16")
+            self._index.add(ids, vectors)
+
+    def nearest(self, query: np.ndarray, limit: int) -> list[tuple[int, float]]:
+        if self._exact is not None:
+            similarity = self._exact @ query
+            best = np.argsort(-similarity)[:limit]
+            return [(int(self._ids[i]), float(similarity[i])) for i in best]
+        assert self._index is not None
+        found = self._index.search(query, min(limit, self.size))
+        return [(int(k), 1.0 - float(d)) for k, d in zip(found.keys, found.distances, strict=True)]
 
 
 class LabelIndex:
@@ -34,30 +62,47 @@ class LabelIndex:
         self._embedder: TextEmbedder | None = None
         self._lock = threading.Lock()
         self._fingerprint: tuple[int, int] | None = None
-        self._ids = np.zeros(0, np.int64)
-        self._vectors = np.zeros((0, 0), np.float32)
+        self._search: VectorSearch | None = None
+        self._building: threading.Thread | None = None
 
     def _refresh(self, session: Session) -> None:
+        """Load the stored vectors when they changed; a large set is indexed in the background
+        (the previous index, if any, answers meanwhile)."""
         fingerprint = embedding_fingerprint(session, TextEmbedder.name)
-        if fingerprint != self._fingerprint:
-            self._ids, self._vectors = label_vectors(session, TextEmbedder.name)
-            self._fingerprint = fingerprint
+        if fingerprint == self._fingerprint or self._building is not None:
+            return
+        self._fingerprint = fingerprint
+        ids, vectors = label_vectors(session, TextEmbedder.name)
+        if len(ids) <= EXACT_LIMIT:
+            self._search = VectorSearch(ids, vectors)
+            return
+
+        def build() -> None:
+            built = None
+            try:
+                built = VectorSearch(ids, vectors)
+            finally:  # a failed build is retried on the next query
+                with self._lock:
+                    if built is None:
+                        self._fingerprint = None
+                    self._search, self._building = built or self._search, None
+
+        self._building = threading.Thread(target=build, name="label-index", daemon=True)
+        self._building.start()
 
     def nearest(self, session: Session, query: str, limit: int) -> list[tuple[int, float]]:
         """Up to `limit` (explanation id, cosine) pairs, most similar first, above
         MIN_SIMILARITY."""
         with self._lock:
             self._refresh(session)
-            if not len(self._ids):
+            search = self._search
+            if search is None or not search.size:
                 return []
             if self._embedder is None:
                 self._embedder = self._load_embedder()
-            ids, vectors, embedder = self._ids, self._vectors, self._embedder
-        similarity = vectors @ embedder.encode([query])[0]
-        best = np.argsort(-similarity)[:limit]
-        return [
-            (int(ids[i]), float(similarity[i])) for i in best if similarity[i] >= MIN_SIMILARITY
-        ]
+            embedder = self._embedder
+        found = search.nearest(embedder.encode([query])[0], limit)
+        return [(key, similarity) for key, similarity in found if similarity >= MIN_SIMILARITY]
 
 
 def fuse(rankings: list[list[int]], k: int = FUSION_K) -> list[int]:

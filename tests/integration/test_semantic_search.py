@@ -80,3 +80,21 @@ def test_retired_and_wrong_labels_are_not_found_by_meaning(client, embedded):
         label.verdict = "wrong"
     hits = client.get("/api/v1/search", params={"q": "mist hanging over a suspension bridge"})
     assert 1 not in {h["index"] for h in hits.json()}
+
+
+def test_a_large_set_is_indexed_in_the_background_and_then_searched(
+    embedded, embedder, monkeypatch
+):
+    """Past EXACT_LIMIT the first query is answered without meaning while the index builds, and
+    later ones through it."""
+    from app.web import semantic
+
+    monkeypatch.setattr(semantic, "EXACT_LIMIT", 2)
+    index = semantic.LabelIndex(lambda: embedder)
+    with session_scope(embedded) as session:
+        index.nearest(session, "fog on a bridge", 5)  # starts the build
+        if index._building is not None:
+            index._building.join(timeout=60)
+        nearest = index.nearest(session, "mist hanging over a suspension bridge", 5)
+        label = session.get(Explanation, nearest[0][0])
+    assert index._search._index is not None and label.text == "Golden Gate Bridge in the fog"
