@@ -13,6 +13,7 @@ full-text only until it is ready (bench/label_search.py times it at a million la
 
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 from sqlalchemy.orm import Session
@@ -20,6 +21,7 @@ from usearch.index import Index
 
 from app.core.text_embedding import TextEmbedder
 from app.db.embeddings import embedding_fingerprint, label_vectors
+from app.db.search import SearchHit, hits_by_ids, search_explanations
 
 MIN_SIMILARITY = 0.3
 """Cosine below which a label is not offered as a match: MiniLM puts unrelated short phrases
@@ -113,3 +115,29 @@ def fuse(rankings: list[list[int]], k: int = FUSION_K) -> list[int]:
         for rank, key in enumerate(ranking):
             scores[key] = scores.get(key, 0.0) + 1.0 / (k + rank + 1)
     return sorted(scores, key=lambda key: (-scores[key], key))
+
+
+@dataclass(frozen=True)
+class RankedHit:
+    hit: SearchHit
+    words: bool  # the label holds every word of the query
+    similarity: float | None  # cosine of the label's and the query's embeddings, when close
+
+
+def ranked_labels(
+    session: Session,
+    index: LabelIndex,
+    q: str,
+    model: str | None,
+    sae: str | None,
+    window: int,
+) -> list[RankedHit]:
+    """The best `window` labels for the query, by full-text rank and by meaning, fused."""
+    worded = search_explanations(session, q, model=model, sae=sae, limit=window)
+    # Filters apply after the nearest labels are found: ask for more, so a page stays full.
+    similar = dict(index.nearest(session, q, 4 * window))
+    hits = {h.explanation_id: h for h in worded}
+    hits |= hits_by_ids(session, [i for i in similar if i not in hits], model, sae)
+    words = {h.explanation_id for h in worded}
+    order = fuse([[h.explanation_id for h in worded], [i for i in similar if i in hits]])
+    return [RankedHit(hits[i], i in words, similar.get(i)) for i in order[:window]]

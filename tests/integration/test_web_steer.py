@@ -264,3 +264,22 @@ def test_oversized_chats_are_refused_before_tokenizing_and_count_against_the_lim
         assert codes == [400, 400, 400, 429]  # refused requests are counted too
         assert not tokenized
         assert client.get("/healthz").status_code == 200
+
+
+def test_the_picker_marks_features_that_share_a_label(engine, demo_workspace):
+    """Two loaded features labelled alike: both are offered, with density and score, and the
+    second says whose label it repeats."""
+    with session_scope(engine) as session:
+        build_demo_rows(
+            session,
+            demo_workspace,
+            {11: ("Golden Gate Bridge", 3.0), 12: ("golden gate  bridge", 2.0)},
+        )
+    url = engine.url.render_as_string(hide_password=False)
+    with TestClient(create_app(Settings(database_url=url), workspace=demo_workspace)) as client:
+        doc = parsed(client.get("/steer/pick", params={"q": "golden gate"}).text)
+    picks = {b["data-index"]: b for b in doc.select("button.pick")}
+    assert {"11", "12"} <= set(picks)
+    assert "density" in picks["11"].select_one(".pick-meta").get_text()
+    assert not picks["11"].select(".twin")
+    assert picks["12"].select_one(".twin").get_text() == "same label as #11"

@@ -14,7 +14,7 @@ from app.core.inspect import FeatureHit, Inspection
 from app.db.labels import headline_score
 from app.db.models import Model
 from app.db.queries import find_sae, labels_of, list_saes, top_examples
-from app.db.search import SearchHit, hits_by_ids, search_explanations
+from app.db.search import SearchHit
 from app.web import views
 from app.web.deps import (
     InferenceDep,
@@ -26,7 +26,7 @@ from app.web.deps import (
 )
 from app.web.markup import TokenCell, display_token
 from app.web.resident import loaded_sae, require_loaded, resident, run_text
-from app.web.semantic import LabelIndex, fuse
+from app.web.semantic import LabelIndex, ranked_labels
 
 router = APIRouter()
 RESULTS_PER_PAGE = 20
@@ -51,39 +51,25 @@ def label_search(
     sae: str | None,
     page: int,
 ) -> list[SearchResult]:
-    """Labels ranked by full-text match and by meaning, fused (app.web.semantic), with each
-    feature's strongest example as a snippet."""
+    """Labels ranked by full-text match and by meaning (app.web.semantic), with each feature's
+    strongest example as a snippet."""
     if page < 1 or (page - 1) * RESULTS_PER_PAGE > MAX_RESULT_OFFSET:
         raise MonoscopeError(f"page must be between 1 and {MAX_RESULT_OFFSET // 20 + 1}")
     window = page * RESULTS_PER_PAGE
-    model, sae = model or None, sae or None
-    worded = search_explanations(session, q, model=model, sae=sae, limit=window)
-    # Filters apply after the nearest labels are found: ask for more, so a page stays full.
-    similar = dict(index.nearest(session, q, 4 * window))
-    hits = {h.explanation_id: h for h in worded}
-    hits |= hits_by_ids(session, [i for i in similar if i not in hits], model, sae)
-    semantic = [i for i in similar if i in hits]
-    order = fuse([[h.explanation_id for h in worded], semantic])
-    shown = [hits[i] for i in order][(page - 1) * RESULTS_PER_PAGE : window]
-    examples = top_examples(session, sorted({h.feature_id for h in shown}))
-    words = {h.explanation_id for h in worded}
+    ranked = ranked_labels(session, index, q, model or None, sae or None, window)
+    shown = ranked[(page - 1) * RESULTS_PER_PAGE : window]
+    examples = top_examples(session, sorted({r.hit.feature_id for r in shown}))
     results = []
-    for hit in shown:
-        example = examples.get(hit.feature_id)
+    for r in shown:
+        example = examples.get(r.hit.feature_id)
         snippet = None
         if example is not None:
-            vocab = vocabularies.get(session, session.get(Model, hit.model_id))
+            vocab = vocabularies.get(session, session.get(Model, r.hit.model_id))
             snippet = views.example_row(
                 example, vocab, example.max_act, before=8, after=6, with_text=True
             )
         results.append(
-            SearchResult(
-                hit,
-                headline_score(hit.scores),
-                snippet,
-                hit.explanation_id in words,
-                similar.get(hit.explanation_id),
-            )
+            SearchResult(r.hit, headline_score(r.hit.scores), snippet, r.words, r.similarity)
         )
     return results
 

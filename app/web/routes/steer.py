@@ -9,6 +9,7 @@ multiples of each feature's max activation, as harvested into the database.
 import asyncio
 import json
 import secrets
+from dataclasses import dataclass
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request
@@ -24,13 +25,25 @@ from app.core.generation import GenerationRow, SamplingParams, chat_prompt_ids
 from app.core.serving import Ticket
 from app.core.steering import SteeringSpec, resolve_steering
 from app.core.workspace import Workspace
-from app.db.models import SteeringSession
-from app.db.search import search_explanations
+from app.db.labels import headline_score
+from app.db.models import Model, SteeringSession
+from app.db.queries import top_examples
+from app.db.search import SearchHit
 from app.db.steering import max_acts_and_labels, shared_session
 from app.settings import Settings
+from app.web import views
 from app.web.auth import WriterDep, client_address
-from app.web.deps import MAX_INDEX, SessionDep, SettingsDep, TemplatesDep, WorkspaceDep
+from app.web.deps import (
+    MAX_INDEX,
+    LabelIndexDep,
+    SessionDep,
+    SettingsDep,
+    TemplatesDep,
+    VocabularyDep,
+    WorkspaceDep,
+)
 from app.web.resident import require_loaded
+from app.web.semantic import ranked_labels
 
 router = APIRouter()
 MAX_STRENGTH = 10.0
@@ -295,23 +308,47 @@ def steer_page(
     return _page(request, templates, workspace, settings, state)
 
 
+@dataclass(frozen=True)
+class PickItem:
+    hit: SearchHit
+    headline: tuple[str, float] | None
+    snippet: views.ExampleRow | None
+    twin_of: int | None  # an earlier pick with the same label, which the snippet tells apart
+
+
 @router.get("/steer/pick", response_class=HTMLResponse, name="steer_pick")
 def steer_pick(
     request: Request,
     session: SessionDep,
     templates: TemplatesDep,
     workspace: WorkspaceDep,
+    vocabularies: VocabularyDep,
+    index: LabelIndexDep,
     q: Annotated[str, Query(max_length=200)] = "",
 ):
-    """Label search among the features this server can steer with (htmx partial)."""
-    hits = []
+    """Features this server can steer with whose labels match the query in words or meaning
+    (htmx partial), each with its density, score and strongest example; features sharing a
+    label are marked, as eight "Golden Gate" features were indistinguishable by label alone."""
+    items: list[PickItem] = []
     if workspace is not None and q.strip():
-        hits = [
-            h
-            for h in search_explanations(session, q, model=workspace.model.name, limit=40)
-            if h.sae in workspace.saes
-        ][:12]
-    return templates.TemplateResponse(request, "steer/_pick.html", {"hits": hits, "q": q})
+        ranked = ranked_labels(session, index, q, workspace.model.name, None, 40)
+        hits = [r.hit for r in ranked if r.hit.sae in workspace.saes][:12]
+        examples = top_examples(session, sorted({h.feature_id for h in hits}))
+        first_with: dict[str, int] = {}
+        for hit in hits:
+            example = examples.get(hit.feature_id)
+            snippet = None
+            if example is not None:
+                vocab = vocabularies.get(session, session.get_one(Model, hit.model_id))
+                snippet = views.example_row(example, vocab, example.max_act, before=6, after=3)
+            key = " ".join(hit.text.lower().split())
+            twin = first_with.setdefault(key, hit.index)
+            items.append(
+                PickItem(
+                    hit, headline_score(hit.scores), snippet, twin if twin != hit.index else None
+                )
+            )
+    return templates.TemplateResponse(request, "steer/_pick.html", {"items": items, "q": q})
 
 
 class ShareSettings(BaseModel):
