@@ -243,3 +243,15 @@ def decoder_neighbours(
         ids.append(best.indices.cpu())
         cosines.append(best.values.cpu())
     return torch.cat(ids), torch.cat(cosines)
+
+
+@torch.inference_mode()
+def closest_decoders(
+    direction: torch.Tensor, W_dec: torch.Tensor, k: int = 5
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k rows of another SAE's decoder most cosine-similar to one feature's direction: where
+    a feature went in a larger or smaller dictionary at the same site (feature splitting)."""
+    unit = torch.nn.functional.normalize(W_dec.float(), dim=-1)
+    sims = unit @ torch.nn.functional.normalize(direction.float().to(unit.device), dim=-1)
+    best = sims.topk(min(k, len(sims)))
+    return best.indices.cpu(), best.values.cpu()

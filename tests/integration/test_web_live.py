@@ -191,3 +191,44 @@ def test_model_calls_wait_in_the_bounded_queue_and_a_full_one_answers_503(client
         release.set()
     assert all(f.result(timeout=10) for f in blockers)
     assert client.post("/api/v1/activations", json={"text": "The cat sat."}).status_code == 200
+
+
+def test_feature_pages_show_similar_features_in_other_saes_at_the_site(engine, demo_workspace):
+    """A 64-feature SAE whose decoder rows are res1's #100-#163 (scaled): each page finds its
+    twin in the other SAE at cosine 1 with its label, and nothing from res3 (another site)."""
+    import torch
+
+    from app.core.workspace import Workspace
+    from tests.helpers import random_sae
+
+    res1 = demo_workspace.saes["res1"]
+    small = random_sae(res1.d_in, 64, res1.hook_name, "topk", k=8)
+    with torch.no_grad():
+        small.W_dec.copy_(2 * res1.W_dec[100:164])
+    saes = {"res1": res1, "res3": demo_workspace.saes["res3"]}
+    workspace = Workspace(
+        demo_workspace.model, saes | {"small": demo_workspace.model.attach(small)}
+    )
+    with session_scope(engine) as session:
+        build_demo_rows(session, workspace, {105: ("bridge towers", 3.0)})
+        build_demo_rows(session, workspace, {5: ("towers in the small SAE", 3.0)}, sae="small")
+        build_demo_rows(session, workspace, sae="res3")
+    url = engine.url.render_as_string(hide_password=False)
+    with TestClient(create_app(Settings(database_url=url), workspace=workspace)) as client:
+        for path, twin, label in (
+            ("res1/105", "small #5", "towers in the small SAE"),
+            ("small/5", "res1 #105", "bridge towers"),
+        ):
+            page = parsed(client.get(f"/monoscope-demo/{path}").text)
+            rows = page.select(".elsewhere li")
+            assert len(rows) == 3 and rows[0].a.get_text() == twin
+            assert rows[0].select_one(".num").get_text() == "1.00" and label in rows[0].get_text()
+            assert not any("res3" in r.get_text() for r in rows)
+        assert not parsed(client.get("/monoscope-demo/res3/5").text).select(".elsewhere")
+        api = client.get("/api/v1/features/monoscope-demo/res1/105").json()["elsewhere"]
+        assert api[0] == {
+            "sae": "small",
+            "index": 5,
+            "cosine": 1.0,
+            "label": "towers in the small SAE",
+        }

@@ -2,6 +2,7 @@
 
 import io
 import math
+from dataclasses import dataclass
 from typing import Annotated, Literal
 
 import numpy as np
@@ -11,7 +12,8 @@ from pydantic import BaseModel, Field
 from starlette.routing import NoMatchFound
 
 from app.core.errors import NotFoundError
-from app.db.queries import ExampleView, feature_view, find_feature
+from app.core.harvest import closest_decoders
+from app.db.queries import ExampleView, feature_view, find_feature, find_sae, labels_of
 from app.web import views
 from app.web.charts import bar_chart, decade_label, log_ticks, trimmed
 from app.web.deps import (
@@ -74,6 +76,37 @@ def _logit_chart(detail):
     )
 
 
+@dataclass(frozen=True)
+class Elsewhere:
+    sae: str
+    index: int
+    cosine: float
+    label: str | None
+
+
+def _similar_elsewhere(session, workspace, model: str, sae: str, index: int) -> list[Elsewhere]:
+    """The closest features by decoder cosine in the other loaded SAEs at this feature's site
+    (a dictionary-size family shows feature splitting here); none without loaded SAEs."""
+    found = resident(workspace, model, sae)
+    if found is None:
+        return []
+    direction = found.sae.W_dec[index]
+    similar = []
+    for name, other in sorted(workspace.saes.items()):
+        if name == sae or other.hook_name != found.sae.hook_name or other.d_in != found.sae.d_in:
+            continue
+        indices, cosines = closest_decoders(direction, other.W_dec, k=3)
+        row = find_sae(session, model, name)
+        labels = (
+            {f.index: f.label for f in labels_of(session, row.id, indices.tolist())} if row else {}
+        )
+        similar += [
+            Elsewhere(name, int(i), round(float(c), 3), labels.get(int(i)))
+            for i, c in zip(indices, cosines, strict=True)
+        ]
+    return similar
+
+
 def _steer_url(request: Request, model: str, sae: str, index: int) -> str | None:
     """The steering chat preloaded with this feature, when this server has that page."""
     try:
@@ -127,6 +160,7 @@ def feature_page(
         "context": context,
         "contexts": list(views.CONTEXT_WINDOWS),
         "neighbours": view.neighbours,
+        "elsewhere": _similar_elsewhere(session, workspace, model, sae, feature.index),
         "activation_chart": _activation_chart(detail.sae, feature),
         "logit_chart": _logit_chart(detail),
         "previous": feature.index - 1 if feature.index > 0 else None,
@@ -213,6 +247,10 @@ class FeatureOut(BaseModel):
     top_logits: list[tuple[int, str, float]]
     bottom_logits: list[tuple[int, str, float]]
     neighbours: list[dict]
+    elsewhere: list[dict] = Field(
+        description="closest features by decoder cosine in the other SAEs this server holds at "
+        "the same site (empty when it holds none)"
+    )
     url: str
 
 
@@ -234,6 +272,7 @@ def api_feature(
     index: FeatureIndex,
     session: SessionDep,
     vocabularies: VocabularyDep,
+    workspace: WorkspaceDep,
 ) -> FeatureOut:
     view = feature_view(session, model, sae, index)
     if view is None:
@@ -274,6 +313,7 @@ def api_feature(
         neighbours=[
             {"index": n.index, "cosine": n.cosine, "label": n.label} for n in view.neighbours
         ],
+        elsewhere=[vars(e) for e in _similar_elsewhere(session, workspace, model, sae, f.index)],
         url=views.feature_url(request, model, sae, f.index),
     )
 
