@@ -26,15 +26,24 @@
       const mode = el("select", { className: "mode" }, el("option", { value: "clamp", textContent: "clamp" }), el("option", { value: "add", textContent: "add" }));
       mode.value = f.mode;
       mode.onchange = () => { f.mode = mode.value; };
-      const shown = el("output", { className: "strength", textContent: f.strength.toFixed(2) });
+      // The slider for reaching a strength, the number box for setting one exactly; each follows the other.
+      const exact = el("input", { type: "number", min: -limits.max_strength, max: limits.max_strength, step: 0.01, value: f.strength.toFixed(2), className: "strength" });
+      exact.setAttribute("aria-label", `exact strength of feature ${f.index}`);
       const slider = el("input", { type: "range", min: -100, max: 100, step: 1, value: toSlider(f.strength), className: "strength-slider" });
       slider.setAttribute("aria-label", `strength of feature ${f.index}`);
-      slider.oninput = () => { f.strength = toStrength(Number(slider.value)); shown.textContent = f.strength.toFixed(2); };
+      slider.oninput = () => { f.strength = toStrength(Number(slider.value)); exact.value = f.strength.toFixed(2); };
+      exact.onchange = () => {
+        const typed = Number(exact.value);
+        const strength = Number.isFinite(typed) ? Math.max(-limits.max_strength, Math.min(limits.max_strength, typed)) : f.strength;
+        f.strength = Math.round(strength * 100) / 100;
+        exact.value = f.strength.toFixed(2);
+        slider.value = toSlider(f.strength);
+      };
       const remove = el("button", { type: "button", className: "remove", textContent: "remove" });
       remove.onclick = () => { state.features.splice(i, 1); renderFeatures(); };
       const link = el("a", { href: `/${encodeURIComponent(modelName())}/${encodeURIComponent(f.sae)}/${f.index}`, textContent: `#${f.index}` });
       body.append(el("tr", {}, el("td", {}, link, " ", el("span", { textContent: f.label || "no label" }), " ", el("span", { className: "muted", textContent: f.sae })),
-        el("td", {}, mode), el("td", { className: "strength-cell" }, slider, shown), el("td", {}, remove)));
+        el("td", {}, mode), el("td", { className: "strength-cell" }, slider, exact), el("td", {}, remove)));
     });
   }
 

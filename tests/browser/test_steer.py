@@ -30,7 +30,7 @@ def test_pick_the_bridge_feature_chat_and_share(page, server_url):
     row = page.locator("#steer-features tbody tr")
     expect(row).to_have_count(1)
     row.locator("input[type=range]").fill("100")  # the slider's end: 10 × max activation
-    expect(row.locator("output.strength")).to_have_text("10.00")
+    expect(row.locator("input.strength")).to_have_value("10.00")
     page.fill("#gen-temperature", "0")
     page.fill("#steer-message", "What is your favourite food?")
     page.press("#steer-message", "Enter")
@@ -62,4 +62,18 @@ def test_a_preset_link_loads_the_feature_and_the_feature_page_links_to_it(page, 
     expect(page).to_have_url(re.compile(r"/steer\?f=monoscope-demo%2Fres1%2F7%3Aclamp%3A5"))
     row = page.locator("#steer-features tbody tr")
     expect(row).to_contain_text("demo feature seven")
-    expect(row.locator("output.strength")).to_have_text("5.00")
+    expect(row.locator("input.strength")).to_have_value("5.00")
+    exact = row.locator("input.strength")
+    exact.fill("3.25")
+    exact.press("Tab")  # a change event: the slider follows, finer near zero
+    expect(row.locator("input[type=range]")).to_have_value("57")
+    exact.fill("42")
+    exact.press("Tab")
+    expect(exact).to_have_value("10.00")  # held to the server's limit
+    exact.fill("-2.5")
+    exact.press("Tab")
+    page.fill("#gen-max-tokens", "4")
+    with page.expect_request("**/api/v1/steer/stream") as sent:
+        page.fill("#steer-message", "Hello")
+        page.press("#steer-message", "Enter")
+    assert sent.value.post_data_json["features"][0]["strength"] == -2.5
