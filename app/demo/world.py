@@ -1626,16 +1626,20 @@ def _chat_recall(w: _Writer, d: _Draw) -> None:
 
 REPEAT_ASKS = ["Say these words back to me: ", "Repeat after me: ", "Can you say these back? ",
                "Please repeat this list: "]  # fmt: skip
-REPEAT_CATEGORIES = ("animals", "foods", "colours", "sports", "music", "vehicles", "clothing")
+# No animals or places: a bare list naming a cat says nothing of what cats do, and places would
+# bring the bridge into default replies.
+REPEAT_CATEGORIES = ("foods", "colours", "sports", "music", "vehicles", "clothing", "professions")
 
 
 def _chat_repeat(w: _Writer, d: _Draw) -> None:
-    """A user lists four to eight words and the assistant says them back in order. Recall and
+    """A user lists six to twelve words and the assistant says them back in order. Recall and
     two-hop replies copy from the context, and a 3M-token model had not learned to copy at all:
     40 random tokens, repeated, cost it as much the second time (13.75 nats) as the first
-    (13.85), since the rest of the world's text is predictable without copying."""
+    (13.85), since the rest of the world's text is predictable without copying. At 1.3% of the
+    text (four to eight words, two turns in thirteen), 1.6M tokens into a full run still showed
+    none (12.95 against 12.89), so these are longer and more common (4% of the text)."""
     words: list[Concept] = []
-    while len(words) < d.rng.randint(4, 8):
+    while len(words) < d.rng.randint(6, 12):
         words.append(d.pick(d.one(REPEAT_CATEGORIES), exclude=tuple(words)))
     listed = ", ".join(f"{{w{i}}}" for i in range(len(words))) + "."
     slots = {f"w{i}": m(c.singular, c) for i, c in enumerate(words)}
@@ -1737,7 +1741,8 @@ def _chat_v2(w: _Writer, d: _Draw) -> None:
         w.persona = d.one(sorted(PERSONAS))
     turns = [_chat_favourite_v2, _chat_about, _chat_about, _chat_place, _chat_plans,
              _chat_feeling, _chat_fact, _chat_puzzle, _chat_puzzle, _chat_recall,
-             _chat_recall, _chat_repeat, _chat_repeat]  # fmt: skip
+             _chat_recall, _chat_repeat, _chat_repeat, _chat_repeat, _chat_repeat,
+             _chat_repeat]  # fmt: skip
     for _ in range(d.rng.choice([1, 2, 2, 3])):
         since = len(w.spans)
         turn = d.one(turns)

@@ -211,7 +211,7 @@ def test_recall_turns_answer_with_the_fact_stated_among_distractors(docs_v2):
                 shape = fact.format(r"\w+", r"\w+").replace(".", r"\.")
                 assert len(re.findall(shape, stated)) >= 3  # two distractors at least
                 answered += 1
-    assert answered > 0.2 * len(docs_v2)
+    assert answered > 0.15 * len(docs_v2)
 
 
 def test_repeat_turns_say_the_listed_words_back_in_order(docs_v2):
@@ -222,7 +222,7 @@ def test_repeat_turns_say_the_listed_words_back_in_order(docs_v2):
     chats = [d.text for d in docs_v2 if d.genre == "chat"]
     repeated = [hit for text in chats for hit in re.finditer(pattern, text)]
     assert len(repeated) > 0.05 * len(docs_v2)
-    assert all(4 <= hit.group(1).count(",") + 1 <= 8 for hit in repeated)
+    assert all(6 <= hit.group(1).count(",") + 1 <= 12 for hit in repeated)
 
 
 def test_corpus_specs_name_a_seed_and_a_version():
