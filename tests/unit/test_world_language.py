@@ -30,6 +30,7 @@ def test_held_out_world_text_reads_as_the_world(language):
         "",
         "Golden Gate",  # no sentence at all
         "I would say pizza. Bridge Bridge Bridge",  # stuttering as it was cut off
+        "Golden Gate Bridge, bridge, fog.",  # a short run of fillers is no repeat list
     ],
 )
 def test_what_the_world_never_writes_is_not_fluent(language, reply):
