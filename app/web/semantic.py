@@ -12,6 +12,7 @@ full-text only until it is ready (bench/label_search.py times it at a million la
 """
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -27,6 +28,9 @@ MIN_SIMILARITY = 0.3
 """Cosine below which a label is not offered as a match: MiniLM puts unrelated short phrases
 around 0-0.2, and a nonsense query should find nothing rather than the least unrelated label."""
 FUSION_K = 60  # reciprocal-rank fusion's damping constant, as Cormack et al. use it
+REFRESH_SECONDS = 30.0
+"""How often a search looks for new embeddings: their count is a scan of the table, which at a
+million labels costs tens of milliseconds, too much for every query."""
 EXACT_LIMIT = 50_000
 """Labels compared exactly: 50k float32 rows are 77 MB and a query a few milliseconds; a
 million would be 1.5 GB and tens of milliseconds, where the index answers in about one."""
@@ -64,12 +68,17 @@ class LabelIndex:
         self._embedder: TextEmbedder | None = None
         self._lock = threading.Lock()
         self._fingerprint: tuple[int, int] | None = None
+        self._checked_at = -REFRESH_SECONDS
         self._search: VectorSearch | None = None
         self._building: threading.Thread | None = None
 
     def _refresh(self, session: Session) -> None:
-        """Load the stored vectors when they changed; a large set is indexed in the background
-        (the previous index, if any, answers meanwhile)."""
+        """Load the stored vectors when they changed (looked at every REFRESH_SECONDS); a large
+        set is indexed in the background (the previous index, if any, answers meanwhile)."""
+        now = time.monotonic()
+        if now - self._checked_at < REFRESH_SECONDS:
+            return
+        self._checked_at = now
         fingerprint = embedding_fingerprint(session, TextEmbedder.name)
         if fingerprint == self._fingerprint or self._building is not None:
             return
@@ -86,7 +95,7 @@ class LabelIndex:
             finally:  # a failed build is retried on the next query
                 with self._lock:
                     if built is None:
-                        self._fingerprint = None
+                        self._fingerprint, self._checked_at = None, -REFRESH_SECONDS
                     self._search, self._building = built or self._search, None
 
         self._building = threading.Thread(target=build, name="label-index", daemon=True)
