@@ -9,11 +9,14 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 from markupsafe import Markup
+from sqlalchemy.orm import Session
 from starlette.requests import Request
 
 from app.db.labels import SCORE_PREFERENCE, headline_score
-from app.db.queries import ExampleView
-from app.web.markup import TokenTexts, example_strip
+from app.db.models import Model
+from app.db.queries import ExampleView, top_examples
+from app.db.search import SearchHit
+from app.web.markup import TokenTextCache, TokenTexts, example_strip
 
 WINDOW_BEFORE, WINDOW_AFTER = 40, 12  # tokens shown around an example's peak
 CONTEXT_WINDOWS: dict[str, tuple[int | None, int | None]] = {
@@ -170,3 +173,24 @@ def format_number(value: float | None, digits: int = 3) -> str:
     if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
         return "–"
     return f"{value:.{digits}g}" if abs(value) < 1e4 else f"{value:,.0f}"
+
+
+def hit_snippets(
+    session: Session,
+    vocabularies: TokenTextCache,
+    hits: list[SearchHit],
+    before: int,
+    after: int,
+    with_text: bool = False,
+) -> dict[int, ExampleRow]:
+    """Each hit's feature's strongest stored example as a snippet, by feature id, in one query."""
+    examples = top_examples(session, sorted({h.feature_id for h in hits}))
+    snippets = {}
+    for hit in hits:
+        example = examples.get(hit.feature_id)
+        if example is not None and hit.feature_id not in snippets:
+            vocab = vocabularies.get(session, session.get_one(Model, hit.model_id))
+            snippets[hit.feature_id] = example_row(
+                example, vocab, example.max_act, before, after, with_text
+            )
+    return snippets

@@ -12,8 +12,7 @@ from sqlalchemy.orm import Session
 from app.core.errors import MonoscopeError, NotLoadedError
 from app.core.inspect import FeatureHit, Inspection
 from app.db.labels import headline_score
-from app.db.models import Model
-from app.db.queries import find_sae, labels_of, list_saes, top_examples
+from app.db.queries import find_sae, labels_of, list_saes
 from app.db.search import SearchHit
 from app.web import views
 from app.web.deps import (
@@ -58,20 +57,19 @@ def label_search(
     window = page * RESULTS_PER_PAGE
     ranked = ranked_labels(session, index, q, model or None, sae or None, window)
     shown = ranked[(page - 1) * RESULTS_PER_PAGE : window]
-    examples = top_examples(session, sorted({r.hit.feature_id for r in shown}))
-    results = []
-    for r in shown:
-        example = examples.get(r.hit.feature_id)
-        snippet = None
-        if example is not None:
-            vocab = vocabularies.get(session, session.get(Model, r.hit.model_id))
-            snippet = views.example_row(
-                example, vocab, example.max_act, before=8, after=6, with_text=True
-            )
-        results.append(
-            SearchResult(r.hit, headline_score(r.hit.scores), snippet, r.words, r.similarity)
+    snippets = views.hit_snippets(
+        session, vocabularies, [r.hit for r in shown], before=8, after=6, with_text=True
+    )
+    return [
+        SearchResult(
+            r.hit,
+            headline_score(r.hit.scores),
+            snippets.get(r.hit.feature_id),
+            r.words,
+            r.similarity,
         )
-    return results
+        for r in shown
+    ]
 
 
 @router.get("/search", response_class=HTMLResponse, name="search")

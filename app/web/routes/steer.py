@@ -26,8 +26,7 @@ from app.core.serving import Ticket
 from app.core.steering import SteeringSpec, resolve_steering
 from app.core.workspace import Workspace
 from app.db.labels import headline_score
-from app.db.models import Model, SteeringSession
-from app.db.queries import top_examples
+from app.db.models import SteeringSession
 from app.db.search import SearchHit
 from app.db.steering import max_acts_and_labels, shared_session
 from app.settings import Settings
@@ -333,20 +332,13 @@ def steer_pick(
     if workspace is not None and q.strip():
         ranked = ranked_labels(session, index, q, workspace.model.name, None, 40)
         hits = [r.hit for r in ranked if r.hit.sae in workspace.saes][:12]
-        examples = top_examples(session, sorted({h.feature_id for h in hits}))
+        snippets = views.hit_snippets(session, vocabularies, hits, before=6, after=3)
         first_with: dict[str, int] = {}
         for hit in hits:
-            example = examples.get(hit.feature_id)
-            snippet = None
-            if example is not None:
-                vocab = vocabularies.get(session, session.get_one(Model, hit.model_id))
-                snippet = views.example_row(example, vocab, example.max_act, before=6, after=3)
-            key = " ".join(hit.text.lower().split())
-            twin = first_with.setdefault(key, hit.index)
+            twin = first_with.setdefault(" ".join(hit.text.lower().split()), hit.index)
+            twin_of = twin if twin != hit.index else None
             items.append(
-                PickItem(
-                    hit, headline_score(hit.scores), snippet, twin if twin != hit.index else None
-                )
+                PickItem(hit, headline_score(hit.scores), snippets.get(hit.feature_id), twin_of)
             )
     return templates.TemplateResponse(request, "steer/_pick.html", {"items": items, "q": q})
 
