@@ -8,7 +8,7 @@ Vectors are stored as float16 bytes (768 per MiniLM label) and come back as floa
 """
 
 import numpy as np
-from sqlalchemy import delete, func, or_, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from app.db.models import Explanation, Feature, LabelEmbedding
@@ -73,7 +73,7 @@ def label_vectors(session: Session, embedder: str) -> tuple[np.ndarray, np.ndarr
         .where(
             Explanation.status == "ok",
             Explanation.retired_at.is_(None),
-            or_(Explanation.verdict.is_(None), Explanation.verdict != "wrong"),
+            Explanation.verdict.is_distinct_from("wrong"),
         )
         .order_by(LabelEmbedding.explanation_id)
     )
