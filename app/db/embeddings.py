@@ -4,7 +4,7 @@
     store_label_embeddings(session, "all-MiniLM-L6-v2", ids, texts, vectors)
     ids, vectors = label_vectors(session, "all-MiniLM-L6-v2")        # every searchable label
 
-Vectors are stored as float16 bytes (768 per MiniLM label) and come back as float32 rows.
+Vectors are stored as float16 bytes (768 per MiniLM label) and come back as float16 rows.
 """
 
 import numpy as np
@@ -65,8 +65,8 @@ def embedding_fingerprint(session: Session, embedder: str) -> tuple[int, int]:
 
 
 def label_vectors(session: Session, embedder: str) -> tuple[np.ndarray, np.ndarray]:
-    """(explanation ids, float32 unit vectors) of every label with a current embedding that
-    search may return (not failed, retired or reviewed wrong)."""
+    """(explanation ids, float16 unit vectors as stored) of every label with a current
+    embedding that search may return (not failed, retired or reviewed wrong)."""
     statement = (
         select(LabelEmbedding.explanation_id, LabelEmbedding.vector)
         .join(Explanation, _current(embedder))
@@ -79,7 +79,6 @@ def label_vectors(session: Session, embedder: str) -> tuple[np.ndarray, np.ndarr
     )
     rows = session.execute(statement).all()
     if not rows:
-        return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
+        return np.zeros(0, np.int64), np.zeros((0, 0), np.float16)
     ids = np.array([r[0] for r in rows], np.int64)
-    vectors = np.frombuffer(b"".join(r[1] for r in rows), np.float16).reshape(len(rows), -1)
-    return ids, vectors.astype(np.float32)
+    return ids, np.frombuffer(b"".join(r[1] for r in rows), np.float16).reshape(len(rows), -1)
