@@ -837,7 +837,8 @@ def world_structure(
 ) -> None:
     """Whether the model carries the world's structure, before any SAE is trained on it: how much
     of a category's variance tells its concepts apart, how many concepts a linear probe separates,
-    and how often it answers two-hop questions past a distractor."""
+    how often it answers two-hop questions past a distractor, and how much it gains from copying
+    what it has read."""
     import json
 
     from app.core.model import load_model

@@ -4,6 +4,7 @@
     report.identity_share       # within a category, the share of variance that tells concepts apart
     report.probe_separated      # share of concepts a linear probe separates at >= 0.95
     report.two_hop_accuracy     # two-hop questions past a distractor, answered greedily
+    report.copying_gain         # nats a span's second reading costs less than its first
 
 Checked before SAEs are trained, because no SAE can find a concept the model does not represent:
 on the first world, identity was 6-8% of a category's variance at layer 1 and the SAEs learned
@@ -35,6 +36,7 @@ class StructureReport:
     probe_median: float
     two_hop_questions: int
     two_hop_accuracy: float
+    copying_gain: float  # first-copy minus second-copy loss of repeated random tokens, nats
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -137,6 +139,25 @@ def two_hop_accuracy(model: LoadedModel, world: World, documents: int) -> tuple[
     return asked, round(correct / max(asked, 1), 4)
 
 
+@torch.inference_mode()
+def copying_gain(model: LoadedModel, sequences: int = 64, length: int = 40, seed: int = 0) -> float:
+    """How much cheaper a span of random tokens is to predict the second time it is read (nats per
+    token): the induction score. Two-hop questions and recall need the model to copy from its
+    context, and a model without it sits near 0 however well it knows the world's sentences: a 4L
+    d256 model on 3M tokens of world v2 gained 0.1 here and recalled one of three stated facts 13%
+    of the time (chance 33%)."""
+    tokenizer = model.tokenizer
+    special = set(tokenizer.all_special_ids)
+    pool = np.array([i for i in range(len(tokenizer)) if i not in special])
+    spans = np.random.default_rng(seed).choice(pool, size=(sequences, length))
+    bos = np.full((sequences, 1), tokenizer.bos_token_id)
+    ids = torch.from_numpy(np.concatenate([bos, spans, spans], axis=1)).long().to(model.device)
+    logits = model.hf(ids).logits[:, :-1].float()
+    losses = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
+    first, second = losses[:, 1:length].mean(), losses[:, length + 1 :].mean()
+    return round(float(first - second), 4)
+
+
 def world_structure(
     model: LoadedModel,
     world: World,
@@ -151,5 +172,14 @@ def world_structure(
     probed, separated, median = probe_separation(x, tokens.concepts_at)
     asked, accuracy = two_hop_accuracy(model, world, two_hop_documents)
     return StructureReport(
-        site, int(tokens.ids.size), share, by_category, probed, separated, median, asked, accuracy
+        site,
+        int(tokens.ids.size),
+        share,
+        by_category,
+        probed,
+        separated,
+        median,
+        asked,
+        accuracy,
+        copying_gain(model),
     )
