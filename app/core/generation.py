@@ -35,6 +35,14 @@ class SamplingParams:
     temperature: float = 1.0  # 0 means greedy
     top_p: float = 1.0
     stop_strings: tuple[str, ...] = ()
+    # OpenAI's penalties, over the tokens this reply has generated so far (not the prompt):
+    # logit[t] -= frequency_penalty * count[t] + presence_penalty * (count[t] > 0).
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+
+    @property
+    def penalised(self) -> bool:
+        return self.frequency_penalty != 0 or self.presence_penalty != 0
 
 
 @dataclass(frozen=True)
@@ -74,6 +82,11 @@ def chat_prompt_ids(
         return tokenizer(text, add_special_tokens=False)["input_ids"], ()
     text = "".join(f"{PLAIN_CHAT_ROLES[m['role']]}: {m['content']}\n" for m in messages)
     return tokenizer(text + "Assistant:")["input_ids"], PLAIN_CHAT_STOPS
+
+
+def penalise(logits: torch.Tensor, counts: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """(vocab,) logits less the repetition penalties for (vocab,) counts of generated tokens."""
+    return logits - params.frequency_penalty * counts - params.presence_penalty * (counts > 0)
 
 
 def sample_next(
@@ -216,6 +229,7 @@ def generate(
     row_params: list[SamplingParams] = []
     streams: list[_TextStream] = []
     generated: list[int] = []
+    counts: dict[int, torch.Tensor] = {}  # generated-token counts, for rows with penalties
     finished: list[bool] = []
     reasons: list[str | None] = []
     alive: list[int] = []  # indices into `every` of the rows in the batch, in batch order
@@ -300,6 +314,10 @@ def generate(
                 alive += joined
                 main = steerer_for(alive)
             step_logits = torch.cat(logits)
+            for j, i in enumerate(alive):
+                if row_params[i].penalised:
+                    seen = counts.setdefault(i, torch.zeros_like(step_logits[j]))
+                    step_logits[j] = penalise(step_logits[j], seen, row_params[i])
             uniforms = torch.cat([torch.rand(1, generator=generators[i]) for i in alive])
             next_ids = torch.empty(len(alive), dtype=torch.long)
             sampling_groups: dict[tuple[float, float], list[int]] = {}
@@ -316,6 +334,8 @@ def generate(
                     continue
                 token_ids[i] = token
                 generated[i] += 1
+                if i in counts:
+                    counts[i][token] += 1
                 if token in eos_ids:
                     finished[i], reasons[i] = True, "eos"
                     texts[i] = streams[i].flush()

@@ -4,7 +4,11 @@
   const state = JSON.parse(document.getElementById("steer-state").textContent);
   const limits = JSON.parse(document.getElementById("steer-limits").textContent);
   const $ = (id) => document.getElementById(id);
-  const settings = { mode: $("gen-mode"), temperature: $("gen-temperature"), max_new_tokens: $("gen-max-tokens"), seed: $("gen-seed") };
+  const settings = {
+    mode: $("gen-mode"), temperature: $("gen-temperature"), top_p: $("gen-top-p"),
+    frequency_penalty: $("gen-frequency-penalty"), presence_penalty: $("gen-presence-penalty"),
+    max_new_tokens: $("gen-max-tokens"), seed: $("gen-seed"),
+  };
   for (const [key, input] of Object.entries(settings)) if (state.settings[key] !== undefined) input.value = state.settings[key];
   let controller = null;
 
@@ -110,7 +114,8 @@
     const body = {
       features: state.features.map(({ sae, index, mode, strength }) => ({ sae, index, mode, strength })),
       mode, max_new_tokens: Number(settings.max_new_tokens.value), temperature: Number(settings.temperature.value),
-      seed: Number(settings.seed.value),
+      top_p: Number(settings.top_p.value), frequency_penalty: Number(settings.frequency_penalty.value),
+      presence_penalty: Number(settings.presence_penalty.value), seed: Number(settings.seed.value),
       ...(mode === "chat" ? { messages: history.steered, default_messages: history.default } : { prompt: message }),
     };
     controller = new AbortController();

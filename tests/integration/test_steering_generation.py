@@ -13,6 +13,7 @@ from app.core.generation import (
     complete,
     generate,
     pair_rows,
+    penalise,
 )
 from app.core.steering import (
     BatchSteerer,
@@ -191,3 +192,37 @@ def test_cancelling_a_row_stops_the_generation_and_removes_the_hooks(gpt2, saes)
         m._forward_pre_hooks for m in gpt2.hf.modules()
     ]
     assert not any(hooks), "steering hooks must be removed after a cancelled generation"
+
+
+def _tokens(gpt2, saes, rows, params):
+    """Each row's generated token ids."""
+    out: list[list[int]] = [[] for _ in rows]
+    for step in generate(gpt2, saes, rows, params):
+        for i, token in enumerate(step.token_ids[: len(rows)]):
+            if token is not None:
+                out[i].append(token)
+    return out
+
+
+def test_presence_penalty_stops_a_greedy_reply_repeating_itself(gpt2, saes):
+    greedy = SamplingParams(max_new_tokens=24, temperature=0)
+    (plain,) = _tokens(gpt2, saes, [GenerationRow(_prompt(gpt2), None, 0)], greedy)
+    assert len(set(plain)) < len(plain)  # the tiny model loops when nothing stops it
+    penalised = SamplingParams(max_new_tokens=24, temperature=0, presence_penalty=1e4)
+    (fresh,) = _tokens(gpt2, saes, [GenerationRow(_prompt(gpt2), None, 0)], penalised)
+    assert len(set(fresh)) == len(fresh) == 24
+    assert fresh[0] == plain[0]  # nothing is generated yet when the first token is chosen
+
+
+def test_frequency_penalty_grows_with_each_use_and_leaves_batch_neighbours_alone(gpt2, saes):
+    logits, counts = torch.zeros(5), torch.tensor([0.0, 1.0, 3.0, 0.0, 2.0])
+    penalised = penalise(logits, counts, SamplingParams(frequency_penalty=0.5, presence_penalty=1))
+    assert penalised.tolist() == [0.0, -1.5, -2.5, 0.0, -2.0]
+    greedy = SamplingParams(max_new_tokens=16, temperature=0)
+    rows = [
+        GenerationRow(_prompt(gpt2), None, 0, SamplingParams(16, 0, frequency_penalty=3.0)),
+        GenerationRow(_prompt(gpt2), None, 0),
+    ]
+    together = _tokens(gpt2, saes, rows, greedy)
+    (alone,) = _tokens(gpt2, saes, [rows[1]], greedy)
+    assert together[1] == alone and together[0] != alone

@@ -80,6 +80,12 @@ class SteerIn(BaseModel):
     max_new_tokens: int = Field(64, ge=1)
     temperature: float = Field(0.7, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
+    frequency_penalty: float = Field(
+        0.0, ge=-2, le=2, description="subtracted from a token's logit per time it was generated"
+    )
+    presence_penalty: float = Field(
+        0.0, ge=-2, le=2, description="subtracted from the logit of every token generated once"
+    )
     seed: int = Field(0, ge=0, le=2**31 - 1)
 
 
@@ -158,7 +164,14 @@ def build_rows(
         )
     rows = []
     for (ids, stops), edit in zip(prompts, (None, edits), strict=True):
-        params = SamplingParams(body.max_new_tokens, body.temperature, body.top_p, stops)
+        params = SamplingParams(
+            body.max_new_tokens,
+            body.temperature,
+            body.top_p,
+            stops,
+            frequency_penalty=body.frequency_penalty,
+            presence_penalty=body.presence_penalty,
+        )
         rows.append(GenerationRow(ids, edit, body.seed, params))
     return rows
 
@@ -346,6 +359,9 @@ def steer_pick(
 class ShareSettings(BaseModel):
     mode: Literal["chat", "completion"] = "chat"
     temperature: float = Field(0.7, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    frequency_penalty: float = Field(0.0, ge=-2, le=2)
+    presence_penalty: float = Field(0.0, ge=-2, le=2)
     max_new_tokens: int = Field(64, ge=1)
     seed: int = Field(0, ge=0, le=2**31 - 1)
 
