@@ -145,8 +145,8 @@ def repeated_spans(
     (the first cannot be predicted, and training on it would flatten the model's word prior).
 
     Why: the world asks the model to copy from its context (two-hop answers, recall, repeat turns),
-    but copying is rare enough in its text that a 4L d256 model had not learned it after 3M tokens
-    (repeated random tokens 0.1 nats cheaper the second time) and had barely begun at 5M."""
+    but copying is rare enough in its text that a 4L d256 model on 2.5M tokens read
+    repeated random tokens only 0.49 nats cheaper the second time (1.34 with a quarter copying)."""
     ids: list[int] = []
     labels: list[int] = []
     while len(ids) < length:

@@ -144,8 +144,8 @@ def copying_gain(model: LoadedModel, sequences: int = 64, length: int = 40, seed
     """How much cheaper a span of random tokens is to predict the second time it is read (nats per
     token): the induction score. Two-hop questions and recall need the model to copy from its
     context, and a model without it sits near 0 however well it knows the world's sentences: a 4L
-    d256 model on 3M tokens of world v2 gained 0.1 here and recalled one of three stated facts 13%
-    of the time (chance 33%)."""
+    d256 model on 2.5M tokens of world v2 gained 0.49 nats here (1.34 with the copy curriculum)
+    and answered 22% of two-hop questions."""
     tokenizer = model.tokenizer
     special = set(tokenizer.all_special_ids)
     pool = np.array([i for i in range(len(tokenizer)) if i not in special])
