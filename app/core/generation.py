@@ -349,6 +349,9 @@ def generate(
                 texts[i] = text
             yield Step(texts, token_ids, list(finished), list(reasons))
             keep = [j for j, i in enumerate(alive) if not finished[i]]
+            for i in alive:
+                if finished[i]:  # a long-lived server batch must not keep a vocab row per reply
+                    counts.pop(i, None)
             if len(keep) < len(alive):
                 index = torch.tensor(keep, dtype=torch.long)
                 cache.batch_select_indices(index.to(device))
