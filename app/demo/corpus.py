@@ -173,3 +173,10 @@ def pack(
         tuple(doc.topics for doc in docs),
         tuple(doc.persona for doc in docs),
     )
+
+
+def ordinary_token_ids(tokenizer: PreTrainedTokenizerBase) -> np.ndarray:
+    """Every token id but the special ones: what random spans are drawn from, for training the
+    model to copy and for measuring whether it does."""
+    special = set(tokenizer.all_special_ids)
+    return np.array([i for i in range(len(tokenizer)) if i not in special])

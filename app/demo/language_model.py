@@ -17,7 +17,7 @@ from tqdm import tqdm
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from app.core.checkpoint import load_checkpoint, save_checkpoint
-from app.demo.corpus import PackedTokens, pack, train_tokenizer
+from app.demo.corpus import PackedTokens, ordinary_token_ids, pack, train_tokenizer
 from app.demo.world import World
 
 SAMPLE_PROMPTS = (
@@ -96,8 +96,7 @@ class LanguageModelJob:
         order = np.random.default_rng(c.seed).permutation(
             np.resize(np.arange(len(train.ids)), c.steps * c.batch_size)
         )
-        special = set(tokenizer.all_special_ids)
-        pool = np.array([i for i in range(len(tokenizer)) if i not in special])
+        pool = ordinary_token_ids(tokenizer)
         checkpoint = c.work_dir / "lm-checkpoint.pt"
         start = load_checkpoint(checkpoint, model=model, optimizer=optimizer)
         model.train()

@@ -18,7 +18,7 @@ import torch
 
 from app.core.model import LoadedModel
 from app.demo.catalogue import CATALOGUE
-from app.demo.corpus import pack
+from app.demo.corpus import ordinary_token_ids, pack
 from app.demo.world import World
 
 CONTENT_CATEGORIES = ("animals", "foods", "vehicles", "sports", "music", "professions",
@@ -147,9 +147,7 @@ def copying_gain(model: LoadedModel, sequences: int = 64, length: int = 40, seed
     d256 model on 2.5M tokens of world v2 gained 0.49 nats here (1.34 with the copy curriculum)
     and answered 22% of two-hop questions."""
     tokenizer = model.tokenizer
-    special = set(tokenizer.all_special_ids)
-    pool = np.array([i for i in range(len(tokenizer)) if i not in special])
-    spans = np.random.default_rng(seed).choice(pool, size=(sequences, length))
+    spans = np.random.default_rng(seed).choice(ordinary_token_ids(tokenizer), (sequences, length))
     bos = np.full((sequences, 1), tokenizer.bos_token_id)
     ids = torch.from_numpy(np.concatenate([bos, spans, spans], axis=1)).long().to(model.device)
     logits = model.hf(ids).logits[:, :-1].float()
