@@ -101,6 +101,13 @@
     }
   }
 
+  // The server's message: a string, or FastAPI's list of invalid fields ("frequency_penalty: …").
+  function problem(result, code) {
+    if (typeof result.detail === "string") return result.detail;
+    if (Array.isArray(result.detail)) return result.detail.map((e) => `${e.loc.slice(1).join(".") || "input"}: ${e.msg}`).join("; ");
+    return `request failed (${code})`;
+  }
+
   async function send(message) {
     const mode = settings.mode.value;
     const user = { role: "user", content: message };
@@ -124,9 +131,7 @@
     try {
       const response = await fetch("/api/v1/steer/stream", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body), signal: controller.signal });
       if (!response.ok) {
-        const detail = await response.json().catch(() => ({}));
-        const text = typeof detail.detail === "string" ? detail.detail : `request failed (${response.status})`;
-        throw new Error(text);
+        throw new Error(problem(await response.json().catch(() => ({})), response.status));
       }
       for await (const event of events(response)) {
         if (event.name === "token") outputs[event.data.side].textContent += event.data.text;
@@ -169,7 +174,7 @@
     const headers = { "Content-Type": "application/json", ...(csrf ? { "X-CSRF-Token": csrf.content } : {}) };
     const response = await fetch("/steer/share", { method: "POST", headers, body: JSON.stringify(body) });
     const result = await response.json();
-    if (!response.ok) { status(typeof result.detail === "string" ? result.detail : "sharing failed"); return; }
+    if (!response.ok) { status(problem(result, response.status)); return; }
     const link = $("share-link");
     link.value = result.url; link.hidden = false; link.select();
     status("share link ready");

@@ -73,7 +73,18 @@ def test_a_preset_link_loads_the_feature_and_the_feature_page_links_to_it(page, 
     exact.fill("-2.5")
     exact.press("Tab")
     page.fill("#gen-max-tokens", "4")
+    page.fill("#gen-top-p", "0.9")
+    page.fill("#gen-frequency-penalty", "0.5")
+    page.fill("#gen-presence-penalty", "0.25")
     with page.expect_request("**/api/v1/steer/stream") as sent:
         page.fill("#steer-message", "Hello")
         page.press("#steer-message", "Enter")
-    assert sent.value.post_data_json["features"][0]["strength"] == -2.5
+    body = sent.value.post_data_json
+    assert body["features"][0]["strength"] == -2.5
+    assert (body["top_p"], body["frequency_penalty"], body["presence_penalty"]) == (0.9, 0.5, 0.25)
+    expect(page.locator("#steered-messages .streaming")).to_have_count(0)
+    page.fill("#gen-frequency-penalty", "5")  # typed past the box's max: the server says which
+    page.fill("#steer-message", "Hello again")
+    page.press("#steer-message", "Enter")
+    expect(page.locator("#steer-status")).to_contain_text("frequency_penalty")
+    expect(page.locator("#steered-messages .message")).to_have_count(2)  # the failed turn is gone
