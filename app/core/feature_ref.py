@@ -2,6 +2,7 @@
 steering page's ?f= presets. Free of torch, so the CLI can state it in its help at no cost.
 
     model, feature = parse_feature_ref("monoscope-demo/res1/946:clamp:5")
+    model, feature = parse_feature_ref("res1/946:cap:0.5:raw:generated")
 """
 
 import re
@@ -10,9 +11,11 @@ from typing import Literal
 
 from app.core.errors import SteeringError
 
-Mode = Literal["clamp", "add"]
+Mode = Literal["clamp", "add", "cap"]
+MODES: tuple[Mode, ...] = ("clamp", "add", "cap")
 Units = Literal["max_act", "raw"]
 Positions = Literal["all", "prompt", "generated"]
+POSITIONS: tuple[Positions, ...] = ("all", "prompt", "generated")
 
 
 @dataclass(frozen=True)
@@ -29,16 +32,18 @@ class SteeringFeature:
 
 # How a steering feature is written everywhere (the CLI's -f, the steering page's ?f= presets):
 # model and SAE names are single URL segments (app.core.names), so the slashes are unambiguous.
-FEATURE_REF_SYNTAX = "[MODEL/]SAE/INDEX:clamp|add:STRENGTH[:max_act|raw]"
+FEATURE_REF_SYNTAX = "[MODEL/]SAE/INDEX:clamp|add|cap:STRENGTH[:max_act|raw][:all|prompt|generated]"
 _FEATURE_REF = re.compile(
-    r"(?:(?P<model>[^/:\s]+)/)?(?P<sae>[^/:\s]+)/(?P<index>\d{1,12}):(?P<mode>clamp|add):"
+    r"(?:(?P<model>[^/:\s]+)/)?(?P<sae>[^/:\s]+)/(?P<index>\d{1,12}):(?P<mode>clamp|add|cap):"
     r"(?P<strength>[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:e[-+]?\d+)?)(?::(?P<units>max_act|raw))?"
+    r"(?::(?P<positions>all|prompt|generated))?"
 )
 
 
 def parse_feature_ref(text: str) -> tuple[str | None, SteeringFeature]:
     """(model or None, feature) from FEATURE_REF_SYNTAX; the strength is in multiples of the
-    feature's max activation unless the reference ends in :raw."""
+    feature's max activation unless :raw follows it, and applies at every position unless
+    :prompt or :generated says otherwise."""
     found = _FEATURE_REF.fullmatch(text.strip())
     if found is None:
         raise SteeringError(
@@ -46,8 +51,14 @@ def parse_feature_ref(text: str) -> tuple[str | None, SteeringFeature]:
             "e.g. monoscope-demo/res1/946:clamp:5"
         )
     units: Units = "raw" if found["units"] == "raw" else "max_act"
-    mode: Mode = "add" if found["mode"] == "add" else "clamp"
+    mode = next(m for m in MODES if m == found["mode"])
+    positions = next(p for p in POSITIONS if p == (found["positions"] or "all"))
     feature = SteeringFeature(
-        found["sae"], int(found["index"]), mode, float(found["strength"]), units=units
+        found["sae"],
+        int(found["index"]),
+        mode,
+        float(found["strength"]),
+        units=units,
+        positions=positions,
     )
     return found["model"], feature

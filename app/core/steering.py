@@ -1,4 +1,4 @@
-"""Steering: clamp or add SAE features in the residual stream while the model runs.
+"""Steering: clamp, add or cap SAE features in the residual stream while the model runs.
 
     spec = SteeringSpec(features=(SteeringFeature("res6", 1234, "clamp", 10, units="max_act"),))
     edits = resolve_steering(spec, saes, max_act=lambda sae, i: stats[sae][i])
@@ -8,8 +8,10 @@
 
 clamp (Golden Gate): x' = x + (c - f_i(x)) * W_dec[i]  -- keeps the SAE error and other features
 add:                 x' = x + a * W_dec[i]
+cap:                 x' = x + (min(f_i(x), c) - f_i(x)) * W_dec[i]  -- at most c, never raised
 One edit per site applies every feature of every SAE at that site exactly once, computing each
-clamp from the unedited x. Directions are mapped back through the SAE's input normalisation.
+clamp and cap from the unedited x. Directions are mapped back through the SAE's input
+normalisation.
 """
 
 from collections import defaultdict
@@ -20,11 +22,7 @@ import torch
 
 from app.core.batch_invariance import rows_addmm
 from app.core.errors import SteeringError
-from app.core.feature_ref import (
-    Mode,
-    Positions,
-    SteeringFeature,
-)
+from app.core.feature_ref import MODES, Mode, Positions, SteeringFeature
 from app.core.sae import Sae
 from app.core.sites import parse_site
 
@@ -65,8 +63,8 @@ def resolve_steering(
             raise SteeringError(
                 f"feature {feature.index} is outside SAE {feature.sae!r} (0..{sae.d_sae - 1})"
             )
-        if feature.mode not in ("clamp", "add"):
-            raise SteeringError(f"unknown steering mode {feature.mode!r}; use clamp or add")
+        if feature.mode not in MODES:
+            raise SteeringError(f"unknown steering mode {feature.mode!r}; use clamp, add or cap")
         if feature.positions not in _POSITION_CODES:
             raise SteeringError(
                 f"unknown positions {feature.positions!r}; use all, prompt or generated"
@@ -96,6 +94,7 @@ class _SaeGroup:
     indices: torch.Tensor  # (n,)
     values: torch.Tensor  # (n,)
     is_clamp: torch.Tensor  # (n,) bool
+    is_cap: torch.Tensor  # (n,) bool
     position_codes: torch.Tensor  # (n,)
     row_mask: torch.Tensor  # (batch, n) bool: which rows each edit applies to
     directions: torch.Tensor  # (n, d_in) in SAE space
@@ -132,6 +131,7 @@ class BatchSteerer:
                         [e.value for _, e in entries], device=device, dtype=sae.dtype
                     ),
                     is_clamp=torch.tensor([e.mode == "clamp" for _, e in entries], device=device),
+                    is_cap=torch.tensor([e.mode == "cap" for _, e in entries], device=device),
                     position_codes=torch.tensor(
                         [_POSITION_CODES[e.positions] for _, e in entries], device=device
                     ),
@@ -176,9 +176,10 @@ class BatchSteerer:
                 masks = self._step_masks.to(x.device)[group.position_codes]  # (n, batch, pos)
                 mask = masks.permute(1, 2, 0) & group.row_mask[:, None, :]  # (batch, pos, n)
                 coef = group.values.expand(mask.shape).clone()
-                if group.is_clamp.any():
+                if group.is_clamp.any() or group.is_cap.any():
                     current = group.sae.feature_activations(x, group.indices)  # (batch, pos, n)
                     coef = torch.where(group.is_clamp, coef - current, coef)
+                    coef = torch.where(group.is_cap, (current - coef).clamp(min=0).neg(), coef)
                 step = rows_addmm(None, coef * mask.to(coef.dtype), group.directions)
                 norm = group.sae.normalize(x.to(group.sae.dtype))[1]
                 delta += Sae.denormalize(step, norm, shift=False).to(x.dtype)

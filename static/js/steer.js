@@ -7,14 +7,20 @@
   const settings = {
     mode: $("gen-mode"), temperature: $("gen-temperature"), top_p: $("gen-top-p"),
     frequency_penalty: $("gen-frequency-penalty"), presence_penalty: $("gen-presence-penalty"),
-    max_new_tokens: $("gen-max-tokens"), seed: $("gen-seed"),
+    max_new_tokens: $("gen-max-tokens"), seed: $("gen-seed"), multiplier: $("gen-multiplier"),
   };
   for (const [key, input] of Object.entries(settings)) if (state.settings[key] !== undefined) input.value = state.settings[key];
   let controller = null;
 
-  // The slider is finer near zero: strength = sign · max · (position / 100)².
-  const toStrength = (p) => Math.round(Math.sign(p) * limits.max_strength * (Math.abs(p) / 100) ** 2 * 100) / 100;
-  const toSlider = (s) => Math.round(Math.sign(s) * 100 * Math.sqrt(Math.abs(s) / limits.max_strength));
+  // The slider is in multiples of max activation whatever the units, and finer near zero:
+  // multiple = sign · max · (position / 100)².
+  const round2 = (x) => Math.round(x * 100) / 100;
+  const toMultiple = (p) => Math.sign(p) * limits.max_strength * (Math.abs(p) / 100) ** 2;
+  const toSlider = (m) => Math.round(Math.sign(m) * 100 * Math.sqrt(Math.min(1, Math.abs(m) / limits.max_strength)));
+  const perMultiple = (f) => (f.units === "raw" ? f.max_act : 1); // strength units per × max
+  const limitOf = (f) => (f.units === "raw" ? limits.max_raw_strength : limits.max_strength);
+  const wire = ({ sae, index, mode, strength, units, positions }) => ({ sae, index, mode, strength, units: units || "max_act", positions: positions || "all" });
+  const options = (values) => values.map(([value, text]) => el("option", { value, textContent: text }));
 
   function el(tag, props = {}, ...children) {
     const node = Object.assign(document.createElement(tag), props);
@@ -27,27 +33,47 @@
     body.replaceChildren();
     $("no-features").hidden = state.features.length > 0;
     state.features.forEach((f, i) => {
-      const mode = el("select", { className: "mode" }, el("option", { value: "clamp", textContent: "clamp" }), el("option", { value: "add", textContent: "add" }));
+      f.units = f.units || "max_act"; f.positions = f.positions || "all";
+      const mode = el("select", { className: "mode" }, ...options([["clamp", "clamp"], ["add", "add"], ["cap", "cap"]]));
       mode.value = f.mode;
+      mode.setAttribute("aria-label", `mode of feature ${f.index}`);
       mode.onchange = () => { f.mode = mode.value; };
       // The slider for reaching a strength, the number box for setting one exactly; each follows the other.
-      const exact = el("input", { type: "number", min: -limits.max_strength, max: limits.max_strength, step: 0.01, value: f.strength.toFixed(2), className: "strength" });
+      const exact = el("input", { type: "number", step: 0.01, value: f.strength.toFixed(2), className: "strength" });
       exact.setAttribute("aria-label", `exact strength of feature ${f.index}`);
-      const slider = el("input", { type: "range", min: -100, max: 100, step: 1, value: toSlider(f.strength), className: "strength-slider" });
+      const slider = el("input", { type: "range", min: -100, max: 100, step: 1, className: "strength-slider" });
       slider.setAttribute("aria-label", `strength of feature ${f.index}`);
-      slider.oninput = () => { f.strength = toStrength(Number(slider.value)); exact.value = f.strength.toFixed(2); };
+      const show = () => {
+        exact.min = -limitOf(f); exact.max = limitOf(f);
+        exact.value = f.strength.toFixed(2);
+        slider.value = toSlider(f.strength / perMultiple(f));
+      };
+      slider.oninput = () => { f.strength = round2(toMultiple(Number(slider.value)) * perMultiple(f)); exact.value = f.strength.toFixed(2); };
       exact.onchange = () => {
         const typed = Number(exact.value);
-        const strength = Number.isFinite(typed) ? Math.max(-limits.max_strength, Math.min(limits.max_strength, typed)) : f.strength;
-        f.strength = Math.round(strength * 100) / 100;
-        exact.value = f.strength.toFixed(2);
-        slider.value = toSlider(f.strength);
+        f.strength = Number.isFinite(typed) ? round2(Math.max(-limitOf(f), Math.min(limitOf(f), typed))) : f.strength;
+        show();
       };
+      // Raw units are the SAE's own activation scale; switching converts through max activation.
+      const units = el("select", { className: "units", disabled: !f.max_act }, ...options([["max_act", "× max"], ["raw", "raw"]]));
+      units.value = f.units;
+      units.setAttribute("aria-label", `units of feature ${f.index}`);
+      units.onchange = () => {
+        const multiple = f.strength / perMultiple(f);
+        f.units = units.value;
+        f.strength = round2(Math.max(-limitOf(f), Math.min(limitOf(f), multiple * perMultiple(f))));
+        show();
+      };
+      const positions = el("select", { className: "positions" }, ...options([["all", "all"], ["prompt", "prompt"], ["generated", "generated"]]));
+      positions.value = f.positions;
+      positions.setAttribute("aria-label", `positions of feature ${f.index}`);
+      positions.onchange = () => { f.positions = positions.value; };
+      show();
       const remove = el("button", { type: "button", className: "remove", textContent: "remove" });
       remove.onclick = () => { state.features.splice(i, 1); renderFeatures(); };
       const link = el("a", { href: `/${encodeURIComponent(modelName())}/${encodeURIComponent(f.sae)}/${f.index}`, textContent: `#${f.index}` });
       body.append(el("tr", {}, el("td", {}, link, " ", el("span", { textContent: f.label || "no label" }), " ", el("span", { className: "muted", textContent: f.sae })),
-        el("td", {}, mode), el("td", { className: "strength-cell" }, slider, exact), el("td", {}, remove)));
+        el("td", {}, mode), el("td", { className: "strength-cell" }, slider, exact, units), el("td", {}, positions), el("td", {}, remove)));
     });
   }
 
@@ -59,7 +85,7 @@
     if (state.features.length >= limits.max_features) { status(`At most ${limits.max_features} features.`); return; }
     const index = Number(pick.dataset.index);
     if (!state.features.some((f) => f.sae === pick.dataset.sae && f.index === index)) {
-      state.features.push({ sae: pick.dataset.sae, index, mode: "clamp", strength: 5, label: pick.dataset.label });
+      state.features.push({ sae: pick.dataset.sae, index, mode: "clamp", strength: 5, units: "max_act", positions: "all", label: pick.dataset.label, max_act: Number(pick.dataset.maxAct) || null });
     }
     renderFeatures();
   });
@@ -119,10 +145,11 @@
       outputs[side].classList.add("streaming");
     }
     const body = {
-      features: state.features.map(({ sae, index, mode, strength }) => ({ sae, index, mode, strength })),
+      features: state.features.map(wire),
       mode, max_new_tokens: Number(settings.max_new_tokens.value), temperature: Number(settings.temperature.value),
       top_p: Number(settings.top_p.value), frequency_penalty: Number(settings.frequency_penalty.value),
       presence_penalty: Number(settings.presence_penalty.value), seed: Number(settings.seed.value),
+      multiplier: Number(settings.multiplier.value),
       ...(mode === "chat" ? { messages: history.steered, default_messages: history.default } : { prompt: message }),
     };
     controller = new AbortController();
@@ -167,7 +194,7 @@
   $("steer-stop").onclick = () => controller && controller.abort();
   $("steer-reset").onclick = () => { state.default = []; state.steered = []; renderTranscripts(); status(""); };
   $("steer-share").onclick = async () => {
-    const body = { features: state.features.map(({ sae, index, mode, strength }) => ({ sae, index, mode, strength })),
+    const body = { features: state.features.map(wire),
       settings: Object.fromEntries(Object.entries(settings).map(([k, input]) => [k, k === "mode" ? input.value : Number(input.value)])),
       default: state.default, steered: state.steered };
     const csrf = document.querySelector("meta[name=csrf-token]");

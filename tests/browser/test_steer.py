@@ -8,6 +8,8 @@ from playwright.sync_api import expect
 from tests.browser.conftest import ACCOUNT
 
 pytestmark = pytest.mark.browser
+# A reply of 64 tokens on two busy CPU cores (the suite runs beside it) can take over 5 s.
+REPLY_TIMEOUT_MS = 30_000
 BRIDGE = re.compile(r"golden gate|bridge", re.IGNORECASE)
 
 
@@ -36,7 +38,9 @@ def test_pick_the_bridge_feature_chat_and_share(page, server_url):
     page.press("#steer-message", "Enter")
     for side in ("default", "steered"):  # both columns stream a reply and finish
         expect(_reply(page, side)).not_to_have_text("")
-        expect(page.locator(f"#{side}-messages .streaming")).to_have_count(0)
+        expect(page.locator(f"#{side}-messages .streaming")).to_have_count(
+            0, timeout=REPLY_TIMEOUT_MS
+        )
     steered, default = _reply(page, "steered").inner_text(), _reply(page, "default").inner_text()
     assert BRIDGE.search(steered) and not BRIDGE.search(default)
 
@@ -53,7 +57,7 @@ def test_pick_the_bridge_feature_chat_and_share(page, server_url):
     page.fill("#steer-message", "And what colour is it?")
     page.press("#steer-message", "Enter")
     expect(page.locator("#steered-messages .message")).to_have_count(4)
-    expect(page.locator("#steered-messages .streaming")).to_have_count(0)
+    expect(page.locator("#steered-messages .streaming")).to_have_count(0, timeout=REPLY_TIMEOUT_MS)
 
 
 def test_a_preset_link_loads_the_feature_and_the_feature_page_links_to_it(page, server_url):
@@ -82,9 +86,44 @@ def test_a_preset_link_loads_the_feature_and_the_feature_page_links_to_it(page, 
     body = sent.value.post_data_json
     assert body["features"][0]["strength"] == -2.5
     assert (body["top_p"], body["frequency_penalty"], body["presence_penalty"]) == (0.9, 0.5, 0.25)
-    expect(page.locator("#steered-messages .streaming")).to_have_count(0)
+    expect(page.locator("#steered-messages .streaming")).to_have_count(0, timeout=REPLY_TIMEOUT_MS)
     page.fill("#gen-frequency-penalty", "5")  # typed past the box's max: the server says which
     page.fill("#steer-message", "Hello again")
     page.press("#steer-message", "Enter")
     expect(page.locator("#steer-status")).to_contain_text("frequency_penalty")
     expect(page.locator("#steered-messages .message")).to_have_count(2)  # the failed turn is gone
+
+
+def test_units_positions_cap_and_the_multiplier_reach_the_request(page, server_url):
+    page.goto(f"{server_url}/steer?f=monoscope-demo/res1/7:clamp:2")
+    max_act = page.evaluate(
+        "JSON.parse(document.getElementById('steer-state').textContent).features[0].max_act"
+    )
+    row = page.locator("#steer-features tbody tr")
+    slider = row.locator("input[type=range]").input_value()
+    row.get_by_label("units of feature 7").select_option("raw")  # converts, the slider stays
+    expect(row.locator("input.strength")).to_have_value(f"{round(2 * max_act, 2):.2f}")
+    expect(row.locator("input[type=range]")).to_have_value(slider)
+    row.get_by_label("mode of feature 7").select_option("cap")
+    row.get_by_label("positions of feature 7").select_option("generated")
+    page.fill("#gen-multiplier", "1.5")
+    page.fill("#gen-max-tokens", "4")
+    with page.expect_request("**/api/v1/steer/stream") as sent:
+        page.fill("#steer-message", "Hello")
+        page.press("#steer-message", "Enter")
+    body = sent.value.post_data_json
+    assert body["multiplier"] == 1.5
+    assert body["features"] == [
+        {
+            "sae": "res1",
+            "index": 7,
+            "mode": "cap",
+            "strength": round(2 * max_act, 2),
+            "units": "raw",
+            "positions": "generated",
+        }
+    ]
+    expect(page.locator("#steered-messages .streaming")).to_have_count(0, timeout=REPLY_TIMEOUT_MS)
+    expect(page.locator("#steer-status")).to_have_text("")  # the server took it
+    row.get_by_label("units of feature 7").select_option("max_act")  # and back again
+    expect(row.locator("input.strength")).to_have_value("2.00")

@@ -70,6 +70,20 @@ def test_clamping_a_feature_to_its_current_activation_changes_nothing(gpt2, saes
     assert f[index] > 0
 
 
+def test_cap_lowers_a_feature_to_the_cap_and_never_raises_it(gpt2, saes):
+    ids = torch.tensor([_prompt(gpt2)])
+    clean = gpt2.capture(ids, [SITE])[SITE]
+    sae = saes["res1"]
+    f = sae.encode(clean)[0, 1:]
+    index = int((f > 0).sum(0).argmax())  # active at some positions and not at others
+    cap = float(f[:, index].max()) / 2
+    steered = _resid_after_steering(gpt2, saes, ids, [FeatureEdit("res1", index, "cap", cap)])
+    over = (f[:, index] - cap).clamp(min=0)
+    assert (over > 0).any() and (over == 0).any()
+    expected = -over[:, None] * sae.W_dec[index]  # only positions above the cap move
+    torch.testing.assert_close((steered - clean)[0, 1:], expected, atol=1e-5, rtol=1e-5)
+
+
 def test_clamp_keeps_the_error_term_under_input_normalisation(gpt2):
     sae = gpt2.attach(random_sae(hook_name=SITE, normalize_activations="layer_norm"))
     saes = {"ln": sae}

@@ -33,7 +33,7 @@ def app_for(engine, demo_workspace):
     def make(**limits):
         return create_app(Settings(database_url=url, **limits), workspace=demo_workspace)
 
-    make.bridge = bridge
+    make.bridge, make.max_act = bridge, max_act
     make.writer = {"Authorization": f"Bearer {secret}"}
     return make
 
@@ -61,6 +61,26 @@ def test_steering_with_the_bridge_feature_talks_about_the_bridge(app_for):
     assert hits["steered"] >= 3 and hits["default"] <= 1
 
 
+def test_units_and_the_multiplier_scale_strengths_as_defined(app_for):
+    def steered(*features, **extra):
+        feats = [{"sae": "res1", "index": app_for.bridge, "mode": "clamp"} | f for f in features]
+        reply = client.post("/api/v1/steer", json=_body(feats, **extra))
+        assert reply.status_code == 200, reply.text
+        return reply.json()
+
+    with TestClient(app_for()) as client:
+        four = steered({"strength": 4})
+        assert four["steered"] != four["default"]
+        assert steered({"strength": 2}, multiplier=2)["steered"] == four["steered"]
+        raw = steered({"strength": 4 * app_for.max_act, "units": "raw"})
+        assert raw["steered"] == four["steered"]
+        off = steered({"strength": 4}, multiplier=0)  # clamped to 0 x max: the feature ablated
+        assert off["steered"] == steered({"strength": 0})["steered"]
+        # a cap far above anything the feature reaches never binds: the default reply
+        capped = steered({"strength": 9, "mode": "cap", "positions": "generated"})
+        assert capped["steered"] == capped["default"]
+
+
 def test_the_stream_sends_tokens_for_both_sides_then_done(app_for):
     with (
         TestClient(app_for()) as client,
@@ -81,6 +101,10 @@ def test_the_stream_sends_tokens_for_both_sides_then_done(app_for):
     [
         (_body([{"sae": "res1", "index": 7, "strength": 1}] * 3), 400, "the limit is 2"),
         (_body([{"sae": "res1", "index": 7, "strength": 11}]), 422, None),
+        (_body([{"sae": "res1", "index": 7, "strength": 2e4, "units": "raw"}]), 422, None),
+        (_body([{"sae": "res1", "index": 7, "strength": -1, "mode": "cap"}]), 422, None),
+        (_body([{"sae": "res1", "index": 7, "strength": 1, "positions": "middle"}]), 422, None),
+        (_body([{"sae": "res1", "index": 7, "strength": 1}], multiplier=11), 422, None),
         (_body(max_new_tokens=500), 400, "the limit is 32"),
         (_body(messages=[{"role": "user", "content": "word " * 100}]), 400, "the limit is 64"),
         (_body(messages=[{"role": "user", "content": "word " * 200}]), 400, "limit is 512 (64"),
@@ -196,11 +220,23 @@ def test_presets_and_shared_sessions_round_trip(app_for):
             "index": bridge,
             "mode": "clamp",
             "strength": 4.0,
+            "units": "max_act",
+            "positions": "all",
             "label": "Golden Gate Bridge",
         }
+        page = client.get("/steer", params={"f": f"res1/{bridge}:cap:1.5:raw:generated"})
+        [preset] = json.loads(parsed(page.text).select_one("script#steer-state").string)["features"]
+        assert (preset["mode"], preset["strength"], preset["units"], preset["positions"]) == (
+            "cap",
+            1.5,
+            "raw",
+            "generated",
+        )
         for bad in (
             "monoscope-demo/res1/7:twist:1",
             "monoscope-demo/res1/7:clamp:99",
+            "monoscope-demo/res1/7:cap:-1",
+            "monoscope-demo/res1/7:clamp:1:raw:middle",
             "other/res1/7:clamp:1",
             "monoscope-demo/res1/999999:clamp:1",
         ):

@@ -1,26 +1,27 @@
 """The steering chat: default and steered replies side by side, streamed over SSE, shareable.
 
-Pages: /steer (preset features with ?f=model/sae/index:clamp|add:strength, repeatable),
-/steer/{share_id} (a saved session, to read and continue). JSON: /api/v1/steer (whole replies)
-and /api/v1/steer/stream (SSE: `token` events {side, text}, then `done` or `error`). Strengths are
-multiples of each feature's max activation, as harvested into the database.
+Pages: /steer (preset features with ?f=model/sae/index:clamp|add|cap:strength[:raw][:positions],
+repeatable), /steer/{share_id} (a saved session, to read and continue). JSON: /api/v1/steer (whole
+replies) and /api/v1/steer/stream (SSE: `token` events {side, text}, then `done` or `error`).
+Strengths are multiples of each feature's max activation, as harvested into the database, or raw
+activation units; a global multiplier scales them all.
 """
 
 import asyncio
 import json
 import secrets
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError, model_validator
 from sqlalchemy.orm import Session
 from sse_starlette import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 
 from app.core.errors import MonoscopeError, NotFoundError
-from app.core.feature_ref import SteeringFeature, parse_feature_ref
+from app.core.feature_ref import Mode, Positions, SteeringFeature, Units, parse_feature_ref
 from app.core.generation import GenerationRow, SamplingParams, chat_prompt_ids
 from app.core.serving import Ticket
 from app.core.steering import SteeringSpec, resolve_steering
@@ -45,7 +46,11 @@ from app.web.resident import require_loaded
 from app.web.semantic import ranked_labels
 
 router = APIRouter()
-MAX_STRENGTH = 10.0
+MAX_STRENGTH = 10.0  # in multiples of max activation
+# Raw units: far past any activation a real SAE reaches (Gemma Scope's run to a few hundred), so
+# only typing mistakes are refused.
+MAX_RAW_STRENGTH = 10_000.0
+MAX_MULTIPLIER = 10.0
 # A token of any tokenizer we load covers a few characters at most (English BPE averages ~4);
 # text past this many per allowed token cannot fit, so it is refused before it is tokenized.
 CHARS_PER_TOKEN = 8
@@ -54,10 +59,25 @@ CHARS_PER_TOKEN = 8
 class SteerFeature(BaseModel):
     sae: str = Field(max_length=200)
     index: int = Field(ge=0, le=MAX_INDEX)
-    mode: Literal["clamp", "add"] = "clamp"
-    strength: float = Field(
-        ge=-MAX_STRENGTH, le=MAX_STRENGTH, description="multiples of the feature's max activation"
+    mode: Mode = Field(
+        "clamp", description="clamp: set the activation; add: add the direction; cap: at most"
     )
+    strength: float = Field(
+        allow_inf_nan=False,
+        description=f"multiples of the feature's max activation (±{MAX_STRENGTH:g}), or raw "
+        f"activation units (±{MAX_RAW_STRENGTH:g}); a cap is ≥ 0",
+    )
+    units: Units = "max_act"
+    positions: Positions = Field("all", description="where it applies: all, prompt, generated")
+
+    @model_validator(mode="after")
+    def _strength_in_range(self) -> "SteerFeature":
+        limit = MAX_STRENGTH if self.units == "max_act" else MAX_RAW_STRENGTH
+        if abs(self.strength) > limit:
+            raise ValueError(f"strength {self.strength:g} is outside ±{limit:g} in {self.units}")
+        if self.mode == "cap" and self.strength < 0:
+            raise ValueError("a cap is an activation level: 0 or more")
+        return self
 
 
 class Message(BaseModel):
@@ -87,6 +107,9 @@ class SteerIn(BaseModel):
         0.0, ge=-2, le=2, description="subtracted from the logit of every token generated once"
     )
     seed: int = Field(0, ge=0, le=2**31 - 1)
+    multiplier: float = Field(
+        1.0, ge=0, le=MAX_MULTIPLIER, description="every feature's strength times this"
+    )
 
 
 class Reply(BaseModel):
@@ -130,7 +153,9 @@ def build_rows(
     known = _max_acts(session, workspace.model.name, body.features)
     spec = SteeringSpec(
         tuple(
-            SteeringFeature(f.sae, f.index, f.mode, f.strength, units="max_act")
+            SteeringFeature(
+                f.sae, f.index, f.mode, f.strength * body.multiplier, f.units, f.positions
+            )
             for f in body.features
         )
     )
@@ -246,42 +271,33 @@ async def api_steer_stream(
     return EventSourceResponse(events(), ping=15)
 
 
-def parse_preset(text: str, loaded_model: str | None) -> tuple[str, str, int, str, float]:
-    """A ?f= preset in the one feature grammar (app.core.steering); the page sets strengths in
-    multiples of max activation, so a :raw preset is refused."""
+def parse_preset(text: str, loaded_model: str | None) -> tuple[str, SteerFeature]:
+    """(model, feature) from a ?f= preset in the one feature grammar (app.core.feature_ref),
+    held to the same limits as the API."""
     model, feature = parse_feature_ref(text)
-    if feature.units == "raw":
-        raise MonoscopeError(f"Preset {text[:80]!r}: the page's strengths are in max_act units.")
-    if feature.index > MAX_INDEX:
-        raise MonoscopeError(f"Feature index {feature.index} is past any SAE's width.")
-    if abs(feature.strength) > MAX_STRENGTH:
-        raise MonoscopeError(f"Strength {feature.strength:g} is outside ±{MAX_STRENGTH:g}.")
-    return model or loaded_model or "", feature.sae, feature.index, feature.mode, feature.strength
+    try:
+        checked = SteerFeature(**asdict(feature))
+    except ValidationError as exc:
+        problems = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
+        raise MonoscopeError(f"Preset {text[:80]!r}: {problems}.") from None
+    return model or loaded_model or "", checked
 
 
-def _state_features(session: Session, workspace, presets: list[tuple]) -> list[dict]:
+def _state_features(
+    session: Session, workspace, presets: list[tuple[str, SteerFeature]]
+) -> list[dict]:
     """Preset features as the page's script wants them, each checked against this server."""
     if workspace is None:
         return []
-    wanted = [SteerFeature(sae=s, index=i, mode=m, strength=v) for _, s, i, m, v in presets]
-    known = _max_acts(session, workspace.model.name, wanted)
+    known = _max_acts(session, workspace.model.name, [f for _, f in presets])
     features = []
-    for model, sae, index, mode, strength in presets:
-        if model != workspace.model.name or sae not in workspace.saes:
-            raise MonoscopeError(f"{model}/{sae} is not loaded on this server.")
-        if (sae, index) not in known:
-            raise MonoscopeError(f"{model}/{sae} has no stored feature {index}.")
-        max_act, label = known[(sae, index)]
-        features.append(
-            {
-                "sae": sae,
-                "index": index,
-                "mode": mode,
-                "strength": strength,
-                "label": label,
-                "max_act": max_act,
-            }
-        )
+    for model, feature in presets:
+        if model != workspace.model.name or feature.sae not in workspace.saes:
+            raise MonoscopeError(f"{model}/{feature.sae} is not loaded on this server.")
+        if (feature.sae, feature.index) not in known:
+            raise MonoscopeError(f"{model}/{feature.sae} has no stored feature {feature.index}.")
+        max_act, label = known[(feature.sae, feature.index)]
+        features.append(feature.model_dump() | {"label": label, "max_act": max_act})
     return features
 
 
@@ -295,6 +311,8 @@ def _page(request, templates, workspace, settings, state: dict, share_id: str | 
             "max_features": settings.steer_max_features,
             "max_new_tokens": settings.steer_max_new_tokens,
             "max_strength": MAX_STRENGTH,
+            "max_raw_strength": MAX_RAW_STRENGTH,
+            "max_multiplier": MAX_MULTIPLIER,
         },
     }
     return templates.TemplateResponse(request, "steer/index.html", context)
@@ -364,6 +382,7 @@ class ShareSettings(BaseModel):
     presence_penalty: float = Field(0.0, ge=-2, le=2)
     max_new_tokens: int = Field(64, ge=1)
     seed: int = Field(0, ge=0, le=2**31 - 1)
+    multiplier: float = Field(1.0, ge=0, le=MAX_MULTIPLIER)
 
 
 class ShareIn(BaseModel):
