@@ -15,10 +15,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
 
-import torch
-
 from app.core.generation import SamplingParams, chat_prompt_ids, complete, pair_rows
 from app.core.model import LoadedModel
+from app.core.reply_reading import read_replies
 from app.core.sae import Sae
 from app.core.steering import FeatureEdit
 from app.demo import TRAIN_SEED, WORLD_VERSION
@@ -93,17 +92,6 @@ class SteeringCheck:
         }
 
 
-@torch.inference_mode()
-def reply_loss(model: LoadedModel, prompt_ids: Sequence[int], reply: str) -> float:
-    """Mean next-token cross-entropy of the reply's tokens after the prompt, unsteered."""
-    reply_ids = model.tokenizer(reply, add_special_tokens=False)["input_ids"]
-    if not reply_ids:
-        return 0.0
-    ids = torch.tensor([[*prompt_ids, *reply_ids]], device=model.device)
-    logits = model.hf(ids).logits[0, len(prompt_ids) - 1 : -1].float()
-    return float(torch.nn.functional.cross_entropy(logits, ids[0, len(prompt_ids) :]))
-
-
 def steering_check(
     model: LoadedModel,
     saes: dict[str, Sae],
@@ -125,8 +113,9 @@ def steering_check(
         params = SamplingParams(max_new_tokens=max_new_tokens, stop_strings=stops)
         rows = [row for seed in range(seeds) for row in pair_rows(ids, edits, seed)]
         texts = complete(model, saes, rows, params)
-        for i, text in enumerate(texts):
+        readings = read_replies(model, saes, ids, texts)
+        for i, (text, reading) in enumerate(zip(texts, readings, strict=True)):
             reply = text.strip()
-            judged = Reply(reply, aim(reply), language.fluent(reply), reply_loss(model, ids, text))
+            judged = Reply(reply, aim(reply), language.fluent(reply), reading.loss)
             (steered if i % 2 else default).append(judged)
     return SteeringCheck(strength, tuple(default), tuple(steered), loss_ratio)

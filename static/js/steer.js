@@ -134,6 +134,61 @@
     return `request failed (${code})`;
   }
 
+  function requestBody(mode, message, history) {
+    return {
+      features: state.features.map(wire),
+      mode, max_new_tokens: Number(settings.max_new_tokens.value), temperature: Number(settings.temperature.value),
+      top_p: Number(settings.top_p.value), frequency_penalty: Number(settings.frequency_penalty.value),
+      presence_penalty: Number(settings.presence_penalty.value), seed: Number(settings.seed.value),
+      multiplier: Number(settings.multiplier.value),
+      ...(mode === "chat" ? { messages: history.steered, default_messages: history.default } : { prompt: message }),
+    };
+  }
+
+  // A sweep: the typed message at several multiples of every feature's strength, one seed, each
+  // reply with its loss under the unsteered model; a loss past 1.5x the default reply's marks
+  // where steering stops reading as language. The chat's history is used, never extended.
+  async function sweep(message) {
+    const mode = settings.mode.value;
+    const user = { role: "user", content: message };
+    const history = { default: [...state.default, user], steered: [...state.steered, user] };
+    const multipliers = $("sweep-multipliers").value.split(/[\s,]+/).filter(Boolean).map(Number);
+    const body = { ...requestBody(mode, message, history), multipliers };
+    controller = new AbortController();
+    status("sweeping…");
+    try {
+      const response = await fetch("/api/v1/steer/sweep", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body), signal: controller.signal });
+      const result = await response.json().catch(() => ({}));
+      if (!response.ok) throw new Error(problem(result, response.status));
+      renderSweep(result);
+      status("");
+    } catch (error) {
+      status(error.name === "AbortError" ? "stopped" : error.message);
+    } finally {
+      controller = null;
+    }
+  }
+
+  function renderSweep(result) {
+    const head = el("tr", {}, el("th", { textContent: "× strength" }),
+      ...result.features.map((f) => el("th", { textContent: `${f} peak` })),
+      el("th", { textContent: "loss" }), el("th", { textContent: "÷ default" }), el("th", { textContent: "reply" }));
+    const base = result.default.loss;
+    const rows = [result.default, ...result.steered].map((r) => {
+      const ratio = base > 0 ? r.loss / base : 1;
+      const row = el("tr", { className: r.multiplier !== null && ratio > 1.5 ? "cliff" : "" },
+        el("td", { textContent: r.multiplier === null ? "default" : `${r.multiplier}×` }),
+        ...r.activations.map((a) => el("td", { className: "num", textContent: a.toFixed(2) })),
+        el("td", { className: "num", textContent: r.loss.toFixed(3) }),
+        el("td", { className: "num", textContent: ratio.toFixed(2) }),
+        el("td", { className: "reply", textContent: r.text }));
+      if (row.className) row.title = "loss over 1.5× the default reply's: past the coherence cliff";
+      return row;
+    });
+    $("sweep-table").replaceChildren(el("thead", {}, head), el("tbody", {}, ...rows));
+    $("sweep").hidden = false;
+  }
+
   async function send(message) {
     const mode = settings.mode.value;
     const user = { role: "user", content: message };
@@ -144,14 +199,7 @@
       outputs[side] = bubble(side, "assistant", "");
       outputs[side].classList.add("streaming");
     }
-    const body = {
-      features: state.features.map(wire),
-      mode, max_new_tokens: Number(settings.max_new_tokens.value), temperature: Number(settings.temperature.value),
-      top_p: Number(settings.top_p.value), frequency_penalty: Number(settings.frequency_penalty.value),
-      presence_penalty: Number(settings.presence_penalty.value), seed: Number(settings.seed.value),
-      multiplier: Number(settings.multiplier.value),
-      ...(mode === "chat" ? { messages: history.steered, default_messages: history.default } : { prompt: message }),
-    };
+    const body = requestBody(mode, message, history);
     controller = new AbortController();
     $("steer-stop").hidden = false;
     status("generating…");
@@ -191,6 +239,13 @@
   $("steer-message").addEventListener("keydown", (event) => {
     if (event.key === "Enter" && !event.shiftKey) { event.preventDefault(); $("steer-send").requestSubmit(); }
   });
+  $("steer-sweep").onclick = () => {
+    const message = $("steer-message").value.trim();
+    if (controller) return;
+    if (!message) { status("Type a message to sweep."); return; }
+    if (!state.features.length) { status("Add a feature to sweep its strength."); return; }
+    sweep(message);
+  };
   $("steer-stop").onclick = () => controller && controller.abort();
   $("steer-reset").onclick = () => { state.default = []; state.steered = []; renderTranscripts(); status(""); };
   $("steer-share").onclick = async () => {

@@ -127,3 +127,27 @@ def test_units_positions_cap_and_the_multiplier_reach_the_request(page, server_u
     expect(page.locator("#steer-status")).to_have_text("")  # the server took it
     row.get_by_label("units of feature 7").select_option("max_act")  # and back again
     expect(row.locator("input.strength")).to_have_value("2.00")
+
+
+def test_a_sweep_shows_each_strengths_reply_and_marks_the_cliff(page, server_url):
+    page.goto(f"{server_url}/steer?f=monoscope-demo/res1/7:clamp:1")
+    page.fill("#gen-max-tokens", "8")
+    page.click("#steer-sweep")  # nothing typed: the page says what it needs
+    expect(page.locator("#steer-status")).to_have_text("Type a message to sweep.")
+    page.fill("#steer-message", "What is your favourite food?")
+    page.fill("#sweep-multipliers", "0, 2, 10")
+    with page.expect_response("**/api/v1/steer/sweep") as answered:
+        page.click("#steer-sweep")
+    result = answered.value.json()
+    rows = page.locator("#sweep-table tbody tr")
+    expect(rows).to_have_count(4)
+    expect(rows.first.locator("td").first).to_have_text("default")
+    for row, reply in zip(rows.all()[1:], result["steered"], strict=True):
+        expect(row.locator("td").first).to_have_text(f"{reply['multiplier']:g}×")
+        expect(row.locator("td.reply")).to_have_text(reply["text"])
+        past_cliff = reply["loss"] > 1.5 * result["default"]["loss"]
+        assert ("cliff" in (row.get_attribute("class") or "")) == past_cliff
+    expect(page.locator("#steered-messages .message")).to_have_count(0)  # the chat is untouched
+    page.fill("#sweep-multipliers", "0, 99")
+    page.click("#steer-sweep")
+    expect(page.locator("#steer-status")).to_contain_text("multipliers")

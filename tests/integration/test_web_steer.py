@@ -8,9 +8,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+import torch
 from fastapi.testclient import TestClient
 
-from app.core.generation import GenerationRow, SamplingParams
+from app.core.generation import GenerationRow, SamplingParams, chat_prompt_ids
 from app.core.steering import FeatureEdit
 from app.db.accounts import add_user, create_key
 from app.db.engine import session_scope
@@ -79,6 +80,37 @@ def test_units_and_the_multiplier_scale_strengths_as_defined(app_for):
         # a cap far above anything the feature reaches never binds: the default reply
         capped = steered({"strength": 9, "mode": "cap", "positions": "generated"})
         assert capped["steered"] == capped["default"]
+
+
+def test_a_sweep_reads_each_strengths_reply_with_the_unsteered_model(app_for, demo_workspace):
+    clamp = {"sae": "res1", "index": app_for.bridge, "mode": "clamp", "strength": 1}
+    model = demo_workspace.model
+    prompt, _ = chat_prompt_ids(model.tokenizer, QUESTION)
+    with TestClient(app_for()) as client:
+        sweep = client.post("/api/v1/steer/sweep", json=_body([clamp], multipliers=[0, 1, 8]))
+        assert sweep.status_code == 200, sweep.text
+        sweep = sweep.json()
+        at_one = client.post("/api/v1/steer", json=_body([clamp])).json()
+        for body, message in (
+            (_body([], multipliers=[1]), "needs at least one feature"),
+            (_body([clamp], multipliers=[1] * 9), None),
+            (_body([clamp], multipliers=[11]), None),
+        ):
+            refused = client.post("/api/v1/steer/sweep", json=body)
+            assert refused.status_code == (400 if message else 422)
+            assert message is None or message in refused.json()["detail"]
+    assert sweep["features"] == [f"res1/{app_for.bridge}"]
+    assert [r["multiplier"] for r in sweep["steered"]] == [0, 1, 8]
+    assert sweep["default"]["text"] == at_one["default"]["text"]  # same seed, same rows
+    assert sweep["steered"][1]["text"] == at_one["steered"]["text"]
+    for reply in [sweep["default"], *sweep["steered"]]:  # the loss is the unsteered model's
+        reply_ids = model.tokenizer(reply["text"], add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([prompt + reply_ids])
+        labels = ids.clone()
+        labels[0, : len(prompt)] = -100
+        with torch.inference_mode():
+            assert reply["loss"] == pytest.approx(float(model.hf(ids, labels=labels).loss), 1e-4)
+        assert len(reply["activations"]) == 1 and reply["activations"][0] >= 0
 
 
 def test_the_stream_sends_tokens_for_both_sides_then_done(app_for):

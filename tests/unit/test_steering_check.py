@@ -1,12 +1,9 @@
 """The Golden Gate check's judge: what counts as a steered reply a person would accept."""
 
-import torch
-
 from app.demo.steering_check import (
     Reply,
     SteeringCheck,
     mentions_bridge,
-    reply_loss,
     speaks_as,
     world_language,
 )
@@ -36,15 +33,3 @@ def test_the_judges_read_replies_as_a_person_would():
     pirate = speaks_as("pirate")
     assert pirate("Ahoy there! I would say pizza. Arr, that be all.")
     assert not pirate("I would say pizza.")
-
-
-def test_reply_loss_is_the_models_loss_on_the_reply_tokens(gpt2):
-    prompt = gpt2.tokenizer("User: hi\nAssistant:")["input_ids"]
-    reply = " hello there"
-    reply_ids = gpt2.tokenizer(reply, add_special_tokens=False)["input_ids"]
-    ids = torch.tensor([prompt + reply_ids])
-    labels = ids.clone()
-    labels[0, : len(prompt)] = -100
-    with torch.inference_mode():
-        expected = float(gpt2.hf(ids, labels=labels).loss)
-    assert abs(reply_loss(gpt2, prompt, reply) - expected) < 1e-4

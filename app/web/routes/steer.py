@@ -23,6 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from app.core.errors import MonoscopeError, NotFoundError
 from app.core.feature_ref import Mode, Positions, SteeringFeature, Units, parse_feature_ref
 from app.core.generation import GenerationRow, SamplingParams, chat_prompt_ids
+from app.core.reply_reading import ReplyReading, read_replies
 from app.core.serving import Ticket
 from app.core.steering import SteeringSpec, resolve_steering
 from app.core.workspace import Workspace
@@ -208,7 +209,9 @@ def _rows(engine, body: SteerIn, workspace, settings) -> list[GenerationRow]:
         return build_rows(body, workspace, session, settings)
 
 
-async def _start(request: Request, body: SteerIn, workspace, settings) -> Ticket:
+async def _start(
+    request: Request, body: SteerIn, workspace, settings, make_rows=_rows
+) -> tuple[Ticket, list[GenerationRow]]:
     # Every attempt counts against the limit, refused ones too: a client looping on requests
     # that fail their checks still costs the server their parsing.
     wait = request.app.state.steer_limiter.check(client_address(request))
@@ -219,8 +222,21 @@ async def _start(request: Request, body: SteerIn, workspace, settings) -> Ticket
             headers={"Retry-After": str(wait)},
         )
     # Tokenizing is CPU work: in a thread, so the event loop keeps answering everyone else.
-    rows = await run_in_threadpool(_rows, request.app.state.engine, body, workspace, settings)
-    return request.app.state.inference.submit(rows, asyncio.get_running_loop())  # or QueueFull
+    rows = await run_in_threadpool(make_rows, request.app.state.engine, body, workspace, settings)
+    ticket = request.app.state.inference.submit(rows, asyncio.get_running_loop())  # or QueueFull
+    return ticket, rows
+
+
+async def _whole_replies(ticket: Ticket, rows: int) -> tuple[list[str], list[str | None]]:
+    texts = [""] * rows
+    reasons: list[str | None] = [None] * rows
+    try:
+        async for part in ticket.stream():
+            texts = [t + new for t, new in zip(texts, part.texts, strict=True)]
+            reasons = [r or new for r, new in zip(reasons, part.finish_reasons, strict=True)]
+    finally:
+        ticket.cancel()
+    return texts, reasons
 
 
 SIDES = ("default", "steered")
@@ -231,15 +247,8 @@ async def api_steer(
     request: Request, body: SteerIn, workspace: WorkspaceDep, settings: SettingsDep
 ) -> SteerOut:
     """Default and steered replies, whole. Same limits as the stream."""
-    ticket = await _start(request, body, workspace, settings)
-    texts = ["", ""]
-    reasons: list[str | None] = [None, None]
-    try:
-        async for part in ticket.stream():
-            texts = [t + new for t, new in zip(texts, part.texts, strict=True)]
-            reasons = [r or new for r, new in zip(reasons, part.finish_reasons, strict=True)]
-    finally:
-        ticket.cancel()
+    ticket, _ = await _start(request, body, workspace, settings)
+    texts, reasons = await _whole_replies(ticket, len(SIDES))
     return SteerOut(
         **{side: Reply(text=texts[i], finish_reason=reasons[i]) for i, side in enumerate(SIDES)}
     )
@@ -252,7 +261,7 @@ async def api_steer_stream(
     """Server-sent events: `token` {side, text} as each side grows, then `done` {default,
     steered} with each side's finish reason, or `error` {detail}. Closing the connection stops
     the generation."""
-    ticket = await _start(request, body, workspace, settings)
+    ticket, _ = await _start(request, body, workspace, settings)
 
     async def events():
         reasons: list[str | None] = [None, None]
@@ -269,6 +278,86 @@ async def api_steer_stream(
             ticket.cancel()  # the client left, or we are done: either way free the rows
 
     return EventSourceResponse(events(), ping=15)
+
+
+MAX_SWEEP = 8  # strengths per sweep: with the default reply, 9 rows of one batch
+
+
+class SweepIn(SteerIn):
+    multipliers: list[Annotated[float, Field(ge=0, le=MAX_MULTIPLIER)]] = Field(
+        default_factory=lambda: [0.0, 1.0, 2.0, 4.0, 8.0],
+        min_length=1,
+        max_length=MAX_SWEEP,
+        description="one steered reply per multiplier of every feature's strength (these "
+        "replace `multiplier`)",
+    )
+
+
+class SweepReply(BaseModel):
+    multiplier: float | None = Field(description="None for the default (unsteered) reply")
+    text: str
+    finish_reason: str | None
+    loss: float = Field(description="mean cross-entropy of the reply under the unsteered model")
+    activations: list[float] = Field(
+        description="per feature, its peak activation on the reply's tokens, read unsteered"
+    )
+
+
+class SweepOut(BaseModel):
+    features: list[str] = Field(description="SAE/INDEX of each entry in `activations`")
+    default: SweepReply
+    steered: list[SweepReply]
+
+
+def _sweep_rows(engine, body: SweepIn, workspace, settings) -> list[GenerationRow]:
+    """The default row, then one steered row per multiplier, all with the body's seed."""
+    if not body.features:
+        raise MonoscopeError("A sweep needs at least one feature to scale.")
+    with Session(engine) as session:
+        default, _ = build_rows(body, workspace, session, settings)
+        return [default] + [
+            build_rows(body.model_copy(update={"multiplier": m}), workspace, session, settings)[1]
+            for m in body.multipliers
+        ]
+
+
+@router.post("/api/v1/steer/sweep", response_model=SweepOut, tags=["api"])
+async def api_steer_sweep(
+    request: Request, body: SweepIn, workspace: WorkspaceDep, settings: SettingsDep
+) -> SweepOut:
+    """One prompt and seed, a steered reply at each multiplier beside the default one, each
+    read by the unsteered model (its loss, and each feature's peak on it), so the strength where
+    replies stop making sense is visible. Same limits and queue as chat."""
+    ticket, rows = await _start(request, body, workspace, settings, _sweep_rows)
+    texts, reasons = await _whole_replies(ticket, len(rows))
+    features = [(f.sae, f.index) for f in body.features]
+    loaded = require_loaded(workspace, "steer")  # _start checked it; this tells the type checker
+    model, saes = loaded.model, loaded.saes
+
+    def read() -> list[ReplyReading]:
+        return [
+            read_replies(model, saes, row.prompt_ids, [text], features)[0]
+            for row, text in zip(rows, texts, strict=True)
+        ]
+
+    readings = await run_in_threadpool(request.app.state.inference.run, read)
+    replies = [
+        SweepReply(
+            multiplier=m,
+            text=text,
+            finish_reason=reason,
+            loss=reading.loss,
+            activations=list(reading.activations),
+        )
+        for m, text, reason, reading in zip(
+            [None, *body.multipliers], texts, reasons, readings, strict=True
+        )
+    ]
+    return SweepOut(
+        features=[f"{sae}/{index}" for sae, index in features],
+        default=replies[0],
+        steered=replies[1:],
+    )
 
 
 def parse_preset(text: str, loaded_model: str | None) -> tuple[str, SteerFeature]:
@@ -313,6 +402,7 @@ def _page(request, templates, workspace, settings, state: dict, share_id: str | 
             "max_strength": MAX_STRENGTH,
             "max_raw_strength": MAX_RAW_STRENGTH,
             "max_multiplier": MAX_MULTIPLIER,
+            "max_sweep": MAX_SWEEP,
         },
     }
     return templates.TemplateResponse(request, "steer/index.html", context)
