@@ -189,6 +189,28 @@
     $("sweep").hidden = false;
   }
 
+  // Logprobs: each reply token becomes a span whose title gives its probability on both sides
+  // and the writing side's alternatives; on the steered side, tokens the steering made at least
+  // twice as likely are marked, and the first token where the replies part is outlined.
+  async function showLogprobs(body, outputs) {
+    status("reading token probabilities…");
+    const response = await fetch("/api/v1/steer/logprobs", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+    const result = await response.json().catch(() => ({}));
+    if (!response.ok) { status(problem(result, response.status)); return; }
+    const pct = (lp) => `${(100 * Math.exp(lp)).toFixed(1)}%`;
+    for (const side of ["default", "steered"]) {
+      const other = side === "default" ? "steered" : "default";
+      outputs[side].replaceChildren(...result[side].map((t, i) => {
+        const alternatives = t.top.map(([token, lp]) => `${JSON.stringify(token)} ${pct(lp)}`).join("\n");
+        const span = el("span", { className: "tok", textContent: t.token, title: `${pct(t.logprob)} here · ${pct(t.other_logprob)} ${other}\n${alternatives}` });
+        if (side === "steered" && t.logprob - t.other_logprob > Math.LN2) span.classList.add("pushed");
+        if (i === result.diverge_at) span.classList.add("diverge");
+        return span;
+      }));
+    }
+    status("");
+  }
+
   async function send(message) {
     const mode = settings.mode.value;
     const user = { role: "user", content: message };
@@ -216,6 +238,7 @@
       for (const side of ["default", "steered"]) {
         state[side].push(user, { role: "assistant", content: outputs[side].textContent });
       }
+      if ($("gen-logprobs").checked) await showLogprobs({ ...body, default_reply: outputs.default.textContent, steered_reply: outputs.steered.textContent }, outputs);
     } catch (error) {
       status(error.name === "AbortError" ? "stopped" : error.message);
       for (const side of ["default", "steered"]) {

@@ -1,5 +1,7 @@
 """The steering chat in headless Chromium: pick the bridge feature, chat, share, continue."""
 
+import json
+import math
 import re
 
 import pytest
@@ -151,3 +153,31 @@ def test_a_sweep_shows_each_strengths_reply_and_marks_the_cliff(page, server_url
     page.fill("#sweep-multipliers", "0, 99")
     page.click("#steer-sweep")
     expect(page.locator("#steer-status")).to_contain_text("multipliers")
+
+
+def test_logprobs_turn_each_reply_token_into_a_span_with_both_sides_probabilities(page, server_url):
+    page.goto(f"{server_url}/steer?f=monoscope-demo/res1/7:clamp:10")
+    page.fill("#gen-temperature", "0")
+    page.fill("#gen-max-tokens", "6")
+    page.check("#gen-logprobs")
+    with page.expect_response("**/api/v1/steer/logprobs") as answered:
+        page.fill("#steer-message", "What is your favourite food?")
+        page.press("#steer-message", "Enter")
+    result = answered.value.json()
+    for side in ("default", "steered"):
+        spans = _reply(page, side).locator("span.tok")
+        expect(spans).to_have_count(len(result[side]))
+        first = result[side][0]
+        title = spans.first.get_attribute("title")
+        assert title.startswith(f"{100 * math.exp(first['logprob']):.1f}% here")
+        assert json.dumps(first["top"][0][0]) in title  # the likeliest alternative is listed
+    pushed = [
+        i
+        for i, t in enumerate(result["steered"])
+        if t["logprob"] - t["other_logprob"] > math.log(2)
+    ]
+    marked = _reply(page, "steered").locator("span.tok")
+    for i in pushed:
+        expect(marked.nth(i)).to_have_class(re.compile(r"\bpushed\b"))
+    if result["diverge_at"] is not None and result["diverge_at"] < len(result["steered"]):
+        expect(marked.nth(result["diverge_at"])).to_have_class(re.compile(r"\bdiverge\b"))

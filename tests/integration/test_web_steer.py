@@ -113,6 +113,32 @@ def test_a_sweep_reads_each_strengths_reply_with_the_unsteered_model(app_for, de
         assert len(reply["activations"]) == 1 and reply["activations"][0] >= 0
 
 
+def test_logprobs_show_each_greedy_token_first_on_its_side_and_where_the_sides_part(app_for):
+    clamp = {"sae": "res1", "index": app_for.bridge, "mode": "clamp", "strength": 8}
+    with TestClient(app_for()) as client:
+        replies = client.post("/api/v1/steer", json=_body([clamp])).json()
+        default, steered = replies["default"]["text"], replies["steered"]["text"]
+        assert default != steered
+        body = _body([clamp], default_reply=default, steered_reply=steered, top=3)
+        read = client.post("/api/v1/steer/logprobs", json=body)
+        assert read.status_code == 200, read.text
+        read = read.json()
+        too_long = client.post(
+            "/api/v1/steer/logprobs", json=body | {"steered_reply": " bridge" * 400}
+        )
+        assert too_long.status_code == 400 and "tokens" in too_long.json()["detail"]
+    for side, text in (("default", default), ("steered", steered)):
+        tokens = read[side]
+        assert "".join(t["token"] for t in tokens) == text
+        for t in tokens:  # greedy replies: every token was its own side's first choice
+            assert len(t["top"]) == 3 and t["top"][0] == [t["token"], t["logprob"]]
+    at = read["diverge_at"]
+    assert [t["token"] for t in read["default"][:at]] == [t["token"] for t in read["steered"][:at]]
+    assert read["default"][at]["token"] != read["steered"][at]["token"]
+    # where they part, the steered token is likelier with steering than without
+    assert read["steered"][at]["logprob"] > read["steered"][at]["other_logprob"]
+
+
 def test_the_stream_sends_tokens_for_both_sides_then_done(app_for):
     with (
         TestClient(app_for()) as client,

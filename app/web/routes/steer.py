@@ -23,7 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from app.core.errors import MonoscopeError, NotFoundError
 from app.core.feature_ref import Mode, Positions, SteeringFeature, Units, parse_feature_ref
 from app.core.generation import GenerationRow, SamplingParams, chat_prompt_ids
-from app.core.reply_reading import ReplyReading, read_replies
+from app.core.reply_reading import ReplyReading, read_replies, token_logprobs
 from app.core.serving import Ticket
 from app.core.steering import SteeringSpec, resolve_steering
 from app.core.workspace import Workspace
@@ -209,9 +209,7 @@ def _rows(engine, body: SteerIn, workspace, settings) -> list[GenerationRow]:
         return build_rows(body, workspace, session, settings)
 
 
-async def _start(
-    request: Request, body: SteerIn, workspace, settings, make_rows=_rows
-) -> tuple[Ticket, list[GenerationRow]]:
+def _check_rate(request: Request) -> None:
     # Every attempt counts against the limit, refused ones too: a client looping on requests
     # that fail their checks still costs the server their parsing.
     wait = request.app.state.steer_limiter.check(client_address(request))
@@ -221,6 +219,12 @@ async def _start(
             f"Too many generations from this address; try again in {wait} s.",
             headers={"Retry-After": str(wait)},
         )
+
+
+async def _start(
+    request: Request, body: SteerIn, workspace, settings, make_rows=_rows
+) -> tuple[Ticket, list[GenerationRow]]:
+    _check_rate(request)
     # Tokenizing is CPU work: in a thread, so the event loop keeps answering everyone else.
     rows = await run_in_threadpool(make_rows, request.app.state.engine, body, workspace, settings)
     ticket = request.app.state.inference.submit(rows, asyncio.get_running_loop())  # or QueueFull
@@ -358,6 +362,60 @@ async def api_steer_sweep(
         default=replies[0],
         steered=replies[1:],
     )
+
+
+class LogprobsIn(SteerIn):
+    default_reply: str = Field(max_length=20_000, description="the default side's reply")
+    steered_reply: str = Field(max_length=20_000, description="the steered side's reply")
+    top: int = Field(5, ge=1, le=20, description="alternatives per token")
+
+
+class TokenOut(BaseModel):
+    token: str
+    logprob: float = Field(description="under the model of the side that wrote it")
+    other_logprob: float = Field(description="under the other side's model")
+    top: list[tuple[str, float]] = Field(description="the writing side's likeliest tokens")
+
+
+class LogprobsOut(BaseModel):
+    default: list[TokenOut]
+    steered: list[TokenOut]
+    diverge_at: int | None = Field(description="the first token where the replies differ")
+
+
+@router.post("/api/v1/steer/logprobs", response_model=LogprobsOut, tags=["api"])
+async def api_steer_logprobs(
+    request: Request, body: LogprobsIn, workspace: WorkspaceDep, settings: SettingsDep
+) -> LogprobsOut:
+    """Each token of a default and a steered reply (as /api/v1/steer gave them, for the same
+    conversation and features) with its log-probability under both models and the writing
+    side's likeliest alternatives: the model's own probabilities, before temperature, top-p and
+    penalties. Same limits as chat."""
+    _check_rate(request)
+    rows = await run_in_threadpool(_rows, request.app.state.engine, body, workspace, settings)
+    loaded = require_loaded(workspace, "steer")  # _rows checked it; this tells the type checker
+    model, saes = loaded.model, loaded.saes
+    replies = (body.default_reply, body.steered_reply)
+
+    def read() -> list[list[TokenOut]]:
+        sides = []
+        for row, other, reply in zip(rows, reversed(rows), replies, strict=True):
+            n = len(row.prompt_ids) + len(
+                model.tokenizer(reply, add_special_tokens=False)["input_ids"]
+            )
+            model.check_length(n, settings.steer_max_prompt_tokens + body.max_new_tokens, "reply")
+            choices = token_logprobs(
+                model, saes, row.prompt_ids, reply, row.edits, other.edits, body.top
+            )
+            sides.append([TokenOut(**asdict(c)) for c in choices])
+        return sides
+
+    default, steered = await run_in_threadpool(request.app.state.inference.run, read)
+    diverge_at = next(
+        (i for i, (d, s) in enumerate(zip(default, steered, strict=False)) if d.token != s.token),
+        None if len(default) == len(steered) else min(len(default), len(steered)),
+    )
+    return LogprobsOut(default=default, steered=steered, diverge_at=diverge_at)
 
 
 def parse_preset(text: str, loaded_model: str | None) -> tuple[str, SteerFeature]:
