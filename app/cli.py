@@ -20,7 +20,7 @@ from rich.table import Table
 
 from app.config_options import config_options
 from app.core.errors import MonoscopeError
-from app.core.feature_ref import FEATURE_REF_SYNTAX
+from app.core.feature_ref import CONDITION_SYNTAX, FEATURE_REF_SYNTAX
 from app.pipeline.config import HarvestConfig, IngestConfig, TrainSaeConfig
 from app.settings import Settings
 
@@ -389,9 +389,17 @@ def steer(
             "-f",
             "--feature",
             help=f"{FEATURE_REF_SYNTAX}, e.g. res1/946:clamp:5 (strength in multiples of the "
-            "feature's max activation, read from the database; end with :raw for raw units).",
+            "feature's max activation, read from the database; :raw for raw units; "
+            f":when:{CONDITION_SYNTAX} to steer only where another feature fires).",
         ),
     ],
+    stop_when: Annotated[
+        list[str] | None,
+        typer.Option(
+            help=f"{CONDITION_SYNTAX}: end each reply at the first token where the feature "
+            "exceeds LEVEL (raw units; repeatable)."
+        ),
+    ] = None,
     model: ModelOpt = None,
     sae: SaeOpt = None,
     device: DeviceOpt = None,
@@ -401,15 +409,18 @@ def steer(
     database_url: DatabaseOpt = None,
 ) -> None:
     """Reply to a message with and without steering, side by side."""
-    from app.core.feature_ref import parse_feature_ref
+    from app.core.feature_ref import parse_condition, parse_feature_ref
     from app.core.generation import SamplingParams, chat_prompt_ids, complete, pair_rows
-    from app.core.steering import SteeringSpec, resolve_steering
+    from app.core.steering import SteeringSpec, check_condition, resolve_steering
     from app.db.engine import session_scope
     from app.db.steering import max_acts_and_labels
 
     settings = _settings(model=model, saes=sae, device=device, database_url=database_url)
     refs = [parse_feature_ref(f) for f in feature]
+    stop_conditions = [parse_condition(c) for c in stop_when or []]
     workspace = _workspace(settings)
+    for condition in stop_conditions:
+        check_condition(condition, workspace.saes)
     for named, _ in refs:
         if named is not None and named != workspace.model.name:
             raise MonoscopeError(f"feature of model {named!r}; loaded: {workspace.model.name}")
@@ -421,9 +432,8 @@ def steer(
     edits = resolve_steering(spec, workspace.saes, lambda s, i: known.get((s, i), (None,))[0])
     ids, stops = chat_prompt_ids(workspace.model.tokenizer, [{"role": "user", "content": message}])
     params = SamplingParams(max_new_tokens=max_tokens, temperature=temperature, stop_strings=stops)
-    default, steered = complete(
-        workspace.model, workspace.saes, pair_rows(ids, edits, seed), params
-    )
+    rows = pair_rows(ids, edits, seed, stop_conditions)
+    default, steered = complete(workspace.model, workspace.saes, rows, params)
     out.print("[bold]default[/bold]", default, sep="\n", markup=True, highlight=False)
     out.print("[bold]steered[/bold]", steered, sep="\n", markup=True, highlight=False)
 

@@ -20,9 +20,10 @@ from transformers import DynamicCache, PreTrainedTokenizerBase
 
 from app.core.batch_invariance import fixed_row_tiles
 from app.core.errors import MonoscopeError
+from app.core.feature_ref import FeatureCondition
 from app.core.model import LoadedModel, decode_text
 from app.core.sae import Sae
-from app.core.steering import BatchSteerer, FeatureEdit
+from app.core.steering import BatchSteerer, FeatureEdit, check_condition
 
 # Models without a chat template converse in this plain format and stop at the next user turn.
 PLAIN_CHAT_ROLES = {"system": "System", "user": "User", "assistant": "Assistant"}
@@ -54,6 +55,8 @@ class GenerationRow:
     # sampling settings; None takes the batch's. Setting `cancelled` ends the row at the next step.
     params: SamplingParams | None = None
     cancelled: threading.Event | None = field(default=None, compare=False)
+    # The row ends (reason "feature") once one of these holds on a token it generated.
+    stop_when: Sequence[FeatureCondition] = ()
 
 
 @dataclass
@@ -63,7 +66,9 @@ class Step:
     texts: list[str]  # text that became final at this step ("" when none)
     token_ids: list[int | None]  # None for rows already finished
     finished: list[bool]
-    finish_reasons: list[str | None] = field(default_factory=list)  # eos|stop|length|cancelled
+    finish_reasons: list[str | None] = field(
+        default_factory=list
+    )  # eos|stop|length|feature|cancelled
 
 
 def chat_prompt_ids(
@@ -233,15 +238,22 @@ def generate(
     finished: list[bool] = []
     reasons: list[str | None] = []
     alive: list[int] = []  # indices into `every` of the rows in the batch, in batch order
+    feature_stops: list[int] = []  # rows a stop condition ended at this step
 
     def steerer_for(indices: list[int]) -> BatchSteerer:
         chosen = [every[i] for i in indices]
         return BatchSteerer(
-            saes, [r.edits for r in chosen], [len(r.prompt_ids) for r in chosen], bos
+            saes,
+            [r.edits for r in chosen],
+            [len(r.prompt_ids) for r in chosen],
+            bos,
+            [r.stop_when for r in chosen],
         )
 
     def register(new: Sequence[GenerationRow]) -> list[int]:
         check_rows(model, new, params)
+        for condition in (c for row in new for c in row.stop_when):
+            check_condition(condition, saes)
         first = len(every)
         for row in new:
             p = row.params or params
@@ -288,6 +300,10 @@ def generate(
                     )
                 cache = out.past_key_values
                 logits.append(out.logits[:, -1, :])
+                for i, stop in zip(alive, main.stopped(), strict=True):
+                    if stop and not finished[i]:  # its newest token crossed a stop condition
+                        finished[i], reasons[i] = True, "feature"
+                        feature_stops.append(i)
             if incoming:
                 joined = register(incoming)
                 incoming = []
@@ -329,8 +345,11 @@ def generate(
                 next_ids[group] = picked.cpu()
             texts = [""] * len(every)
             token_ids: list[int | None] = [None] * len(every)
+            for i in feature_stops:
+                texts[i] = streams[i].flush()
+            feature_stops = []
             for i, token in zip(alive, next_ids.tolist(), strict=True):
-                if finished[i]:  # cancelled before this step
+                if finished[i]:  # cancelled or stopped by a feature before this step
                     continue
                 token_ids[i] = token
                 generated[i] += 1
@@ -405,7 +424,10 @@ def complete(
 
 
 def pair_rows(
-    prompt_ids: Sequence[int], edits: Sequence[FeatureEdit], seed: int
+    prompt_ids: Sequence[int],
+    edits: Sequence[FeatureEdit],
+    seed: int,
+    stop_when: Sequence[FeatureCondition] = (),
 ) -> list[GenerationRow]:
     """A default row and a steered row that differ only by the intervention."""
-    return [GenerationRow(prompt_ids, None, seed), GenerationRow(prompt_ids, edits, seed)]
+    return [GenerationRow(prompt_ids, side, seed, stop_when=stop_when) for side in (None, edits)]

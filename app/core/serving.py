@@ -24,7 +24,7 @@ import threading
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from app.core.errors import MonoscopeError
@@ -142,9 +142,7 @@ class InferenceWorker:
         # request sharing it.
         check_rows(self.model, rows, SamplingParams())
         ticket = Ticket([], loop)
-        ticket.rows = [
-            GenerationRow(r.prompt_ids, r.edits, r.seed, r.params, ticket.cancelled) for r in rows
-        ]
+        ticket.rows = [replace(r, cancelled=ticket.cancelled) for r in rows]
         with self._wake:
             self._refuse_when_full()
             self._pending.append(ticket)

@@ -12,6 +12,11 @@ cap:                 x' = x + (min(f_i(x), c) - f_i(x)) * W_dec[i]  -- at most c
 One edit per site applies every feature of every SAE at that site exactly once, computing each
 clamp and cap from the unedited x. Directions are mapped back through the SAE's input
 normalisation.
+
+Conditional steering (`when`): an edit applies only at positions where another feature, read at
+its own site from the activations arriving there, exceeds a level. The condition is read in the
+same forward pass, so its site must come at or before the edited one. Stop conditions are read
+the same way: `stopped()` says which rows' newest generated token crossed one.
 """
 
 from collections import defaultdict
@@ -22,9 +27,9 @@ import torch
 
 from app.core.batch_invariance import rows_addmm
 from app.core.errors import SteeringError
-from app.core.feature_ref import MODES, Mode, Positions, SteeringFeature
+from app.core.feature_ref import MODES, FeatureCondition, Mode, Positions, SteeringFeature
 from app.core.sae import Sae
-from app.core.sites import parse_site
+from app.core.sites import Site, parse_site
 
 _POSITION_CODES = {"all": 0, "prompt": 1, "generated": 2}
 
@@ -44,6 +49,31 @@ class FeatureEdit:
     mode: Mode
     value: float
     positions: Positions = "all"
+    when: FeatureCondition | None = None
+
+
+def check_condition(
+    condition: FeatureCondition, saes: Mapping[str, Sae], before: Site | None = None
+) -> None:
+    """Refuse a condition on an SAE that is not loaded, a feature it does not have, or (for a
+    conditional edit at site `before`) a site the forward pass reaches only after the edit."""
+    sae = saes.get(condition.sae)
+    if sae is None:
+        raise SteeringError(
+            f"unknown SAE {condition.sae!r} in condition {condition}; "
+            f"loaded: {', '.join(sorted(saes)) or 'none'}"
+        )
+    if not 0 <= condition.index < sae.d_sae:
+        raise SteeringError(
+            f"condition {condition}: feature {condition.index} is outside SAE "
+            f"{condition.sae!r} (0..{sae.d_sae - 1})"
+        )
+    site = parse_site(sae.hook_name)
+    if before is not None and site.depth > before.depth:
+        raise SteeringError(
+            f"condition {condition} is read at {site}, after the edit at {before}: a condition "
+            "must be read at or before the site it gates"
+        )
 
 
 def resolve_steering(
@@ -80,8 +110,12 @@ def resolve_steering(
             value *= scale
         elif feature.units != "raw":
             raise SteeringError(f"unknown units {feature.units!r}; use max_act or raw")
+        if feature.when is not None:
+            check_condition(feature.when, saes, before=parse_site(sae.hook_name))
         edits.append(
-            FeatureEdit(feature.sae, feature.index, feature.mode, value, feature.positions)
+            FeatureEdit(
+                feature.sae, feature.index, feature.mode, value, feature.positions, feature.when
+            )
         )
     return tuple(edits)
 
@@ -98,6 +132,10 @@ class _SaeGroup:
     position_codes: torch.Tensor  # (n,)
     row_mask: torch.Tensor  # (batch, n) bool: which rows each edit applies to
     directions: torch.Tensor  # (n, d_in) in SAE space
+    conditions: list[FeatureCondition | None]  # per edit: where it applies, None for everywhere
+
+
+_Watch = tuple[str, int]  # (SAE name, feature index) read while the model runs
 
 
 class BatchSteerer:
@@ -109,13 +147,27 @@ class BatchSteerer:
         row_edits: Sequence[Sequence[FeatureEdit] | None],
         prompt_lengths: Sequence[int],
         bos_token_id: int | None = None,
+        row_stops: Sequence[Sequence[FeatureCondition]] = (),
     ):
+        """`row_stops[r]` are the conditions that end row r's generation (read by `stopped`)."""
         self.batch = len(row_edits)
         self.bos_token_id = bos_token_id
+        self.row_stops = [list(s) for s in row_stops] + [[]] * (self.batch - len(row_stops))
         by_sae: dict[str, list[tuple[int, FeatureEdit]]] = defaultdict(list)
+        watched: set[_Watch] = set()
         for row, edits in enumerate(row_edits):
             for edit in edits or ():
                 by_sae[edit.sae].append((row, edit))
+                if edit.when is not None:
+                    watched.add((edit.when.sae, edit.when.index))
+        watched |= {(c.sae, c.index) for stops in self.row_stops for c in stops}
+        # site -> SAE name -> feature indices to read there before any edit
+        self.watches_by_site: dict[str, dict[str, list[int]]] = defaultdict(dict)
+        for name, index in sorted(watched):
+            site = parse_site(saes[name].hook_name).name
+            self.watches_by_site[site].setdefault(name, []).append(index)
+        self._saes = saes
+        self._readings: dict[_Watch, torch.Tensor] = {}  # (batch, pos) of the current pass
         self.groups_by_site: dict[str, list[_SaeGroup]] = defaultdict(list)
         for name, entries in by_sae.items():
             sae = saes[name]
@@ -137,6 +189,7 @@ class BatchSteerer:
                     ),
                     row_mask=row_mask,
                     directions=sae.decoder_directions(indices),
+                    conditions=[e.when for _, e in entries],
                 )
             )
         self.prompt_lengths = torch.tensor(list(prompt_lengths))
@@ -146,6 +199,7 @@ class BatchSteerer:
         """Keep only these rows (batch indices), as generation drops finished rows."""
         self.batch = len(keep)
         self.prompt_lengths = self.prompt_lengths[keep.cpu()]
+        self.row_stops = [self.row_stops[i] for i in keep.tolist()]
         for groups in self.groups_by_site.values():
             for group in groups:
                 group.row_mask = group.row_mask[keep.to(group.row_mask.device)]
@@ -163,18 +217,62 @@ class BatchSteerer:
         in_prompt = position_ids < self.prompt_lengths.to(position_ids.device)[:, None]
         # (3, batch, pos): masks for positions "all", "prompt", "generated"
         self._step_masks = torch.stack([valid, valid & in_prompt, valid & ~in_prompt])
+        self._readings = {}
+
+    def stopped(self) -> list[bool]:
+        """Per row, whether a stop condition held at the last position of the forward pass just
+        run, when that position is a generated token (a prompt never stops its own reply)."""
+        if self._step_masks is None:
+            raise RuntimeError("BatchSteerer.set_step must be called before each forward pass")
+        if not any(self.row_stops):  # no device sync on the common path
+            return [False] * self.batch
+        generated = self._step_masks[2][:, -1].tolist()
+        return [
+            bool(generated[row])
+            and any(float(self._readings[(c.sae, c.index)][row, -1]) > c.above for c in stops)
+            for row, stops in enumerate(self.row_stops)
+        ]
 
     def site_edits(self) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
-        return {site: self._edit_for(groups) for site, groups in self.groups_by_site.items()}
+        sites = set(self.groups_by_site) | set(self.watches_by_site)
+        return {site: self._edit_for(site) for site in sites}
 
-    def _edit_for(self, groups: list[_SaeGroup]) -> Callable[[torch.Tensor], torch.Tensor]:
+    def _read(self, site: str, x: torch.Tensor) -> None:
+        """Record the watched features at this site, from the activations arriving here."""
+        for name, indices in self.watches_by_site.get(site, {}).items():
+            sae = self._saes[name]
+            found = sae.feature_activations(x, torch.tensor(indices, device=sae.device))
+            for n, index in enumerate(indices):
+                self._readings[(name, index)] = found[..., n]
+
+    def _gate(self, group: _SaeGroup, like: torch.Tensor) -> torch.Tensor:
+        """(batch, pos, n) bool: where each edit's condition holds (everywhere for none)."""
+        columns = []
+        for condition in group.conditions:
+            if condition is None:
+                columns.append(torch.ones(like.shape[:2], dtype=torch.bool, device=like.device))
+                continue
+            reading = self._readings.get((condition.sae, condition.index))
+            if reading is None:
+                raise RuntimeError(f"condition {condition} was not read before the edit it gates")
+            columns.append(reading.to(like.device) > condition.above)
+        return torch.stack(columns, dim=-1)
+
+    def _edit_for(self, site: str) -> Callable[[torch.Tensor], torch.Tensor]:
+        groups = self.groups_by_site.get(site, [])
+
         def edit(x: torch.Tensor) -> torch.Tensor:  # x: (batch, pos, d_model)
             if self._step_masks is None:
                 raise RuntimeError("BatchSteerer.set_step must be called before each forward pass")
+            self._read(site, x)
+            if not groups:
+                return x
             delta = torch.zeros_like(x)
             for group in groups:
                 masks = self._step_masks.to(x.device)[group.position_codes]  # (n, batch, pos)
                 mask = masks.permute(1, 2, 0) & group.row_mask[:, None, :]  # (batch, pos, n)
+                if any(c is not None for c in group.conditions):
+                    mask = mask & self._gate(group, x)
                 coef = group.values.expand(mask.shape).clone()
                 if group.is_clamp.any() or group.is_cap.any():
                     current = group.sae.feature_activations(x, group.indices)  # (batch, pos, n)

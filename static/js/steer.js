@@ -10,6 +10,20 @@
     max_new_tokens: $("gen-max-tokens"), seed: $("gen-seed"), multiplier: $("gen-multiplier"),
   };
   for (const [key, input] of Object.entries(settings)) if (state.settings[key] !== undefined) input.value = state.settings[key];
+  // Conditions are written as the presets write them: SAE/INDEX>LEVEL, LEVEL in raw activation units.
+  const CONDITION = /^\s*([^/:\s>]+)\/(\d+)\s*>\s*([-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:e[-+]?\d+)?)\s*$/i;
+  const conditionText = (c) => (c ? `${c.sae}/${c.index}>${c.above}` : "");
+  function parseCondition(text) {
+    const found = CONDITION.exec(text);
+    return found ? { sae: found[1], index: Number(found[2]), above: Number(found[3]) } : null;
+  }
+  $("gen-stop-when").value = (state.settings.stop_when || []).map(conditionText).join(", ");
+  // null when the box holds something that is not a list of conditions (the caller says so)
+  function stopConditions() {
+    const parts = $("gen-stop-when").value.split(",").map((t) => t.trim()).filter(Boolean);
+    const parsed = parts.map(parseCondition);
+    return parsed.includes(null) ? null : parsed;
+  }
   let controller = null;
 
   // The slider is in multiples of max activation whatever the units, and finer near zero:
@@ -19,7 +33,7 @@
   const toSlider = (m) => Math.round(Math.sign(m) * 100 * Math.sqrt(Math.min(1, Math.abs(m) / limits.max_strength)));
   const perMultiple = (f) => (f.units === "raw" ? f.max_act : 1); // strength units per × max
   const limitOf = (f) => (f.units === "raw" ? limits.max_raw_strength : limits.max_strength);
-  const wire = ({ sae, index, mode, strength, units, positions }) => ({ sae, index, mode, strength, units: units || "max_act", positions: positions || "all" });
+  const wire = ({ sae, index, mode, strength, units, positions, when }) => ({ sae, index, mode, strength, units: units || "max_act", positions: positions || "all", when: when || null });
   const options = (values) => values.map(([value, text]) => el("option", { value, textContent: text }));
 
   function el(tag, props = {}, ...children) {
@@ -69,11 +83,23 @@
       positions.setAttribute("aria-label", `positions of feature ${f.index}`);
       positions.onchange = () => { f.positions = positions.value; };
       show();
+      // Conditional steering: only at tokens where another feature exceeds a level.
+      const when = el("input", { type: "text", className: "when", size: 12, value: conditionText(f.when), placeholder: "always" });
+      when.setAttribute("aria-label", `condition of feature ${f.index}`);
+      when.title = "Steer only at tokens where this feature's activation exceeds the level, e.g. res1/12>0.5 (raw units; read at or before this feature's site)";
+      when.onchange = () => {
+        const text = when.value.trim();
+        const parsed = text ? parseCondition(text) : null;
+        when.classList.toggle("invalid", Boolean(text) && !parsed);
+        if (text && !parsed) { status(`Write a condition as SAE/INDEX>LEVEL, e.g. ${f.sae}/12>0.5.`); return; }
+        f.when = parsed;
+        status("");
+      };
       const remove = el("button", { type: "button", className: "remove", textContent: "remove" });
       remove.onclick = () => { state.features.splice(i, 1); renderFeatures(); };
       const link = el("a", { href: `/${encodeURIComponent(modelName())}/${encodeURIComponent(f.sae)}/${f.index}`, textContent: `#${f.index}` });
       body.append(el("tr", {}, el("td", {}, link, " ", el("span", { textContent: f.label || "no label" }), " ", el("span", { className: "muted", textContent: f.sae })),
-        el("td", {}, mode), el("td", { className: "strength-cell" }, slider, exact, units), el("td", {}, positions), el("td", {}, remove)));
+        el("td", {}, mode), el("td", { className: "strength-cell" }, slider, exact, units), el("td", {}, positions), el("td", {}, when), el("td", {}, remove)));
     });
   }
 
@@ -140,7 +166,7 @@
       mode, max_new_tokens: Number(settings.max_new_tokens.value), temperature: Number(settings.temperature.value),
       top_p: Number(settings.top_p.value), frequency_penalty: Number(settings.frequency_penalty.value),
       presence_penalty: Number(settings.presence_penalty.value), seed: Number(settings.seed.value),
-      multiplier: Number(settings.multiplier.value),
+      multiplier: Number(settings.multiplier.value), stop_when: stopConditions() || [],
       ...(mode === "chat" ? { messages: history.steered, default_messages: history.default } : { prompt: message }),
     };
   }
@@ -233,7 +259,10 @@
       for await (const event of events(response)) {
         if (event.name === "token") outputs[event.data.side].textContent += event.data.text;
         else if (event.name === "error") throw new Error(event.data.detail);
-        else if (event.name === "done") status("");
+        else if (event.name === "done") {
+          const stopped = ["default", "steered"].filter((side) => event.data[side] === "feature");
+          status(stopped.length ? `${stopped.join(" and ")} reply ended by a stop condition` : "");
+        }
       }
       for (const side of ["default", "steered"]) {
         state[side].push(user, { role: "assistant", content: outputs[side].textContent });
@@ -252,10 +281,16 @@
     }
   }
 
+  const stopsInvalid = () => {
+    const bad = stopConditions() === null;
+    $("gen-stop-when").classList.toggle("invalid", bad);
+    if (bad) status("Write stop conditions as SAE/INDEX>LEVEL, separated by commas.");
+    return bad;
+  };
   $("steer-send").addEventListener("submit", (event) => {
     event.preventDefault();
     const message = $("steer-message").value.trim();
-    if (!message || controller) return;
+    if (!message || controller || stopsInvalid()) return;
     $("steer-message").value = "";
     send(message);
   });
@@ -267,13 +302,14 @@
     if (controller) return;
     if (!message) { status("Type a message to sweep."); return; }
     if (!state.features.length) { status("Add a feature to sweep its strength."); return; }
+    if (stopsInvalid()) return;
     sweep(message);
   };
   $("steer-stop").onclick = () => controller && controller.abort();
   $("steer-reset").onclick = () => { state.default = []; state.steered = []; renderTranscripts(); status(""); };
   $("steer-share").onclick = async () => {
     const body = { features: state.features.map(wire),
-      settings: Object.fromEntries(Object.entries(settings).map(([k, input]) => [k, k === "mode" ? input.value : Number(input.value)])),
+      settings: { ...Object.fromEntries(Object.entries(settings).map(([k, input]) => [k, k === "mode" ? input.value : Number(input.value)])), stop_when: stopConditions() || [] },
       default: state.default, steered: state.steered };
     const csrf = document.querySelector("meta[name=csrf-token]");
     const headers = { "Content-Type": "application/json", ...(csrf ? { "X-CSRF-Token": csrf.content } : {}) };

@@ -123,12 +123,46 @@ def test_units_positions_cap_and_the_multiplier_reach_the_request(page, server_u
             "strength": round(2 * max_act, 2),
             "units": "raw",
             "positions": "generated",
+            "when": None,
         }
     ]
     expect(page.locator("#steered-messages .streaming")).to_have_count(0, timeout=REPLY_TIMEOUT_MS)
     expect(page.locator("#steer-status")).to_have_text("")  # the server took it
     row.get_by_label("units of feature 7").select_option("max_act")  # and back again
     expect(row.locator("input.strength")).to_have_value("2.00")
+
+
+def test_conditions_on_a_row_and_stop_conditions_reach_the_request(page, server_url):
+    page.goto(f"{server_url}/steer?f=monoscope-demo/res1/7:clamp:2:when:res1/3>0.5&stop=res1/9>2")
+    row = page.locator("#steer-features tbody tr")
+    condition = row.get_by_label("condition of feature 7")
+    expect(condition).to_have_value("res1/3>0.5")  # the preset's condition, as written
+    expect(page.locator("#gen-stop-when")).to_have_value("res1/9>2")
+    condition.fill("res1/3 < 0.5")
+    condition.dispatch_event("change")
+    expect(condition).to_have_class(re.compile("invalid"))
+    expect(page.locator("#steer-status")).to_contain_text("SAE/INDEX>LEVEL")
+    condition.fill("res1/4>0.25")
+    condition.dispatch_event("change")
+    expect(condition).not_to_have_class(re.compile("invalid"))
+    page.fill("#gen-stop-when", "res1/9>2, nonsense")
+    page.fill("#steer-message", "Hello")
+    page.press("#steer-message", "Enter")  # refused before anything is sent
+    expect(page.locator("#steer-status")).to_contain_text("stop conditions")
+    expect(page.locator("#steered-messages .message")).to_have_count(0)
+    # activations are never negative: this stop condition ends both replies at their first token
+    page.fill("#gen-stop-when", "res1/9>-1")
+    page.fill("#gen-temperature", "0")
+    with page.expect_request("**/api/v1/steer/stream") as sent:
+        page.press("#steer-message", "Enter")
+    body = sent.value.post_data_json
+    assert body["features"][0]["when"] == {"sae": "res1", "index": 4, "above": 0.25}
+    assert body["stop_when"] == [{"sae": "res1", "index": 9, "above": -1}]
+    expect(page.locator("#steered-messages .streaming")).to_have_count(0, timeout=REPLY_TIMEOUT_MS)
+    expect(page.locator("#steer-status")).to_have_text(
+        "default and steered reply ended by a stop condition"
+    )
+    assert _reply(page, "default").inner_text().strip()
 
 
 def test_a_sweep_shows_each_strengths_reply_and_marks_the_cliff(page, server_url):

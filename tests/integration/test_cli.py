@@ -2,6 +2,7 @@
 process (tests.helpers.run_cli); two tests run the installed entry point as a real subprocess."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -67,6 +68,40 @@ def test_steer_prints_both_replies(gpt2_dir, sae_dir, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert "default" in result.stdout and "steered" in result.stdout
+
+
+def test_steer_takes_conditions_and_refuses_bad_ones_in_one_line(gpt2_dir, sae_dir, tmp_path):
+    def steer(*args):
+        return run_cli(
+            "steer",
+            *("--model", str(gpt2_dir), "--sae", str(sae_dir), "--device", "cpu"),
+            *("--max-tokens", "6", "--temperature", "0", *args, "Hello"),
+            env={"MONOSCOPE_DATA_DIR": str(tmp_path), "MONOSCOPE_DATABASE_URL": ""},
+        )
+
+    def replies(result):
+        assert result.returncode == 0, result.stderr
+        _, default, steered = re.split(r"^(?:default|steered)$", result.stdout, flags=re.M)
+        return default.strip(), steered.strip()
+
+    steered = replies(steer("-f", "res1/3:add:40:raw"))
+    assert steered[0] != steered[1]
+    # a condition no activation meets leaves the steered reply the default one
+    never = replies(steer("-f", "res1/3:add:40:raw:when:res1/5>10000"))
+    assert never[1] == never[0] == steered[0]
+    # a stop condition that always holds ends both replies at their first token
+    stopped = replies(steer("-f", "res1/3:add:40:raw", "--stop-when", "res1/5>-1"))
+    for short, full in zip(stopped, steered, strict=True):
+        assert full.startswith(short) and len(short) < len(full)
+    for bad, message in (
+        (("--stop-when", "res1/5<1"), "error: bad condition 'res1/5<1'"),
+        (("--stop-when", "res9/5>1"), "error: unknown SAE 'res9' in condition res9/5>1"),
+        (("-f", "res1/3:add:4:raw:when:res1/999999>0"), "error: condition res1/999999>0"),
+    ):
+        result = steer("-f", "res1/3:add:40:raw", *bad)
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert result.returncode == 2 and len(errors) == 1 and errors[0].startswith(message)
+        assert "Traceback" not in result.stderr
 
 
 def test_settings_come_from_the_environment(gpt2_dir, sae_dir):

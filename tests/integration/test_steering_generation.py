@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from app.core.errors import SteeringError
+from app.core.feature_ref import FeatureCondition
 from app.core.generation import (
     GenerationRow,
     SamplingParams,
@@ -240,3 +241,84 @@ def test_frequency_penalty_grows_with_each_use_and_leaves_batch_neighbours_alone
     together = _tokens(gpt2, saes, rows, greedy)
     (alone,) = _tokens(gpt2, saes, [rows[1]], greedy)
     assert together[1] == alone and together[0] != alone
+
+
+def _sometimes_active(sae, clean, skip: int = 1) -> tuple[int, float]:
+    """A feature active at some positions and not others, and a level halfway up its range."""
+    f = sae.encode(clean)[0, skip:]
+    active = (f > 0).float().mean(0)
+    index = int((active - 0.5).abs().argmin())
+    return index, float(f[:, index].max()) / 2
+
+
+def test_a_conditional_edit_applies_exactly_where_its_condition_holds(gpt2, saes):
+    ids = torch.tensor([_prompt(gpt2, "The Golden Gate Bridge is red and the fog rolls in")])
+    clean = gpt2.capture(ids, [SITE])[SITE]
+    sae = saes["res1"]
+    watched, level = _sometimes_active(sae, clean)
+    when = FeatureCondition("res1", watched, level)
+    edit = FeatureEdit("res1", 7, "add", 3.0, when=when)
+    steered = _resid_after_steering(gpt2, saes, ids, [edit])
+    holds = sae.encode(clean)[0, :, watched] > level  # read from the unedited activations
+    holds[0] = False  # BOS is never steered
+    assert holds.any() and not holds.all()
+    expected = holds[:, None].float() * 3.0 * sae.W_dec[7]
+    torch.testing.assert_close((steered - clean)[0], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_a_condition_read_at_an_earlier_site_gates_a_later_edit(gpt2, saes):
+    early = gpt2.attach(random_sae(hook_name="blocks.0.hook_resid_post", seed=3))
+    both = {"res0": early, **saes}
+    ids = torch.tensor([_prompt(gpt2, "The Golden Gate Bridge is red and the fog rolls in")])
+    acts = gpt2.capture(ids, ["blocks.0.hook_resid_post", SITE])
+    watched, level = _sometimes_active(early, acts["blocks.0.hook_resid_post"])
+    spec = SteeringSpec(
+        (SteeringFeature("res1", 7, "add", 3.0, when=FeatureCondition("res0", watched, level)),)
+    )
+    edits = resolve_steering(spec, both)
+    steered = _resid_after_steering(gpt2, both, ids, list(edits))
+    holds = early.encode(acts["blocks.0.hook_resid_post"])[0, :, watched] > level
+    holds[0] = False
+    moved = (steered - acts[SITE])[0].abs().sum(-1) > 1e-4
+    assert holds.any() and torch.equal(moved, holds)
+    backwards = SteeringSpec(
+        (SteeringFeature("res0", 7, "add", 3.0, when=FeatureCondition("res1", 1, 0.0)),)
+    )
+    with pytest.raises(SteeringError, match="must be read at or before the site it gates"):
+        resolve_steering(backwards, both)
+    with pytest.raises(SteeringError, match="unknown SAE 'nope' in condition nope/1>0"):
+        resolve_steering(
+            SteeringSpec(
+                (SteeringFeature("res1", 7, "add", 1, when=FeatureCondition("nope", 1, 0)),)
+            ),
+            both,
+        )
+
+
+def test_a_stop_condition_ends_the_row_on_the_token_that_crossed_it(gpt2, saes):
+    prompt = _prompt(gpt2)
+    greedy = SamplingParams(max_new_tokens=16, temperature=0)
+    (full,) = _tokens(gpt2, saes, [GenerationRow(prompt, None, 0)], greedy)
+    ids = torch.tensor([prompt + full])
+    f = saes["res1"].encode(gpt2.capture(ids, [SITE])[SITE])[0, len(prompt) :]
+    watched, level = _sometimes_active(saes["res1"], gpt2.capture(ids, [SITE])[SITE], len(prompt))
+    first = int((f[:, watched] > level).nonzero()[0])  # the first generated token to cross it
+    stop = FeatureCondition("res1", watched, level)
+    rows = [GenerationRow(prompt, None, 0, stop_when=[stop]), GenerationRow(prompt, None, 0)]
+    steps = list(generate(gpt2, saes, rows, greedy))
+    stopped, free = _tokens(gpt2, saes, rows, greedy)
+    assert stopped == full[: first + 1] and free == full  # the other row runs on unaffected
+    reasons = [r for s in steps for r in s.finish_reasons[:1] if r]
+    assert reasons[0] == "feature"
+    text = "".join(s.texts[0] for s in steps)
+    # all of the kept tokens' text, but for a multi-byte character they leave unfinished
+    assert text == gpt2.tokenizer.decode(full[: first + 1]).removesuffix("\ufffd")
+    with pytest.raises(SteeringError, match="outside SAE 'res1'"):
+        list(
+            generate(
+                gpt2,
+                saes,
+                [GenerationRow(prompt, stop_when=[FeatureCondition("res1", 10**6, 0)])],
+                greedy,
+            )
+        )

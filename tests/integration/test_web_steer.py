@@ -113,6 +113,50 @@ def test_a_sweep_reads_each_strengths_reply_with_the_unsteered_model(app_for, de
         assert len(reply["activations"]) == 1 and reply["activations"][0] >= 0
 
 
+def test_conditions_gate_steering_and_stop_replies_where_a_feature_fires(app_for):
+    clamp = {"sae": "res1", "index": app_for.bridge, "mode": "clamp", "strength": 4}
+    never = {"sae": "res1", "index": 7, "above": 1e4}  # no activation gets near this
+    always = {"sae": "res1", "index": 7, "above": -1}  # activations are never negative
+
+    def reply(features=(), **extra):
+        answer = client.post("/api/v1/steer", json=_body(features, **extra))
+        assert answer.status_code == 200, answer.text
+        return answer.json()
+
+    with TestClient(app_for()) as client:
+        plain = reply([clamp])
+        assert plain["steered"] != plain["default"]
+        assert reply([clamp | {"when": never}])["steered"] == plain["default"]
+        assert reply([clamp | {"when": always}])["steered"] == plain["steered"]
+        # a condition that holds everywhere stops both replies after their first token
+        stopped = reply([clamp], stop_when=[always])
+        for side in ("default", "steered"):
+            assert stopped[side]["finish_reason"] == "feature"
+            first = stopped[side]["text"]
+            assert first.strip() and plain[side]["text"].startswith(first)
+            assert len(first) < len(plain[side]["text"])
+        assert reply([clamp], stop_when=[never]) == plain
+        late = {"sae": "res3", "index": 7, "above": 0}
+        for body, status, message in (
+            (_body([clamp | {"when": late}]), 400, "must be read at or before"),
+            (_body([clamp], stop_when=[never | {"sae": "nope"}]), 400, "unknown SAE 'nope'"),
+            (_body([clamp], stop_when=[never | {"index": 99999}]), 400, "outside SAE"),
+            (_body([clamp], stop_when=[never] * 5), 422, None),
+            (_body([clamp | {"when": never | {"above": 2e4}}]), 422, None),
+        ):
+            refused = client.post("/api/v1/steer", json=body)
+            assert refused.status_code == status, refused.text
+            assert message is None or message in refused.json()["detail"]
+        page = client.get(
+            "/steer",
+            params={"f": f"res1/{app_for.bridge}:clamp:4:when:res1/7>0.25", "stop": "res1/9>1.5"},
+        )
+        state = json.loads(parsed(page.text).select_one("script#steer-state").string)
+        assert state["features"][0]["when"] == {"sae": "res1", "index": 7, "above": 0.25}
+        assert state["settings"]["stop_when"] == [{"sae": "res1", "index": 9, "above": 1.5}]
+        assert client.get("/steer", params={"stop": "res1/9<1"}).status_code == 400
+
+
 def test_logprobs_show_each_greedy_token_first_on_its_side_and_where_the_sides_part(app_for):
     clamp = {"sae": "res1", "index": app_for.bridge, "mode": "clamp", "strength": 8}
     with TestClient(app_for()) as client:
@@ -280,6 +324,7 @@ def test_presets_and_shared_sessions_round_trip(app_for):
             "strength": 4.0,
             "units": "max_act",
             "positions": "all",
+            "when": None,
             "label": "Golden Gate Bridge",
         }
         page = client.get("/steer", params={"f": f"res1/{bridge}:cap:1.5:raw:generated"})

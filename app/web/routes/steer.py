@@ -1,10 +1,11 @@
 """The steering chat: default and steered replies side by side, streamed over SSE, shareable.
 
-Pages: /steer (preset features with ?f=model/sae/index:clamp|add|cap:strength[:raw][:positions],
-repeatable), /steer/{share_id} (a saved session, to read and continue). JSON: /api/v1/steer (whole
-replies) and /api/v1/steer/stream (SSE: `token` events {side, text}, then `done` or `error`).
-Strengths are multiples of each feature's max activation, as harvested into the database, or raw
-activation units; a global multiplier scales them all.
+Pages: /steer (presets ?f=model/sae/index:clamp|add|cap:strength[:raw][:positions][:when:
+sae/index>level], repeatable, and stop conditions ?stop=sae/index>level), /steer/{share_id} (a
+saved session, to read and continue). JSON: /api/v1/steer (whole replies), /api/v1/steer/stream
+(SSE: `token` events {side, text}, then `done` or `error`), /api/v1/steer/sweep and
+/api/v1/steer/logprobs. Strengths are multiples of each feature's max activation, as harvested
+into the database, or raw activation units; a global multiplier scales them all.
 """
 
 import asyncio
@@ -21,11 +22,19 @@ from sse_starlette import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 
 from app.core.errors import MonoscopeError, NotFoundError
-from app.core.feature_ref import Mode, Positions, SteeringFeature, Units, parse_feature_ref
+from app.core.feature_ref import (
+    FeatureCondition,
+    Mode,
+    Positions,
+    SteeringFeature,
+    Units,
+    parse_condition,
+    parse_feature_ref,
+)
 from app.core.generation import GenerationRow, SamplingParams, chat_prompt_ids
 from app.core.reply_reading import ReplyReading, read_replies, token_logprobs
 from app.core.serving import Ticket
-from app.core.steering import SteeringSpec, resolve_steering
+from app.core.steering import SteeringSpec, check_condition, resolve_steering
 from app.core.workspace import Workspace
 from app.db.labels import headline_score
 from app.db.models import SteeringSession
@@ -55,6 +64,23 @@ MAX_MULTIPLIER = 10.0
 # A token of any tokenizer we load covers a few characters at most (English BPE averages ~4);
 # text past this many per allowed token cannot fit, so it is refused before it is tokenized.
 CHARS_PER_TOKEN = 8
+MAX_STOPS = 4  # stop conditions per request
+
+
+class SteerCondition(BaseModel):
+    """A feature read as the model runs: holds where its activation exceeds `above`."""
+
+    sae: str = Field(max_length=200)
+    index: int = Field(ge=0, le=MAX_INDEX)
+    above: float = Field(
+        allow_inf_nan=False,
+        ge=-MAX_RAW_STRENGTH,
+        le=MAX_RAW_STRENGTH,
+        description="activation level in raw units (the numbers feature pages show)",
+    )
+
+    def condition(self) -> FeatureCondition:
+        return FeatureCondition(self.sae, self.index, self.above)
 
 
 class SteerFeature(BaseModel):
@@ -70,6 +96,9 @@ class SteerFeature(BaseModel):
     )
     units: Units = "max_act"
     positions: Positions = Field("all", description="where it applies: all, prompt, generated")
+    when: SteerCondition | None = Field(
+        None, description="steer only at tokens where this feature exceeds its level"
+    )
 
     @model_validator(mode="after")
     def _strength_in_range(self) -> "SteerFeature":
@@ -110,6 +139,12 @@ class SteerIn(BaseModel):
     seed: int = Field(0, ge=0, le=2**31 - 1)
     multiplier: float = Field(
         1.0, ge=0, le=MAX_MULTIPLIER, description="every feature's strength times this"
+    )
+    stop_when: list[SteerCondition] = Field(
+        default_factory=list,
+        max_length=MAX_STOPS,
+        description="end each reply (finish reason `feature`) at the first token it generates "
+        "where one of these holds; both sides, so they stay comparable",
     )
 
 
@@ -155,12 +190,21 @@ def build_rows(
     spec = SteeringSpec(
         tuple(
             SteeringFeature(
-                f.sae, f.index, f.mode, f.strength * body.multiplier, f.units, f.positions
+                f.sae,
+                f.index,
+                f.mode,
+                f.strength * body.multiplier,
+                f.units,
+                f.positions,
+                f.when.condition() if f.when else None,
             )
             for f in body.features
         )
     )
     edits = resolve_steering(spec, workspace.saes, lambda s, i: known.get((s, i), (None,))[0])
+    stop_when = [c.condition() for c in body.stop_when]
+    for condition in stop_when:
+        check_condition(condition, workspace.saes)
     tokenizer = workspace.model.tokenizer
     if body.mode == "chat":
         if not body.messages or body.messages[-1].role != "user":
@@ -198,7 +242,7 @@ def build_rows(
             frequency_penalty=body.frequency_penalty,
             presence_penalty=body.presence_penalty,
         )
-        rows.append(GenerationRow(ids, edit, body.seed, params))
+        rows.append(GenerationRow(ids, edit, body.seed, params, stop_when=stop_when))
     return rows
 
 
@@ -461,6 +505,7 @@ def _page(request, templates, workspace, settings, state: dict, share_id: str | 
             "max_raw_strength": MAX_RAW_STRENGTH,
             "max_multiplier": MAX_MULTIPLIER,
             "max_sweep": MAX_SWEEP,
+            "max_stops": MAX_STOPS,
         },
     }
     return templates.TemplateResponse(request, "steer/index.html", context)
@@ -474,12 +519,14 @@ def steer_page(
     workspace: WorkspaceDep,
     settings: SettingsDep,
     f: Annotated[list[str] | None, Query(max_length=64)] = None,
+    stop: Annotated[list[str] | None, Query(max_length=MAX_STOPS)] = None,
 ):
     loaded_model = workspace.model.name if workspace else None
     presets = [parse_preset(text, loaded_model) for text in f or []]
+    stops = [asdict(parse_condition(text)) for text in stop or []]
     state = {
         "features": _state_features(session, workspace, presets),
-        "settings": {},
+        "settings": {"stop_when": stops} if stops else {},
         "default": [],
         "steered": [],
     }
@@ -531,6 +578,7 @@ class ShareSettings(BaseModel):
     max_new_tokens: int = Field(64, ge=1)
     seed: int = Field(0, ge=0, le=2**31 - 1)
     multiplier: float = Field(1.0, ge=0, le=MAX_MULTIPLIER)
+    stop_when: list[SteerCondition] = Field(default_factory=list, max_length=MAX_STOPS)
 
 
 class ShareIn(BaseModel):
