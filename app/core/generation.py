@@ -111,7 +111,7 @@ def sample_next(
     return (picked if order is None else order.gather(-1, picked)).squeeze(-1)
 
 
-class _TextStream:
+class TextStream:
     """Turns a row's tokens into text deltas: whole characters only, stop strings cut off."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, stop_strings: Sequence[str]):
@@ -228,11 +228,11 @@ def generate(
     no row is left running."""
     tokenizer, device = model.tokenizer, model.device
     bos = tokenizer.bos_token_id
-    eos_ids = _eos_ids(model)
+    eos = eos_ids(model)
     every: list[GenerationRow] = []
     generators: list[torch.Generator] = []
     row_params: list[SamplingParams] = []
-    streams: list[_TextStream] = []
+    streams: list[TextStream] = []
     generated: list[int] = []
     counts: dict[int, torch.Tensor] = {}  # generated-token counts, for rows with penalties
     finished: list[bool] = []
@@ -260,7 +260,7 @@ def generate(
             every.append(row)
             generators.append(torch.Generator().manual_seed(int(row.seed)))
             row_params.append(p)
-            streams.append(_TextStream(tokenizer, p.stop_strings))
+            streams.append(TextStream(tokenizer, p.stop_strings))
             generated.append(0)
             finished.append(False)
             reasons.append(None)
@@ -355,7 +355,7 @@ def generate(
                 generated[i] += 1
                 if i in counts:
                     counts[i][token] += 1
-                if token in eos_ids:
+                if token in eos:
                     finished[i], reasons[i] = True, "eos"
                     texts[i] = streams[i].flush()
                     continue
@@ -403,7 +403,8 @@ def check_rows(model: LoadedModel, rows: Sequence[GenerationRow], params: Sampli
             )
 
 
-def _eos_ids(model: LoadedModel) -> set[int]:
+def eos_ids(model: LoadedModel) -> set[int]:
+    """The token ids that end a reply: the generation config's and the tokenizer's."""
     config = model.hf.generation_config
     ids = config.eos_token_id if config is not None else None
     ids = ids if isinstance(ids, list) else [ids]

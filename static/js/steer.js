@@ -237,6 +237,19 @@
     status("");
   }
 
+  // The steered reply again with attention frozen to the unsteered model's patterns, under the
+  // ordinary one: shown, never added to the history the next turn is generated from.
+  async function showFrozen(body) {
+    status("generating with attention frozen…");
+    const response = await fetch("/api/v1/steer/frozen", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+    const result = await response.json().catch(() => ({}));
+    if (!response.ok) { status(problem(result, response.status)); return; }
+    const node = el("div", { className: "message assistant frozen", title: "Same features, seed and settings, with every attention pattern frozen to the unsteered model's over the same tokens" },
+      el("span", { className: "role", textContent: "Model, attention frozen" }), el("div", { className: "content", textContent: result.text }));
+    $("steered-messages").append(node);
+    status("");
+  }
+
   async function send(message) {
     const mode = settings.mode.value;
     const user = { role: "user", content: message };
@@ -267,6 +280,7 @@
       for (const side of ["default", "steered"]) {
         state[side].push(user, { role: "assistant", content: outputs[side].textContent });
       }
+      if ($("gen-frozen").checked && state.features.length) await showFrozen(body);
       if ($("gen-logprobs").checked) await showLogprobs({ ...body, default_reply: outputs.default.textContent, steered_reply: outputs.steered.textContent }, outputs);
     } catch (error) {
       status(error.name === "AbortError" ? "stopped" : error.message);

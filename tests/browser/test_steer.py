@@ -16,7 +16,7 @@ BRIDGE = re.compile(r"golden gate|bridge", re.IGNORECASE)
 
 
 def _reply(page, side: str):
-    return page.locator(f"#{side}-messages .message.assistant .content").last
+    return page.locator(f"#{side}-messages .message.assistant:not(.frozen) .content").last
 
 
 def test_pick_the_bridge_feature_chat_and_share(page, server_url):
@@ -163,6 +163,33 @@ def test_conditions_on_a_row_and_stop_conditions_reach_the_request(page, server_
         "default and steered reply ended by a stop condition"
     )
     assert _reply(page, "default").inner_text().strip()
+
+
+def test_frozen_attention_adds_a_reply_under_the_steered_one_outside_the_history(page, server_url):
+    page.goto(f"{server_url}/steer?f=monoscope-demo/res1/7:clamp:4")
+    page.check("#gen-frozen")
+    page.fill("#gen-temperature", "0")
+    page.fill("#gen-max-tokens", "12")
+    with page.expect_response("**/api/v1/steer/frozen") as answered:
+        page.fill("#steer-message", "What is your favourite food?")
+        page.press("#steer-message", "Enter")
+    frozen = answered.value.json()
+    bubble = page.locator("#steered-messages .message.frozen")
+    expect(bubble).to_have_count(1, timeout=REPLY_TIMEOUT_MS)
+    expect(bubble.locator(".role")).to_have_text("Model, attention frozen")
+    expect(bubble.locator(".content")).to_have_text(frozen["text"])
+    expect(page.locator("#steer-status")).to_have_text("")
+    # the next turn is generated from the ordinary steered reply, never the frozen one
+    with page.expect_request("**/api/v1/steer/stream") as sent:
+        page.fill("#steer-message", "And then?")
+        page.press("#steer-message", "Enter")
+    history = sent.value.post_data_json["messages"]
+    assert [m["role"] for m in history] == ["user", "assistant", "user"]
+    ordinary = page.locator("#steered-messages .message.assistant:not(.frozen) .content").first
+    assert history[1]["content"] == ordinary.inner_text()
+    expect(page.locator("#steered-messages .message.frozen")).to_have_count(
+        2, timeout=REPLY_TIMEOUT_MS
+    )
 
 
 def test_a_sweep_shows_each_strengths_reply_and_marks_the_cliff(page, server_url):

@@ -157,6 +157,22 @@ def test_conditions_gate_steering_and_stop_replies_where_a_feature_fires(app_for
         assert client.get("/steer", params={"stop": "res1/9<1"}).status_code == 400
 
 
+def test_a_frozen_attention_reply_comes_beside_the_steered_one(app_for):
+    clamp = {"sae": "res1", "index": app_for.bridge, "mode": "clamp", "strength": 4}
+    with TestClient(app_for(steer_max_features=2)) as client:
+        plain = client.post("/api/v1/steer", json=_body()).json()
+        unsteered = client.post("/api/v1/steer/frozen", json=_body())
+        assert unsteered.status_code == 200, unsteered.text
+        assert unsteered.json()["text"] == plain["default"]["text"]  # nothing to freeze against
+        steered = client.post("/api/v1/steer", json=_body([clamp])).json()["steered"]
+        frozen = client.post("/api/v1/steer/frozen", json=_body([clamp])).json()
+        assert frozen["finish_reason"] in ("eos", "stop", "length") and frozen["text"].strip()
+        assert frozen["text"] != plain["default"]["text"]  # steering still acts, frozen or not
+        assert steered["text"] != plain["default"]["text"]
+        refused = client.post("/api/v1/steer/frozen", json=_body([clamp] * 3))
+        assert refused.status_code == 400 and "the limit is 2" in refused.json()["detail"]
+
+
 def test_logprobs_show_each_greedy_token_first_on_its_side_and_where_the_sides_part(app_for):
     clamp = {"sae": "res1", "index": app_for.bridge, "mode": "clamp", "strength": 8}
     with TestClient(app_for()) as client:

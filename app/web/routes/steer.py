@@ -31,6 +31,7 @@ from app.core.feature_ref import (
     parse_condition,
     parse_feature_ref,
 )
+from app.core.frozen_attention import frozen_attention_reply
 from app.core.generation import GenerationRow, SamplingParams, chat_prompt_ids
 from app.core.reply_reading import ReplyReading, read_replies, token_logprobs
 from app.core.serving import Ticket
@@ -326,6 +327,26 @@ async def api_steer_stream(
             ticket.cancel()  # the client left, or we are done: either way free the rows
 
     return EventSourceResponse(events(), ping=15)
+
+
+@router.post("/api/v1/steer/frozen", response_model=Reply, tags=["api"])
+async def api_steer_frozen(
+    request: Request, body: SteerIn, workspace: WorkspaceDep, settings: SettingsDep
+) -> Reply:
+    """The steered reply with every attention pattern frozen to the unsteered model's over the
+    same tokens (app.core.frozen_attention): beside the ordinary steered reply of the same seed,
+    it shows how much of the steering acts through where tokens attend. Same limits as chat."""
+    _check_rate(request)
+    _, steered = await run_in_threadpool(_rows, request.app.state.engine, body, workspace, settings)
+    loaded = require_loaded(workspace, "steer")  # _rows checked it; this tells the type checker
+    model, saes = loaded.model, loaded.saes
+    params = SamplingParams()  # the row carries its own
+
+    def reply() -> tuple[str, str]:
+        return frozen_attention_reply(model, saes, steered, params)
+
+    text, reason = await run_in_threadpool(request.app.state.inference.run, reply)
+    return Reply(text=text, finish_reason=reason)
 
 
 MAX_SWEEP = 8  # strengths per sweep: with the default reply, 9 rows of one batch
