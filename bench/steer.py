@@ -1,10 +1,13 @@
-"""Steered generation (clamp, 4 features) against unsteered, same model and settings.
+"""Steered generation (4 features) against unsteered, and steered with every studio option on.
 
     python -m bench.steer [--model DIR --sae DIR] [--tokens 64] [--batch 1] [--device cuda]
 
-Prints tokens/s for both and their ratio (target: steered / unsteered >= 0.9).
+Prints tokens/s for each and two ratios: steered / unsteered (target >= 0.9), and steered with
+options (conditions on two features, a cap, generated positions only, a stop condition that
+never fires, frequency and presence penalties, top-p) / plain steered (target >= 0.9).
 """
 
+from app.core.feature_ref import FeatureCondition
 from app.core.generation import GenerationRow, SamplingParams, generate
 from app.core.steering import FeatureEdit
 from bench.common import arguments, interleaved_medians, model_and_sae
@@ -21,12 +24,30 @@ def main() -> None:
     saes = {"sae": sae}
     prompt = model.tokenizer(PROMPT)["input_ids"]
     edits = [FeatureEdit("sae", i, "clamp", 5.0) for i in (11, 222, 1333, 2444)]
-    params = SamplingParams(max_new_tokens=args.tokens, temperature=1.0)
+    gate = FeatureCondition("sae", 7, 0.0)
+    with_options = [
+        FeatureEdit("sae", 11, "clamp", 5.0, when=gate),
+        FeatureEdit("sae", 222, "clamp", 5.0, when=FeatureCondition("sae", 8, 0.0)),
+        FeatureEdit("sae", 1333, "cap", 0.5),
+        FeatureEdit("sae", 2444, "clamp", 5.0, positions="generated"),
+    ]
+    never = [FeatureCondition("sae", 9, 1e9)]  # read at every step, so every reply runs full length
+    plain = SamplingParams(max_new_tokens=args.tokens, temperature=1.0)
+    options = SamplingParams(
+        max_new_tokens=args.tokens,
+        temperature=1.0,
+        top_p=0.9,
+        frequency_penalty=0.5,
+        presence_penalty=0.5,
+    )
     counts: dict[str, int] = {}
 
-    def run(name, row_edits):
+    def run(name, row_edits, params, stop_when=()):
         def go():
-            rows = [GenerationRow(prompt, row_edits, seed) for seed in range(args.batch)]
+            rows = [
+                GenerationRow(prompt, row_edits, seed, params, stop_when=stop_when)
+                for seed in range(args.batch)
+            ]
             counts[name] = sum(
                 sum(t is not None for t in step.token_ids)
                 for step in generate(model, saes, rows, params)
@@ -35,7 +56,11 @@ def main() -> None:
         return go
 
     medians = interleaved_medians(
-        {"unsteered": run("unsteered", None), "steered": run("steered", edits)},
+        {
+            "unsteered": run("unsteered", None, plain),
+            "steered": run("steered", edits, plain),
+            "options": run("options", with_options, options, never),
+        },
         args.repeats,
         model.device,
     )
@@ -47,6 +72,7 @@ def main() -> None:
     for name in medians:
         print(f"{name:<10} {rate[name]:8.1f} tokens/s  ({counts[name]} tokens)")
     print(f"ratio steered/unsteered: {rate['steered'] / rate['unsteered']:.2f}")
+    print(f"ratio steered with options/steered: {rate['options'] / rate['steered']:.2f}")
 
 
 if __name__ == "__main__":

@@ -102,13 +102,32 @@ def sample_next(
         return logits.argmax(dim=-1)
     probs = torch.softmax(logits.float() / temperature, dim=-1)
     order = None
-    if top_p < 1.0:  # only nucleus sampling needs the vocabulary sorted
-        probs, order = probs.sort(dim=-1, descending=True)
-        probs = probs * (probs.cumsum(dim=-1) - probs < top_p)  # always keeps the top token
+    if top_p < 1.0:  # only nucleus sampling needs the likeliest tokens in order
+        probs, order = _nucleus(probs, top_p)
     cdf = probs.cumsum(dim=-1)
     target = uniforms.to(cdf.device)[:, None] * cdf[:, -1:]
     picked = torch.searchsorted(cdf, target).clamp(max=cdf.shape[-1] - 1)
     return (picked if order is None else order.gather(-1, picked)).squeeze(-1)
+
+
+NUCLEUS_FIRST_TRY = 256
+
+
+def _nucleus(probs: torch.Tensor, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The likeliest tokens of each row in descending order, those past the first `top_p` of
+    mass zeroed (the top token always stays), and their vocabulary ids.
+
+    Sorting the whole vocabulary costs 2 ms a step for 8 rows of 8192 on two CPU cores, a fifth
+    of a steered decode step, and a trained model's nucleus nearly always lies in its top few
+    hundred tokens: so the top 256 are tried first, and give exactly the sort's tokens whenever
+    every row's top 256 hold top_p of the mass (tokens past them would be zeroed anyway)."""
+    if probs.shape[-1] > NUCLEUS_FIRST_TRY:
+        top, order = probs.topk(NUCLEUS_FIRST_TRY, dim=-1)  # sorted, descending
+        before = top.cumsum(dim=-1) - top  # mass of the likelier tokens
+        if bool((before[:, -1] + top[:, -1] >= top_p).all()):
+            return top * (before < top_p), order
+    top, order = probs.sort(dim=-1, descending=True)
+    return top * (top.cumsum(dim=-1) - top < top_p), order
 
 
 class TextStream:

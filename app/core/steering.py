@@ -124,6 +124,7 @@ def resolve_steering(
 class _SaeGroup:
     """All edits for one SAE, laid out for a vectorised hook."""
 
+    name: str
     sae: Sae
     indices: torch.Tensor  # (n,)
     values: torch.Tensor  # (n,)
@@ -133,9 +134,7 @@ class _SaeGroup:
     row_mask: torch.Tensor  # (batch, n) bool: which rows each edit applies to
     directions: torch.Tensor  # (n, d_in) in SAE space
     conditions: list[FeatureCondition | None]  # per edit: where it applies, None for everywhere
-
-
-_Watch = tuple[str, int]  # (SAE name, feature index) read while the model runs
+    columns: torch.Tensor | None = None  # (n,) where each index sits in its site's reading
 
 
 class BatchSteerer:
@@ -154,20 +153,14 @@ class BatchSteerer:
         self.bos_token_id = bos_token_id
         self.row_stops = [list(s) for s in row_stops] + [[]] * (self.batch - len(row_stops))
         by_sae: dict[str, list[tuple[int, FeatureEdit]]] = defaultdict(list)
-        watched: set[_Watch] = set()
+        watched: set[tuple[str, int]] = set()  # (SAE, index) read by conditions
         for row, edits in enumerate(row_edits):
             for edit in edits or ():
                 by_sae[edit.sae].append((row, edit))
                 if edit.when is not None:
                     watched.add((edit.when.sae, edit.when.index))
         watched |= {(c.sae, c.index) for stops in self.row_stops for c in stops}
-        # site -> SAE name -> feature indices to read there before any edit
-        self.watches_by_site: dict[str, dict[str, list[int]]] = defaultdict(dict)
-        for name, index in sorted(watched):
-            site = parse_site(saes[name].hook_name).name
-            self.watches_by_site[site].setdefault(name, []).append(index)
         self._saes = saes
-        self._readings: dict[_Watch, torch.Tensor] = {}  # (batch, pos) of the current pass
         self.groups_by_site: dict[str, list[_SaeGroup]] = defaultdict(list)
         for name, entries in by_sae.items():
             sae = saes[name]
@@ -177,6 +170,7 @@ class BatchSteerer:
             row_mask[[r for r, _ in entries], torch.arange(len(entries))] = True
             self.groups_by_site[parse_site(sae.hook_name).name].append(
                 _SaeGroup(
+                    name=name,
                     sae=sae,
                     indices=indices,
                     values=torch.tensor(
@@ -192,6 +186,35 @@ class BatchSteerer:
                     conditions=[e.when for _, e in entries],
                 )
             )
+        # What each site reads before any edit there, one encoder call per SAE (a TopK SAE
+        # encodes every feature to read one): conditions, stops, and the clamps' and caps'
+        # current activations.
+        reads: dict[str, set[int]] = defaultdict(set)
+        for name, index in watched:
+            reads[name].add(index)
+        groups = [g for site_groups in self.groups_by_site.values() for g in site_groups]
+        for group in groups:
+            if group.is_clamp.any() or group.is_cap.any():
+                reads[group.name] |= set(group.indices.tolist())
+        self._read_indices = {name: sorted(found) for name, found in reads.items()}
+        self._read_columns = {
+            name: {index: n for n, index in enumerate(found)}
+            for name, found in self._read_indices.items()
+        }
+        self._read_tensors = {
+            name: torch.tensor(found, device=saes[name].device)
+            for name, found in self._read_indices.items()
+        }
+        self._reads_by_site: dict[str, list[str]] = defaultdict(list)
+        for name in self._read_indices:
+            self._reads_by_site[parse_site(saes[name].hook_name).name].append(name)
+        for group in groups:
+            if group.is_clamp.any() or group.is_cap.any():
+                where = self._read_columns[group.name]
+                group.columns = torch.tensor(
+                    [where[i] for i in group.indices.tolist()], device=group.sae.device
+                )
+        self._found: dict[str, torch.Tensor] = {}  # SAE name -> (batch, pos, reads) this pass
         self.prompt_lengths = torch.tensor(list(prompt_lengths))
         self._step_masks: torch.Tensor | None = None
 
@@ -217,7 +240,7 @@ class BatchSteerer:
         in_prompt = position_ids < self.prompt_lengths.to(position_ids.device)[:, None]
         # (3, batch, pos): masks for positions "all", "prompt", "generated"
         self._step_masks = torch.stack([valid, valid & in_prompt, valid & ~in_prompt])
-        self._readings = {}
+        self._found = {}
 
     def stopped(self) -> list[bool]:
         """Per row, whether a stop condition held at the last position of the forward pass just
@@ -228,22 +251,25 @@ class BatchSteerer:
             return [False] * self.batch
         generated = self._step_masks[2][:, -1].tolist()
         return [
-            bool(generated[row])
-            and any(float(self._readings[(c.sae, c.index)][row, -1]) > c.above for c in stops)
+            bool(generated[row]) and any(float(self._reading(c)[row, -1]) > c.above for c in stops)
             for row, stops in enumerate(self.row_stops)
         ]
 
     def site_edits(self) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
-        sites = set(self.groups_by_site) | set(self.watches_by_site)
+        sites = set(self.groups_by_site) | set(self._reads_by_site)
         return {site: self._edit_for(site) for site in sites}
 
     def _read(self, site: str, x: torch.Tensor) -> None:
-        """Record the watched features at this site, from the activations arriving here."""
-        for name, indices in self.watches_by_site.get(site, {}).items():
-            sae = self._saes[name]
-            found = sae.feature_activations(x, torch.tensor(indices, device=sae.device))
-            for n, index in enumerate(indices):
-                self._readings[(name, index)] = found[..., n]
+        """Read this site's features from the activations arriving here, before any edit."""
+        for name in self._reads_by_site.get(site, ()):
+            self._found[name] = self._saes[name].feature_activations(x, self._read_tensors[name])
+
+    def _reading(self, condition: FeatureCondition) -> torch.Tensor:
+        """(batch, pos) activations of a condition's feature in the current pass."""
+        found = self._found.get(condition.sae)
+        if found is None:
+            raise RuntimeError(f"condition {condition} was not read before the edit it gates")
+        return found[..., self._read_columns[condition.sae][condition.index]]
 
     def _gate(self, group: _SaeGroup, like: torch.Tensor) -> torch.Tensor:
         """(batch, pos, n) bool: where each edit's condition holds (everywhere for none)."""
@@ -252,10 +278,7 @@ class BatchSteerer:
             if condition is None:
                 columns.append(torch.ones(like.shape[:2], dtype=torch.bool, device=like.device))
                 continue
-            reading = self._readings.get((condition.sae, condition.index))
-            if reading is None:
-                raise RuntimeError(f"condition {condition} was not read before the edit it gates")
-            columns.append(reading.to(like.device) > condition.above)
+            columns.append(self._reading(condition).to(like.device) > condition.above)
         return torch.stack(columns, dim=-1)
 
     def _edit_for(self, site: str) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -274,8 +297,8 @@ class BatchSteerer:
                 if any(c is not None for c in group.conditions):
                     mask = mask & self._gate(group, x)
                 coef = group.values.expand(mask.shape).clone()
-                if group.is_clamp.any() or group.is_cap.any():
-                    current = group.sae.feature_activations(x, group.indices)  # (batch, pos, n)
+                if group.columns is not None:  # clamps and caps need the current activation
+                    current = self._found[group.name][..., group.columns]  # (batch, pos, n)
                     coef = torch.where(group.is_clamp, coef - current, coef)
                     coef = torch.where(group.is_cap, (current - coef).clamp(min=0).neg(), coef)
                 step = rows_addmm(None, coef * mask.to(coef.dtype), group.directions)
