@@ -34,6 +34,7 @@ from app.web.markup import TokenTextCache, display_token, token_strip
 from app.web.ratelimit import rate_limiter
 from app.web.routes import (
     accounts,
+    contrast,
     dashboard,
     features,
     home,
@@ -200,6 +201,7 @@ def create_app(settings: Settings | None = None, workspace: Workspace | None = N
     # Fixed paths first: /{model}/{sae} would otherwise swallow /search/text, and
     # /{model}/{sae}/{index} /api/v1/saes.
     app.include_router(accounts.router)
-    for module in (steer, inspect, lists, labels, dashboard, home, search, saes, features):
+    routes = (steer, inspect, contrast, lists, labels, dashboard, home, search, saes, features)
+    for module in routes:
         app.include_router(module.router, dependencies=[Depends(require_reader)])
     return app

@@ -131,6 +131,19 @@ def client_address(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
+def limit_generation(request: Request) -> None:
+    """429 when this address is over the limit on generations (chat, sweeps, contrast: work
+    that occupies the model). Every attempt counts, refused ones too: a client looping on
+    requests that fail their checks still costs the server their parsing."""
+    wait = request.app.state.steer_limiter.check(client_address(request))
+    if wait is not None:
+        raise HTTPException(
+            429,
+            f"Too many generations from this address; try again in {wait} s.",
+            headers={"Retry-After": str(wait)},
+        )
+
+
 def _limit(request: Request, *keys: str) -> None:
     limiter = request.app.state.write_limiter
     for key in keys:

@@ -50,6 +50,7 @@ def server_url(tmp_path_factory, demo_workspace):
         build_world(session)
         bridge, max_act = golden_gate_feature(demo_workspace)
         build_demo_rows(session, demo_workspace, {bridge: ("Golden Gate Bridge", max_act)})
+        build_demo_rows(session, demo_workspace, sae="res3")  # contrast ranks over both SAEs
         add_user(session, *ACCOUNT)
     EmbedLabelsJob(EmbedLabelsConfig("tiny", "res1", progress=False), engine).run()
     engine.dispose()

@@ -14,7 +14,7 @@ import secrets
 from dataclasses import asdict, dataclass
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field, ValidationError, model_validator
 from sqlalchemy.orm import Session
@@ -43,7 +43,7 @@ from app.db.search import SearchHit
 from app.db.steering import max_acts_and_labels, shared_session
 from app.settings import Settings
 from app.web import views
-from app.web.auth import WriterDep, client_address
+from app.web.auth import WriterDep, limit_generation
 from app.web.deps import (
     MAX_INDEX,
     LabelIndexDep,
@@ -254,22 +254,10 @@ def _rows(engine, body: SteerIn, workspace, settings) -> list[GenerationRow]:
         return build_rows(body, workspace, session, settings)
 
 
-def _check_rate(request: Request) -> None:
-    # Every attempt counts against the limit, refused ones too: a client looping on requests
-    # that fail their checks still costs the server their parsing.
-    wait = request.app.state.steer_limiter.check(client_address(request))
-    if wait is not None:
-        raise HTTPException(
-            429,
-            f"Too many generations from this address; try again in {wait} s.",
-            headers={"Retry-After": str(wait)},
-        )
-
-
 async def _start(
     request: Request, body: SteerIn, workspace, settings, make_rows=_rows
 ) -> tuple[Ticket, list[GenerationRow]]:
-    _check_rate(request)
+    limit_generation(request)
     # Tokenizing is CPU work: in a thread, so the event loop keeps answering everyone else.
     rows = await run_in_threadpool(make_rows, request.app.state.engine, body, workspace, settings)
     ticket = request.app.state.inference.submit(rows, asyncio.get_running_loop())  # or QueueFull
@@ -336,7 +324,7 @@ async def api_steer_frozen(
     """The steered reply with every attention pattern frozen to the unsteered model's over the
     same tokens (app.core.frozen_attention): beside the ordinary steered reply of the same seed,
     it shows how much of the steering acts through where tokens attend. Same limits as chat."""
-    _check_rate(request)
+    limit_generation(request)
     _, steered = await run_in_threadpool(_rows, request.app.state.engine, body, workspace, settings)
     loaded = require_loaded(workspace, "steer")  # _rows checked it; this tells the type checker
     model, saes = loaded.model, loaded.saes
@@ -456,7 +444,7 @@ async def api_steer_logprobs(
     conversation and features) with its log-probability under both models and the writing
     side's likeliest alternatives: the model's own probabilities, before temperature, top-p and
     penalties. Same limits as chat."""
-    _check_rate(request)
+    limit_generation(request)
     rows = await run_in_threadpool(_rows, request.app.state.engine, body, workspace, settings)
     loaded = require_loaded(workspace, "steer")  # _rows checked it; this tells the type checker
     model, saes = loaded.model, loaded.saes
