@@ -832,6 +832,63 @@ def steering(
         out.print(f"  [{verdict}] {reply.text}", markup=False, highlight=False)
 
 
+@eval_cli.command("classifier")
+def classifier(
+    target: Annotated[
+        str, typer.Option(help="topic/<subject>, persona/<name> or a concept key.")
+    ] = "places/golden_gate_bridge",
+    model: Annotated[str | None, typer.Option(help="A model trained on the demo world.")] = None,
+    sae: Annotated[
+        list[str] | None, typer.Option("--sae", help="SAEs on that model (repeatable).")
+    ] = None,
+    train_seed: Annotated[int, typer.Option(help="World seed of the training documents.")] = 1,
+    seed: Annotated[int | None, typer.Option(help="World seed of the held-out text.")] = None,
+    per_class: Annotated[int, typer.Option(help="Documents with and without the target.")] = 64,
+    world_version: WorldVersionOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    device: DeviceOpt = None,
+) -> None:
+    """Feature classifiers for a target, trained on one world seed's documents and measured on
+    held-out ones: a learned logistic regression, the single best feature, and the model
+    prompted with a yes/no question (its threshold fit on the same training documents)."""
+    import json
+
+    from app.core.model import load_model
+    from app.core.sae import load_sae
+    from app.core.workspace import sae_name
+    from app.demo import DEMO_MODEL, DEMO_SAES
+    from app.demo.classifier_check import classifier_check
+    from app.demo.world import World
+
+    held_out = _held_out_world(seed, world_version)
+    loaded = load_model(model or DEMO_MODEL, device=device or "auto")
+    paths = sae or [str(p) for p in DEMO_SAES.values()]
+    saes = {sae_name(path): loaded.attach(load_sae(path)) for path in paths}
+    report = classifier_check(
+        loaded, saes, target, World(train_seed, held_out.version), held_out, per_class
+    )
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    table = Table(title=f"{target}: trained on seed {train_seed}, held out seed {held_out.seed}")
+    for column in ("classifier", "precision", "recall", "F1", "train F1"):
+        table.add_column(column, justify="left" if column == "classifier" else "right")
+    for key, title in (
+        ("learned", f"logistic, {report['learned']['features']} features"),
+        ("single_feature", f"feature {report['single_feature']['feature']}"),
+        ("baseline", f"model asked about {report['asked_about']}"),
+    ):
+        held, train = report[key]["held_out"], report[key]["train"]
+        table.add_row(
+            escape(title),
+            f"{held['precision']:.3f}",
+            f"{held['recall']:.3f}",
+            f"{held['f1']:.3f}",
+            f"{train['f1']:.3f}",
+        )
+    out.print(table)
+
+
 @eval_cli.command("world-structure")
 def world_structure(
     model: Annotated[str | None, typer.Option(help="A model trained on the demo world.")] = None,

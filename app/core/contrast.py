@@ -54,6 +54,15 @@ def text_peaks(
     return {name: torch.stack(rows) for name, rows in peaks.items()}
 
 
+def effect_sizes(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(d_sae,) Cohen's d of (texts, d_sae) peaks `a` against `b`, the pooled SD floored; 0 for
+    a feature that fires on neither."""
+    pooled = ((a.var(0) + b.var(0)) / 2).sqrt()
+    scale = torch.maximum(a.amax(0), b.amax(0))
+    sd = torch.maximum(pooled, SD_FLOOR * scale)
+    return torch.where(scale > 0, (a.mean(0) - b.mean(0)) / sd.clamp(min=1e-12), 0.0)
+
+
 @torch.inference_mode()
 def contrast(
     model: LoadedModel,
@@ -75,10 +84,7 @@ def contrast(
     found = []
     for name in saes:
         mean_a, mean_b = a[name].mean(0), b[name].mean(0)
-        pooled = ((a[name].var(0) + b[name].var(0)) / 2).sqrt()
-        scale = torch.maximum(a[name].amax(0), b[name].amax(0))
-        sd = torch.maximum(pooled, SD_FLOOR * scale)
-        effect = torch.where(scale > 0, (mean_a - mean_b) / sd.clamp(min=1e-12), 0.0)
+        effect = effect_sizes(a[name], b[name])
         fires_a, fires_b = (a[name] > 0).float().mean(0), (b[name] > 0).float().mean(0)
         for index in effect.abs().argsort(descending=True)[:top].tolist():
             if effect[index] == 0:

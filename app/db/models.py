@@ -257,6 +257,22 @@ class SteeringSession(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+class ClassifierRow(Base):
+    """A feature classifier someone trained (app.core.classifier), with its held-out report."""
+
+    __tablename__ = "feature_classifiers"
+    __table_args__ = (UniqueConstraint("model_id", "name"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(100))
+    concept: Mapped[str] = mapped_column(String(200))
+    spec: Mapped[dict] = mapped_column(default=dict)  # FeatureClassifier.to_dict()
+    report: Mapped[dict] = mapped_column(default=dict)  # train, held-out and baseline figures
+    author: Mapped[str | None] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 class User(Base):
     __tablename__ = "users"
 

@@ -227,6 +227,24 @@ def test_eval_ground_truth_prints_json_for_the_demo(tmp_path):
     assert "topic/golden gate bridge" in labels and "persona/pirate" in labels
 
 
+def test_eval_classifier_measures_held_out_documents_beside_the_prompted_model(tmp_path):
+    import json
+
+    env = {"MONOSCOPE_DATA_DIR": str(tmp_path), "MONOSCOPE_DATABASE_URL": ""}
+    common = ("--per-class", "8", "--seed", "12", "--device", "cpu")
+    result = run_cli("eval", "classifier", "--json", *common, env=env)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["target"] == "places/golden_gate_bridge"
+    for key in ("learned", "single_feature", "baseline"):
+        held = report[key]["held_out"]
+        assert held["texts"] == 16 and held["positives"] == 8 and 0 <= held["f1"] <= 1
+    assert report["learned"]["held_out"]["f1"] >= 0.9  # the bridge is named in every positive
+    assert re.fullmatch(r"res[13]/\d+", report["single_feature"]["feature"])
+    bad = run_cli("eval", "classifier", "--target", "topic/nowhere", *common, env=env)
+    assert bad.returncode == 2 and "error: only 0 documents" in bad.stderr
+
+
 def test_eval_steering_judges_replies_steered_by_a_feature_ground_truth_names(tmp_path):
     import json
 
