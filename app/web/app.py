@@ -34,6 +34,7 @@ from app.web.markup import TokenTextCache, display_token, token_strip
 from app.web.ratelimit import rate_limiter
 from app.web.routes import (
     accounts,
+    autosteer,
     classifiers,
     contrast,
     dashboard,
@@ -202,7 +203,7 @@ def create_app(settings: Settings | None = None, workspace: Workspace | None = N
     # Fixed paths first: /{model}/{sae} would otherwise swallow /search/text, and
     # /{model}/{sae}/{index} /api/v1/saes.
     app.include_router(accounts.router)
-    fixed = [steer, inspect, contrast, classifiers, lists, labels, dashboard, home, search]
-    for module in [*fixed, saes, features]:
+    fixed = [steer, autosteer, inspect, contrast, classifiers, lists, labels, dashboard, home]
+    for module in [*fixed, search, saes, features]:
         app.include_router(module.router, dependencies=[Depends(require_reader)])
     return app

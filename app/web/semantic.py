@@ -101,6 +101,14 @@ class LabelIndex:
         self._building = threading.Thread(target=build, name="label-index", daemon=True)
         self._building.start()
 
+    def embed(self, texts: list[str]) -> np.ndarray:
+        """(texts, dimensions) unit vectors from the query embedder (loaded on first use)."""
+        with self._lock:
+            if self._embedder is None:
+                self._embedder = self._load_embedder()
+            embedder = self._embedder
+        return embedder.encode(texts)
+
     def nearest(self, session: Session, query: str, limit: int) -> list[tuple[int, float]]:
         """Up to `limit` (explanation id, cosine) pairs, most similar first, above
         MIN_SIMILARITY."""

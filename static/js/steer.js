@@ -335,6 +335,31 @@
     status("share link ready");
   };
 
+  // AutoSteer: a described change, tried on the typed message; the best fluent trial opens as a
+  // preset (a link, so it can be shared), every trial is tabled.
+  $("auto-steer").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const description = $("auto-description").value.trim();
+    const message = $("steer-message").value.trim();
+    if (!description || !message) { status("Type a description, and a message to try it on."); return; }
+    status("searching features and strengths…");
+    const response = await fetch("/api/v1/steer/auto", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ description, message }) });
+    const result = await response.json().catch(() => ({}));
+    if (!response.ok) { status(problem(result, response.status)); return; }
+    $("auto-best").replaceChildren(result.preset
+      ? el("a", { href: result.preset, id: "auto-preset", textContent: "Open the best as a preset" })
+      : el("span", { className: "muted", textContent: "No fluent trial moved the replies towards the description." }));
+    const head = el("tr", {}, ...["feature", "found by", "× max", "relevance gained", "loss ÷ default", "fluent", "a reply"].map((t) => el("th", { textContent: t })));
+    const rows = result.trials.map((t) => el("tr", { className: t.fluent ? "" : "cliff" },
+      el("td", {}, el("a", { href: `/${encodeURIComponent(modelName())}/${encodeURIComponent(t.sae)}/${t.index}`, textContent: `${t.sae}/${t.index}` }), " ", el("span", { textContent: t.label || "" })),
+      el("td", { textContent: t.found_by }), el("td", { className: "num", textContent: `${t.multiple}` }),
+      el("td", { className: "num", textContent: t.relevance_gain.toFixed(3) }), el("td", { className: "num", textContent: t.loss_ratio.toFixed(2) }),
+      el("td", { textContent: t.fluent ? "yes" : "no" }), el("td", { className: "reply", textContent: t.replies[0] || "" })));
+    $("auto-table").replaceChildren(el("thead", {}, head), el("tbody", {}, ...rows));
+    $("auto").hidden = false;
+    status("");
+  });
+
   renderFeatures();
   renderTranscripts();
 })();

@@ -242,3 +242,22 @@ def test_logprobs_turn_each_reply_token_into_a_span_with_both_sides_probabilitie
         expect(marked.nth(i)).to_have_class(re.compile(r"\bpushed\b"))
     if result["diverge_at"] is not None and result["diverge_at"] < len(result["steered"]):
         expect(marked.nth(result["diverge_at"])).to_have_class(re.compile(r"\bdiverge\b"))
+
+
+def test_autosteer_tables_its_trials_and_links_the_best_as_a_preset(page, server_url):
+    page.goto(f"{server_url}/steer")
+    page.fill("#auto-description", "Golden Gate Bridge")
+    page.click("#auto-run")
+    expect(page.locator("#steer-status")).to_contain_text("a message to try it on")
+    page.fill("#steer-message", "What is your favourite food?")
+    with page.expect_response("**/api/v1/steer/auto", timeout=120_000) as answered:
+        page.click("#auto-run")
+    result = answered.value.json()
+    rows = page.locator("#auto-table tbody tr")
+    expect(rows).to_have_count(len(result["trials"]))
+    expect(page.locator("#auto-table")).to_contain_text("Golden Gate Bridge")  # by its label
+    if result["preset"]:
+        page.click("#auto-preset")
+        expect(page.locator("#steer-features tbody tr")).to_have_count(1)
+    else:
+        expect(page.locator("#auto-best")).to_contain_text("No fluent trial")
