@@ -18,6 +18,11 @@
     return found ? { sae: found[1], index: Number(found[2]), above: Number(found[3]) } : null;
   }
   $("gen-stop-when").value = (state.settings.stop_when || []).map(conditionText).join(", ");
+  // What else a link or a shared session presets: the sweep, the extra readings, the message.
+  if (state.settings.sweep) $("sweep-multipliers").value = state.settings.sweep.join(", ");
+  $("gen-frozen").checked = Boolean(state.settings.frozen);
+  $("gen-logprobs").checked = Boolean(state.settings.logprobs);
+  if (state.message) $("steer-message").value = state.message;
   // null when the box holds something that is not a list of conditions (the caller says so)
   function stopConditions() {
     const parts = $("gen-stop-when").value.split(",").map((t) => t.trim()).filter(Boolean);
@@ -171,6 +176,8 @@
     };
   }
 
+  const sweepMultipliers = () => $("sweep-multipliers").value.split(/[\s,]+/).filter(Boolean).map(Number);
+
   // A sweep: the typed message at several multiples of every feature's strength, one seed, each
   // reply with its loss under the unsteered model; a loss past 1.5x the default reply's marks
   // where steering stops reading as language. The chat's history is used, never extended.
@@ -178,8 +185,7 @@
     const mode = settings.mode.value;
     const user = { role: "user", content: message };
     const history = { default: [...state.default, user], steered: [...state.steered, user] };
-    const multipliers = $("sweep-multipliers").value.split(/[\s,]+/).filter(Boolean).map(Number);
-    const body = { ...requestBody(mode, message, history), multipliers };
+    const body = { ...requestBody(mode, message, history), multipliers: sweepMultipliers() };
     controller = new AbortController();
     status("sweeping…");
     try {
@@ -323,7 +329,8 @@
   $("steer-reset").onclick = () => { state.default = []; state.steered = []; renderTranscripts(); status(""); };
   $("steer-share").onclick = async () => {
     const body = { features: state.features.map(wire),
-      settings: { ...Object.fromEntries(Object.entries(settings).map(([k, input]) => [k, k === "mode" ? input.value : Number(input.value)])), stop_when: stopConditions() || [] },
+      settings: { ...Object.fromEntries(Object.entries(settings).map(([k, input]) => [k, k === "mode" ? input.value : Number(input.value)])),
+        stop_when: stopConditions() || [], sweep: sweepMultipliers(), frozen: $("gen-frozen").checked, logprobs: $("gen-logprobs").checked },
       default: state.default, steered: state.steered };
     const csrf = document.querySelector("meta[name=csrf-token]");
     const headers = { "Content-Type": "application/json", ...(csrf ? { "X-CSRF-Token": csrf.content } : {}) };

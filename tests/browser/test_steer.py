@@ -261,3 +261,19 @@ def test_autosteer_tables_its_trials_and_links_the_best_as_a_preset(page, server
         expect(page.locator("#steer-features tbody tr")).to_have_count(1)
     else:
         expect(page.locator("#auto-best")).to_contain_text("No fluent trial")
+
+
+def test_a_sweep_link_opens_with_its_multipliers_and_message_and_runs_them(page, server_url):
+    page.goto(
+        f"{server_url}/steer?f=monoscope-demo/res1/7:clamp:2&sweep=0,3&frozen=1&seed=4"
+        "&message=What+is+your+favourite+food%3F"
+    )
+    expect(page.locator("#sweep-multipliers")).to_have_value("0, 3")
+    expect(page.locator("#gen-frozen")).to_be_checked()
+    expect(page.locator("#gen-seed")).to_have_value("4")
+    expect(page.locator("#steer-message")).to_have_value("What is your favourite food?")
+    with page.expect_request("**/api/v1/steer/sweep") as sent:
+        page.click("#steer-sweep")
+    assert sent.value.post_data_json["multipliers"] == [0, 3]
+    assert sent.value.post_data_json["seed"] == 4
+    expect(page.locator("#sweep-table tbody tr")).to_have_count(3, timeout=REPLY_TIMEOUT_MS)

@@ -157,6 +157,37 @@ def test_conditions_gate_steering_and_stop_replies_where_a_feature_fires(app_for
         assert client.get("/steer", params={"stop": "res1/9<1"}).status_code == 400
 
 
+def test_a_link_presets_the_sweep_the_readings_the_seed_and_the_message(app_for):
+    with TestClient(app_for()) as client:
+        params = {
+            "sweep": "0, 2,6",
+            "frozen": "true",
+            "logprobs": "1",
+            "seed": 5,
+            "message": SCRIPT,
+        }
+        page = client.get("/steer", params=params)
+        assert page.status_code == 200 and SCRIPT not in page.text  # escaped in the JSON
+        state = json.loads(parsed(page.text).select_one("script#steer-state").string)
+        assert state["settings"] == {
+            "frozen": True,
+            "logprobs": True,
+            "sweep": [0, 2, 6],
+            "seed": 5,
+        }
+        assert state["message"] == SCRIPT
+        for bad in ("1,x", "11", ",".join(["1"] * 9)):
+            refused = client.get("/steer", params={"sweep": bad})
+            assert refused.status_code == 400 and "up to 8 multipliers" in refused.text
+        settings = {"sweep": [0, 3], "frozen": True, "logprobs": False, "seed": 2}
+        shared = client.post(
+            "/steer/share", headers=app_for.writer, json={"settings": settings}
+        ).json()
+        again = client.get(f"/steer/{shared['id']}")
+        saved = json.loads(parsed(again.text).select_one("script#steer-state").string)["settings"]
+        assert {k: saved[k] for k in settings} == settings
+
+
 def test_a_frozen_attention_reply_comes_beside_the_steered_one(app_for):
     clamp = {"sae": "res1", "index": app_for.bridge, "mode": "clamp", "strength": 4}
     with TestClient(app_for(steer_max_features=2)) as client:

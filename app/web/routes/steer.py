@@ -338,11 +338,12 @@ async def api_steer_frozen(
 
 
 MAX_SWEEP = 8  # strengths per sweep: with the default reply, 9 rows of one batch
+DEFAULT_SWEEP = (0.0, 1.0, 2.0, 4.0, 8.0)
 
 
 class SweepIn(SteerIn):
     multipliers: list[Annotated[float, Field(ge=0, le=MAX_MULTIPLIER)]] = Field(
-        default_factory=lambda: [0.0, 1.0, 2.0, 4.0, 8.0],
+        default_factory=lambda: list(DEFAULT_SWEEP),
         min_length=1,
         max_length=MAX_SWEEP,
         description="one steered reply per multiplier of every feature's strength (these "
@@ -471,6 +472,17 @@ async def api_steer_logprobs(
     return LogprobsOut(default=default, steered=steered, diverge_at=diverge_at)
 
 
+def _sweep_multipliers(text: str) -> list[float]:
+    try:
+        checked = ShareSettings(sweep=[float(v) for v in text.replace(",", " ").split()])
+    except (ValueError, ValidationError):
+        raise MonoscopeError(
+            f"Sweep {text[:80]!r}: give up to {MAX_SWEEP} multipliers from 0 to "
+            f"{MAX_MULTIPLIER:g}, e.g. 0,1,2,4,8."
+        ) from None
+    return checked.sweep
+
+
 def parse_preset(text: str, loaded_model: str | None) -> tuple[str, SteerFeature]:
     """(model, feature) from a ?f= preset in the one feature grammar (app.core.feature_ref),
     held to the same limits as the API."""
@@ -529,13 +541,27 @@ def steer_page(
     settings: SettingsDep,
     f: Annotated[list[str] | None, Query(max_length=64)] = None,
     stop: Annotated[list[str] | None, Query(max_length=MAX_STOPS)] = None,
+    sweep: Annotated[str, Query(max_length=200, description="multipliers, e.g. 0,1,2,4")] = "",
+    frozen: bool = False,
+    logprobs: bool = False,
+    seed: Annotated[int | None, Query(ge=0, le=2**31 - 1)] = None,
+    message: Annotated[str, Query(max_length=2_000, description="prefills the message box")] = "",
 ):
+    """The steering page; every query parameter presets a control, so a sweep or a frozen-
+    attention comparison is shared as a link (same seed, same replies)."""
     loaded_model = workspace.model.name if workspace else None
     presets = [parse_preset(text, loaded_model) for text in f or []]
-    stops = [asdict(parse_condition(text)) for text in stop or []]
+    settings_state: dict = {"frozen": frozen, "logprobs": logprobs}
+    if stop:
+        settings_state["stop_when"] = [asdict(parse_condition(text)) for text in stop]
+    if sweep.strip():
+        settings_state["sweep"] = _sweep_multipliers(sweep)
+    if seed is not None:
+        settings_state["seed"] = seed
     state = {
         "features": _state_features(session, workspace, presets),
-        "settings": {"stop_when": stops} if stops else {},
+        "settings": settings_state,
+        "message": message,
         "default": [],
         "steered": [],
     }
@@ -588,6 +614,11 @@ class ShareSettings(BaseModel):
     seed: int = Field(0, ge=0, le=2**31 - 1)
     multiplier: float = Field(1.0, ge=0, le=MAX_MULTIPLIER)
     stop_when: list[SteerCondition] = Field(default_factory=list, max_length=MAX_STOPS)
+    sweep: list[Annotated[float, Field(ge=0, le=MAX_MULTIPLIER)]] = Field(
+        default_factory=lambda: list(DEFAULT_SWEEP), min_length=1, max_length=MAX_SWEEP
+    )
+    frozen: bool = False  # add the frozen-attention reply under each steered one
+    logprobs: bool = False
 
 
 class ShareIn(BaseModel):
