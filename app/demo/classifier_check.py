@@ -9,11 +9,12 @@ classifiers are trained on one world seed's documents and measured on another's,
 features they read nor their thresholds have seen the measured text.
 """
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import torch
 
 from app.core.classifier import (
+    PROMPT,
     best_cut,
     learn_classifier,
     pick_classifier,
@@ -51,15 +52,15 @@ def has_target(document: Document, target: str) -> bool:
 
 
 def labelled_documents(
-    world: World, target: str, per_class: int, fits: int, scan: int = 20_000
+    world: World, target: str, per_class: int, fits: Callable[[str], bool], scan: int = 20_000
 ) -> tuple[list[str], list[bool]]:
     """Up to `per_class` documents with the target and as many without, in world order, each
-    at most `fits` characters (so every one fits the model's window)."""
+    one that `fits` (the model's window, with the baseline's question around it)."""
     positive: list[str] = []
     negative: list[str] = []
     documents: Iterator[Document] = world.documents(scan)
     for document in documents:
-        if len(document.text) > fits:
+        if not fits(document.text):
             continue
         side = positive if has_target(document, target) else negative
         if len(side) < per_class:
@@ -85,7 +86,11 @@ def classifier_check(
     best tells the training documents apart, and of the prompted model, each fit on
     `train_world`'s documents and measured on `test_world`'s."""
     phrase = concept_phrase(target)
-    fits = 3 * max_tokens  # characters: a token covers more than three in this world's text
+    room = max_tokens - len(model.tokenizer(PROMPT.format(text="", concept=phrase))["input_ids"])
+
+    def fits(text: str) -> bool:
+        return len(model.tokenizer(text)["input_ids"]) <= room
+
     train_texts, train_y = labelled_documents(train_world, target, per_class, fits)
     test_texts, test_y = labelled_documents(test_world, target, per_class, fits)
     train = text_peaks(model, saes, train_texts, max_tokens)
@@ -98,8 +103,8 @@ def classifier_check(
         for effect in [effect_sizes(values[has], values[~has])]
     )
     picked = pick_classifier(train, train_y, best_sae, best_index)
-    asked_train = prompted_scores(model, train_texts, phrase, max_tokens + 32)
-    asked_test = prompted_scores(model, test_texts, phrase, max_tokens + 32)
+    asked_train = prompted_scores(model, train_texts, phrase, max_tokens)
+    asked_test = prompted_scores(model, test_texts, phrase, max_tokens)
     cut = best_cut(asked_train, train_y)
 
     def figures(train_pred, test_pred) -> dict:
