@@ -139,7 +139,8 @@ def test_convert_sae_writes_saelens(tmp_path, sae_dir):
         (  # printed as written: rich would draw ":clamp:" as an emoji
             ["steer", "--model", "M", "-f", "res1:x", "hi"],
             "error: bad feature 'res1:x': write [MODEL/]SAE/INDEX:clamp|add|cap:STRENGTH"
-            "[:max_act|raw][:all|prompt|generated], e.g. monoscope-demo/res1/946:clamp:5",
+            "[:max_act|raw][:all|prompt|generated][:when:CONDITION], "
+            "e.g. monoscope-demo/res1/946:clamp:5",
         ),
     ],
 )

@@ -37,7 +37,11 @@ def test_with_nothing_steered_freezing_changes_no_token(family, tmp_path):
     assert model.hf.config._attn_implementation == before  # restored for everyone else
 
 
-def test_replayed_patterns_are_the_unsteered_ones_while_values_follow_the_steering(gpt2, saes):
+def test_replayed_patterns_are_the_unsteered_ones_while_values_follow_the_steering(gpt2_dir):
+    # A model of its own: asking transformers for attentions installs output-recording hooks
+    # that stay on the model, and the shared one must stay hook-free for other tests.
+    gpt2 = load_model(gpt2_dir, device="cpu")
+    saes = {"res0": gpt2.attach(random_sae(hook_name=EARLY, seed=4))}
     ids = torch.tensor([_prompt(gpt2)])
     edits = [FeatureEdit("res0", 5, "add", 40.0)]
     steerer = BatchSteerer(saes, [edits], [ids.shape[1]], gpt2.tokenizer.bos_token_id)
