@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from app.db.accounts import user_for_key, user_for_sign_in
 from app.web.deps import SessionDep
+from app.web.ratelimit import Limiter
 
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "X-CSRF-Token"
@@ -131,27 +132,26 @@ def client_address(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
+def refuse_over_limit(limiter: Limiter, key: str, what: str) -> None:
+    """429 with Retry-After when `key` is over `limiter`'s rate ("Too many {what}; …")."""
+    wait = limiter.check(key)
+    if wait is not None:
+        raise HTTPException(
+            429, f"Too many {what}; try again in {wait} s.", headers={"Retry-After": str(wait)}
+        )
+
+
 def limit_generation(request: Request) -> None:
     """429 when this address is over the limit on generations (chat, sweeps, contrast: work
     that occupies the model). Every attempt counts, refused ones too: a client looping on
     requests that fail their checks still costs the server their parsing."""
-    wait = request.app.state.steer_limiter.check(client_address(request))
-    if wait is not None:
-        raise HTTPException(
-            429,
-            f"Too many generations from this address; try again in {wait} s.",
-            headers={"Retry-After": str(wait)},
-        )
+    limiter = request.app.state.steer_limiter
+    refuse_over_limit(limiter, client_address(request), "generations from this address")
 
 
 def _limit(request: Request, *keys: str) -> None:
-    limiter = request.app.state.write_limiter
     for key in keys:
-        wait = limiter.check(key)
-        if wait is not None:
-            raise HTTPException(
-                429, f"Too many changes; try again in {wait} s.", headers={"Retry-After": str(wait)}
-            )
+        refuse_over_limit(request.app.state.write_limiter, key, "changes")
 
 
 async def require_writer(request: Request, session: SessionDep) -> Viewer:

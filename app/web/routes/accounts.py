@@ -2,13 +2,13 @@
 
 from typing import Annotated
 
-from fastapi import APIRouter, Form, HTTPException, Query, Request
+from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
 from app.core.errors import MonoscopeError
 from app.db.accounts import close_sign_in, open_sign_in, sign_in, use_sign_in_link
-from app.web.auth import check_csrf, client_address, csrf_token
+from app.web.auth import check_csrf, client_address, csrf_token, refuse_over_limit
 from app.web.deps import SessionDep, TemplatesDep, local_path
 
 router = APIRouter()
@@ -30,13 +30,8 @@ async def login_submit(
     next: Annotated[str, Form(max_length=2_000)] = "/",
 ):
     await check_csrf(request)
-    wait = request.app.state.sign_in_limiter.check(client_address(request))
-    if wait is not None:
-        raise HTTPException(
-            429,
-            f"Too many sign-in attempts; try again in {wait} s.",
-            headers={"Retry-After": str(wait)},
-        )
+    limiter = request.app.state.sign_in_limiter
+    refuse_over_limit(limiter, client_address(request), "sign-in attempts")
     # scrypt takes ~50 ms of CPU: off the event loop, or every request waits on it
     user = await run_in_threadpool(sign_in, session, name.strip(), password)
     if user is None:
