@@ -173,6 +173,15 @@ def golden_gate_feature(workspace) -> tuple[int, float]:
     return top.index, top.value
 
 
+def build_demo_saes(session: Session, workspace) -> int:
+    """Rows for both demo SAEs with the Golden Gate feature labelled, as pages that read every
+    loaded SAE (contrast, classifiers, AutoSteer) need; the bridge feature's index."""
+    bridge, max_act = golden_gate_feature(workspace)
+    build_demo_rows(session, workspace, {bridge: ("Golden Gate Bridge", max_act)})
+    build_demo_rows(session, workspace, sae="res3")
+    return bridge
+
+
 PASSWORD = "correct horse battery"  # the test account "ada"
 
 

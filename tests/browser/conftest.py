@@ -16,7 +16,7 @@ from app.pipeline.embed_labels import EmbedLabelsJob
 from app.settings import Settings
 from app.web.app import create_app
 from tests.helpers import serving
-from tests.web_world import build_demo_rows, build_world, golden_gate_feature
+from tests.web_world import build_demo_saes, build_world
 
 CHROMIUM = os.environ.get("MONOSCOPE_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -48,9 +48,7 @@ def server_url(tmp_path_factory, demo_workspace):
     migrate(engine)
     with session_scope(engine) as session:
         build_world(session)
-        bridge, max_act = golden_gate_feature(demo_workspace)
-        build_demo_rows(session, demo_workspace, {bridge: ("Golden Gate Bridge", max_act)})
-        build_demo_rows(session, demo_workspace, sae="res3")  # contrast ranks over both SAEs
+        build_demo_saes(session, demo_workspace)  # contrast ranks over both SAEs
         add_user(session, *ACCOUNT)
     EmbedLabelsJob(EmbedLabelsConfig("tiny", "res1", progress=False), engine).run()
     engine.dispose()

@@ -9,15 +9,13 @@ from app.pipeline.config import EmbedLabelsConfig
 from app.pipeline.embed_labels import EmbedLabelsJob
 from app.settings import Settings
 from app.web.app import create_app
-from tests.web_world import build_demo_rows, golden_gate_feature
+from tests.web_world import build_demo_saes
 
 
 @pytest.fixture
 def client(engine, demo_workspace):
-    bridge, max_act = golden_gate_feature(demo_workspace)
     with session_scope(engine) as session:
-        build_demo_rows(session, demo_workspace, {bridge: ("Golden Gate Bridge", max_act)})
-        build_demo_rows(session, demo_workspace, sae="res3")
+        bridge = build_demo_saes(session, demo_workspace)
     # label embeddings, so that "the Golden Gate Bridge" finds its label by meaning
     EmbedLabelsJob(EmbedLabelsConfig("monoscope-demo", "res1", progress=False), engine).run()
     url = engine.url.render_as_string(hide_password=False)

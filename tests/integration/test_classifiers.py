@@ -7,7 +7,7 @@ from app.db.accounts import add_user, create_key
 from app.db.engine import session_scope
 from app.settings import Settings
 from app.web.app import create_app
-from tests.web_world import build_demo_rows, golden_gate_feature
+from tests.web_world import build_demo_saes
 
 BRIDGE = [
     "We walked across the Golden Gate Bridge in the fog.",
@@ -33,10 +33,8 @@ OTHER = [
 
 @pytest.fixture
 def client(engine, demo_workspace):
-    bridge, max_act = golden_gate_feature(demo_workspace)
     with session_scope(engine) as session:
-        build_demo_rows(session, demo_workspace, {bridge: ("Golden Gate Bridge", max_act)})
-        build_demo_rows(session, demo_workspace, sae="res3")
+        bridge = build_demo_saes(session, demo_workspace)
         _, secret = create_key(session, add_user(session, "ada", "correct horse battery"), "t")
     url = engine.url.render_as_string(hide_password=False)
     with TestClient(create_app(Settings(database_url=url), workspace=demo_workspace)) as c:

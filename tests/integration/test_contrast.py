@@ -11,7 +11,7 @@ from app.db.engine import session_scope
 from app.settings import Settings
 from app.web.app import create_app
 from tests.helpers import parsed
-from tests.web_world import SCRIPT, build_demo_rows, golden_gate_feature
+from tests.web_world import SCRIPT, build_demo_saes, golden_gate_feature
 
 BRIDGE = [
     "We walked across the Golden Gate Bridge in the fog.",
@@ -29,10 +29,8 @@ FOOD = [
 
 @pytest.fixture
 def client_for(engine, demo_workspace):
-    bridge, max_act = golden_gate_feature(demo_workspace)
     with session_scope(engine) as session:
-        build_demo_rows(session, demo_workspace, {bridge: ("Golden Gate Bridge", max_act)})
-        build_demo_rows(session, demo_workspace, sae="res3")
+        bridge = build_demo_saes(session, demo_workspace)
     url = engine.url.render_as_string(hide_password=False)
 
     def make(**settings):
