@@ -66,9 +66,8 @@ class Step:
     texts: list[str]  # text that became final at this step ("" when none)
     token_ids: list[int | None]  # None for rows already finished
     finished: list[bool]
-    finish_reasons: list[str | None] = field(
-        default_factory=list
-    )  # eos|stop|length|feature|cancelled
+    # eos | stop | length | feature (a stop condition) | cancelled
+    finish_reasons: list[str | None] = field(default_factory=list)
 
 
 def chat_prompt_ids(
