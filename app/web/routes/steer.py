@@ -3,9 +3,10 @@
 Pages: /steer (presets ?f=model/sae/index:clamp|add|cap:strength[:raw][:positions][:when:
 sae/index>level], repeatable, and stop conditions ?stop=sae/index>level), /steer/{share_id} (a
 saved session, to read and continue). JSON: /api/v1/steer (whole replies), /api/v1/steer/stream
-(SSE: `token` events {side, text}, then `done` or `error`), /api/v1/steer/sweep and
-/api/v1/steer/logprobs. Strengths are multiples of each feature's max activation, as harvested
-into the database, or raw activation units; a global multiplier scales them all.
+(SSE: `token` events {side, text}, then `done` or `error`), /api/v1/steer/sweep,
+/api/v1/steer/logprobs and /api/v1/steer/frozen. Strengths are multiples of each feature's max
+activation, as harvested into the database, or raw activation units; a global multiplier scales
+them all.
 """
 
 import asyncio
