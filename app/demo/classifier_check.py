@@ -97,7 +97,7 @@ def classifier_check(
     test = text_peaks(model, saes, test_texts, max_tokens)
     learned = learn_classifier(train, train_y)
     has = torch.tensor(train_y)
-    _, best_sae, best_index = max(  # the feature most stronger on the target's documents
+    _, best_sae, best_index = max(  # the feature strongest on the target's documents
         (float(effect.max()), name, int(effect.argmax()))
         for name, values in train.items()
         for effect in [effect_sizes(values[has], values[~has])]
