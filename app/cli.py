@@ -21,7 +21,7 @@ from rich.table import Table
 from app.config_options import config_options
 from app.core.errors import MonoscopeError
 from app.core.feature_ref import CONDITION_SYNTAX, FEATURE_REF_SYNTAX
-from app.pipeline.config import HarvestConfig, IngestConfig, TrainSaeConfig
+from app.pipeline.config import HarvestConfig, IngestConfig, MapConfig, TrainSaeConfig
 from app.settings import Settings
 
 cli = typer.Typer(no_args_is_help=True, add_completion=False, help="Explore SAE features.")
@@ -323,6 +323,31 @@ def embed_labels(
     out.print(f"embedded {result.embedded:,} labels")
 
 
+@cli.command("map")
+@config_options(
+    MapConfig,
+    "sae",
+    "source",
+    "n_neighbors",
+    "min_dist",
+    "seed",
+    defaults={"model": None},
+)
+def feature_map(config_values: dict, database_url: DatabaseOpt = None) -> None:
+    """Draw the SAE's feature map (UMAP of decoder directions; dead features left off) for its
+    map page. Replaces the last one."""
+    from app.demo import DEMO_MODEL
+    from app.pipeline.feature_map import MapJob
+
+    engine = _database(_settings(database_url=database_url))
+    config = MapConfig(**config_values | {"model": config_values["model"] or DEMO_MODEL.name})
+    result = MapJob(config, engine).run()
+    out.print(
+        f"placed {result.placed:,} features on the map of {config.model}/{config.sae} "
+        f"({result.left_off:,} dead left off) in {result.seconds:.1f} s"
+    )
+
+
 def _indices(text: str | None) -> list[int] | None:
     if text is None:
         return None
@@ -338,7 +363,8 @@ def add_sae(
     config_values: dict, device: DeviceOpt = None, database_url: DatabaseOpt = None
 ) -> None:
     """Bring your own SAE in one command: import it, harvest it into the database, label its
-    features (the LLM explainer when an endpoint is set, else offline) and score the labels."""
+    features (the LLM explainer when an endpoint is set, else offline), score the labels and
+    draw the feature map."""
     from app.pipeline.add_sae import AddSaeJob
 
     settings = _settings(database_url=database_url, device=device)
@@ -348,7 +374,8 @@ def add_sae(
     out.print(
         f"labelled {result.explain.explained:,} features ({result.explain.failed:,} failed); "
         f"embedded {result.embed.embedded:,} labels; "
-        f"scored {result.score.scored:,} labels by keyword match"
+        f"scored {result.score.scored:,} labels by keyword match; "
+        f"placed {result.map.placed:,} features on the map"
     )
 
 

@@ -83,6 +83,8 @@ class SaeRow(Base):
     harvest: Mapped[dict] = mapped_column(
         default=dict
     )  # corpus, tokens, context_size, histogram bins
+    # How the feature map was drawn (app.db.maps): method, parameters, features placed, when.
+    map_layout: Mapped[dict] = mapped_column(default=dict, server_default="{}")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     model: Mapped[Model] = relationship(back_populates="saes")
@@ -125,6 +127,10 @@ class Feature(Base):
     # explain or score run, so listings sort and filter by them without touching explanations.
     label: Mapped[str | None] = mapped_column(Text)
     label_score: Mapped[float | None] = mapped_column(Float)
+    # Position on the SAE's feature map (UMAP of decoder directions, in [0, 1]); none until
+    # `monoscope map` has run, and never for dead features.
+    map_x: Mapped[float | None] = mapped_column(Float)
+    map_y: Mapped[float | None] = mapped_column(Float)
 
     sae: Mapped[SaeRow] = relationship()
 

@@ -5,17 +5,25 @@ features and score the labels.
                        settings).run()
 
 The explainer is the LLM one when MONOSCOPE_EXPLAINER_BASE_URL is set, else the offline one; the
-labels are embedded for semantic search and scored by keyword match. Each step resumes and skips
-what is done, so running the job again after a crash continues it.
+labels are embedded for semantic search and scored by keyword match, and the feature map is
+drawn. Each step resumes and skips what is done, so running the job again after a crash
+continues it.
 """
 
 from dataclasses import dataclass
 
 from sqlalchemy import Engine
 
-from app.pipeline.config import EmbedLabelsConfig, ExplainConfig, HarvestConfig, ScoreConfig
+from app.pipeline.config import (
+    EmbedLabelsConfig,
+    ExplainConfig,
+    HarvestConfig,
+    MapConfig,
+    ScoreConfig,
+)
 from app.pipeline.embed_labels import EmbedLabelsJob, EmbedLabelsResult
 from app.pipeline.explain import ExplainJob, ExplainResult, explainer_for
+from app.pipeline.feature_map import MapJob, MapResult
 from app.pipeline.harvest import HarvestJob, HarvestResult
 from app.pipeline.score import ScoreJob, ScoreResult, load_harvested
 from app.settings import Settings
@@ -27,6 +35,7 @@ class AddSaeResult:
     explain: ExplainResult
     embed: EmbedLabelsResult
     score: ScoreResult
+    map: MapResult
 
 
 class AddSaeJob:
@@ -50,4 +59,9 @@ class AddSaeJob:
             resident,
             resident_sae,
         ).run()
-        return AddSaeResult(harvested, explained, embedded, scored)
+        drawn = MapJob(
+            MapConfig(model, sae, redraw=False, progress=self.config.progress),
+            self.engine,
+            resident_sae,
+        ).run()
+        return AddSaeResult(harvested, explained, embedded, scored, drawn)

@@ -8,6 +8,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from app.core.errors import MonoscopeError
+
 
 @dataclass(frozen=True)
 class HarvestConfig:
@@ -135,6 +137,41 @@ class EmbedLabelsConfig:
     """Labels embedded and committed together."""
     device: str = "cpu"
     progress: bool = True
+
+
+@dataclass(frozen=True)
+class MapConfig:
+    model: str
+    """The model's name in the database (on the command line, default: the demo model)."""
+    sae: str
+    """The SAE's name in the database."""
+    source: str | None = None
+    """Where to read the SAE's decoder (default: the source it was harvested from)."""
+    n_neighbors: int = 15
+    """UMAP's neighbourhood: larger keeps more of the map's global shape, smaller more detail."""
+    min_dist: float = 0.05
+    """How tightly UMAP packs close features (0 to 1); small values keep islands apart."""
+    seed: int = 0
+    """Random seed: the same seed draws the same map."""
+    redraw: bool = True
+    """Draw the map again when the SAE has one (jobs that resume pass False)."""
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.n_neighbors < 2:
+            raise MonoscopeError(f"--n-neighbors must be at least 2, not {self.n_neighbors}")
+        if not 0.0 <= self.min_dist <= 1.0:
+            raise MonoscopeError(f"--min-dist must be between 0 and 1, not {self.min_dist}")
+
+    def layout(self) -> dict:
+        """How the map is drawn, as stored beside it."""
+        return {
+            "method": "umap",
+            "metric": "cosine",
+            "n_neighbors": self.n_neighbors,
+            "min_dist": self.min_dist,
+            "seed": self.seed,
+        }
 
 
 @dataclass(frozen=True)

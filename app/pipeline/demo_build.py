@@ -18,9 +18,10 @@ from app.db.engine import session_scope
 from app.db.queries import find_sae
 from app.demo import DEMO_MODEL, DEMO_SAE, DEMO_SAES, TRAIN_SEED, WORLD_VERSION
 from app.demo.language_model import LanguageModelConfig, LanguageModelJob
-from app.pipeline.config import EmbedLabelsConfig, ExplainConfig, ScoreConfig
+from app.pipeline.config import EmbedLabelsConfig, ExplainConfig, MapConfig, ScoreConfig
 from app.pipeline.embed_labels import EmbedLabelsJob
 from app.pipeline.explain import ExplainJob, offline_explainer
+from app.pipeline.feature_map import MapJob
 from app.pipeline.harvest import HarvestConfig, HarvestJob
 from app.pipeline.score import ScoreJob
 from app.pipeline.train_sae import TrainSaeConfig, TrainSaeJob
@@ -93,9 +94,9 @@ def build_demo_database(
     stage: Callable[[str], None] = lambda _: None,
 ) -> None:
     """Harvest each shipped SAE over held-out world text into the database, label every feature
-    with the offline explainer, embed the labels for semantic search and score them by keyword
-    match. Each step resumes where a crash left it; `stage` hears what is under way (the
-    first-start page shows it)."""
+    with the offline explainer, embed the labels for semantic search, score them by keyword
+    match and draw the feature map. Each step resumes where a crash left it; `stage` hears what
+    is under way (the first-start page shows it)."""
     stage("loading the demo model")
     model = load_model(DEMO_MODEL, device="cpu")
     embedder = TextEmbedder.packaged()
@@ -120,3 +121,5 @@ def build_demo_database(
             model,
             sae,
         ).run()
+        stage(f"drawing the feature map of {name} ({of})")
+        MapJob(MapConfig(DEMO_MODEL.name, name, redraw=False, progress=progress), engine, sae).run()
