@@ -43,6 +43,7 @@ from app.web.routes import (
     inspect,
     labels,
     lists,
+    maps,
     saes,
     search,
     steer,
@@ -53,6 +54,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # Front-end libraries come from the npm registry (package.json), not copies in this repository.
 VENDOR = {
     "htmx": ROOT / "node_modules/htmx.org/dist",
+    "d3": ROOT / "node_modules/d3/dist",
     "htmx-sse": ROOT / "node_modules/htmx-ext-sse/dist",
     "swagger-ui": ROOT / "node_modules/swagger-ui-dist",
 }
@@ -201,9 +203,9 @@ def create_app(settings: Settings | None = None, workspace: Workspace | None = N
         app.mount(f"/vendor/{name}", StaticFiles(directory=directory, check_dir=False), name=name)
     _error_handlers(app)
     # Fixed paths first: /{model}/{sae} would otherwise swallow /search/text, and
-    # /{model}/{sae}/{index} /api/v1/saes.
+    # /{model}/{sae}/{index} /api/v1/saes and /{model}/{sae}/map.
     app.include_router(accounts.router)
     fixed = [steer, autosteer, inspect, contrast, classifiers, lists, labels, dashboard, home]
-    for module in [*fixed, search, saes, features]:
+    for module in [*fixed, search, saes, maps, features]:
         app.include_router(module.router, dependencies=[Depends(require_reader)])
     return app

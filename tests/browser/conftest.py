@@ -11,8 +11,9 @@ import pytest
 
 from app.db.accounts import add_user
 from app.db.engine import connect, migrate, session_scope
-from app.pipeline.config import EmbedLabelsConfig
+from app.pipeline.config import EmbedLabelsConfig, MapConfig
 from app.pipeline.embed_labels import EmbedLabelsJob
+from app.pipeline.feature_map import MapJob
 from app.settings import Settings
 from app.web.app import create_app
 from tests.helpers import serving
@@ -51,6 +52,8 @@ def server_url(tmp_path_factory, demo_workspace):
         build_demo_saes(session, demo_workspace)  # contrast ranks over both SAEs
         add_user(session, *ACCOUNT)
     EmbedLabelsJob(EmbedLabelsConfig("tiny", "res1", progress=False), engine).run()
+    demo_map = MapConfig("monoscope-demo", "res1", progress=False)
+    MapJob(demo_map, engine, demo_workspace.saes["res1"]).run()
     engine.dispose()
     with serving(create_app(Settings(database_url=url), workspace=demo_workspace)) as base:
         yield base
