@@ -12,17 +12,21 @@
   const BINS = 32;
   const PAD = 16;
   const GREY = "#c8c8c8";
+  const BEST = 20; // matches drawn bold: a page of site search
   const featureUrl = (index) => canvas.dataset.feature.replace(canvas.dataset.placeholder, String(index));
   const focus = canvas.dataset.focus === undefined ? null : Number(canvas.dataset.focus);
 
   const colourings = {
     density: {
       // log10 firing rate: 1e-6 … 0.3 covers every alive feature the demo has
-      value: (p, i) => Math.log10(p.density[i]), domain: [-6, -0.5], scale: d3.interpolateViridis,
+      // the palettes stop short of their palest ends, which vanish on the white canvas
+      value: (p, i) => Math.log10(p.density[i]), domain: [-6, -0.5],
+      scale: (t) => d3.interpolateViridis(0.9 * t),
       caption: ["density 10⁻⁶", "0.3"],
     },
     score: {
-      value: (p, i) => p.score[i], domain: [-0.2, 1], scale: d3.interpolateRdYlBu,
+      value: (p, i) => p.score[i], domain: [-0.2, 1],
+      scale: (t) => d3.interpolateInferno(0.1 + 0.75 * t),
       caption: ["score −0.2", "1"],
     },
     labelled: {
@@ -34,7 +38,7 @@
   let points = null;
   let quadtree = null;
   let transform = d3.zoomIdentity;
-  let hits = new Set();
+  let hits = new Map(); // position in the columns → rank among the matches (0 = best)
   let hover = null;
   let bins = [];
   let frame = 0;
@@ -82,7 +86,7 @@
     context.clearRect(0, 0, width, height);
     const b = base();
     const k = transform.k;
-    const size = Math.min(7, 2 + Math.log2(k));
+    const size = Math.min(7, 2.5 + Math.log2(k));
     const dimmed = hits.size > 0;
     context.globalAlpha = dimmed ? 0.25 : 0.85;
     bins.forEach((members, bin) => {
@@ -105,7 +109,12 @@
       context.arc(x, y, radius, 0, 2 * Math.PI);
       context.stroke();
     };
-    for (const i of hits) ring(i, "#d62728", size + 3);
+    // The best matches stand out; the rest of a broad query's matches are drawn fainter.
+    for (const [i, rank] of hits) {
+      context.globalAlpha = rank < BEST ? 1 : 0.35;
+      ring(i, "#d62728", size + 3);
+    }
+    context.globalAlpha = 1;
     if (focus !== null && positionOf.has(focus)) ring(positionOf.get(focus), "#111", size + 6);
     if (hover !== null) ring(hover, "#111", size + 2);
   }
@@ -151,7 +160,7 @@
     const q = form.elements.q.value.trim();
     if (searching) searching.abort();
     if (!q) {
-      hits = new Set();
+      hits = new Map();
       status.textContent = `${points.index.length.toLocaleString()} features`;
       redraw();
       return;
@@ -163,11 +172,13 @@
       const response = await fetch(url, { signal: searching.signal, headers: { Accept: "application/json" } });
       const body = await response.json();
       if (!response.ok) throw new Error(typeof body.detail === "string" ? body.detail : "search failed");
-      hits = new Set(body.index.filter((index) => positionOf.has(index)).map((index) => positionOf.get(index)));
-      status.textContent = `${hits.size.toLocaleString()} matching feature${hits.size === 1 ? "" : "s"} lit up`;
+      const placed = body.index.filter((index) => positionOf.has(index));
+      hits = new Map(placed.map((index, rank) => [positionOf.get(index), rank]));
+      status.textContent = `${hits.size.toLocaleString()} matching feature${hits.size === 1 ? "" : "s"} lit up` +
+        (hits.size > BEST ? ` (the best ${BEST} in bold)` : "");
     } catch (error) {
       if (error.name === "AbortError") return;
-      hits = new Set();
+      hits = new Map();
       status.textContent = error.message;
     }
     redraw();
@@ -190,6 +201,15 @@
       d3.select(canvas).call(zoom.transform,
         d3.zoomIdentity.translate(canvas.clientWidth / 2, canvas.clientHeight / 2).scale(k).translate(-x, -y));
     }
+    const moves = { ArrowLeft: [1, 0], ArrowRight: [-1, 0], ArrowUp: [0, 1], ArrowDown: [0, -1] };
+    canvas.addEventListener("keydown", (event) => {
+      const selection = d3.select(canvas);
+      if (event.key === "+" || event.key === "=") zoom.scaleBy(selection, 1.5);
+      else if (event.key === "-") zoom.scaleBy(selection, 1 / 1.5);
+      else if (moves[event.key]) zoom.translateBy(selection, ...moves[event.key].map((v) => (60 * v) / transform.k));
+      else return;
+      event.preventDefault();
+    });
     canvas.addEventListener("pointermove", (event) => {
       const found = featureAt(event);
       if (found !== hover) { hover = found; redraw(); }
