@@ -41,6 +41,8 @@
   let hits = new Map(); // position in the columns → rank among the matches (0 = best)
   let hover = null;
   let bins = [];
+  let palette = 0; // bumped whenever the bins are recoloured
+  let layerKey = "";
   let frame = 0;
 
   const base = () => {
@@ -66,13 +68,53 @@
       const t = Math.min(1, Math.max(0, (v - low) / (high - low)));
       bins[Math.min(BINS - 1, Math.floor(t * BINS))].push(i);
     }
+    bins = bins.map((members) => Int32Array.from(members));
     bins.colours = [...Array.from({ length: BINS }, (_, b) => c.scale((b + 0.5) / BINS)), GREY];
+    palette += 1;
     legend.replaceChildren();
     const bar = document.createElement("span");
     bar.className = "map-legend-bar";
     bar.style.background = `linear-gradient(to right, ${bins.colours.slice(0, BINS).join(",")})`;
     const [from, to] = c.caption.map((text) => Object.assign(document.createElement("span"), { textContent: text }));
     legend.append(from, bar, to);
+  }
+
+  // Points are written straight into a pixel buffer, a square each (later bins on top), which
+  // is kept while only the hover or the rings change. At 100k features in headless Chromium a
+  // zoom step cost 108 ms p50 painted as canvas rects and 36 ms this way; a pointer move 10 ms
+  // (bench/map.py).
+  let pixels = null;
+  function paintPoints(side, ratio) {
+    const width = canvas.width;
+    const height = canvas.height;
+    if (!pixels || pixels.width !== width || pixels.height !== height) {
+      pixels = context.createImageData(width, height);
+    }
+    const words = new Uint32Array(pixels.data.buffer);
+    words.fill(0);
+    const b = base();
+    const k = transform.k;
+    const square = Math.max(1, Math.round(side));
+    const half = square >> 1;
+    const dimmed = hits.size > 0;
+    bins.forEach((members, bin) => {
+      const word = packedColour(bins.colours[bin], dimmed);
+      for (const i of members) {
+        const x = Math.round((transform.x + (b.left + points.x[i] * b.side) * k) * ratio) - half;
+        const y = Math.round((transform.y + (b.top + points.y[i] * b.side) * k) * ratio) - half;
+        if (x < 0 || y < 0 || x + square > width || y + square > height) continue;
+        for (let row = y * width + x, end = row + square * width; row < end; row += width) {
+          words.fill(word, row, row + square);
+        }
+      }
+    });
+  }
+
+  // An opaque colour as one little-endian RGBA word; dimmed ones are mixed three parts white.
+  function packedColour(css, dimmed) {
+    const { r, g, b } = d3.rgb(css);
+    const mix = (v) => Math.round(dimmed ? v + (255 - v) * 0.75 : v);
+    return ((255 << 24) | (mix(b) << 16) | (mix(g) << 8) | mix(r)) >>> 0;
   }
 
   function draw() {
@@ -82,25 +124,11 @@
     const height = canvas.clientHeight;
     if (canvas.width !== Math.round(width * ratio)) canvas.width = Math.round(width * ratio);
     if (canvas.height !== Math.round(height * ratio)) canvas.height = Math.round(height * ratio);
+    const size = Math.min(7, 2.5 + Math.log2(transform.k));
+    const key = [transform.x, transform.y, transform.k, canvas.width, canvas.height, palette, hits.size > 0].join();
+    if (key !== layerKey) { paintPoints(size * ratio, ratio); layerKey = key; }
+    context.putImageData(pixels, 0, 0);
     context.setTransform(ratio, 0, 0, ratio, 0, 0);
-    context.clearRect(0, 0, width, height);
-    const b = base();
-    const k = transform.k;
-    const size = Math.min(7, 2.5 + Math.log2(k));
-    const dimmed = hits.size > 0;
-    context.globalAlpha = dimmed ? 0.25 : 0.85;
-    bins.forEach((members, bin) => {
-      context.fillStyle = bins.colours[bin];
-      context.beginPath();
-      for (const i of members) {
-        const x = transform.x + (b.left + points.x[i] * b.side) * k;
-        const y = transform.y + (b.top + points.y[i] * b.side) * k;
-        if (x < -size || y < -size || x > width + size || y > height + size) continue;
-        context.rect(x - size / 2, y - size / 2, size, size);
-      }
-      context.fill();
-    });
-    context.globalAlpha = 1;
     const ring = (i, colour, radius) => {
       const [x, y] = toScreen(i);
       context.strokeStyle = colour;
@@ -189,7 +217,7 @@
     const response = await fetch(canvas.dataset.points, { headers: { Accept: "application/json" } });
     const body = await response.json();
     if (!response.ok) { status.textContent = body.detail || "the map could not be loaded"; return; }
-    points = body;
+    points = { ...body, x: Float64Array.from(body.x), y: Float64Array.from(body.y) };
     positionOf = new Map(points.index.map((index, i) => [index, i]));
     quadtree = d3.quadtree(points.index.map((_, i) => i), (i) => points.x[i], (i) => points.y[i]);
     binPoints();
