@@ -200,7 +200,16 @@ def _print_harvest(result) -> None:
     _print_metrics(f"{result.model}/{result.sae}", result.metrics)
 
 
-HARVEST_OPTIONS = ("corpus", "tokens", "context_size", "name", "batch_size", "replace")
+HARVEST_OPTIONS = (
+    "corpus",
+    "tokens",
+    "context_size",
+    "name",
+    "batch_size",
+    "replace",
+    "ray",
+    "ray_workers",
+)
 
 
 @cli.command()

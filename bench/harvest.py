@@ -1,11 +1,17 @@
 """Harvest throughput against a bare forward + SAE encode over the same tokens.
 
-    python -m bench.harvest [--model DIR --sae DIR] [--tokens 262144] [--device cuda]
+    python -m bench.harvest [--model DIR --sae DIR] [--tokens 262144] [--device cuda] [--ray 2]
 
 Default: the shipped demo model and SAE on held-out demo-world text. Prints tokens/s of the bare
 loop, of the harvest pass (forward + encode + statistics + spills + checkpoints) and of the whole
 harvest (plus example selection, logit effects, neighbours, metrics and the SQLite write), and
 their ratios to the bare loop (target: harvest pass / bare >= 0.8).
+
+With --ray N it then runs the pass sharded on a local Ray cluster (app.pipeline.sharding), with
+one worker and with N, each worker a single-threaded model replica, and prints each pass's time
+next to the single process's: the N-vs-1 ratio is the scaling, and the 1-worker run against the
+single process says what Ray's start, the replicas' loading and the object store cost. The
+database each writes is the single process's, row for row (tests/integration/test_harvest.py).
 """
 
 import argparse
@@ -36,6 +42,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--ray", type=int, default=0, help="also shard over N Ray workers")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="monoscope-bench-harvest-"))
@@ -58,7 +65,7 @@ def main() -> None:
         if model.device.type == "cuda":
             torch.cuda.synchronize()
 
-    def harvest() -> dict[str, float]:
+    def harvest(**sharding) -> dict[str, float]:
         config = HarvestConfig(
             model=args.model,
             sae=args.sae,
@@ -68,6 +75,7 @@ def main() -> None:
             replace=True,
             work_dir=work / "harvest",
             progress=False,
+            **sharding,
         )
         return HarvestJob(config, engine, model=model, sae=sae).run().seconds
 
@@ -88,6 +96,18 @@ def main() -> None:
     print(f"harvest pass          : {tokens / pass_s:10,.0f} tok/s   ratio {bare_s / pass_s:.2f}")
     print(f"whole harvest         : {tokens / total_s:10,.0f} tok/s   ratio {bare_s / total_s:.2f}")
     print(f"last run's phases (s) : {phases}")
+    if args.ray:
+        from app.pipeline.sharding import join_cluster
+
+        join_cluster("local", args.ray)
+        one = harvest(ray="local", ray_workers=1)["pass"]
+        many = harvest(ray="local", ray_workers=args.ray)["pass"]
+        print(f"pass, one process     : {pass_s:8.1f} s")
+        print(f"pass, Ray 1 worker    : {one:8.1f} s   x{pass_s / one:.2f} of one process")
+        print(
+            f"pass, Ray {args.ray} workers   : {many:8.1f} s   x{one / many:.2f} of 1 worker, "
+            f"x{pass_s / many:.2f} of one process"
+        )
     shutil.rmtree(work, ignore_errors=True)
 
 

@@ -86,6 +86,25 @@ class FeatureStatistics:
         position = ((value.log10() - lo) * (bins / (hi - lo))).floor().long().clamp_(0, bins - 1)
         self.histogram.view(-1).index_add_(0, feature * bins + position, torch.ones_like(position))
 
+    def merge(self, part: "FeatureStatistics") -> None:
+        """Add the statistics of another stretch of tokens (with the same histogram edges).
+        Counts, maxima and histograms merge exactly in any order, float sums only in a fixed
+        one: a sharded harvest merges its parts in token order, as one process does."""
+        self.tokens += part.tokens
+        self.counts += part.counts
+        self.sums += part.sums
+        torch.maximum(self.maxima, part.maxima, out=self.maxima)
+        self.histogram += part.histogram
+
+    @classmethod
+    def from_state(
+        cls, log10_edges: np.ndarray, state: dict[str, torch.Tensor]
+    ) -> "FeatureStatistics":
+        stats = cls(len(state["counts"]), log10_edges)
+        for name, tensor in stats.state().items():
+            tensor.copy_(state[name])
+        return stats
+
     def state(self) -> dict[str, torch.Tensor]:
         return {
             "tokens": self.tokens,

@@ -35,11 +35,16 @@ class HarvestConfig:
     eval_contexts: int = 64
     """Contexts for variance explained and CE loss recovered (0 skips them)."""
     checkpoint_every: int = 25
-    """Batches between checkpoints."""
+    """Batches between checkpoints: the pass's chunks (a Ray worker's unit of work)."""
     seed: int = 0
     device: str = "auto"
     replace: bool = False
     """Replace an SAE of the same name already in the database."""
+    ray: str | None = None
+    """Shard the pass over Ray: 'local' (a cluster of this machine), 'auto' (the cluster
+    `ray start` runs here or RAY_ADDRESS names) or a cluster's address (default: one process)."""
+    ray_workers: int = 0
+    """Ray workers, each with its own model replica (0: one per GPU in the cluster, else 2)."""
     work_dir: Path = Path("data/harvest")
     progress: bool = True
 

@@ -5,10 +5,13 @@
 
 One pass over the contexts runs the model to the SAE's site (stopping there), encodes, and keeps
 per-feature statistics plus two sparse spills on disk: every positive per-context maximum, and
-every non-zero token activation. Examples are then chosen from the maxima (core.harvest), and
-their per-token highlights gathered from the token spill instead of a second model pass, so they
-are exactly the values that ranked them. Logit effects and decoder neighbours come from the
-weights. The database is written at the end in one transaction.
+every non-zero token activation. The pass runs in chunks of `checkpoint_every` batches, in this
+process or on Ray workers (`ray`, app.pipeline.sharding); chunks merge in corpus order, so a
+sharded harvest writes the database a single process writes, row for row. Examples are then
+chosen from the maxima (core.harvest), and their per-token highlights gathered from the token
+spill instead of a second model pass, so they are exactly the values that ranked them. Logit
+effects and decoder neighbours come from the weights. The database is written at the end in one
+transaction.
 
 The pass checkpoints every few batches (statistics + spill shards); a killed harvest resumes from
 the last checkpoint and ends with exactly the database content of an uninterrupted one.
@@ -32,6 +35,7 @@ from app.core.errors import MonoscopeError
 from app.core.harvest import (
     ExampleSelection,
     FeatureStatistics,
+    SparseActivations,
     context_maxima,
     decoder_neighbours,
     histogram_edges,
@@ -66,6 +70,69 @@ class HarvestResult:
     seconds: dict[str, float] = field(default_factory=dict)  # per phase
 
 
+@dataclass(frozen=True)
+class ChunkPlan:
+    """What every chunk of the pass shares, wherever it runs."""
+
+    batch_size: int
+    n_contexts: int
+    log10_edges: np.ndarray  # the histogram's bins, fixed by the first batch
+
+
+@dataclass
+class HarvestChunk:
+    """One chunk's statistics (FeatureStatistics.state()) and spill arrays."""
+
+    stats: dict[str, torch.Tensor]
+    arrays: dict[str, np.ndarray]
+
+
+def _sparse_batch(
+    model: LoadedModel, sae: Sae, corpus: TokenStore, batch_size: int, n_contexts: int, batch: int
+) -> tuple[int, SparseActivations]:
+    """(first row, the SAE's activations where they count) of one batch of contexts."""
+    first = batch * batch_size
+    last = min(first + batch_size, n_contexts)
+    ids = torch.from_numpy(np.asarray(corpus.ids[first:last], np.int64))
+    x = model.capture(ids, [sae.hook_name])[model.site(sae.hook_name).name]
+    return first, sparsify(sae.encode(x), torch.from_numpy(corpus.counted_mask(first, last)))
+
+
+@torch.inference_mode()
+def first_batch_edges(model: LoadedModel, sae: Sae, corpus: TokenStore, batch_size: int):
+    """Histogram edges from the first batch's strongest activation: one axis for every feature,
+    known before any chunk runs, so chunks can run anywhere."""
+    _, sparse = _sparse_batch(model, sae, corpus, batch_size, len(corpus.ids), 0)
+    return histogram_edges(float(sparse.value.max()) if len(sparse.value) else 1.0)
+
+
+@torch.inference_mode()
+def harvest_chunk(
+    model: LoadedModel, sae: Sae, corpus: TokenStore, plan: ChunkPlan, batches: range
+) -> HarvestChunk:
+    """Run the model to the SAE's site and encode, batch by batch: statistics of these tokens
+    alone, every positive per-context maximum and every non-zero token activation."""
+    stats = FeatureStatistics(sae.d_sae, plan.log10_edges)
+    parts = []
+    for batch in batches:
+        first, sparse = _sparse_batch(model, sae, corpus, plan.batch_size, plan.n_contexts, batch)
+        stats.update(sparse)
+        rows, features, values = context_maxima(sparse, sae.d_sae, first)
+        parts.append(
+            {
+                "rows": rows,
+                "features": features,
+                "values": values,
+                "token_rows": (sparse.context + first).numpy().astype(np.int64),
+                "token_positions": sparse.position.numpy().astype(np.int16),
+                "token_features": sparse.feature.numpy().astype(np.int32),
+                "token_values": sparse.value.numpy().astype(np.float16),
+            }
+        )
+    arrays = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+    return HarvestChunk(stats.state(), arrays)
+
+
 class HarvestJob:
     def __init__(
         self,
@@ -96,7 +163,9 @@ class HarvestJob:
             )
         work = c.work_dir / (
             "harvest-"
-            + c.fingerprint(model.name, c.sae, corpus.fingerprint, n_contexts, c.batch_size)
+            + c.fingerprint(
+                model.name, c.sae, corpus.fingerprint, n_contexts, c.batch_size, c.checkpoint_every
+            )
         )
         clock = time.perf_counter()
         stats, shards = self._first_pass(model, sae, corpus, n_contexts, work)
@@ -156,21 +225,23 @@ class HarvestJob:
         ).run()
 
     # -- pass over the corpus ------------------------------------------------------------------
-    @torch.inference_mode()
     def _first_pass(
         self, model: LoadedModel, sae: Sae, corpus: TokenStore, n_contexts: int, work: Path
     ) -> tuple[FeatureStatistics, list[Path]]:
+        """Chunks of `checkpoint_every` batches, each spilled to a shard and merged into the
+        statistics in corpus order, then checkpointed. With `ray` set the chunks run on Ray
+        workers; the merge is the same, so the result is too."""
         c = self.config
         work.mkdir(parents=True, exist_ok=True)
         checkpoint = work / "checkpoint.pt"
         n_batches = math.ceil(n_contexts / c.batch_size)
-        edges = torch.zeros(65, dtype=torch.float64)
-        stats: FeatureStatistics | None = None
-        done = 0
         if checkpoint.exists():
             edges = torch.load(checkpoint, weights_only=True)["log10_edges"]
             stats = FeatureStatistics(sae.d_sae, edges.numpy())
             done = load_checkpoint(checkpoint, None, log10_edges=edges, **stats.state())
+        else:
+            edges = torch.from_numpy(first_batch_edges(model, sae, corpus, c.batch_size))
+            stats, done = FeatureStatistics(sae.d_sae, edges.numpy()), 0
         for partial in work.glob("*.partial"):
             partial.unlink()  # a write the kill cut short
         shards = []
@@ -181,57 +252,41 @@ class HarvestJob:
             else:
                 shards.append(path)
 
-        pending: list[dict[str, np.ndarray]] = []
         bar = tqdm(
             total=n_contexts * corpus.context_size,
             initial=min(done * c.batch_size, n_contexts) * corpus.context_size,
             unit="tok",
             unit_scale=True,
-            desc="harvest",
+            desc="harvest" + (" (Ray)" if c.ray else ""),
             disable=not c.progress,
         )
-        shard_start = done
-        for batch in range(done, n_batches):
-            first = batch * c.batch_size
-            last = min(first + c.batch_size, n_contexts)
-            ids = torch.from_numpy(np.asarray(corpus.ids[first:last], np.int64))
-            x = model.capture(ids, [sae.hook_name])[model.site(sae.hook_name).name]
-            acts = sae.encode(x)
-            sparse = sparsify(acts, torch.from_numpy(corpus.counted_mask(first, last)))
-            if stats is None:
-                peak = float(sparse.value.max()) if len(sparse.value) else 1.0
-                edges = torch.from_numpy(histogram_edges(peak))
-                stats = FeatureStatistics(sae.d_sae, edges.numpy())
-            stats.update(sparse)
-            rows, features, values = context_maxima(sparse, sae.d_sae, first)
-            pending.append(
-                {
-                    "rows": rows,
-                    "features": features,
-                    "values": values,
-                    "token_rows": (sparse.context + first).numpy().astype(np.int64),
-                    "token_positions": sparse.position.numpy().astype(np.int16),
-                    "token_features": sparse.feature.numpy().astype(np.int32),
-                    "token_values": sparse.value.numpy().astype(np.float16),
-                }
-            )
-            bar.update(len(ids) * corpus.context_size)
-            if batch + 1 == n_batches or (batch + 1 - shard_start) >= c.checkpoint_every:
-                shards.append(self._write_shard(work, shard_start, batch + 1, pending))
-                save_checkpoint(checkpoint, batch + 1, log10_edges=edges, **stats.state())
-                pending, shard_start = [], batch + 1
+        chunks = [
+            range(start, min(start + c.checkpoint_every, n_batches))
+            for start in range(done, n_batches, c.checkpoint_every)
+        ]
+        plan = ChunkPlan(c.batch_size, n_contexts, edges.numpy())
+        if c.ray:
+            from app.pipeline.sharding import sharded_chunks
+
+            parts = sharded_chunks(c, corpus.path, plan, chunks)
+        else:
+            parts = (harvest_chunk(model, sae, corpus, plan, batches) for batches in chunks)
+        for batches, part in zip(chunks, parts, strict=True):
+            shards.append(self._write_shard(work, batches.start, batches.stop, part.arrays))
+            stats.merge(FeatureStatistics.from_state(plan.log10_edges, part.stats))
+            save_checkpoint(checkpoint, batches.stop, log10_edges=edges, **stats.state())
+            contexts = min(batches.stop * c.batch_size, n_contexts) - batches.start * c.batch_size
+            bar.update(contexts * corpus.context_size)
         bar.close()
-        assert stats is not None
         return stats, shards
 
     @staticmethod
-    def _write_shard(work: Path, start: int, end: int, parts: list[dict]) -> Path:
+    def _write_shard(work: Path, start: int, end: int, arrays: dict[str, np.ndarray]) -> Path:
         path = work / f"shard-{start:07d}-{end:07d}.npz"
         # Written beside, under a name the shard pattern never matches, then renamed: a kill at
         # any instant leaves either the whole shard or a partial file the resume deletes.
         partial = path.with_suffix(".partial")
         with partial.open("wb") as file:  # a file object: np.savez adds no .npz to its name
-            arrays = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
             np.savez(file, allow_pickle=False, **arrays)
         partial.replace(path)
         return path
@@ -359,7 +414,7 @@ class HarvestJob:
             "config": {
                 k: v
                 for k, v in asdict(c).items()
-                if k not in ("work_dir", "progress", "replace", "device")
+                if k not in ("work_dir", "progress", "replace", "device", "ray", "ray_workers")
             },
         }
         with session_scope(self.engine) as session:

@@ -1,5 +1,6 @@
 """Harvest into SQLite and PostgreSQL: exact against brute force, resumable, all-or-nothing."""
 
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -282,3 +283,74 @@ def test_a_feature_with_a_zero_decoder_row_harvests_and_renders(
             api = client.get(f"/api/v1/features/{gpt2.name}/zero-row/{index}")
             assert api.status_code == 200 and "NaN" not in api.text
         assert client.get(f"/{gpt2.name}/zero-row").status_code == 200
+
+
+# -- sharded on Ray ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A local Ray cluster of two CPU workers (no network), shared by the module's tests."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def _sharded(corpus, sae_dir, gpt2_dir, tmp_path, **changes) -> HarvestConfig:
+    """Workers load the model by its source, so both runs name the same one."""
+    return _config(corpus, sae_dir, tmp_path, model=str(gpt2_dir), **changes)
+
+
+def _ray_workers(busy_only: bool = False) -> list[int]:
+    """Process ids of harvest workers, as Ray titles them ('ray::HarvestWorker.run' at work)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            title = (entry / "cmdline").read_bytes().split(b"\0")[0]
+        except OSError:
+            continue
+        if title.startswith(b"ray::HarvestWorker") and (not busy_only or b".run" in title):
+            found.append(int(entry.name))
+    return found
+
+
+def test_a_sharded_harvest_writes_the_same_database(
+    engine, gpt2, gpt2_dir, corpus, sae_dir, tmp_path, ray_cluster
+):
+    _run(engine, gpt2, _sharded(corpus, sae_dir, gpt2_dir, tmp_path / "a"))
+    single = database_snapshot(engine)
+    config = _sharded(corpus, sae_dir, gpt2_dir, tmp_path / "b", replace=True, ray="local")
+    result = _run(engine, gpt2, config)
+    assert database_snapshot(engine) == single
+    assert result.tokens == single["saes"][0][2]["tokens"]
+    for _ in range(100):  # the job's workers end with it (Ray stops them asynchronously)
+        if not _ray_workers():
+            break
+        time.sleep(0.1)
+    assert _ray_workers() == []
+
+
+def test_a_worker_killed_mid_harvest_is_replaced_and_the_result_is_the_same(
+    engine, gpt2, gpt2_dir, corpus, sae_dir, tmp_path, monkeypatch, ray_cluster
+):
+    import os
+    import signal
+
+    one_batch_chunks = {"checkpoint_every": 1}  # ten chunks: most still to run at the kill
+    _run(engine, gpt2, _sharded(corpus, sae_dir, gpt2_dir, tmp_path / "a", **one_batch_chunks))
+    single = database_snapshot(engine)
+    real_write, killed = HarvestJob._write_shard, []
+
+    def kill_a_worker_first(work, start, end, arrays):
+        if not killed:  # the first chunk is back; the others are queued or running on workers
+            victims = _ray_workers(busy_only=True) or _ray_workers()
+            os.kill(victims[0], signal.SIGKILL)
+            killed.append(victims[0])
+        return real_write(work, start, end, arrays)
+
+    monkeypatch.setattr(HarvestJob, "_write_shard", staticmethod(kill_a_worker_first))
+    config = _sharded(
+        corpus, sae_dir, gpt2_dir, tmp_path / "b", replace=True, ray="local", **one_batch_chunks
+    )
+    _run(engine, gpt2, config)
+    assert killed and killed[0] not in _ray_workers()
+    assert database_snapshot(engine) == single
