@@ -16,7 +16,7 @@ COPY static ./static
 COPY migrations ./migrations
 COPY --from=assets /assets/node_modules ./node_modules
 # Editable: templates, static files, migrations and the demo weights are read from this tree.
-RUN pip install --no-cache-dir -e .
+RUN pip install --no-cache-dir -e ".[ray]"
 ENV MONOSCOPE_HOST=0.0.0.0 MONOSCOPE_DATA_DIR=/data
 EXPOSE 8000
 # `serve` and `demo` migrate the database before they listen.

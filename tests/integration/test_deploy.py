@@ -57,6 +57,23 @@ def test_compose_runs_the_app_on_postgres_16_with_healthchecks_and_volumes():
     assert any(m.split(":")[:2] == ["monoscope-data", "/data"] for m in mounts)
 
 
+def test_the_ray_profile_adds_a_head_and_workers_on_the_shared_volumes():
+    services = _config("docker-compose.yml")["services"]
+    head, worker = services["ray-head"], services["ray-worker"]
+    assert head["profiles"] == worker["profiles"] == ["ray"]  # off unless asked for
+    assert head["command"][:3] == ["ray", "start", "--head"] and "--block" in head["command"]
+    assert "--address=ray-head:6379" in worker["command"]
+    for service in (head, worker):  # token stores and models where the app sees them
+        targets = {
+            v["target"] if isinstance(v, dict) else v.split(":")[1] for v in service["volumes"]
+        }
+        assert {"/data", "/models"} <= targets
+        assert service["environment"]["RAY_USAGE_STATS_ENABLED"] == "0"
+    gpu_worker = _config("docker-compose.yml", "docker-compose.gpu.yml")["services"]["ray-worker"]
+    [device] = gpu_worker["deploy"]["resources"]["reservations"]["devices"]
+    assert device["count"] == "all" and "gpu" in device["capabilities"]
+
+
 def test_the_gpu_override_reserves_an_nvidia_device():
     app = _config("docker-compose.yml", "docker-compose.gpu.yml")["services"]["app"]
     [device] = app["deploy"]["resources"]["reservations"]["devices"]
@@ -76,4 +93,5 @@ def test_the_image_holds_what_the_server_reads_at_run_time():
     assert {"app", "templates", "static", "migrations", "alembic.ini"} <= copied
     assert any("node_modules" in line for line in lines if line.startswith("COPY --from=assets"))
     assert any("npm ci" in line for line in lines)
-    assert any("pip install" in line and "-e ." in line for line in lines)  # reads from the tree
+    # editable, so the server reads the tree; with Ray, so the same image runs the Ray services
+    assert any("pip install" in line and '-e ".[ray]"' in line for line in lines)
