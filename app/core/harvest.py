@@ -6,6 +6,7 @@
         stats.update(sparse)
         rows, features, values = context_maxima(sparse, d_sae, first_row)   # kept on disk
     picked = select_examples(rows, features, values, d_sae, n_top=32, n_intervals=5, per_interval=5)
+    picked = select_examples_in_parts(read_shards, d_sae, ...)   # the same, one shard at a time
     effects = logit_effects(directions, W_U, norm_scale)    # top/bottom tokens, histogram
     neighbour_ids, cosines = decoder_neighbours(W_dec)
 
@@ -15,6 +16,7 @@ interval i holds contexts whose maximum lies in (i/n, (i+1)/n] x max, drawn by a
 never repeats a top example. An interval with no candidates is left out, never shown empty.
 """
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -156,6 +158,18 @@ def _rank_within_groups(group: np.ndarray) -> np.ndarray:
     return np.arange(len(group)) - np.repeat(starts, lengths)
 
 
+Maxima = tuple[np.ndarray, np.ndarray, np.ndarray]  # (rows int64, features int32, values float32)
+
+
+def _pair_key(features: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """One uint64 per (feature, context row) pair (rows below 2**40)."""
+    return (features.astype(np.uint64) << np.uint64(40)) ^ rows.astype(np.uint64)
+
+
+def _joined(kept: tuple, part: tuple) -> tuple:
+    return tuple(np.concatenate([a, b]) for a, b in zip(kept, part, strict=True))
+
+
 def select_examples(
     rows: np.ndarray,
     features: np.ndarray,
@@ -167,32 +181,68 @@ def select_examples(
     seed: int = 0,
 ) -> ExampleSelection:
     """Top contexts and interval samples per feature from sparse per-context maxima."""
-    order = np.lexsort((rows, -values, features))  # feature, then strongest first, then row
-    rows, features, values = rows[order], features[order], values[order]
-    rank = _rank_within_groups(features)
-    is_top = rank < n_top
+    return select_examples_in_parts(
+        lambda: [(rows, features, values)], d_sae, n_top, n_intervals, per_interval, seed
+    )
 
+
+def select_examples_in_parts(
+    parts: Callable[[], Iterable[Maxima]],
+    d_sae: int,
+    n_top: int = 32,
+    n_intervals: int = 5,
+    per_interval: int = 5,
+    seed: int = 0,
+) -> ExampleSelection:
+    """select_examples over maxima that come in parts (a harvest's shards), read twice: the top
+    first, then the interval samples, whose interval needs the feature's final max. Memory is
+    one part plus what is kept (at most n_top + n_intervals x per_interval per feature), whatever
+    the corpus; the result is the one all parts at once would give (a context row lies in one
+    part, so each pair is seen once)."""
+    empty: Maxima = (np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros(0, np.float32))
     peak = np.zeros(d_sae, dtype=np.float32)
-    np.maximum.at(peak, features, values)
-    rest = ~is_top
-    r_rows, r_features, r_values = rows[rest], features[rest], values[rest]
-    fraction = r_values / peak[r_features]
-    interval = np.clip(np.ceil(fraction * n_intervals).astype(np.int32) - 1, 0, n_intervals - 1)
-    key = (r_features.astype(np.uint64) << np.uint64(40)) ^ r_rows.astype(np.uint64)
-    priority = _splitmix64(key ^ np.uint64(seed))
-    sample_order = np.lexsort((r_rows, priority, interval, r_features))
-    group = r_features[sample_order].astype(np.int64) * n_intervals + interval[sample_order]
-    within = _rank_within_groups(group)
-    keep = sample_order[within < per_interval]
-    keep_rank = within[within < per_interval]
+    top = empty
+    for part in parts():
+        np.maximum.at(peak, part[1], part[2])
+        rows, features, values = _joined(top, part)
+        order = np.lexsort((rows, -values, features))  # feature, strongest first, then row
+        kept = order[_rank_within_groups(features[order]) < n_top]
+        top = (rows[kept], features[kept], values[kept])
+    top_keys = np.sort(_pair_key(top[1], top[0]))
 
+    no_samples = (*empty, np.zeros(0, np.int32), np.zeros(0, np.uint64))
+    samples, sample_ranks = no_samples, np.zeros(0, np.int64)
+    for rows, features, values in parts():
+        key = _pair_key(features, rows)
+        at = np.searchsorted(top_keys, key).clip(max=max(len(top_keys) - 1, 0))
+        rest = ~(top_keys[at] == key) if len(top_keys) else np.ones(len(key), bool)
+        fraction = values[rest] / peak[features[rest]]
+        interval = np.clip(np.ceil(fraction * n_intervals).astype(np.int32) - 1, 0, n_intervals - 1)
+        priority = _splitmix64(key[rest] ^ np.uint64(seed))
+        candidates = (rows[rest], features[rest], values[rest], interval, priority)
+        s_rows, s_features, s_values, s_interval, s_priority = _joined(samples, candidates)
+        order = np.lexsort((s_rows, s_priority, s_interval, s_features))
+        group = s_features[order].astype(np.int64) * n_intervals + s_interval[order]
+        within = _rank_within_groups(group)
+        kept = order[within < per_interval]
+        samples = (
+            s_rows[kept],
+            s_features[kept],
+            s_values[kept],
+            s_interval[kept],
+            s_priority[kept],
+        )
+        sample_ranks = within[within < per_interval]
+
+    top_ranks = _rank_within_groups(top[1])
+    n_kept = len(samples[0])
     return ExampleSelection(
-        features=np.r_[features[is_top], r_features[keep]].astype(np.int32),
-        rows=np.r_[rows[is_top], r_rows[keep]].astype(np.int64),
-        values=np.r_[values[is_top], r_values[keep]].astype(np.float32),
-        kinds=np.r_[np.zeros(is_top.sum(), np.int8), np.ones(len(keep), np.int8)],
-        ranks=np.r_[rank[is_top], keep_rank].astype(np.int32),
-        intervals=np.r_[np.full(is_top.sum(), -1, np.int32), interval[keep]].astype(np.int32),
+        features=np.r_[top[1], samples[1]].astype(np.int32),
+        rows=np.r_[top[0], samples[0]].astype(np.int64),
+        values=np.r_[top[2], samples[2]].astype(np.float32),
+        kinds=np.r_[np.zeros(len(top[0]), np.int8), np.ones(n_kept, np.int8)],
+        ranks=np.r_[top_ranks, sample_ranks].astype(np.int32),
+        intervals=np.r_[np.full(len(top[0]), -1, np.int32), samples[3]].astype(np.int32),
     )
 
 

@@ -22,6 +22,7 @@ import math
 import re
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -40,7 +41,7 @@ from app.core.harvest import (
     decoder_neighbours,
     histogram_edges,
     logit_effects,
-    select_examples,
+    select_examples_in_parts,
     sparsify,
 )
 from app.core.model import LoadedModel, load_model
@@ -171,11 +172,8 @@ class HarvestJob:
         stats, shards = self._first_pass(model, sae, corpus, n_contexts, work)
         seconds = {"pass": time.perf_counter() - clock}
         clock = time.perf_counter()
-        rows, features, values = self._concatenated(shards, ("rows", "features", "values"))
-        selection = select_examples(
-            rows,
-            features,
-            values,
+        selection = select_examples_in_parts(
+            lambda: self._maxima(shards),
             d_sae=sae.d_sae,
             n_top=c.n_top,
             n_intervals=c.n_intervals,
@@ -292,9 +290,12 @@ class HarvestJob:
         return path
 
     @staticmethod
-    def _concatenated(shards: list[Path], keys: tuple[str, ...]) -> list[np.ndarray]:
-        loaded = [np.load(s) for s in shards]
-        return [np.concatenate([shard[key] for shard in loaded]) for key in keys]
+    def _maxima(shards: list[Path]) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Each shard's per-context maxima in turn: example selection holds one shard at a time,
+        so its memory is bounded by `checkpoint_every`, not by the corpus."""
+        for shard in shards:
+            with np.load(shard) as data:
+                yield data["rows"], data["features"], data["values"]
 
     @staticmethod
     def _highlights(

@@ -11,6 +11,7 @@ from app.core.harvest import (
     histogram_edges,
     logit_effects,
     select_examples,
+    select_examples_in_parts,
     sparsify,
 )
 
@@ -98,6 +99,27 @@ def test_select_examples_matches_brute_force():
                 assert interval_of[(f, int(r))] == interval
     again = select_examples(rows, features, values, d_sae, n_top=7, n_intervals=5, per_interval=3)
     assert np.array_equal(again.rows, picked.rows)  # seeded: the same every run
+
+
+@pytest.mark.parametrize("n_parts", [1, 2, 7, 40])
+def test_examples_chosen_part_by_part_are_the_ones_chosen_at_once(n_parts):
+    """A harvest reads its maxima shard by shard (bounded memory); the choice must not change."""
+    rng = np.random.default_rng(n_parts)
+    n, d_sae = 4000, 16
+    rows = rng.choice(20_000, size=n, replace=False).astype(np.int64)
+    features = rng.integers(0, d_sae - 1, size=n).astype(np.int32)  # the last feature is dead
+    values = (rng.integers(1, 40, size=n) / 4).astype(np.float32)  # ties in value
+    at_once = select_examples(rows, features, values, d_sae, n_top=6, n_intervals=4, per_interval=3)
+    order = np.argsort(rows)  # parts hold runs of context rows, as shards do
+    cuts = np.array_split(order, n_parts)
+    cuts.insert(1, order[:0])  # and one empty part
+
+    def parts():
+        return [(rows[c], features[c], values[c]) for c in cuts]
+
+    in_parts = select_examples_in_parts(parts, d_sae, n_top=6, n_intervals=4, per_interval=3)
+    for field in ("features", "rows", "values", "kinds", "ranks", "intervals"):
+        np.testing.assert_array_equal(getattr(in_parts, field), getattr(at_once, field), field)
 
 
 def test_select_examples_with_a_dead_feature_and_no_rows():
