@@ -1,12 +1,12 @@
 """A harvest's pass sharded over Ray: one worker (actor) per GPU, or a few on CPUs, each holding
 its own model replica, SAE and token store; chunks come back in corpus order.
 
-    for batches, part in sharded_chunks(config, corpus.path, plan, chunks):   # as harvest_chunk
+    for part in sharded_chunks(config, corpus.path, plan, chunks):   # harvest_chunk's, in order
         ...
 
 Chunks are the harvest's checkpoint units, so the driver merges, spills and checkpoints exactly
 as a single process does, and the database ends up the same row for row (tests/integration/
-test_sharded_harvest.py). A worker that dies mid-chunk is restarted by Ray and the chunk run
+test_harvest.py). A worker that dies mid-chunk is restarted by Ray and the chunk run
 again (a chunk is a pure function of its batches). Workers read the token store from its path,
 so on several machines it must sit on a shared filesystem; the model and SAE load from the
 harvest's own sources (hub ids work anywhere).
