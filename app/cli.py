@@ -112,10 +112,11 @@ def demo(
 ) -> None:
     """Serve the shipped demo model and its two SAEs: works offline, on a CPU.
 
-    On first start it fills the database: harvests each demo SAE over 1M held-out tokens and labels
-    its features with the offline explainer (260 s on two idle CPU cores, resumable); the site
-    shows that progress meanwhile. It prints a one-time sign-in link for
-    the local administrator ("admin"), so saving lists and shares works at once."""
+    On first start it fills the database: harvests each demo SAE over 1M held-out tokens, labels
+    its features with the offline explainer, embeds and scores the labels and draws the feature
+    maps (545 s on two idle CPU cores, resumable); the site shows that progress meanwhile. It
+    prints a one-time sign-in link for the local administrator ("admin"), so saving lists and
+    shares works at once."""
     import uvicorn
 
     from app.pipeline.demo_build import build_demo_database, demo_database_ready
