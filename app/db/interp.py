@@ -109,6 +109,38 @@ def labelled_features(
     return sorted(set(session.scalars(labelled))), n_labels or 0
 
 
+def lacks_score(scores: dict | None, scorer: str) -> bool:
+    """A label needs `scorer` run: no result yet, or a failure, which the next run retries."""
+    current = (scores or {}).get(scorer)
+    return current is None or "failed" in current
+
+
+def scored_already(
+    session: Session, sae_id: int, scorers: Iterable[str], indices: Iterable[int]
+) -> tuple[set[int], int, int]:
+    """Of these features, those whose every successful label holds a result of every scorer
+    (a rerun need not read their examples), with how many labels and results they hold."""
+    statement = (
+        select(Feature.index, Explanation.scores)
+        .join(Explanation)
+        .where(Feature.sae_id == sae_id, Explanation.status == "ok")
+    )
+    wanted, scorers = set(indices), list(scorers)
+    lacking: set[int] = set()
+    labels: dict[int, int] = {}
+    results: dict[int, int] = {}
+    for index, scores in session.execute(statement):
+        if index not in wanted:
+            continue
+        missing = sum(lacks_score(scores, scorer) for scorer in scorers)
+        if missing:
+            lacking.add(index)
+        labels[index] = labels.get(index, 0) + 1
+        results[index] = results.get(index, 0) + len(scorers) - missing
+    done = wanted - lacking
+    return done, sum(labels.get(i, 0) for i in done), sum(results.get(i, 0) for i in done)
+
+
 def stored_context_ids(session: Session, model_id: int) -> list[bytes]:
     """Every stored context's packed token ids, in storage order."""
     statement = select(Context.token_ids).where(Context.model_id == model_id)

@@ -37,7 +37,13 @@ from app.core.sae import Sae, load_sae
 from app.core.text_embedding import TextEmbedder
 from app.db.codec import unpack_ids
 from app.db.engine import job_lock, session_scope
-from app.db.interp import labelled_features, store_scores, stored_context_ids
+from app.db.interp import (
+    labelled_features,
+    lacks_score,
+    scored_already,
+    store_scores,
+    stored_context_ids,
+)
 from app.db.labels import refresh_sae
 from app.db.models import Explanation
 from app.db.queries import feature_details, find_sae, vocabulary
@@ -125,8 +131,7 @@ def load_harvested(engine: Engine, model: str, sae: str, device: str) -> tuple[L
 
 
 def _needs(explanation: Explanation, scorer: str, force: bool) -> bool:
-    current = (explanation.scores or {}).get(scorer)
-    return force or current is None or "failed" in current
+    return force or lacks_score(explanation.scores, scorer)
 
 
 class ScoreJob:
@@ -193,11 +198,20 @@ def _score(
             vocab = vocabulary(session, sae_row.model_id)
             todo, n_labels = labelled_features(session, sae_row.id, features)
             model_id, sae_id = sae_row.model_id, sae_row.id
+            # Features whose labels are all scored are skipped unread: a rerun on a scored SAE
+            # (the demo's every restart) builds no negative pool and reads no examples.
+            done, labels_done, results_done = (
+                (set(), 0, 0) if force else scored_already(session, sae_id, scorers, todo)
+            )
+        todo = [index for index in todo if index not in done]
+        result = ScoreResult(skipped=results_done)
+        if not todo:
+            return result
         pool = negative_pool(engine, model_id, resident, resident_sae, vocab, pool_size)
         embedder = TextEmbedder.packaged(str(resident.device)) if "embedding" in scorers else None
-        result = ScoreResult()
         bar = tqdm(
             total=n_labels if features is None else None,
+            initial=labels_done,
             unit="label",
             desc="score",
             disable=not progress,

@@ -154,6 +154,46 @@ def _scores(engine) -> list[dict]:
         return [e.scores for e in session.query(Explanation).filter_by(status="ok")]
 
 
+def test_a_rerun_reads_only_features_whose_labels_lack_a_score(harvested, gpt2, monkeypatch):
+    """A scored SAE (the demo on every restart) is checked from the labels alone: no negative
+    pool, no examples read."""
+    from app.pipeline import score as score_module
+
+    engine = harvested
+    ExplainJob(
+        ExplainConfig(gpt2.name, "res1", progress=False),
+        engine,
+        offline_explainer(engine, gpt2.name),
+    ).run()
+    first = _score(engine, gpt2, ["keyword"])
+    with session_scope(engine) as session:
+        labelled = session.execute(
+            select(Feature.index, Explanation.scores)
+            .join(Explanation)
+            .where(Explanation.status == "ok")
+        ).all()
+    retried = {index for index, scores in labelled if "failed" in scores["keyword"]}
+    read, real = [], score_module.feature_details
+    monkeypatch.setattr(
+        score_module,
+        "feature_details",
+        lambda session, model, sae, indices: (
+            read.extend(indices) or real(session, model, sae, indices)
+        ),
+    )
+    again = _score(engine, gpt2, ["keyword"])
+    assert set(read) == retried and again.skipped == first.scored
+
+    with session_scope(engine) as session:  # every label scored: the rerun has nothing to read
+        for label in session.query(Explanation).filter_by(status="ok"):
+            if "failed" in label.scores["keyword"]:
+                label.scores = {**label.scores, "keyword": {"value": 0.0}}
+    monkeypatch.setattr(score_module, "negative_pool", lambda *a, **k: pytest.fail("pool built"))
+    read.clear()
+    last = _score(engine, gpt2, ["keyword"])
+    assert read == [] and last.scored == 0 and last.skipped == len(labelled)
+
+
 def test_keyword_scores_are_stored_once_and_redone_on_force(harvested, gpt2):
     engine = harvested
     ExplainJob(
