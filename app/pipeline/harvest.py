@@ -36,6 +36,7 @@ from app.core.errors import MonoscopeError
 from app.core.harvest import (
     ExampleSelection,
     FeatureStatistics,
+    Maxima,
     SparseActivations,
     context_maxima,
     decoder_neighbours,
@@ -290,7 +291,7 @@ class HarvestJob:
         return path
 
     @staticmethod
-    def _maxima(shards: list[Path]) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    def _maxima(shards: list[Path]) -> Iterator[Maxima]:
         """Each shard's per-context maxima in turn: example selection holds one shard at a time,
         so its memory is bounded by `checkpoint_every`, not by the corpus."""
         for shard in shards:

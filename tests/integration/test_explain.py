@@ -137,6 +137,15 @@ def test_a_model_that_cannot_explain_leaves_failures_with_its_reply(harvested, g
     assert all(e.startswith(("unparseable reply", "prompt longer")) for e in errors)
 
 
+def _label_offline(engine, gpt2):
+    """Label every feature of the harvested SAE with the offline explainer."""
+    return ExplainJob(
+        ExplainConfig(gpt2.name, "res1", progress=False),
+        engine,
+        offline_explainer(engine, gpt2.name),
+    ).run()
+
+
 def _score(engine, gpt2, scorers, **options):
     from app.core.sae import load_sae
     from app.pipeline.score import ScoreJob
@@ -160,11 +169,7 @@ def test_a_rerun_reads_only_features_whose_labels_lack_a_score(harvested, gpt2, 
     from app.pipeline import score as score_module
 
     engine = harvested
-    ExplainJob(
-        ExplainConfig(gpt2.name, "res1", progress=False),
-        engine,
-        offline_explainer(engine, gpt2.name),
-    ).run()
+    _label_offline(engine, gpt2)
     first = _score(engine, gpt2, ["keyword"])
     with session_scope(engine) as session:
         labelled = session.execute(
@@ -196,11 +201,7 @@ def test_a_rerun_reads_only_features_whose_labels_lack_a_score(harvested, gpt2, 
 
 def test_keyword_scores_are_stored_once_and_redone_on_force(harvested, gpt2):
     engine = harvested
-    ExplainJob(
-        ExplainConfig(gpt2.name, "res1", progress=False),
-        engine,
-        offline_explainer(engine, gpt2.name),
-    ).run()
+    _label_offline(engine, gpt2)
     first = _score(engine, gpt2, ["keyword"])
     scores = _scores(engine)
     assert first.scored + first.failed == len(scores) and first.scored > 0
@@ -341,11 +342,7 @@ def test_a_score_of_a_label_edited_meanwhile_is_not_stored(harvested, gpt2, monk
     from app.pipeline import score
 
     engine = harvested
-    ExplainJob(
-        ExplainConfig(gpt2.name, "res1", progress=False),
-        engine,
-        offline_explainer(engine, gpt2.name),
-    ).run()
+    _label_offline(engine, gpt2)
     alive = _alive(engine)
     real = score.keyword_score
     edited = {}
