@@ -478,6 +478,7 @@ def steer(
 TRAIN_SAE_OPTIONS = (
     "model",
     "hook_name",
+    "transcoder",
     "corpus",
     "eval_corpus",
     "d_sae",
@@ -500,8 +501,9 @@ TRAIN_SAE_OPTIONS = (
     flags={"hook_name": "--site", "l1_coefficient": "--l1", "train_tokens": "--tokens"},
 )
 def train_sae(config_values: dict, device: DeviceOpt = None) -> None:
-    """Train a TopK (or ReLU + L1) SAE on one site of a model (checkpoints and the activation
-    cache go to MONOSCOPE_DATA_DIR/train-sae; run it again to resume)."""
+    """Train a TopK (or ReLU + L1) SAE on one site of a model, or with --transcoder an MLP
+    transcoder of the site's layer (checkpoints and the activation cache go to
+    MONOSCOPE_DATA_DIR/train-sae; run it again to resume)."""
     from app.pipeline.train_sae import TrainSaeJob
 
     settings = _settings(device=device)
@@ -514,7 +516,8 @@ def train_sae(config_values: dict, device: DeviceOpt = None) -> None:
         work_dir=settings.data_dir / "train-sae",
     )
     sae = TrainSaeJob(config).run()
-    _print_metrics(f"wrote {sae.architecture} SAE to {config.out}", sae.cfg.metadata["metrics"])
+    what = f"transcoder ({sae.hook_name} -> {sae.hook_name_out})" if sae.is_transcoder else "SAE"
+    _print_metrics(f"wrote {sae.architecture} {what} to {config.out}", sae.cfg.metadata["metrics"])
 
 
 def _print_metrics(title: str, metrics: dict) -> None:
@@ -967,21 +970,25 @@ def world_structure(
 @cli.command("convert-sae")
 def convert_sae(
     source: Annotated[
-        str, typer.Argument(help="SAELens dir, Gemma Scope params.npz, sparsify dir, or hf://...")
+        str,
+        typer.Argument(
+            help="SAELens dir, Gemma Scope params.npz, sparsify dir, circuit-tracer layer file, "
+            "or hf://..."
+        ),
     ],
     destination: Annotated[Path, typer.Argument(help="Folder to write the SAELens directory to.")],
     hook_name: Annotated[
         str | None, typer.Option(help="The site, where the source does not say.")
     ] = None,
 ) -> None:
-    """Rewrite any supported SAE as a SAELens directory."""
+    """Rewrite any supported SAE or transcoder as a SAELens directory."""
     from app.core.sae import load_sae, save_saelens
 
     sae = load_sae(source, hook_name=hook_name)
     save_saelens(sae, destination)
-    out.print(
-        f"wrote {sae.architecture} SAE ({sae.d_in}→{sae.d_sae}, {sae.hook_name}) to {destination}"
-    )
+    sites = f"{sae.hook_name} → {sae.hook_name_out}" if sae.is_transcoder else sae.hook_name
+    what = "transcoder" if sae.is_transcoder else "SAE"
+    out.print(f"wrote {sae.architecture} {what} ({sae.d_in}→{sae.d_sae}, {sites}) to {destination}")
 
 
 def _fail(message: str) -> None:

@@ -9,7 +9,7 @@ from sqlalchemy import Engine, make_url, text
 from app.core.model import LoadedModel, load_model
 from app.db.engine import connect, migrate
 from app.db.models import Base
-from tests.helpers import build_model, random_sae
+from tests.helpers import build_model, build_relu_gpt2, random_sae
 
 POSTGRES_URL = os.environ.get(
     "MONOSCOPE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
@@ -99,6 +99,12 @@ def gpt2_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def gpt2(gpt2_dir) -> LoadedModel:
     return load_model(gpt2_dir, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def relu_gpt2(tmp_path_factory) -> LoadedModel:
+    """The tiny GPT-2 with ReLU MLPs, which `exact_transcoder` replaces exactly."""
+    return load_model(build_relu_gpt2(tmp_path_factory.mktemp("relu_gpt2")), device="cpu")
 
 
 @pytest.fixture(scope="session")

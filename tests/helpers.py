@@ -1,5 +1,6 @@
 """Builders for the test suite: tiny tokenizers, models of each family, and SAEs on disk."""
 
+import json
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -142,6 +143,76 @@ def random_sae(
         architecture=architecture, d_in=d_in, d_sae=d_sae, hook_name=hook_name, **cfg
     )
     return Sae(config, weights)
+
+
+def random_transcoder(
+    layer: int = 1,
+    d_in: int = D_MODEL,
+    d_sae: int = 128,
+    architecture: str = "standard",
+    skip: bool = False,
+    seed: int = 0,
+    d_out: int | None = None,
+    **cfg,
+) -> Sae:
+    """A transcoder from layer `layer`'s MLP input to its MLP output, with random weights."""
+    d_out = d_out or d_in
+    g = torch.Generator().manual_seed(seed)
+    weights = {
+        "W_enc": torch.randn(d_in, d_sae, generator=g) / d_in**0.5,
+        "b_enc": torch.randn(d_sae, generator=g) * 0.1,
+        "W_dec": torch.randn(d_sae, d_out, generator=g) / d_sae**0.5,
+        "b_dec": torch.randn(d_out, generator=g) * 0.1,
+    }
+    if architecture == "jumprelu":
+        weights["threshold"] = torch.rand(d_sae, generator=g) * 0.2
+    if architecture == "topk":
+        cfg.setdefault("k", 8)
+    if skip:
+        weights["W_skip"] = torch.randn(d_out, d_in, generator=g) * 0.05
+    config = SaeConfig(
+        architecture=architecture,  # type: ignore[arg-type]
+        d_in=d_in,
+        d_sae=d_sae,
+        hook_name=f"blocks.{layer}.hook_mlp_in",
+        apply_b_dec_to_input=False,
+        hook_name_out=f"blocks.{layer}.hook_mlp_out",
+        d_out=d_out,
+        **cfg,
+    )
+    return Sae(config, weights)
+
+
+def build_relu_gpt2(folder: Path) -> Path:
+    """The tiny GPT-2 with ReLU MLPs: each MLP is then exactly a ReLU transcoder of its input
+    (`exact_transcoder`), which gives replacement-model tests known answers."""
+    build_model(folder, "gpt2")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(config | {"activation_function": "relu"}))
+    return folder
+
+
+def exact_transcoder(model, layer: int) -> Sae:
+    """Layer `layer`'s ReLU MLP of a `build_relu_gpt2` model as a transcoder: its features are
+    the MLP's neurons, so it reproduces the MLP output exactly."""
+    mlp = model.adapter.blocks(model.hf)[layer].mlp
+    weights = {  # GPT-2's Conv1D stores weights (in, out): x @ W + b
+        "W_enc": mlp.c_fc.weight.detach().float().clone(),
+        "b_enc": mlp.c_fc.bias.detach().float().clone(),
+        "W_dec": mlp.c_proj.weight.detach().float().clone(),
+        "b_dec": mlp.c_proj.bias.detach().float().clone(),
+    }
+    d_in, d_sae = weights["W_enc"].shape
+    config = SaeConfig(
+        architecture="standard",
+        d_in=d_in,
+        d_sae=d_sae,
+        hook_name=f"blocks.{layer}.hook_mlp_in",
+        apply_b_dec_to_input=False,
+        hook_name_out=f"blocks.{layer}.hook_mlp_out",
+        d_out=d_in,
+    )
+    return model.attach(Sae(config, weights))
 
 
 @contextmanager

@@ -18,14 +18,14 @@ the exact change from zeroing each source at its position beside it. A feature c
 features of its own site, so a chain needs SAEs at two sites.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from app.core.errors import MonoscopeError
 from app.core.model import LoadedModel, SiteEdit, decode_text
-from app.core.sae import NormState, Sae
+from app.core.sae import Sae
 
 
 @dataclass(frozen=True)
@@ -76,30 +76,40 @@ def _skip_bos(model: LoadedModel, ids: Sequence[int]) -> int:
     return 1 if bos is not None and len(ids) > 1 and ids[0] == bos else 0
 
 
-def _encode_with_error(
-    sae: Sae, x: torch.Tensor
-) -> tuple[torch.Tensor, NormState | None, torch.Tensor]:
-    x_sae = x.to(sae.dtype)
-    f = sae.encode(x_sae)
-    norm = sae.normalize(x_sae)[1]
-    return f, norm, x_sae - sae.decode(f, norm)
+def _splices(
+    model: LoadedModel, sae: Sae, features: Callable[[torch.Tensor], torch.Tensor]
+) -> dict[str, SiteEdit]:
+    """Site edits that write, where the SAE writes, the reconstruction from `features(f)` plus the
+    error term (what the site held minus the reconstruction from f), so that features(f) = f
+    leaves the forward pass unchanged. f is encoded from the site itself, or for a transcoder
+    from what it read earlier in the same pass (the MLP's input), and a transcoder's skip term is
+    part of its reconstruction. The error term is a constant: gradients see the replacement."""
+    seen: dict[str, torch.Tensor] = {}
 
+    def read(x: torch.Tensor) -> None:
+        seen["x"] = x
 
-def _leaf_splice(sae: Sae, store: dict, key: str) -> SiteEdit:
-    """A site edit that leaves the forward pass unchanged (reconstruction + error) but makes the
-    feature activations a leaf the gradient reaches, kept in store[key]."""
-
-    def splice(x: torch.Tensor) -> torch.Tensor:
+    def splice(y: torch.Tensor) -> torch.Tensor:
+        x = seen.pop("x", y).to(sae.dtype)
+        f = sae.encode(x)
         with torch.no_grad():
-            f, norm, error = _encode_with_error(sae, x)
-        store[key] = f = f.requires_grad_(True)
-        return (sae.decode(f, norm) + error).to(x.dtype)
+            error = y.to(sae.dtype) - sae.reconstruct(x, f)
+        return (sae.reconstruct(x, features(f)) + error).to(y.dtype)
 
-    return splice
+    edits: dict[str, SiteEdit] = {model.site(sae.hook_name_out).name: splice}
+    if sae.is_transcoder:
+        edits[model.site(sae.hook_name).name] = read
+    return edits
 
 
-def _site(model: LoadedModel, sae: Sae) -> str:
-    return model.site(sae.hook_name).name
+def _leaf(store: dict, key: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Make the feature activations a leaf the gradient reaches, kept in store[key]."""
+
+    def keep(f: torch.Tensor) -> torch.Tensor:
+        store[key] = leaf = f.detach().requires_grad_(True)
+        return leaf
+
+    return keep
 
 
 def ablate(
@@ -123,13 +133,12 @@ def ablate(
             for row, features in enumerate(chunk):
                 mask[row, list(features)] = True
 
-            def edit(x: torch.Tensor, mask=mask) -> torch.Tensor:
-                f, norm, error = _encode_with_error(sae, x)
+            def zero(f: torch.Tensor, mask=mask) -> torch.Tensor:
                 kept = f.clone()
                 kept[:, start:] = kept[:, start:].masked_fill(mask[:, None, :], 0.0)
-                return (sae.decode(kept, norm) + error).to(x.dtype)
+                return kept
 
-            with model.hooked({_site(model, sae): edit}):
+            with model.hooked(_splices(model, sae, zero)):
                 logits = model.hf(input_ids=ids.expand(len(chunk), -1)).logits[:, -1, :]
             out.append(logits.float().cpu())
     return torch.cat(out)
@@ -154,7 +163,7 @@ def attribute(
     start = _skip_bos(model, token_ids)
     ids = torch.tensor([token_ids], device=model.device)
     captured: dict[str, torch.Tensor] = {}
-    with torch.enable_grad(), model.hooked({_site(model, sae): _leaf_splice(sae, captured, "f")}):
+    with torch.enable_grad(), model.hooked(_splices(model, sae, _leaf(captured, "f"))):
         logits = model.hf(input_ids=ids).logits[0, -1, :].float()
         probs = torch.softmax(logits.detach(), dim=-1)
         if target is None:
@@ -221,7 +230,8 @@ def trace_chain(
 ) -> list[ChainLink]:
     """For each of `features` (at the later SAE's site), its strongest sources among the earlier
     SAE's features: at earlier positions, and at its own."""
-    early_site, late_site = model.site(earlier.hook_name), model.site(later.hook_name)
+    # The earlier features must be written before the later ones are read.
+    early_site, late_site = model.site(earlier.hook_name_out), model.site(later.hook_name)
     if early_site.depth >= late_site.depth:
         raise MonoscopeError(
             f"a chain runs from an earlier site to a later one; {early_site} is not before "
@@ -233,16 +243,12 @@ def trace_chain(
     ids = torch.tensor([list(token_ids)], device=model.device)
     graph: dict[str, torch.Tensor] = {}
 
-    def splice_later(x: torch.Tensor) -> torch.Tensor:
+    def keep_later(f: torch.Tensor) -> torch.Tensor:
         # The later features stay in the graph, so they can be differentiated both ways.
-        f, norm, error = _encode_with_error(later, x)
         graph["later"] = f
-        return (later.decode(f, norm) + error.detach()).to(x.dtype)
+        return f
 
-    splices = {
-        early_site.name: _leaf_splice(earlier, graph, "earlier"),
-        late_site.name: splice_later,
-    }
+    splices = _splices(model, earlier, _leaf(graph, "earlier")) | _splices(model, later, keep_later)
     found = []  # (feature, position, activation, attribution, [(p, i, effect)] per group)
     with torch.enable_grad(), model.hooked(splices):
         logit = model.hf(input_ids=ids).logits[0, -1, target].float()
@@ -315,12 +321,13 @@ def _zero_sources(
             positions = torch.tensor([p for _, _, p, _ in chunk])
             sources = torch.tensor([i for _, _, _, i in chunk])
 
-            def zero(x: torch.Tensor, rows=rows, positions=positions, sources=sources):
-                f, norm, error = _encode_with_error(earlier, x)
+            def zero(f: torch.Tensor, rows=rows, positions=positions, sources=sources):
+                f = f.clone()
                 f[rows, positions, sources] = 0.0
-                return (earlier.decode(f, norm) + error).to(x.dtype)
+                return f
 
-            with model.hooked({earlier.hook_name: zero}):  # the pass stops at the later site
+            # the pass stops at the later site
+            with model.hooked(_splices(model, earlier, zero)):
                 acts = model.capture(ids.expand(len(chunk), -1), [late_site])[late_site]
             zeroed = later.encode(acts.to(later.dtype))
             for row, (index, q, _, _) in enumerate(chunk):

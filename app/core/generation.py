@@ -286,7 +286,11 @@ def generate(
 
     main = steerer_for([])  # the running batch's steering
     slot = _SteeringSlot(main)
-    sites = {model.site(sae.hook_name).name for sae in saes.values()}
+    sites = {  # where features are read and where they are written (a transcoder's differ)
+        model.site(name).name
+        for sae in saes.values()
+        for name in (sae.hook_name, sae.hook_name_out)
+    }
     # The running batch's state: set together when the first row joins and cleared together when
     # the last leaves, so it is typed Any rather than checked for None at every use.
     cache: Any = None  # DynamicCache

@@ -7,7 +7,8 @@
 
 Each supported family has an adapter naming, per block, the module whose output is each site.
 The residual stream sites are the block's input (resid_pre) and output (resid_post); attn_out and
-mlp_out are what the block adds to the residual stream (after Gemma 2's post-norms).
+mlp_out are what the block adds to the residual stream (after Gemma 2's post-norms); mlp_in is
+what the MLP module receives (after the block's pre-MLP norm), where transcoders read.
 """
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -49,6 +50,7 @@ class Adapter:
     attn_out: Callable[[Any], nn.Module]
     mlp_out: Callable[[Any], nn.Module]
     final_norm: Callable[[Any], nn.Module]
+    mlp: Callable[[Any], nn.Module] = lambda b: b.mlp  # its input is the mlp_in site
 
 
 _GPT2 = Adapter(
@@ -188,6 +190,21 @@ class LoadedModel:
                 f"{source}: d_in is {sae.d_in} but {self.name} has width {self.d_model} "
                 f"at {site.name}"
             )
+        if sae.is_transcoder:
+            try:
+                out = self.site(sae.hook_name_out)
+            except SiteError as exc:
+                raise SaeFormatError(f"{source}: {exc}") from exc
+            if out.depth <= site.depth:
+                raise SaeFormatError(
+                    f"{source}: a transcoder must write after it reads, but it reads "
+                    f"{site.name} and writes {out.name}"
+                )
+            if sae.d_out != self.d_model:
+                raise SaeFormatError(
+                    f"{source}: d_out is {sae.d_out} but {self.name} has width {self.d_model} "
+                    f"at {out.name}"
+                )
         return sae.to(device=self.device, dtype=self.dtype).eval()
 
     def final_norm(self) -> nn.Module:
@@ -210,16 +227,18 @@ class LoadedModel:
 
     def _register(self, site: Site, edit: SiteEdit) -> torch.utils.hooks.RemovableHandle:
         block = self.adapter.blocks(self.hf)[site.layer]
-        if site.kind == "resid_pre":
+        if site.kind in ("resid_pre", "mlp_in"):  # a module's input: the block's, the MLP's
 
             def pre_hook(module, args, kwargs):
                 if args:
                     new = edit(args[0])
                     return None if new is None else ((new, *args[1:]), kwargs)
-                new = edit(kwargs["hidden_states"])
-                return None if new is None else (args, {**kwargs, "hidden_states": new})
+                key = "hidden_states" if "hidden_states" in kwargs else next(iter(kwargs))
+                new = edit(kwargs[key])
+                return None if new is None else (args, {**kwargs, key: new})
 
-            return block.register_forward_pre_hook(pre_hook, with_kwargs=True)
+            target = block if site.kind == "resid_pre" else self.adapter.mlp(block)
+            return target.register_forward_pre_hook(pre_hook, with_kwargs=True)
 
         module = {
             "resid_post": lambda: block,

@@ -11,7 +11,8 @@ add:                 x' = x + a * W_dec[i]
 cap:                 x' = x + (min(f_i(x), c) - f_i(x)) * W_dec[i]  -- at most c, never raised
 One edit per site applies every feature of every SAE at that site exactly once, computing each
 clamp and cap from the unedited x. Directions are mapped back through the SAE's input
-normalisation.
+normalisation. A transcoder's feature is read where the transcoder reads (the MLP's input) and
+edited where it writes (the MLP's output, later in the same pass): x there is the MLP's output.
 
 Conditional steering (`when`): an edit applies only at positions where another feature, read at
 its own site from the activations arriving there, exceeds a level. The condition is read in the
@@ -68,7 +69,7 @@ def check_condition(
             f"condition {condition}: feature {condition.index} is outside SAE "
             f"{condition.sae!r} (0..{sae.d_sae - 1})"
         )
-    site = parse_site(sae.hook_name)
+    site = parse_site(sae.hook_name)  # where the condition's feature is read
     if before is not None and site.depth > before.depth:
         raise SteeringError(
             f"condition {condition} is read at {site}, after the edit at {before}: a condition "
@@ -111,7 +112,7 @@ def resolve_steering(
         elif feature.units != "raw":
             raise SteeringError(f"unknown units {feature.units!r}; use max_act or raw")
         if feature.when is not None:
-            check_condition(feature.when, saes, before=parse_site(sae.hook_name))
+            check_condition(feature.when, saes, before=parse_site(sae.hook_name_out))
         edits.append(
             FeatureEdit(
                 feature.sae, feature.index, feature.mode, value, feature.positions, feature.when
@@ -168,7 +169,7 @@ class BatchSteerer:
             indices = torch.tensor([e.index for _, e in entries], device=device)
             row_mask = torch.zeros(self.batch, len(entries), dtype=torch.bool, device=device)
             row_mask[[r for r, _ in entries], torch.arange(len(entries))] = True
-            self.groups_by_site[parse_site(sae.hook_name).name].append(
+            self.groups_by_site[parse_site(sae.hook_name_out).name].append(
                 _SaeGroup(
                     name=name,
                     sae=sae,

@@ -73,6 +73,9 @@ class SaeRow(Base):
     site: Mapped[str] = mapped_column(
         String(100)
     )  # TransformerLens name, e.g. blocks.6.hook_resid_post
+    # Where a transcoder's decoder writes (blocks.L.hook_mlp_out); None for an SAE, which writes
+    # where it reads.
+    site_out: Mapped[str | None] = mapped_column(String(100), nullable=True)
     architecture: Mapped[str] = mapped_column(String(50))
     d_in: Mapped[int]
     d_sae: Mapped[int]

@@ -45,6 +45,7 @@ class SaeInfo:
     d_sae: int
     metrics: dict
     harvest: dict
+    site_out: str | None = None  # a transcoder's output site
 
 
 def printable(text: str) -> str:

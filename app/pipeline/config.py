@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app.core.errors import MonoscopeError
+from app.core.sites import Site, parse_site
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,10 @@ class TrainSaeConfig:
     corpus: str
     """Training text: demo-world[:SEED[:VERSION]], a .txt/.jsonl file, or a .npy of token ids."""
     out: Path
-    """Folder for the SAELens-format SAE."""
+    """Folder for the SAE: SAELens format (sparsify for a TopK transcoder, which SAELens lacks)."""
+    transcoder: bool = False
+    """Train a transcoder of the site's layer: read the MLP's input (blocks.L.hook_mlp_in),
+    predict the MLP's output (blocks.L.hook_mlp_out); the site names the layer."""
     eval_corpus: str | None = None
     """Held-out text for the final metrics (default: the end of the training corpus)."""
     d_sae: int = 4096
@@ -99,6 +103,19 @@ class TrainSaeConfig:
     @property
     def steps(self) -> int:
         return self.epochs * self.train_tokens // self.batch_size
+
+    @property
+    def sites(self) -> tuple[str, str | None]:
+        """(the site read, the site a transcoder writes or None for an SAE)."""
+        if not self.transcoder:
+            return self.hook_name, None
+        site = parse_site(self.hook_name)
+        if site.kind not in ("mlp_in", "mlp_out"):
+            raise MonoscopeError(
+                f"a transcoder replaces an MLP: pass its layer's blocks.{site.layer}.hook_mlp_in "
+                f"or hook_mlp_out, not {site.name}"
+            )
+        return Site(site.layer, "mlp_in").name, Site(site.layer, "mlp_out").name
 
     def fingerprint(self, *names: str) -> str:
         body = json.dumps({n: str(getattr(self, n)) for n in names}, sort_keys=True)

@@ -439,6 +439,7 @@ class HarvestJob:
                     name=name,
                     source=c.sae,
                     site=model.site(sae.hook_name).name,
+                    site_out=model.site(sae.hook_name_out).name if sae.is_transcoder else None,
                     architecture=sae.architecture,
                     d_in=sae.d_in,
                     d_sae=sae.d_sae,

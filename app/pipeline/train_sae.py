@@ -1,12 +1,14 @@
-"""Train an SAE on any supported model and site, and write it in SAELens format.
+"""Train an SAE (or an MLP transcoder) on any supported model and site, and write it in SAELens
+format (sparsify for a TopK transcoder).
 
     TrainSaeJob(TrainSaeConfig(model="app/demo/model", hook_name="blocks.1.hook_resid_post",
                                corpus="demo-world", out=Path("saes/res1"))).run()
 
 Activations are cached once to a memmap in the work folder (BOS positions dropped), scaled so
-their mean norm is sqrt(d_in) for training and unscaled again in the saved weights. Training
-checkpoints every few hundred steps; a resumed run replays the same batches and ends with the
-same weights. The saved cfg.json carries the metrics of `evaluate_sae` on held-out contexts.
+their mean norm is sqrt(d_in) for training and unscaled again in the saved weights; a transcoder
+caches its MLP's input and output side by side and scales each so. Training checkpoints every
+few hundred steps; a resumed run replays the same batches and ends with the same weights. The
+saved cfg.json carries the metrics of `evaluate_sae` on held-out contexts.
 """
 
 import json
@@ -21,6 +23,7 @@ from app.core.checkpoint import load_checkpoint, save_checkpoint
 from app.core.errors import MonoscopeError
 from app.core.model import LoadedModel, load_model
 from app.core.sae import Sae, save_saelens
+from app.core.sae.formats import save_sparsify
 from app.core.sae.metrics import evaluate_sae
 from app.core.sae.training import TrainableSae
 from app.pipeline.config import TrainSaeConfig
@@ -33,13 +36,16 @@ class TrainSaeJob:
         # Activations depend on what is read; a run also on how it trains. Runs share a cache.
         self.cache = config.work_dir / (
             "activations-"
-            + config.fingerprint("model", "hook_name", "corpus", "context_size", "train_tokens")
+            + config.fingerprint(
+                "model", "hook_name", "transcoder", "corpus", "context_size", "train_tokens"
+            )
         )
         self.work = config.work_dir / (
             "run-"
             + config.fingerprint(
                 "model",
                 "hook_name",
+                "transcoder",
                 "corpus",
                 "context_size",
                 "train_tokens",
@@ -60,14 +66,17 @@ class TrainSaeJob:
         c = self.config
         self.work.mkdir(parents=True, exist_ok=True)
         self.cache.mkdir(parents=True, exist_ok=True)
+        read, write = c.sites  # a bad site fails before any work
         model = load_model(c.model, device=c.device)
-        model.site(c.hook_name)  # a bad site fails before any work
-        activations = self._cached_activations(model)
-        scale = math.sqrt(model.d_model) / float(
-            np.linalg.norm(activations[:100_000].astype(np.float32), axis=1).mean()
+        for site in (read, write):
+            if site is not None:
+                model.site(site)
+        inputs, targets = self._cached_activations(model, read, write)
+        scale, out_scale = _unit_scale(model, inputs), _unit_scale(model, targets)
+        trainer = self._train(inputs, targets, scale, out_scale, model.device)
+        sae = trainer.to_sae(
+            read, scale, model_name=c.model, hook_name_out=write, out_scale=out_scale
         )
-        trainer = self._train(activations, scale, model.device)
-        sae = trainer.to_sae(c.hook_name, scale, model_name=c.model)
         eval_ids = self._eval_contexts(model)
         metrics = evaluate_sae(model, model.attach(sae), torch.from_numpy(eval_ids))
         sae.cfg.metadata.update(
@@ -79,35 +88,46 @@ class TrainSaeJob:
                 "training_tokens": c.steps * c.batch_size,
             }
         )
-        save_saelens(sae.to("cpu", torch.float32), c.out)
+        frozen = sae.to("cpu", torch.float32)
+        if sae.is_transcoder and sae.architecture == "topk":
+            save_sparsify(frozen, c.out)
+        else:
+            save_saelens(frozen, c.out)
         (c.out / "training_config.json").write_text(
             json.dumps(asdict(c) | {"steps": c.steps}, indent=2, default=str)
         )
         return sae
 
     # -- activations ---------------------------------------------------------------------------
-    def _cached_activations(self, model: LoadedModel) -> np.ndarray:
+    def _cached_activations(
+        self, model: LoadedModel, read: str, write: str | None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """(inputs, a transcoder's targets or None), row i of each from the same token."""
         c = self.config
         body = c.context_size - (model.tokenizer.bos_token_id is not None)
         n_contexts = -(-c.train_tokens // body)
-        path, done = self.cache / "activations.f16", self.cache / "activations.done"
+        sites = [read] if write is None else [read, write]
+        paths = [self.cache / f"activations-{n}.f16" for n in range(len(sites))]
+        done = self.cache / "activations.done"
         shape = (n_contexts * body, model.d_model)
-        if done.exists():
-            return np.memmap(path, dtype=np.float16, mode="r", shape=shape)
-        ids = load_contexts(c.corpus, model.tokenizer, c.context_size, n_contexts)
-        if len(ids) < n_contexts:
-            raise MonoscopeError(
-                f"corpus {c.corpus!r} gives {len(ids)} contexts; need {n_contexts}"
-            )
-        cache = np.memmap(path, dtype=np.float16, mode="w+", shape=shape)
-        batch = 32
-        for i in tqdm(range(0, n_contexts, batch), desc="cache activations", unit="batch"):
-            x = model.capture(torch.from_numpy(ids[i : i + batch]), [c.hook_name])[c.hook_name]
-            tokens = x[:, -body:].flatten(0, 1).float().cpu().numpy()
-            cache[i * body : i * body + len(tokens)] = tokens
-        cache.flush()
-        done.touch()
-        return np.memmap(path, dtype=np.float16, mode="r", shape=shape)
+        if not done.exists():
+            ids = load_contexts(c.corpus, model.tokenizer, c.context_size, n_contexts)
+            if len(ids) < n_contexts:
+                raise MonoscopeError(
+                    f"corpus {c.corpus!r} gives {len(ids)} contexts; need {n_contexts}"
+                )
+            caches = [np.memmap(path, dtype=np.float16, mode="w+", shape=shape) for path in paths]
+            batch = 32
+            for i in tqdm(range(0, n_contexts, batch), desc="cache activations", unit="batch"):
+                acts = model.capture(torch.from_numpy(ids[i : i + batch]), sites)
+                for site, cache in zip(sites, caches, strict=True):
+                    tokens = acts[model.site(site).name][:, -body:].flatten(0, 1).float()
+                    cache[i * body : i * body + len(tokens)] = tokens.cpu().numpy()
+            for cache in caches:
+                cache.flush()
+            done.touch()
+        cached = [np.memmap(path, dtype=np.float16, mode="r", shape=shape) for path in paths]
+        return cached[0], cached[1] if write is not None else None
 
     def _eval_contexts(self, model: LoadedModel) -> np.ndarray:
         c = self.config
@@ -129,12 +149,24 @@ class TrainSaeJob:
             return c.lr * warm
         return c.lr * warm * (c.steps - step) / max(1, c.steps - decay_start)
 
-    def _train(self, activations: np.ndarray, scale: float, device: torch.device) -> TrainableSae:
+    def _train(
+        self,
+        activations: np.ndarray,
+        targets: np.ndarray | None,
+        scale: float,
+        out_scale: float,
+        device: torch.device,
+    ) -> TrainableSae:
         c = self.config
         torch.manual_seed(c.seed)
         sample = torch.from_numpy(activations[:100_000].astype(np.float32)) * scale
+        mean = (
+            sample.mean(0)
+            if targets is None
+            else (torch.from_numpy(targets[:100_000].astype(np.float32)) * out_scale).mean(0)
+        )
         sae = TrainableSae.initialise(
-            sample.shape[1], c.d_sae, c.k, sample.mean(0), c.seed, c.l1_coefficient
+            sample.shape[1], c.d_sae, c.k, mean, c.seed, c.l1_coefficient, c.transcoder
         ).to(device)
         optimizer = torch.optim.Adam(sae.parameters(), lr=c.lr, betas=(0.9, 0.999))
         last_fired = torch.zeros(c.d_sae, dtype=torch.long, device=device)
@@ -150,11 +182,16 @@ class TrainSaeJob:
         for step in bar:
             rows = np.sort(order[step * per_step : (step + 1) * per_step])
             x = torch.from_numpy(activations[rows].astype(np.float32)).to(device) * scale
+            y = (
+                None
+                if targets is None
+                else torch.from_numpy(targets[rows].astype(np.float32)).to(device) * out_scale
+            )
             for group in optimizer.param_groups:
                 group["lr"] = self._lr(step)
             tokens_seen = step * per_step
             dead = (tokens_seen - last_fired) >= c.dead_after_tokens
-            out = sae.loss(x, dead)
+            out = sae.loss(x, dead, target=y)
             out.loss.backward()
             sae.before_step()
             optimizer.step()
@@ -177,3 +214,11 @@ class TrainSaeJob:
                     checkpoint, step + 1, sae=sae, optimizer=optimizer, last_fired=last_fired
                 )
         return sae
+
+
+def _unit_scale(model: LoadedModel, activations: np.ndarray | None) -> float:
+    """The factor that gives activations a mean norm of sqrt(d_model) (1 when there are none)."""
+    if activations is None:
+        return 1.0
+    norms = np.linalg.norm(activations[:100_000].astype(np.float32), axis=1)
+    return math.sqrt(model.d_model) / float(norms.mean())

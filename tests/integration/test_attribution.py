@@ -7,6 +7,7 @@ import torch
 
 from app.core.attribution import ablate, attribute, trace_chain
 from app.core.errors import MonoscopeError
+from tests.helpers import exact_transcoder
 
 PROMPT = "User: What colour is a banana?\nAssistant: A banana is"
 # A two-hop story from the world's templates: the answer needs who the sister is and what she loved.
@@ -152,3 +153,63 @@ def test_a_chain_runs_from_an_earlier_site(demo_workspace):
         trace_chain(model, late, early, ids, 0, [1])
     with pytest.raises(MonoscopeError, match="not before"):
         trace_chain(model, early, early, ids, 0, [1])
+
+
+def _neuron_zeroed(model, layer, neuron, ids, position=None):
+    """Forward pass with one ReLU neuron of one MLP zeroed (after BOS, or at one position)."""
+
+    def zero(module, args, output):
+        output = output.clone()
+        if position is None:
+            output[:, 1:, neuron] = 0.0
+        else:
+            output[:, position, neuron] = 0.0
+        return output
+
+    handle = model.adapter.blocks(model.hf)[layer].mlp.act.register_forward_hook(zero)
+    try:
+        with torch.inference_mode():
+            return model.hf(input_ids=ids)
+    finally:
+        handle.remove()
+
+
+def test_a_transcoder_features_exact_effect_is_zeroing_its_neuron(relu_gpt2):
+    """On the exact transcoder, zeroing feature i (error kept) is zeroing MLP neuron i; and the
+    gradient × activation estimate tracks those exact effects."""
+    model, transcoder = relu_gpt2, exact_transcoder(relu_gpt2, 1)
+    text = "The Golden Gate Bridge is red and the fog"
+    found = attribute(model, transcoder, text, top_k=16, exact=16)
+    ids = torch.tensor([found.token_ids])
+    for effect in found.by_attribution[:4]:
+        logits = _neuron_zeroed(model, 1, effect.index, ids).logits[0, -1].float()
+        assert effect.delta_logit == pytest.approx(
+            float(logits[found.target]) - found.logit, abs=1e-4
+        )
+    estimate = np.array([e.attribution for e in found.by_attribution])
+    measured = -np.array([e.delta_logit for e in found.by_attribution])
+    assert np.abs(measured).max() > 0.05
+    assert np.corrcoef(estimate, measured)[0, 1] > 0.8
+
+
+def test_a_chain_between_transcoders_equals_a_direct_rerun(relu_gpt2):
+    model = relu_gpt2
+    early, late = exact_transcoder(model, 0), exact_transcoder(model, 2)
+    found = attribute(model, late, "The Golden Gate Bridge is red and the fog", exact=0)
+    features = [e.index for e in found.by_attribution[:2]]
+    links = trace_chain(model, early, late, found.token_ids, found.target, features, sources=4)
+    ids = torch.tensor([found.token_ids])
+    assert all(link.earlier and link.local for link in links)
+    for link in links:
+        for source in link.earlier[:2] + link.local[:2]:
+            read = {}
+
+            def record(x, read=read):
+                read["f"] = late.encode(x)
+
+            with model.hooked({late.hook_name: record}):
+                _neuron_zeroed(model, 0, source.index, ids, source.position)
+            changed = float(read["f"][0, link.position, link.index]) - link.activation
+            assert changed == pytest.approx(source.exact, abs=1e-4)
+    with pytest.raises(MonoscopeError, match="not before"):
+        trace_chain(model, late, early, found.token_ids, found.target, features)

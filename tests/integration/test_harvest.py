@@ -17,7 +17,7 @@ from app.pipeline import harvest as harvest_module
 from app.pipeline.config import IngestConfig
 from app.pipeline.harvest import HarvestConfig, HarvestJob
 from app.pipeline.ingest import IngestJob, TokenStore
-from tests.helpers import CORPUS, database_snapshot, random_sae
+from tests.helpers import CORPUS, database_snapshot, random_sae, random_transcoder
 
 CONTEXT = 16
 TOKENS = 40 * CONTEXT
@@ -283,6 +283,45 @@ def test_a_feature_with_a_zero_decoder_row_harvests_and_renders(
             api = client.get(f"/api/v1/features/{gpt2.name}/zero-row/{index}")
             assert api.status_code == 200 and "NaN" not in api.text
         assert client.get(f"/{gpt2.name}/zero-row").status_code == 200
+
+
+def test_a_transcoder_harvests_from_the_mlp_input_and_renders_as_one(
+    engine, gpt2, corpus, tmp_path
+):
+    """Activations come from the MLP's input; logit effects and the pages follow the output."""
+    from fastapi.testclient import TestClient
+
+    from app.core.sae import load_sae
+    from app.settings import Settings
+    from app.web.app import create_app
+
+    folder = tmp_path / "tc1"
+    save_saelens(random_transcoder(layer=1, d_sae=64, seed=5), folder)
+    HarvestJob(_config(corpus, folder, tmp_path), engine, model=gpt2).run()
+    transcoder = gpt2.attach(load_sae(str(folder)))
+    ids = torch.from_numpy(np.asarray(corpus.ids[: TOKENS // CONTEXT], np.int64))
+    x = gpt2.capture(ids, ["blocks.1.hook_mlp_in"])["blocks.1.hook_mlp_in"]
+    counted = torch.from_numpy(corpus.counted_mask(0, len(ids)))
+    flat = (transcoder.encode(x) * counted[..., None])[counted]
+    W_U = gpt2.unembedding().float() * gpt2.final_norm_scale()
+    with session_scope(engine) as session:
+        for index in (0, 9):
+            feature = feature_detail(session, gpt2.name, "tc1", index).feature
+            assert feature.max_act == pytest.approx(float(flat[:, index].max()), rel=1e-5)
+            assert feature.density == pytest.approx(float((flat[:, index] > 0).float().mean()))
+            effects = transcoder.W_dec[index].float() @ W_U.T
+            assert [t[0] for t in feature.top_logits] == effects.topk(4).indices.tolist()
+        row = feature_detail(session, gpt2.name, "tc1", 0).sae
+        assert (row.site, row.site_out) == ("blocks.1.hook_mlp_in", "blocks.1.hook_mlp_out")
+        assert row.metrics["eval_tokens"] > 0 and "ce_loss_recovered" in row.metrics
+    url = engine.url.render_as_string(hide_password=False)
+    with TestClient(create_app(Settings(database_url=url))) as client:
+        page = client.get(f"/{gpt2.name}/tc1")
+        assert page.status_code == 200 and "blocks.1.hook_mlp_out" in page.text
+        assert "transcoder" in page.text
+        assert client.get(f"/{gpt2.name}/tc1/0").status_code == 200
+        listed = {s["name"]: s for s in client.get("/api/v1/saes").json()}
+        assert listed["tc1"]["site_out"] == "blocks.1.hook_mlp_out"
 
 
 # -- sharded on Ray ------------------------------------------------------------------------------

@@ -1,13 +1,14 @@
 """Captured activations at every site, for each family, against independent references."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
 
 from app.core.errors import MonoscopeError, SaeFormatError, SiteError, UnsupportedModelError
 from app.core.model import load_model
-from tests.helpers import FAMILIES, N_LAYERS, build_model, random_sae
+from tests.helpers import FAMILIES, N_LAYERS, build_model, random_sae, random_transcoder
 
 ATOL = 1e-5
 
@@ -19,20 +20,25 @@ def family_model(request, tmp_path_factory):
 
 
 def _all_sites(n_layers):
-    kinds = ("resid_pre", "attn_out", "mlp_out", "resid_post")
+    kinds = ("resid_pre", "attn_out", "mlp_in", "mlp_out", "resid_post")
     return [f"blocks.{layer}.hook_{kind}" for layer in range(n_layers) for kind in kinds]
+
+
+def _mlp_input_reference(family, block, resid_pre, attn_out):
+    """What the MLP module receives, recomputed from the block's own norms."""
+    if family == "gpt2":
+        return block.ln_2(resid_pre + attn_out)
+    if family == "gpt_neox":  # parallel residual: the MLP reads the block input
+        return block.post_attention_layernorm(resid_pre)
+    if family == "gemma2":
+        return block.pre_feedforward_layernorm(resid_pre + attn_out)
+    return block.post_attention_layernorm(resid_pre + attn_out)
 
 
 def _mlp_reference(family, block, resid_pre, attn_out):
     """The MLP's contribution recomputed from the block's own sub-modules."""
-    if family == "gpt2":
-        return block.mlp(block.ln_2(resid_pre + attn_out))
-    if family == "gpt_neox":  # parallel residual: the MLP reads the block input
-        return block.mlp(block.post_attention_layernorm(resid_pre))
-    if family == "gemma2":
-        hidden = block.pre_feedforward_layernorm(resid_pre + attn_out)
-        return block.post_feedforward_layernorm(block.mlp(hidden))
-    return block.mlp(block.post_attention_layernorm(resid_pre + attn_out))
+    out = block.mlp(_mlp_input_reference(family, block, resid_pre, attn_out))
+    return block.post_feedforward_layernorm(out) if family == "gemma2" else out
 
 
 @torch.inference_mode()
@@ -55,6 +61,12 @@ def test_sites_match_hidden_states_and_submodules(family_model):
         torch.testing.assert_close(pre + attn + mlp, post, atol=ATOL, rtol=1e-5)
         torch.testing.assert_close(
             mlp, _mlp_reference(family, blocks[layer], pre, attn), atol=ATOL, rtol=1e-5
+        )
+        torch.testing.assert_close(
+            acts[f"blocks.{layer}.hook_mlp_in"],
+            _mlp_input_reference(family, blocks[layer], pre, attn),
+            atol=ATOL,
+            rtol=1e-5,
         )
         assert attn.abs().max() > 0 and mlp.abs().max() > 0
 
@@ -113,3 +125,28 @@ def test_attach_checks_width_and_site(gpt2):
         gpt2.attach(random_sae(hook_name="blocks.9.hook_resid_post"))
     attached = gpt2.attach(random_sae())
     assert attached.device == gpt2.device and attached.dtype == gpt2.dtype
+
+
+def test_an_edit_at_the_mlp_input_reaches_only_the_mlp(gpt2):
+    ids = torch.tensor([[0, 5, 6, 7]])
+    sites = ["blocks.1.hook_attn_out", "blocks.1.hook_mlp_in", "blocks.1.hook_mlp_out"]
+    clean = gpt2.capture(ids, sites)
+    with gpt2.hooked({"blocks.1.hook_mlp_in": lambda x: x * 0}):
+        edited = gpt2.capture(ids, sites)
+    torch.testing.assert_close(edited["blocks.1.hook_attn_out"], clean["blocks.1.hook_attn_out"])
+    block = gpt2.adapter.blocks(gpt2.hf)[1]
+    with torch.inference_mode():
+        zero_in = block.mlp(torch.zeros_like(clean["blocks.1.hook_mlp_in"]))
+    torch.testing.assert_close(edited["blocks.1.hook_mlp_out"], zero_in)
+    assert not torch.allclose(edited["blocks.1.hook_mlp_out"], clean["blocks.1.hook_mlp_out"])
+
+
+def test_attach_checks_a_transcoders_output_site_and_width(gpt2):
+    attached = gpt2.attach(random_transcoder(layer=2))
+    assert attached.hook_name_out == "blocks.2.hook_mlp_out"
+    with pytest.raises(SaeFormatError, match=r"d_out is 24 but .* has width 32"):
+        gpt2.attach(random_transcoder(d_out=24), source="narrow")
+    backwards = random_transcoder(layer=1)
+    backwards.cfg = replace(backwards.cfg, hook_name_out="blocks.0.hook_mlp_out")
+    with pytest.raises(SaeFormatError, match="must write after it reads"):
+        gpt2.attach(backwards)

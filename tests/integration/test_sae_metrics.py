@@ -5,7 +5,7 @@ import torch
 
 from app.core.sae import Sae, SaeConfig
 from app.core.sae.metrics import evaluate_sae
-from tests.helpers import D_MODEL, random_sae
+from tests.helpers import D_MODEL, exact_transcoder, random_sae
 
 SITE = "blocks.1.hook_resid_post"
 
@@ -54,3 +54,22 @@ def test_dead_and_dense_fractions(gpt2):
     m = evaluate_sae(gpt2, gpt2.attach(sae), contexts(gpt2))
     assert m.dead_fraction == pytest.approx(16 / 64)
     assert m.dense_10pct_fraction >= 8 / 64
+
+
+def test_a_transcoder_is_measured_on_what_the_mlp_writes(relu_gpt2):
+    exact = exact_transcoder(relu_gpt2, 1)
+    m = evaluate_sae(relu_gpt2, exact, contexts(relu_gpt2))
+    assert m.variance_explained == pytest.approx(1.0, abs=1e-5)
+    assert m.ce_loss_recovered == pytest.approx(1.0, abs=1e-4)
+    assert m.kl_div == pytest.approx(0.0, abs=1e-5)
+    silent = exact_transcoder(relu_gpt2, 1)
+    silent.W_dec.data.zero_()
+    silent.b_dec.data.zero_()
+    m = evaluate_sae(relu_gpt2, silent, contexts(relu_gpt2))
+    assert m.ce_loss_recovered == pytest.approx(0.0, abs=1e-5)  # zero ablation of the MLP
+    assert m.variance_explained < 0.5
+    # A skip term is part of what it writes: W_skip = I on a zero decoder writes the MLP's input.
+    silent.register_parameter("W_skip", torch.nn.Parameter(torch.eye(D_MODEL), requires_grad=False))
+    ids = contexts(relu_gpt2)
+    acts = relu_gpt2.capture(ids, ["blocks.1.hook_mlp_in"])["blocks.1.hook_mlp_in"]
+    torch.testing.assert_close(silent(acts), acts)

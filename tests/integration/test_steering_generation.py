@@ -23,7 +23,7 @@ from app.core.steering import (
     SteeringSpec,
     resolve_steering,
 )
-from tests.helpers import random_sae
+from tests.helpers import exact_transcoder, random_sae
 
 SITE = "blocks.1.hook_resid_post"
 SAMPLED = SamplingParams(max_new_tokens=12, temperature=1.0)
@@ -322,3 +322,40 @@ def test_a_stop_condition_ends_the_row_on_the_token_that_crossed_it(gpt2, saes):
                 greedy,
             )
         )
+
+
+def test_clamping_a_transcoder_feature_clamps_that_mlp_neuron(relu_gpt2):
+    """The exact transcoder's features are the MLP's neurons: clamping feature i, read at the MLP's
+    input and written at its output, must give the logits of clamping neuron i inside the MLP."""
+    model = relu_gpt2
+    saes = {"tc1": exact_transcoder(model, 1)}
+    ids = torch.tensor([model.tokenizer("The Golden Gate Bridge is red")["input_ids"]])
+    neurons = model.capture(ids, ["blocks.1.hook_mlp_in"])["blocks.1.hook_mlp_in"]
+    neuron = int(saes["tc1"].encode(neurons)[0, 1:].sum(0).argmax())
+    value = 3.0
+
+    def clamp_neuron(module, args, output):
+        output = output.clone()
+        output[:, 1:, neuron] = value  # BOS left alone, as steering leaves it
+        return output
+
+    act = model.adapter.blocks(model.hf)[1].mlp.act
+    handle = act.register_forward_hook(clamp_neuron)
+    try:
+        with torch.inference_mode():
+            expected = model.hf(ids).logits
+    finally:
+        handle.remove()
+    steerer = BatchSteerer(
+        saes,
+        [[FeatureEdit("tc1", neuron, "clamp", value)]],
+        [ids.shape[1]],
+        model.tokenizer.bos_token_id,
+    )
+    steerer.set_step(torch.arange(ids.shape[1])[None], torch.ones_like(ids, dtype=torch.bool), ids)
+    with torch.inference_mode(), model.hooked(steerer.site_edits()):
+        steered = model.hf(ids).logits
+    with torch.inference_mode():
+        clean = model.hf(ids).logits
+    assert not torch.allclose(expected, clean, atol=1e-3)
+    torch.testing.assert_close(steered, expected, atol=1e-4, rtol=1e-4)

@@ -1,20 +1,31 @@
-"""Readers for SAELens, Gemma Scope and EleutherAI sparsify files; a writer for SAELens.
+"""Readers for SAELens, Gemma Scope, EleutherAI sparsify and circuit-tracer files; writers for
+SAELens and circuit-tracer transcoder sets.
+
+Transcoders come in each family's own spelling: SAELens architectures `transcoder`,
+`skip_transcoder`, `jumprelu_transcoder` and `jumprelu_skip_transcoder` (`d_out`, and
+`hook_name_out` in the metadata); Gemma Scope `params.npz` under a `...-transcoders` repository;
+sparsify `transcode` / `skip_connection`; circuit-tracer sets (a `config.yaml` listing one
+safetensors file per layer, with its input and output hooks).
 
 Every problem with a file is one SaeFormatError naming the file and what is wrong with it.
 """
 
 import json
 import re
+from contextlib import suppress
+from dataclasses import replace
 from pathlib import Path
 from typing import cast
 
 import numpy as np
 import torch
+import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from app.core.errors import MonoscopeError, SaeFormatError, SiteError
 from app.core.sae.constants import (
+    CIRCUIT_TRACER_CFG,
     GEMMA_SCOPE_PARAMS,
     HF_PREFIX,
     SAELENS_CFG,
@@ -23,8 +34,15 @@ from app.core.sae.constants import (
     SPARSIFY_CFG,
     SPARSIFY_WEIGHTS,
 )
-from app.core.sae.module import ARCHITECTURES, NORMALIZATIONS, Normalization, Sae, SaeConfig
-from app.core.sites import parse_site
+from app.core.sae.module import (
+    ARCHITECTURES,
+    NORMALIZATIONS,
+    Architecture,
+    Normalization,
+    Sae,
+    SaeConfig,
+)
+from app.core.sites import Site, parse_site
 
 # Keys each architecture needs beyond W_enc, W_dec and b_dec.
 _EXTRA_KEYS = {
@@ -33,13 +51,21 @@ _EXTRA_KEYS = {
     "jumprelu": ("b_enc", "threshold"),
     "gated": ("b_gate", "b_mag", "r_mag"),
 }
-_GEMMA_SCOPE_SITES = {"res": "resid_post", "mlp": "mlp_out"}
+_GEMMA_SCOPE_SITES = {"res": "resid_post", "mlp": "mlp_out", "transcoders": "mlp_in"}
+# SAELens transcoder architectures: (the encoder they share with an SAE, has a skip connection).
+_SAELENS_TRANSCODERS = {
+    "transcoder": ("standard", False),
+    "skip_transcoder": ("standard", True),
+    "jumprelu_transcoder": ("jumprelu", False),
+    "jumprelu_skip_transcoder": ("jumprelu", True),
+}
 # Metadata keys that SaeConfig holds itself or that only mark the file format.
 _CONFIG_OWN_KEYS = ("hook_name", "model_name", "sae_lens_version")
 
 
 def load_sae(path: str | Path, hook_name: str | None = None) -> Sae:
-    """Read an SAE from a SAELens directory, Gemma Scope params.npz or sparsify directory.
+    """Read an SAE or transcoder from a SAELens directory, Gemma Scope params.npz, sparsify
+    directory, or one layer's file of a circuit-tracer set.
 
     `path` may be `hf://owner/repo/sub/folder` to fetch that folder from the Hugging Face hub.
     `hook_name` overrides the site the file names (and supplies it where the file names none).
@@ -47,29 +73,39 @@ def load_sae(path: str | Path, hook_name: str | None = None) -> Sae:
     local = _fetch_from_hub(str(path)) if str(path).startswith(HF_PREFIX) else Path(path)
     if not local.exists():
         raise SaeFormatError(f"{local}: no such file or directory")
-    if local.is_file() or (local / GEMMA_SCOPE_PARAMS).exists():
+    if local.is_file() and (local.parent / CIRCUIT_TRACER_CFG).exists():
+        sae = _read_circuit_tracer_layer(local)
+    elif local.is_file() or (local / GEMMA_SCOPE_PARAMS).exists():
         params = local if local.is_file() else local / GEMMA_SCOPE_PARAMS
         sae = _read_gemma_scope(params, hook_name or _gemma_scope_site(str(path), params))
     elif (local / SAELENS_WEIGHTS).exists():
         sae = _read_saelens(local)
     elif (local / SPARSIFY_WEIGHTS).exists():
         sae = _read_sparsify(local)
+    elif (local / CIRCUIT_TRACER_CFG).exists():
+        layers = ", ".join(path.name for path in circuit_tracer_layers(local)[:3])
+        raise SaeFormatError(
+            f"{local}: a circuit-tracer set holds one transcoder per layer; pass one layer's "
+            f"file ({layers}, ...)"
+        )
     else:
         raise SaeFormatError(
             f"{local}: not an SAE; expected a SAELens directory "
             f"({SAELENS_CFG} + {SAELENS_WEIGHTS}),"
-            f" a Gemma Scope {GEMMA_SCOPE_PARAMS}, or a sparsify directory "
-            f"({SPARSIFY_CFG} + {SPARSIFY_WEIGHTS})"
+            f" a Gemma Scope {GEMMA_SCOPE_PARAMS}, a sparsify directory "
+            f"({SPARSIFY_CFG} + {SPARSIFY_WEIGHTS}), or a circuit-tracer layer file"
         )
     for name, tensor in sae.state_dict().items():  # one NaN spreads to every page it touches
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise SaeFormatError(f"{local}: {name} holds NaN or infinite values; refusing it")
     if hook_name is not None:
         sae.with_hook_name(hook_name)
-    try:
-        parse_site(sae.hook_name)
+    try:  # one name per site from here on: every consumer compares them
+        canonical = parse_site(sae.hook_name).name
+        out = parse_site(sae.hook_name_out).name if sae.is_transcoder else None
     except SiteError as exc:
         raise SaeFormatError(f"{local}: {exc}") from exc
+    sae.cfg = replace(sae.cfg, hook_name=canonical, hook_name_out=out)
     return sae
 
 
@@ -124,11 +160,21 @@ def _positive_int(cfg: dict, key: str, file: Path) -> int:
 
 
 def _checked_weights(
-    weights: dict[str, torch.Tensor], architecture: str, d_in: int, d_sae: int, file: Path
+    weights: dict[str, torch.Tensor],
+    architecture: str,
+    d_in: int,
+    d_sae: int,
+    file: Path,
+    d_out: int | None = None,
+    skip: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """Exactly the tensors the architecture uses, in float32, with their shapes verified."""
-    expected = {"W_enc": (d_in, d_sae), "W_dec": (d_sae, d_in), "b_dec": (d_in,)}
+    """Exactly the tensors the architecture uses, in float32, with their shapes verified.
+    A transcoder's decoder writes d_out wide; a skip transcoder also has W_skip (d_out, d_in)."""
+    d_out = d_out or d_in
+    expected = {"W_enc": (d_in, d_sae), "W_dec": (d_sae, d_out), "b_dec": (d_out,)}
     expected |= {key: (d_sae,) for key in _EXTRA_KEYS[architecture]}
+    if skip:
+        expected["W_skip"] = (d_out, d_in)
     checked = {}
     for key, shape in expected.items():
         if key not in weights:
@@ -136,10 +182,26 @@ def _checked_weights(
         if tuple(weights[key].shape) != shape:
             raise SaeFormatError(
                 f"{file}: tensor {key!r} has shape {tuple(weights[key].shape)}, expected {shape} "
-                f"(d_in={d_in}, d_sae={d_sae})"
+                f"(d_in={d_in}, d_sae={d_sae}, d_out={d_out})"
             )
         checked[key] = weights[key].to(torch.float32).contiguous()
     return checked
+
+
+def _output_site(hook_name: str, hook_name_out: object, file: Path) -> str:
+    """A transcoder's output site: the one its file names, else (the convention of every
+    published MLP transcoder) the MLP output of the layer whose MLP input it reads."""
+    if hook_name_out:
+        return str(hook_name_out)
+    try:
+        site = parse_site(hook_name)
+    except SiteError as exc:
+        raise SaeFormatError(f"{file}: {exc}") from exc
+    if site.kind != "mlp_in":
+        raise SaeFormatError(
+            f"{file}: a transcoder reading {hook_name} must name the site it writes (hook_name_out)"
+        )
+    return Site(site.layer, "mlp_out").name
 
 
 # -- SAELens ----------------------------------------------------------------------------------
@@ -154,6 +216,9 @@ def _read_saelens(folder: Path) -> Sae:
         raise SaeFormatError(f"{cfg_file}: missing field 'hook_name'")
 
     architecture = raw.get("architecture", "standard")
+    transcoder = _SAELENS_TRANSCODERS.get(architecture)
+    if transcoder is not None:
+        return _read_saelens_transcoder(raw, context, folder, str(hook_name), *transcoder)
     activation = raw.get("activation_fn") or raw.get("activation_fn_str")
     kwargs = raw.get("activation_fn_kwargs") or {}
     k = raw.get("k")
@@ -209,14 +274,68 @@ def _read_saelens(folder: Path) -> Sae:
     return Sae(cfg, checked)
 
 
+def _read_saelens_transcoder(
+    raw: dict, context: dict, folder: Path, hook_name: str, architecture: str, skip: bool
+) -> Sae:
+    cfg_file, weights_file = folder / SAELENS_CFG, folder / SAELENS_WEIGHTS
+    if raw.get("normalize_activations", "none") not in ("none", None, False):
+        raise SaeFormatError(
+            f"{cfg_file}: transcoders with input normalisation "
+            f"({raw['normalize_activations']!r}) are not supported"
+        )
+    d_in, d_sae = _positive_int(raw, "d_in", cfg_file), _positive_int(raw, "d_sae", cfg_file)
+    d_out = _positive_int(raw, "d_out", cfg_file) if "d_out" in raw else d_in
+    weights = _read_safetensors(weights_file)
+    if "threshold" not in weights and "log_threshold" in weights:
+        weights["threshold"] = weights["log_threshold"].exp()
+    checked = _checked_weights(weights, architecture, d_in, d_sae, weights_file, d_out, skip)
+    hook_name_out = _output_site(
+        hook_name, context.get("hook_name_out") or raw.get("hook_name_out"), cfg_file
+    )
+    cfg = SaeConfig(
+        architecture=cast(Architecture, architecture),
+        d_in=d_in,
+        d_sae=d_sae,
+        hook_name=hook_name,
+        apply_b_dec_to_input=False,  # SAELens refuses it for transcoders
+        model_name=context.get("model_name"),
+        dtype=str(raw.get("dtype", "float32")).removeprefix("torch."),
+        metadata={k: v for k, v in context.items() if k not in (*_CONFIG_OWN_KEYS, "hook_name_out")}
+        if context is not raw
+        else {},
+        hook_name_out=hook_name_out,
+        d_out=d_out,
+    )
+    return Sae(cfg, checked)
+
+
+def _saelens_architecture(sae: Sae) -> str:
+    if not sae.is_transcoder:
+        return sae.architecture
+    for name, (base, skip) in _SAELENS_TRANSCODERS.items():
+        if (base, skip) == (sae.architecture, sae.has_skip):
+            return name
+    raise MonoscopeError(
+        f"a {sae.architecture} transcoder has no SAELens equivalent; keep it in sparsify format"
+    )
+
+
+def _transformer_lens_name(hook_name: str) -> str:
+    try:
+        return parse_site(hook_name).transformer_lens_name
+    except SiteError:
+        return hook_name  # written as it came; load_sae names the problem when it is read
+
+
 def save_saelens(sae: Sae, folder: Path) -> Path:
     """Write a SAELens v6 directory that `sae_lens.SAE.load_from_disk` reads."""
     cfg = sae.cfg
     if cfg.topk_grouping == "groupmax":
         raise MonoscopeError("a groupmax (sparsify) SAE has no SAELens equivalent; cannot save it")
+    architecture = _saelens_architecture(sae)
     folder.mkdir(parents=True, exist_ok=True)
     body: dict[str, object] = {
-        "architecture": cfg.architecture,
+        "architecture": architecture,
         "d_in": cfg.d_in,
         "d_sae": cfg.d_sae,
         "dtype": cfg.dtype,
@@ -228,11 +347,15 @@ def save_saelens(sae: Sae, folder: Path) -> Path:
             **cfg.metadata,
             "sae_lens_version": SAELENS_FORMAT_VERSION,
             "model_name": cfg.model_name,
-            "hook_name": cfg.hook_name,
+            "hook_name": _transformer_lens_name(cfg.hook_name),
         },
     }
     if cfg.architecture == "topk":
         body |= {"k": cfg.k, "rescale_acts_by_decoder_norm": cfg.rescale_acts_by_decoder_norm}
+    if sae.is_transcoder:
+        body["d_out"] = sae.d_out
+        out = _transformer_lens_name(sae.hook_name_out)
+        body["metadata"] |= {"hook_name_out": out}  # type: ignore[operator]
     tensors = {name: p.detach().to("cpu").contiguous() for name, p in sae.named_parameters()}
     save_file(tensors, folder / SAELENS_WEIGHTS)
     (folder / SAELENS_CFG).write_text(json.dumps(body, indent=2))
@@ -245,7 +368,7 @@ def _gemma_scope_site(spec: str, params: Path) -> str | None:
     gemma-scope-2b-pt-res/layer_12/width_16k/average_l0_82/params.npz."""
     text = f"{spec}/{params.resolve()}"
     layer = re.search(r"layer_(\d+)", text)
-    kind = re.search(r"gemma-scope-[^/]*-(res|mlp|att)\b", text)
+    kind = re.search(r"gemma-scope-[^/]*-(res|mlp|att|transcoders)\b", text)
     if layer is None or kind is None or kind.group(1) not in _GEMMA_SCOPE_SITES:
         return None
     return f"blocks.{layer.group(1)}.hook_{_GEMMA_SCOPE_SITES[kind.group(1)]}"
@@ -265,7 +388,9 @@ def _read_gemma_scope(params: Path, hook_name: str | None) -> Sae:
     if "W_enc" not in weights or weights["W_enc"].ndim != 2:
         raise SaeFormatError(f"{params}: missing 2-D tensor 'W_enc'")
     d_in, d_sae = weights["W_enc"].shape
-    checked = _checked_weights(weights, "jumprelu", d_in, d_sae, params)
+    d_out = weights["W_dec"].shape[-1] if "W_dec" in weights else d_in
+    transcoder = _kind_of(hook_name) == "mlp_in"  # gemma-scope-*-transcoders
+    checked = _checked_weights(weights, "jumprelu", d_in, d_sae, params, d_out)
     cfg = SaeConfig(
         architecture="jumprelu",
         d_in=d_in,
@@ -273,16 +398,24 @@ def _read_gemma_scope(params: Path, hook_name: str | None) -> Sae:
         hook_name=hook_name,
         apply_b_dec_to_input=False,  # Gemma Scope does not shift the input by b_dec
         metadata={"source_format": "gemma_scope"},
+        hook_name_out=_output_site(hook_name, None, params) if transcoder else None,
+        d_out=d_out if transcoder else None,
     )
     return Sae(cfg, checked)
+
+
+def _kind_of(hook_name: str) -> str | None:
+    try:
+        return parse_site(hook_name).kind
+    except SiteError:
+        return None
 
 
 # -- EleutherAI sparsify ----------------------------------------------------------------------
 def _read_sparsify(folder: Path) -> Sae:
     cfg_file, weights_file = folder / SPARSIFY_CFG, folder / SPARSIFY_WEIGHTS
     raw = _read_json(cfg_file)
-    if raw.get("transcode") or raw.get("skip_connection"):
-        raise SaeFormatError(f"{cfg_file}: transcoders and skip connections are not supported")
+    transcode, skip = bool(raw.get("transcode")), bool(raw.get("skip_connection"))
     activation = raw.get("activation", "topk")
     if activation not in ("topk", "groupmax"):
         raise SaeFormatError(
@@ -294,10 +427,22 @@ def _read_sparsify(folder: Path) -> Sae:
         raise SaeFormatError(
             f"{cfg_file}: groupmax needs num_latents ({d_sae}) divisible by k ({k})"
         )
-    try:
-        hook_name = parse_site(folder.name).name
-    except SiteError:
-        hook_name = folder.name  # load_sae reports it unless the caller names the site
+    hook_name, hook_name_out = folder.name, None  # load_sae reports a name it cannot read
+    with suppress(SiteError):
+        site = parse_site(folder.name)
+        hook_name = site.name
+        if transcode:  # sparsify hooks the named module: its input in, its output out
+            read = "mlp_in" if site.kind == "mlp_out" else "resid_pre"
+            hook_name, hook_name_out = Site(site.layer, read).name, site.name  # type: ignore[arg-type]
+    if "hook_name" in raw:  # what save_sparsify adds (sparsify ignores keys it does not know)
+        hook_name, hook_name_out = str(raw["hook_name"]), raw.get("hook_name_out")
+    if transcode and hook_name_out is None:
+        raise SaeFormatError(
+            f"{folder}: a sparsify transcoder's folder names the module it replaces "
+            "(layers.{L}.mlp or layers.{L}); cannot tell its sites"
+        )
+    if skip and not transcode:
+        raise SaeFormatError(f"{cfg_file}: a skip connection without transcode is not supported")
 
     weights = _read_safetensors(weights_file)
     for key in ("encoder.weight", "encoder.bias"):
@@ -311,9 +456,15 @@ def _read_sparsify(folder: Path) -> Sae:
         "b_enc": weights["encoder.bias"],
         "b_dec": weights.get("b_dec"),
         "W_dec": W_dec,
+        "W_skip": weights.get("W_skip"),
     }
     checked = _checked_weights(
-        {key: v for key, v in renamed.items() if v is not None}, "topk", d_in, d_sae, weights_file
+        {key: v for key, v in renamed.items() if v is not None},
+        "topk",
+        d_in,
+        d_sae,
+        weights_file,
+        skip=skip,
     )
     cfg = SaeConfig(
         architecture="topk",
@@ -322,7 +473,150 @@ def _read_sparsify(folder: Path) -> Sae:
         hook_name=hook_name,
         k=k,
         topk_grouping=activation,
-        apply_b_dec_to_input=True,  # sparsify encodes x - b_dec
-        metadata={"source_format": "sparsify"},
+        apply_b_dec_to_input=not transcode,  # sparsify encodes x - b_dec, a transcoder x
+        model_name=raw.get("model_name"),
+        metadata={"source_format": "sparsify"} | (raw.get("metadata") or {}),
+        hook_name_out=hook_name_out,
+        d_out=d_in if transcode else None,
     )
     return Sae(cfg, checked)
+
+
+def save_sparsify(sae: Sae, folder: Path) -> Path:
+    """Write a sparsify directory that `SparseCoder.load_from_disk` reads: the format for TopK
+    transcoders, which SAELens has no architecture for. Sparsify names the site by the folder
+    (`layers.{L}.mlp`); so that any folder name works, cfg.json also carries Monoscope's
+    `hook_name`, `hook_name_out`, `model_name` and `metadata`, which sparsify ignores."""
+    cfg = sae.cfg
+    if cfg.architecture != "topk" or cfg.rescale_acts_by_decoder_norm:
+        raise MonoscopeError(f"sparsify stores TopK SAEs only; this one is {cfg.architecture}")
+    if sae.is_transcoder and sae.d_out != sae.d_in:
+        raise MonoscopeError("sparsify transcoders write as wide as they read")
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {
+        "encoder.weight": sae.W_enc.T,
+        "encoder.bias": sae.b_enc,
+        "W_dec": sae.W_dec,
+        "b_dec": sae.b_dec,
+    }
+    if sae.has_skip:
+        tensors["W_skip"] = sae.W_skip
+    weights = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    save_file(weights, folder / SPARSIFY_WEIGHTS)
+    body = {
+        "activation": cfg.topk_grouping,
+        "expansion_factor": max(1, cfg.d_sae // cfg.d_in),
+        "normalize_decoder": True,
+        "num_latents": cfg.d_sae,
+        "k": cfg.k,
+        "multi_topk": False,
+        "skip_connection": sae.has_skip,
+        "transcode": sae.is_transcoder,
+        "d_in": cfg.d_in,
+        "hook_name": sae.hook_name,
+        "hook_name_out": sae.hook_name_out if sae.is_transcoder else None,
+        "model_name": cfg.model_name,
+        "metadata": cfg.metadata,
+    }
+    (folder / SPARSIFY_CFG).write_text(json.dumps(body, indent=2))
+    return folder
+
+
+# -- circuit-tracer ---------------------------------------------------------------------------
+def _circuit_tracer_set(config_file: Path) -> dict:
+    try:
+        config = yaml.safe_load(config_file.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise SaeFormatError(f"{config_file}: not a readable YAML file ({exc})") from exc
+    kind = config.get("model_kind", "transcoder_set") if isinstance(config, dict) else None
+    if kind != "transcoder_set":
+        raise SaeFormatError(
+            f"{config_file}: only circuit-tracer per-layer sets (model_kind: transcoder_set) "
+            "are supported"
+        )
+    for key in ("feature_input_hook", "feature_output_hook", "transcoders"):
+        _field(config, key, config_file)
+    if not isinstance(config["transcoders"], list):
+        raise SaeFormatError(f"{config_file}: 'transcoders' must list one file per layer")
+    return config
+
+
+def _read_circuit_tracer_layer(file: Path) -> Sae:
+    """One layer of a circuit-tracer set: `config.yaml` beside it lists the set's files in layer
+    order and names the hooks every layer uses (relative: `mlp.hook_in`, `hook_mlp_out`)."""
+    config_file = file.parent / CIRCUIT_TRACER_CFG
+    config = _circuit_tracer_set(config_file)
+    names = [Path(str(entry).split("?")[0]).name for entry in config["transcoders"]]
+    if file.name not in names:
+        raise SaeFormatError(f"{file}: not listed in {config_file}'s transcoders")
+    layer = names.index(file.name)
+    weights = _read_safetensors(file)
+    for key in ("W_enc", "W_dec", "b_enc", "b_dec"):
+        if key not in weights:
+            raise SaeFormatError(f"{file}: missing tensor {key!r}")
+    if "log_thresholds" in weights or "threshold" in weights:
+        raise SaeFormatError(f"{file}: only circuit-tracer's ReLU transcoders are supported")
+    d_sae, d_in = weights["W_enc"].shape
+    d_out = weights["b_dec"].shape[0]
+    weights["W_enc"] = weights["W_enc"].T  # stored (d_sae, d_in) for F.linear
+    hook_name = f"blocks.{layer}.{config['feature_input_hook']}"
+    hook_name_out = f"blocks.{layer}.{config['feature_output_hook']}"
+    if str(config["feature_output_hook"]) == "mlp.hook_out":  # nnsight's name for the same
+        hook_name_out = f"blocks.{layer}.hook_mlp_out"
+    skip = "W_skip" in weights
+    checked = _checked_weights(weights, "standard", d_in, d_sae, file, d_out, skip)
+    for name in (hook_name, hook_name_out):
+        try:
+            parse_site(name)
+        except SiteError as exc:
+            raise SaeFormatError(f"{config_file}: {exc}") from exc
+    cfg = SaeConfig(
+        architecture="standard",
+        d_in=d_in,
+        d_sae=d_sae,
+        hook_name=parse_site(hook_name).name,
+        apply_b_dec_to_input=False,
+        model_name=config.get("model_name"),
+        metadata={"source_format": "circuit_tracer", "layer": layer},
+        hook_name_out=parse_site(hook_name_out).name,
+        d_out=d_out,
+    )
+    return Sae(cfg, checked)
+
+
+def circuit_tracer_layers(folder: Path) -> list[Path]:
+    """The per-layer files of a circuit-tracer set, in layer order."""
+    config = _circuit_tracer_set(folder / CIRCUIT_TRACER_CFG)
+    return [folder / Path(str(entry).split("?")[0]).name for entry in config["transcoders"]]
+
+
+def save_circuit_tracer_set(transcoders: list[Sae], folder: Path, model_name: str) -> Path:
+    """Write per-layer ReLU transcoders (one per layer, layer 0 first) as the set that
+    circuit-tracer's `load_transcoder_set` reads: config.yaml plus layer_{L}.safetensors."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    for layer, sae in enumerate(transcoders):
+        if not sae.is_transcoder or sae.architecture != "standard":
+            raise MonoscopeError("circuit-tracer sets hold ReLU transcoders only")
+        sites = (parse_site(sae.hook_name), parse_site(sae.hook_name_out))
+        if sites != (Site(layer, "mlp_in"), Site(layer, "mlp_out")):
+            raise MonoscopeError(
+                f"transcoder {layer} reads {sae.hook_name} and writes {sae.hook_name_out}; a set "
+                f"needs blocks.{layer}.hook_mlp_in -> blocks.{layer}.hook_mlp_out"
+            )
+        tensors = {"W_enc": sae.W_enc.T, "W_dec": sae.W_dec, "b_enc": sae.b_enc, "b_dec": sae.b_dec}
+        if sae.has_skip:
+            tensors["W_skip"] = sae.W_skip
+        name = f"layer_{layer}.safetensors"
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, folder / name)
+        files.append(name)
+    config = {
+        "model_name": model_name,
+        "model_kind": "transcoder_set",
+        "feature_input_hook": "mlp.hook_in",
+        "feature_output_hook": "hook_mlp_out",
+        "scan": folder.name,
+        "transcoders": files,
+    }
+    (folder / CIRCUIT_TRACER_CFG).write_text(yaml.safe_dump(config, sort_keys=False))
+    return folder

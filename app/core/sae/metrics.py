@@ -7,6 +7,10 @@ Definitions as SAELens evaluates them: FVU = sum ||x - x_hat||^2 / sum ||x - mea
 recovered = (CE_zero - CE_sae) / (CE_zero - CE_clean) with the reconstruction spliced in at the
 hook; KL(clean || spliced). The BOS position is left alone (neither spliced nor counted): its
 residual is an outlier that SAEs are not trained on.
+
+A transcoder is measured at its output site: x is what the MLP wrote, x_hat the transcoder's
+prediction from what the MLP read in the same pass, and the zero ablation zeroes the MLP's output
+(so CE loss recovered is the replacement's share of what the MLP is worth).
 """
 
 from dataclasses import asdict, dataclass
@@ -48,9 +52,9 @@ def evaluate_sae(
     model: LoadedModel, sae: Sae, contexts: torch.Tensor, batch_size: int = 16
 ) -> SaeMetrics:
     """Metrics of one SAE at its site over contexts (n, pos) that open with BOS."""
-    site = sae.hook_name
+    site = sae.hook_name_out
     n_tokens = 0
-    sum_x = torch.zeros(sae.d_in, dtype=torch.float64)
+    sum_x = torch.zeros(sae.d_out, dtype=torch.float64)
     sum_sq = sum_err = l0 = 0.0
     fired = torch.zeros(sae.d_sae, dtype=torch.float64)
     ce = {"clean": 0.0, "sae": 0.0, "zero": 0.0}
@@ -63,18 +67,24 @@ def evaluate_sae(
         def record(x: torch.Tensor, seen=seen) -> None:
             seen["x"] = x.detach()
 
+        def read_input(x: torch.Tensor, seen=seen) -> None:
+            seen["in"] = x.detach()
+
         def splice(x: torch.Tensor, seen=seen) -> torch.Tensor:
-            f = sae.encode(x[:, 1:])
+            source = seen.pop("in", x)[:, 1:]  # a transcoder read its input earlier in this pass
+            f = sae.encode(source)
             seen["f"] = f
-            seen["x_hat"] = sae.decode(f, sae.normalize(x[:, 1:].to(sae.dtype))[1]).to(x.dtype)
+            seen["x_hat"] = sae.reconstruct(source, f).to(x.dtype)
             return torch.cat([x[:, :1], seen["x_hat"]], dim=1)
+
+        splices = {site: splice} | ({sae.hook_name: read_input} if sae.is_transcoder else {})
 
         def zero(x: torch.Tensor) -> torch.Tensor:
             return torch.cat([x[:, :1], torch.zeros_like(x[:, 1:])], dim=1)
 
         with model.hooked({site: record}):
             clean = model.hf(ids, use_cache=False).logits
-        with model.hooked({site: splice}):
+        with model.hooked(splices):
             spliced = model.hf(ids, use_cache=False).logits
         with model.hooked({site: zero}):
             ablated = model.hf(ids, use_cache=False).logits

@@ -11,6 +11,10 @@ in tests/unit/test_sae_formats.py load the same files in those libraries):
     topk: the k largest z (optionally scaled by |W_dec| first), ReLU'd, zero elsewhere
     groupmax (sparsify): the max of ReLU(z) in each of k equal groups
     gated: 1[x' W_enc + b_gate > 0] * ReLU(x' (W_enc * exp(r_mag)) + b_mag)
+
+A transcoder is the same module reading one site and writing another (`hook_name_out`, width
+d_out): it encodes what the MLP receives and decodes to what the MLP adds, never subtracting
+b_dec (which lives in the output space) from its input; a skip transcoder adds x W_skip^T.
 """
 
 from dataclasses import asdict, dataclass, field, replace
@@ -44,6 +48,18 @@ class SaeConfig:
     model_name: str | None = None
     dtype: str = "float32"
     metadata: dict = field(default_factory=dict)
+    # Transcoders only: the site the decoder writes and its width (None: the SAE's own site).
+    hook_name_out: str | None = None
+    d_out: int | None = None
+
+    def __post_init__(self):
+        if self.hook_name_out is not None and self.apply_b_dec_to_input:
+            raise ValueError("a transcoder's b_dec is in its output space; it cannot shift input")
+        if self.hook_name_out is not None and self.normalize_activations not in (
+            "none",
+            "expected_average_only_in",
+        ):
+            raise ValueError("a transcoder's input normalisation has no inverse at its output")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -75,6 +91,7 @@ class Sae(nn.Module):
     b_mag: nn.Parameter  # (d_sae,) gated
     r_mag: nn.Parameter  # (d_sae,) gated
     threshold: nn.Parameter  # (d_sae,) jumprelu
+    W_skip: nn.Parameter  # (d_out, d_in) skip transcoders
 
     def __init__(self, cfg: SaeConfig, weights: dict[str, torch.Tensor]):
         super().__init__()
@@ -94,6 +111,23 @@ class Sae(nn.Module):
     @property
     def hook_name(self) -> str:
         return self.cfg.hook_name
+
+    @property
+    def hook_name_out(self) -> str:
+        """The site decode writes: the SAE's own, or a transcoder's output site."""
+        return self.cfg.hook_name_out or self.cfg.hook_name
+
+    @property
+    def d_out(self) -> int:
+        return self.cfg.d_out or self.cfg.d_in
+
+    @property
+    def is_transcoder(self) -> bool:
+        return self.cfg.hook_name_out is not None
+
+    @property
+    def has_skip(self) -> bool:
+        return "W_skip" in self._parameters
 
     @property
     def architecture(self) -> str:
@@ -136,7 +170,7 @@ class Sae(nn.Module):
 
     # -- encode / decode ---------------------------------------------------------------------
     def _sae_in(self, x_normalized: torch.Tensor) -> torch.Tensor:
-        return x_normalized - self.b_dec * self.cfg.apply_b_dec_to_input
+        return x_normalized - self.b_dec if self.cfg.apply_b_dec_to_input else x_normalized
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Feature activations (..., d_sae) for model activations (..., d_in)."""
@@ -182,7 +216,7 @@ class Sae(nn.Module):
         return rows_addmm(None, f.to(self.dtype), self.W_dec)
 
     def decode(self, f: torch.Tensor, norm: NormState | None = None) -> torch.Tensor:
-        """Reconstruction (..., d_in) in model space.
+        """Reconstruction (..., d_out) in model space, without a transcoder's skip term.
 
         SAEs that normalise each input token (constant_norm_rescale, layer_norm) need that
         token's NormState to map back; use forward() or pass normalize(x)[1].
@@ -196,8 +230,15 @@ class Sae(nn.Module):
             )
         return self.denormalize(self._acts_times_decoder(f) + self.b_dec, norm)
 
+    def reconstruct(self, x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+        """What the SAE writes at its output site, given its input x and features f = encode(x):
+        the reconstruction of x, or a transcoder's prediction of its output site."""
+        x = x.to(self.dtype)
+        out = self.decode(f, self.normalize(x)[1])
+        return out + rows_addmm(None, x, self.W_skip.T) if self.has_skip else out
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decode(self.encode(x), self.normalize(x.to(self.dtype))[1])
+        return self.reconstruct(x, self.encode(x))
 
     def decoder_directions(self, indices: torch.Tensor) -> torch.Tensor:
         """What adding 1 to each feature's activation adds in SAE space, (n, d_in)."""

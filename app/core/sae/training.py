@@ -5,6 +5,10 @@
     out.loss.backward(); sae.before_step(); optimizer.step(); sae.after_step()
     frozen = sae.to_sae(hook_name, scale)    # an ordinary Sae, input scaling folded in
 
+A transcoder (`transcoder=True`) is the same module trained to predict a target y from x:
+`loss(x, dead, target=y)`, no b_dec shift on the way in (b_dec is in y's space, initialised at y's
+mean), and `to_sae` folds both scalings in and names the output site.
+
 The auxiliary loss (Gao et al., "Scaling and evaluating sparse autoencoders") makes the k_aux
 most active dead latents reconstruct what the live ones missed, which keeps latents from dying.
 """
@@ -31,14 +35,24 @@ class StepOutput:
 
 
 class TrainableSae(nn.Module):
-    def __init__(self, d_in: int, d_sae: int, k: int | None, l1_coefficient: float):
+    def __init__(
+        self,
+        d_in: int,
+        d_sae: int,
+        k: int | None,
+        l1_coefficient: float,
+        transcoder: bool = False,
+        d_out: int | None = None,
+    ):
         super().__init__()
         self.k = k
         self.l1_coefficient = l1_coefficient
+        self.transcoder = transcoder
+        d_out = d_out or d_in
         self.W_enc = nn.Parameter(torch.empty(d_in, d_sae))
         self.b_enc = nn.Parameter(torch.zeros(d_sae))
-        self.W_dec = nn.Parameter(torch.empty(d_sae, d_in))
-        self.b_dec = nn.Parameter(torch.zeros(d_in))
+        self.W_dec = nn.Parameter(torch.empty(d_sae, d_out))
+        self.b_dec = nn.Parameter(torch.zeros(d_out))
 
     @classmethod
     def initialise(
@@ -49,20 +63,27 @@ class TrainableSae(nn.Module):
         mean: torch.Tensor,
         seed: int,
         l1_coefficient: float = 0.0,
+        transcoder: bool = False,
     ) -> "TrainableSae":
-        """Unit-norm random decoder rows, encoder = decoder transposed, b_dec at the data mean."""
-        sae = cls(d_in, d_sae, k, l1_coefficient)
+        """Unit-norm random decoder rows, encoder = decoder transposed, b_dec at the mean of what
+        is reconstructed (the input, or a transcoder's target, whose width is mean's)."""
+        d_out = mean.shape[-1]
+        sae = cls(d_in, d_sae, k, l1_coefficient, transcoder, d_out)
         generator = torch.Generator().manual_seed(seed)
         with torch.no_grad():
-            W = torch.randn(d_sae, d_in, generator=generator)
+            W = torch.randn(d_sae, d_out, generator=generator)
             sae.W_dec.copy_(W / W.norm(dim=-1, keepdim=True))
-            sae.W_enc.copy_(sae.W_dec.T)
+            if d_out == d_in:
+                sae.W_enc.copy_(sae.W_dec.T)
+            else:  # nothing to tie to: unit random columns
+                E = torch.randn(d_in, d_sae, generator=generator)
+                sae.W_enc.copy_(E / E.norm(dim=0, keepdim=True))
             sae.b_dec.copy_(mean)
         return sae
 
     def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
         """(batch, d_sae) from (batch, d_in)."""
-        return torch.addmm(self.b_enc, x - self.b_dec, self.W_enc)
+        return torch.addmm(self.b_enc, x if self.transcoder else x - self.b_dec, self.W_enc)
 
     def _decode_sparse(self, values: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         """sum_j values[:, j] * W_dec[indices[:, j]]: k rows per token instead of all d_sae.
@@ -71,9 +92,13 @@ class TrainableSae(nn.Module):
         run ends bit for bit where an uninterrupted one does."""
         return F.embedding_bag(indices, self.W_dec, per_sample_weights=values, mode="sum")
 
-    def loss(self, x: torch.Tensor, dead: torch.Tensor | None = None) -> StepOutput:
-        """Loss for a batch (batch, d_in); `dead` (d_sae,) marks latents that get the aux loss."""
+    def loss(
+        self, x: torch.Tensor, dead: torch.Tensor | None = None, target: torch.Tensor | None = None
+    ) -> StepOutput:
+        """Loss for a batch (batch, d_in); `dead` (d_sae,) marks latents that get the aux loss;
+        `target` is what a transcoder predicts (an SAE reconstructs x)."""
         z = self.pre_activations(x)
+        y = x if target is None else target
         if self.k is None:
             f = z.relu()
             x_hat = f @ self.W_dec + self.b_dec
@@ -83,9 +108,9 @@ class TrainableSae(nn.Module):
             values = values.relu()
             x_hat = self._decode_sparse(values, indices) + self.b_dec
             active = torch.zeros_like(z, dtype=torch.bool).scatter_(-1, indices, values > 0)
-        error = x - x_hat
+        error = y - x_hat
         mse = error.pow(2).sum(-1).mean()
-        variance = (x - x.mean(0)).pow(2).sum(-1).mean()
+        variance = (y - y.mean(0)).pow(2).sum(-1).mean()
         loss = mse / variance
         if self.k is None and self.l1_coefficient:
             loss = loss + self.l1_coefficient * (f * self.W_dec.norm(dim=-1)).sum(-1).mean()
@@ -118,8 +143,19 @@ class TrainableSae(nn.Module):
         self.W_dec.div_(self.W_dec.norm(dim=-1, keepdim=True))
 
     @torch.no_grad()
-    def to_sae(self, hook_name: str, scale: float, model_name: str | None = None) -> Sae:
-        """A frozen Sae for model-space inputs: trained on x * scale, so fold scale in."""
+    def to_sae(
+        self,
+        hook_name: str,
+        scale: float,
+        model_name: str | None = None,
+        hook_name_out: str | None = None,
+        out_scale: float | None = None,
+    ) -> Sae:
+        """A frozen Sae for model-space inputs: trained on x * scale (and a transcoder on targets
+        y * out_scale), so fold the scales in."""
+        if self.transcoder and hook_name_out is None:
+            raise ValueError("a transcoder needs the site it writes")
+        out_scale = scale if out_scale is None or not self.transcoder else out_scale
         cfg = SaeConfig(
             architecture="topk" if self.k is not None else "standard",
             d_in=self.W_enc.shape[0],
@@ -127,11 +163,14 @@ class TrainableSae(nn.Module):
             hook_name=hook_name,
             k=self.k,
             model_name=model_name,
+            apply_b_dec_to_input=not self.transcoder,
+            hook_name_out=hook_name_out if self.transcoder else None,
+            d_out=self.W_dec.shape[1] if self.transcoder else None,
         )
         weights = {
             "W_enc": self.W_enc * scale,
             "b_enc": self.b_enc.clone(),
-            "W_dec": self.W_dec / scale,
-            "b_dec": self.b_dec / scale,
+            "W_dec": self.W_dec / out_scale,
+            "b_dec": self.b_dec / out_scale,
         }
         return Sae(cfg, {name: w.detach().cpu().contiguous() for name, w in weights.items()})

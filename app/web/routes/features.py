@@ -85,16 +85,16 @@ class Elsewhere:
 
 
 def _similar_elsewhere(session, workspace, model: str, sae: str, index: int) -> list[Elsewhere]:
-    """The closest features by decoder cosine in the other loaded SAEs at this feature's site
-    (a dictionary-size family shows feature splitting here); none without loaded SAEs."""
+    """The closest features by decoder cosine in the other loaded SAEs that write where this one
+    does (a dictionary-size family shows feature splitting here); none without loaded SAEs."""
     found = resident(workspace, model, sae)
     if found is None:
         return []
     direction = found.sae.W_dec[index]
     similar = []
     for name, other in sorted(workspace.saes.items()):
-        if name == sae or other.hook_name != found.sae.hook_name or other.d_in != found.sae.d_in:
-            continue
+        if name == sae or other.hook_name_out != found.sae.hook_name_out:
+            continue  # decoder directions compare only in the same space
         indices, cosines = closest_decoders(direction, other.W_dec, k=3)
         row = find_sae(session, model, name)
         labels = (

@@ -13,6 +13,7 @@ router = APIRouter()
 class SaeSummary(BaseModel):
     name: str
     hook_name: str
+    hook_name_out: str | None  # where a transcoder writes; None for an SAE
     architecture: str
     d_in: int
     d_sae: int
@@ -40,6 +41,7 @@ def _health(workspace, session) -> Health:
             SaeSummary(
                 name=name,
                 hook_name=sae.hook_name,
+                hook_name_out=sae.hook_name_out if sae.is_transcoder else None,
                 architecture=sae.architecture,
                 d_in=sae.d_in,
                 d_sae=sae.d_sae,

@@ -60,10 +60,15 @@ class Inspected:
 
 
 def earlier_saes(workspace, sae: str) -> list[str]:
-    """Loaded SAEs at sites before `sae`'s, nearest first: the ones a chain can run back to."""
+    """Loaded SAEs that write before `sae` reads, nearest first: the ones a chain can run back
+    to (a transcoder writes at its MLP's output, later than it reads)."""
     model, site = workspace.model, workspace.model.site(workspace.saes[sae].hook_name)
-    before = [n for n, s in workspace.saes.items() if model.site(s.hook_name).depth < site.depth]
-    return sorted(before, key=lambda n: model.site(workspace.saes[n].hook_name).depth, reverse=True)
+
+    def writes(name: str) -> tuple[int, int]:
+        return model.site(workspace.saes[name].hook_name_out).depth
+
+    before = [n for n in workspace.saes if writes(n) < site.depth]
+    return sorted(before, key=writes, reverse=True)
 
 
 def default_sae(workspace) -> str:

@@ -136,6 +136,7 @@ class SaeOut(BaseModel):
     model: str
     name: str
     site: str
+    site_out: str | None = Field(None, description="where a transcoder writes; null for an SAE")
     architecture: str
     d_in: int
     d_sae: int
@@ -168,6 +169,7 @@ def api_saes(request: Request, session: SessionDep) -> list[SaeOut]:
             model=s.model.name,
             name=s.name,
             site=s.site,
+            site_out=s.site_out,
             architecture=s.architecture,
             d_in=s.d_in,
             d_sae=s.d_sae,
