@@ -53,6 +53,20 @@ class PatternFreezer:
     def __init__(self) -> None:
         self.layers: list[torch.Tensor] = []  # (batch, heads, q, kv) per attention call
         self._replay_at: int | None = None
+        self._detach = False
+
+    @contextmanager
+    def detaching(self) -> Iterator[None]:
+        """Each pass inside attends with its own pattern, held constant for gradients: what
+        attribution graphs freeze (the pass is the clean one, so its patterns are the clean
+        ones) without recording a pass first."""
+        self._detach = True
+        token = _active.set(self)
+        try:
+            yield
+        finally:
+            _active.reset(token)
+            self._detach = False
 
     @contextmanager
     def recording(self) -> Iterator[None]:
@@ -78,7 +92,10 @@ class PatternFreezer:
             self._replay_at = None
 
     def pattern(self, computed: torch.Tensor) -> torch.Tensor:
-        """The pattern a layer uses: its own while recording (kept), the recorded one replaying."""
+        """The pattern a layer uses: its own while recording (kept), the recorded one replaying,
+        its own as a constant while detaching."""
+        if self._detach:
+            return computed.detach()
         if self._replay_at is None:
             self.layers.append(computed)
             return computed

@@ -1,0 +1,444 @@
+"""Attribution graphs: which transcoder features, at which positions, drive which others and the
+output, for one prompt.
+
+    graph = attribution_graph(model, transcoders, "Tom's sister was Mia. Tom's sister is")
+    kept = prune(graph)                     # node and edge masks, as circuit-tracer prunes
+    graph.scores()                          # replacement and completeness
+
+The graph is that of the local replacement model (Ameisen et al. 2025, "Circuit Tracing"): each
+MLP is replaced by its per-layer transcoder plus an error node (what the transcoder misses there,
+a constant), and attention patterns and normalisation denominators are frozen at their values on
+the prompt, so everything between one node's write and another's read is linear. Nodes, in
+circuit-tracer's order (so that its pruning and scores apply as they are):
+
+    [active features (layer, position, index)..., errors (layer-major, then position)...,
+     embeddings (one per position)..., logits (most probable first)...]
+
+Features at position 0 are left out (their write joins that position's error), as circuit-tracer
+leaves them out; a position's embedding node is the residual entering block 0 (token and, where
+the model has them, position embeddings). The logit nodes are the most probable next tokens that
+together carry `logit_probability` of the distribution (at most `max_logits`).
+
+The adjacency A has one row per target and one column per source; A[t, s] is s's direct effect on
+t: a_s · (W_dec[s] · g) for a feature, e · g for an error and the embedding · g for a token, where
+g is the gradient of t with respect to what s's layer's MLP writes at s's position (the residual
+entering block 0 for a token) in the frozen model. A feature target t is its pre-activation,
+W_enc[:, t] · (the MLP's input); a logit target is its logit minus the mean logit. One forward pass
+holds the prompt in `batch_size` rows; each backward pass through it yields `batch_size` rows of A.
+Transcoder decoder biases, attention output biases and the like are constants, not nodes.
+"""
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from app.core.errors import MonoscopeError
+from app.core.frozen_attention import frozen_patterns
+from app.core.model import LoadedModel, SiteEdit, decode_text
+from app.core.sae import Sae
+from app.core.sites import Site, parse_site
+
+NODE_THRESHOLD = 0.8  # circuit-tracer's defaults: the share of influence the kept nodes carry
+EDGE_THRESHOLD = 0.98  # and the kept edges
+
+
+class GraphScores(NamedTuple):
+    replacement: float  # share of the tokens' end-to-end influence that avoids error nodes
+    completeness: float  # influence-weighted share of each node's inputs not from errors
+
+
+@dataclass(frozen=True)
+class AttributionGraph:
+    token_ids: list[int]
+    tokens: list[str]
+    features: torch.Tensor  # (n_features, 3) long: layer, position, feature index
+    activations: torch.Tensor  # (n_features,)
+    logit_ids: list[int]
+    logit_tokens: list[str]
+    logit_probabilities: torch.Tensor  # (n_logits,)
+    adjacency: torch.Tensor  # (n_nodes, n_nodes): rows targets, columns sources
+    n_layers: int
+
+    @property
+    def n_positions(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def n_features(self) -> int:
+        return len(self.features)
+
+    @property
+    def errors(self) -> slice:
+        start = self.n_features
+        return slice(start, start + self.n_layers * self.n_positions)
+
+    @property
+    def embeddings(self) -> slice:
+        start = self.errors.stop
+        return slice(start, start + self.n_positions)
+
+    @property
+    def logits(self) -> slice:
+        return slice(self.embeddings.stop, self.embeddings.stop + len(self.logit_ids))
+
+    def error_node(self, layer: int, position: int) -> int:
+        return self.errors.start + layer * self.n_positions + position
+
+    def logit_weights(self) -> torch.Tensor:
+        """(n_nodes,) each logit node's probability, zero elsewhere: where influence starts."""
+        weights = torch.zeros(self.adjacency.shape[0], dtype=self.adjacency.dtype)
+        weights[self.logits] = self.logit_probabilities.to(weights.dtype)
+        return weights
+
+    def scores(self) -> GraphScores:
+        """circuit-tracer's replacement and completeness scores of this graph."""
+        normalized = normalize_rows(self.adjacency)
+        weights = self.logit_weights()
+        influence = total_influence(normalized, weights)
+        from_tokens = float(influence[self.embeddings].sum())
+        from_errors = float(influence[self.errors].sum())
+        replacement = from_tokens / max(from_tokens + from_errors, 1e-30)
+        not_error = 1 - normalized[:, self.errors].sum(dim=-1)
+        output = influence + weights
+        completeness = float((not_error * output).sum() / output.sum())
+        return GraphScores(replacement, completeness)
+
+
+# -- influence and pruning (circuit-tracer's definitions) ----------------------------------------
+def normalize_rows(adjacency: torch.Tensor) -> torch.Tensor:
+    """|A| with each target's incoming weights summing to 1."""
+    absolute = adjacency.abs()
+    return absolute / absolute.sum(dim=1, keepdim=True).clamp(min=1e-10)
+
+
+def total_influence(normalized: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """weights @ (A + A² + ...): each node's influence on the weighted targets through every path.
+    A graph is acyclic, so the series ends after at most as many terms as its longest path."""
+    current = weights @ normalized
+    influence = current.clone()
+    for _ in range(normalized.shape[0]):
+        current = current @ normalized
+        if not bool(current.any()):
+            return influence
+        influence += current
+    raise MonoscopeError("influence did not converge: the adjacency matrix has a cycle")
+
+
+def _cut_off(scores: torch.Tensor, share: float) -> torch.Tensor:
+    """The smallest score among the highest ones that together carry `share` of the total."""
+    ordered = scores.sort(descending=True).values
+    cumulative = ordered.cumsum(0) / ordered.sum().clamp(min=1e-30)
+    at = int(torch.searchsorted(cumulative, torch.tensor(share, dtype=cumulative.dtype)))
+    nonzero = int((ordered > 0).sum())
+    return ordered[min(at, max(nonzero - 1, 0))]
+
+
+class Pruned(NamedTuple):
+    nodes: torch.Tensor  # (n_nodes,) bool: kept
+    edges: torch.Tensor  # (n_nodes, n_nodes) bool: kept
+    cumulative: (
+        torch.Tensor
+    )  # (n_nodes,) share of all influence carried by nodes at least as strong
+
+
+def prune(
+    graph: AttributionGraph,
+    node_threshold: float = NODE_THRESHOLD,
+    edge_threshold: float = EDGE_THRESHOLD,
+) -> Pruned:
+    """Keep the nodes that carry `node_threshold` of the influence on the logits (embeddings and
+    logits always), then the edges among them that carry `edge_threshold`, then drop features and
+    errors left without an outgoing edge (features also without an incoming one), repeatedly."""
+    for name, value in (("node", node_threshold), ("edge", edge_threshold)):
+        if not 0.0 <= value <= 1.0:
+            raise MonoscopeError(f"the {name} threshold must be between 0 and 1, got {value}")
+    A, weights = graph.adjacency, graph.logit_weights()
+    influence = total_influence(normalize_rows(A), weights)
+    nodes = influence >= _cut_off(influence, node_threshold)
+    always = graph.embeddings.start  # embeddings and logits are always kept
+    nodes[always:] = True
+    kept = A.clone()
+    kept[~nodes] = 0
+    kept[:, ~nodes] = 0
+    normalized = normalize_rows(kept)
+    edge_scores = normalized * (total_influence(normalized, weights) + weights)[:, None]
+    edges = edge_scores >= _cut_off(edge_scores.flatten(), edge_threshold)
+    previous = None
+    while previous is None or not torch.equal(previous, nodes):
+        previous = nodes.clone()
+        edges[~nodes] = False
+        edges[:, ~nodes] = False
+        nodes[:always] &= edges[:, :always].any(0)  # features and errors must feed something
+        nodes[: graph.n_features] &= edges[: graph.n_features].any(1)  # features must be fed
+    order = influence.sort(descending=True)
+    cumulative = torch.zeros_like(influence)
+    cumulative[order.indices] = order.values.cumsum(0) / order.values.sum().clamp(min=1e-30)
+    return Pruned(nodes, edges, cumulative)
+
+
+# -- the frozen model ----------------------------------------------------------------------------
+def _frozen_norm_forward(module: nn.Module):
+    """A forward for a LayerNorm or RMSNorm whose denominator is a constant for gradients."""
+    if isinstance(module, nn.LayerNorm):
+        eps, weight, bias = module.eps, module.weight, module.bias
+
+        def layer_norm(x: torch.Tensor) -> torch.Tensor:
+            centred = x - x.mean(-1, keepdim=True)
+            scale = (centred.pow(2).mean(-1, keepdim=True) + eps).rsqrt().detach()
+            out = centred * scale
+            out = out * weight if weight is not None else out
+            return out + bias if bias is not None else out
+
+        return layer_norm
+    name = type(module).__name__
+    if "RMSNorm" in name:
+        found = getattr(module, "variance_epsilon", None) or getattr(module, "eps", None)
+        rms_eps = 1e-6 if found is None else float(found)
+        gain: torch.Tensor = module.weight  # type: ignore[assignment]
+        offset = 1.0 if name.startswith("Gemma") else 0.0  # Gemma stores its gain minus one
+
+        def rms_norm(x: torch.Tensor) -> torch.Tensor:
+            x32 = x.float()
+            scale = (x32.pow(2).mean(-1, keepdim=True) + rms_eps).rsqrt().detach()
+            return (x32 * scale * (gain.float() + offset)).to(x.dtype)
+
+        return rms_norm
+    return None
+
+
+@contextmanager
+def frozen_norms(model: LoadedModel) -> Iterator[None]:
+    """Every LayerNorm and RMSNorm of the model divides by a constant inside (same values)."""
+    patched = []
+    for module in model.hf.modules():
+        forward = _frozen_norm_forward(module)
+        if forward is not None:
+            module.forward = forward  # type: ignore[method-assign]
+            patched.append(module)
+    try:
+        yield
+    finally:
+        for module in patched:
+            del module.forward  # the class's own forward again
+
+
+def _check_transcoders(model: LoadedModel, transcoders: Sequence[Sae]) -> None:
+    if len(transcoders) != model.n_layers:
+        raise MonoscopeError(
+            f"a graph needs one transcoder per layer: {model.name} has {model.n_layers} layers, "
+            f"{len(transcoders)} transcoders were given"
+        )
+    for layer, transcoder in enumerate(transcoders):
+        sites = (parse_site(transcoder.hook_name), parse_site(transcoder.hook_name_out))
+        if not transcoder.is_transcoder or sites != (Site(layer, "mlp_in"), Site(layer, "mlp_out")):
+            raise MonoscopeError(
+                f"transcoder {layer} must read blocks.{layer}.hook_mlp_in and write "
+                f"blocks.{layer}.hook_mlp_out; it reads {transcoder.hook_name} and writes "
+                f"{transcoder.hook_name_out}"
+            )
+
+
+def _logit_targets(
+    logits: torch.Tensor, probability: float, most: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The most probable tokens until they carry `probability` (at most `most`)."""
+    probs = torch.softmax(logits.float(), dim=-1)
+    top = probs.topk(min(most, probs.numel()))
+    enough = int(torch.searchsorted(top.values.cumsum(0), torch.tensor(probability))) + 1
+    keep = min(enough, len(top.values))
+    return top.indices[:keep], top.values[:keep]
+
+
+@torch.no_grad()
+def _clean_pass(model: LoadedModel, transcoders: Sequence[Sae], ids: torch.Tensor):
+    """What the replacement needs from the prompt: each layer's active features (position 0 left
+    out), its error, the embeddings and the next-token logits."""
+    sites = ["blocks.0.hook_resid_pre"]
+    for layer in range(model.n_layers):
+        sites += [f"blocks.{layer}.hook_mlp_in", f"blocks.{layer}.hook_mlp_out"]
+    acts = model.capture(ids, sites)
+    logits = model.hf(input_ids=ids).logits[0, -1]
+    features, activations, decoders, errors = [], [], [], []
+    for layer, transcoder in enumerate(transcoders):
+        x = acts[f"blocks.{layer}.hook_mlp_in"][0].to(transcoder.dtype)
+        f = transcoder.encode(x)
+        f[0] = 0.0  # position 0 joins its error
+        position, index = f.nonzero(as_tuple=True)
+        values = f[position, index]
+        errors.append(
+            acts[f"blocks.{layer}.hook_mlp_out"][0].float() - transcoder.reconstruct(x, f).float()
+        )
+        features.append(torch.stack([torch.full_like(position, layer), position, index], dim=1))
+        activations.append(values.float())
+        decoders.append(values[:, None].float() * transcoder.W_dec[index].float())
+    embeddings = acts["blocks.0.hook_resid_pre"][0].float()
+    return features, activations, decoders, errors, embeddings, logits
+
+
+def attribution_graph(
+    model: LoadedModel,
+    transcoders: Sequence[Sae],
+    text: str,
+    max_logits: int = 10,
+    logit_probability: float = 0.95,
+    batch_size: int = 64,
+    max_tokens: int = 256,
+) -> AttributionGraph:
+    """The attribution graph of `text`'s next-token prediction through one transcoder per layer
+    (layer order), every edge computed: no node is dropped before `prune`."""
+    _check_transcoders(model, transcoders)
+    token_ids = model.tokenizer(text)["input_ids"]
+    if not token_ids:
+        raise MonoscopeError("the prompt is empty")
+    model.check_length(len(token_ids), max_tokens, "prompt")
+    ids = torch.tensor([token_ids], device=model.device)
+    n_pos, n_layers = len(token_ids), model.n_layers
+    features, activations, decoders, errors, embeddings, logits = _clean_pass(
+        model, transcoders, ids
+    )
+    logit_ids, logit_probs = _logit_targets(logits, logit_probability, max_logits)
+    unembed = model.unembedding().float()[logit_ids]
+    unembed = unembed - model.unembedding().float().mean(0)  # logit minus the mean logit
+
+    counts = [len(a) for a in activations]
+    starts = [sum(counts[:layer]) for layer in range(n_layers)]
+    n_features = sum(counts)
+    error_start = n_features
+    embed_start = error_start + n_layers * n_pos
+    logit_start = embed_start + n_pos
+    n_nodes = logit_start + len(logit_ids)
+    adjacency = torch.zeros(n_nodes, n_nodes)
+    all_features = torch.cat(features) if n_features else torch.zeros(0, 3, dtype=torch.long)
+
+    rows = min(batch_size, n_features + len(logit_ids))
+    device, d_model = model.device, model.d_model
+    deltas = [
+        torch.zeros(rows, n_pos, d_model, device=device, requires_grad=True)
+        for _ in range(n_layers + 1)
+    ]  # what each MLP writes, then the embeddings: where gradients are read
+    mlp_inputs: dict[int, torch.Tensor] = {}
+    normed: dict[str, torch.Tensor] = {}
+    edits: dict[str, SiteEdit] = {
+        "blocks.0.hook_resid_pre": lambda x: x.detach() + deltas[n_layers].to(x.dtype)
+    }
+    for layer, transcoder in enumerate(transcoders):
+        edits[f"blocks.{layer}.hook_mlp_in"] = _keeper(mlp_inputs, layer)
+        edits[f"blocks.{layer}.hook_mlp_out"] = _replacement(
+            transcoder, mlp_inputs, layer, deltas[layer]
+        )
+    keep_normed = model.final_norm().register_forward_hook(
+        lambda module, args, output: normed.__setitem__("final", output)
+    )
+    try:
+        with (
+            torch.enable_grad(),
+            frozen_patterns(model) as freeze,
+            freeze.detaching(),
+            frozen_norms(model),
+            model.hooked(edits),
+        ):
+            model.hf(input_ids=ids.expand(rows, -1), use_cache=False)
+            # Target rows: every feature, then every logit; each batch row carries one target.
+            target_rows = list(range(n_features)) + list(range(logit_start, n_nodes))
+            for first in range(0, len(target_rows), rows):
+                chunk = torch.tensor(target_rows[first : first + rows])
+                used = len(chunk)
+                value = _target_values(
+                    chunk,
+                    all_features,
+                    transcoders,
+                    mlp_inputs,
+                    normed["final"],
+                    unembed,
+                    logit_start,
+                ).sum()
+                grads = torch.autograd.grad(
+                    value, deltas, retain_graph=True, allow_unused=True, materialize_grads=True
+                )
+                block = adjacency[chunk]
+                for layer in range(n_layers):
+                    g = grads[layer][:used].float()  # (used, pos, d)
+                    if counts[layer]:
+                        positions = features[layer][:, 1]
+                        block[:, starts[layer] : starts[layer] + counts[layer]] = torch.einsum(
+                            "bnd,nd->bn", g[:, positions], decoders[layer]
+                        ).cpu()
+                    column = error_start + layer * n_pos
+                    block[:, column : column + n_pos] = torch.einsum(
+                        "bpd,pd->bp", g, errors[layer]
+                    ).cpu()
+                block[:, embed_start:logit_start] = torch.einsum(
+                    "bpd,pd->bp", grads[n_layers][:used].float(), embeddings
+                ).cpu()
+                adjacency[chunk] = block
+    finally:
+        keep_normed.remove()
+
+    def text_of(token: int) -> str:
+        return decode_text(model.tokenizer, [token])
+
+    return AttributionGraph(
+        token_ids=list(token_ids),
+        tokens=[text_of(t) for t in token_ids],
+        features=all_features.cpu(),
+        activations=torch.cat(activations).cpu() if n_features else torch.zeros(0),
+        logit_ids=[int(t) for t in logit_ids],
+        logit_tokens=[text_of(int(t)) for t in logit_ids],
+        logit_probabilities=logit_probs.cpu(),
+        adjacency=adjacency,
+        n_layers=n_layers,
+    )
+
+
+def _target_values(
+    chunk: torch.Tensor,  # (rows,) target node per batch row
+    features: torch.Tensor,  # (n_features, 3)
+    transcoders: Sequence[Sae],
+    mlp_inputs: dict[int, torch.Tensor],
+    final: torch.Tensor,  # (batch, pos, d) the final norm's output
+    unembed: torch.Tensor,  # (n_logits, d) de-meaned unembedding rows
+    logit_start: int,
+) -> torch.Tensor:
+    """(rows,) each batch row's own target: a feature's pre-activation, or a logit minus the mean
+    logit, read from that row of the frozen pass."""
+    values = []
+    is_logit = chunk >= logit_start
+    feature_rows = torch.nonzero(~is_logit).flatten()
+    for layer in features[chunk[feature_rows], 0].unique().tolist():
+        rows = feature_rows[features[chunk[feature_rows], 0] == layer]
+        position, index = features[chunk[rows], 1], features[chunk[rows], 2]
+        encoder = transcoders[layer].W_enc[:, index.to(transcoders[layer].device)].T
+        x = mlp_inputs[layer][rows, position].to(encoder.dtype)
+        values.append((x * encoder).sum(-1).float())
+    logit_rows = torch.nonzero(is_logit).flatten()
+    if len(logit_rows):
+        last = final[logit_rows, -1].float()
+        values.append((last * unembed[chunk[logit_rows] - logit_start]).sum(-1))
+    return torch.cat(values)
+
+
+def _keeper(store: dict[int, torch.Tensor], layer: int) -> SiteEdit:
+    def keep(x: torch.Tensor) -> None:
+        store[layer] = x
+
+    return keep
+
+
+def _replacement(
+    transcoder: Sae, mlp_inputs: dict[int, torch.Tensor], layer: int, delta: torch.Tensor
+) -> SiteEdit:
+    """What the MLP writes, as a constant (its value on the prompt: features + error + bias),
+    plus the transcoder's skip term's gradient path and `delta`, where gradients are read."""
+
+    def replace(y: torch.Tensor) -> torch.Tensor:
+        out = y.detach() + delta.to(y.dtype)
+        if transcoder.has_skip:
+            skip = mlp_inputs[layer].to(transcoder.dtype) @ transcoder.W_skip.T
+            out = out + (skip - skip.detach()).to(y.dtype)
+        return out
+
+    return replace

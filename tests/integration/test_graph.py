@@ -1,0 +1,239 @@
+"""Attribution graphs on the tiny ReLU GPT-2, whose MLPs its exact transcoders reproduce: edges
+against an independent re-run of the frozen model, exactness, pruning and scores."""
+
+from contextlib import contextmanager
+
+import pytest
+import torch
+from torch import nn
+
+from app.core.errors import MonoscopeError
+from app.core.frozen_attention import frozen_patterns
+from app.core.graph import attribution_graph, frozen_norms, prune
+from tests.helpers import N_LAYERS, exact_transcoder, random_transcoder
+
+TEXT = "The Golden Gate Bridge is red and the fog rolls over"
+
+
+@pytest.fixture(scope="module")
+def exact(relu_gpt2):
+    transcoders = [exact_transcoder(relu_gpt2, layer) for layer in range(N_LAYERS)]
+    return transcoders, attribution_graph(relu_gpt2, transcoders, TEXT, batch_size=48)
+
+
+@pytest.fixture(scope="module")
+def lossy(relu_gpt2):
+    """Random transcoders (with skip connections): large errors, still a linear model."""
+    transcoders = [
+        relu_gpt2.attach(random_transcoder(layer=layer, d_sae=64, skip=True, seed=layer))
+        for layer in range(N_LAYERS)
+    ]
+    return transcoders, attribution_graph(relu_gpt2, transcoders, TEXT, batch_size=48)
+
+
+@contextmanager
+def _recorded_layer_norms(model, scales: list, replay: bool):
+    """A test-local frozen LayerNorm: the first pass records each norm's 1/std, the second
+    divides by the recorded ones (so a perturbed pass stays in the clean pass's linear model)."""
+    norms = [m for m in model.hf.modules() if isinstance(m, nn.LayerNorm)]
+    at = iter(range(10**6))
+
+    def forward_for(module):
+        def forward(x):
+            centred = x - x.mean(-1, keepdim=True)
+            if replay:
+                scale = scales[next(at)]
+            else:
+                scale = (centred.pow(2).mean(-1, keepdim=True) + module.eps).rsqrt()
+                scales.append(scale)
+            return centred * scale * module.weight + module.bias
+
+        return forward
+
+    for module in norms:
+        module.forward = forward_for(module)
+    try:
+        yield
+    finally:
+        for module in norms:
+            del module.forward
+
+
+def _frozen_rerun(model, transcoders, ids, writes: dict, read):
+    """The replacement model re-run forward: every MLP writes its clean output, plus `writes`
+    {(layer, position): extra vector}, plus its skip term's change; attention and norms frozen
+    at the clean pass. Returns read(captured MLP inputs, final norm output)."""
+    clean_out, clean_in, seen, final, scales = {}, {}, {}, {}, []
+
+    def recorder(store, layer):
+        def record(x):
+            store[layer] = x.clone()
+
+        return record
+
+    def replaced(layer):
+        def write(y):
+            out = clean_out[layer].clone()
+            for (at_layer, position), vector in writes.items():
+                if at_layer == layer:
+                    out[:, position] += vector
+            if transcoders[layer].has_skip:
+                out += (seen[layer] - clean_in[layer]) @ transcoders[layer].W_skip.T
+            return out
+
+        return write
+
+    recording = {}
+    replaying = {}
+    for layer in range(N_LAYERS):
+        recording[f"blocks.{layer}.hook_mlp_in"] = recorder(clean_in, layer)
+        recording[f"blocks.{layer}.hook_mlp_out"] = recorder(clean_out, layer)
+        replaying[f"blocks.{layer}.hook_mlp_in"] = recorder(seen, layer)
+        replaying[f"blocks.{layer}.hook_mlp_out"] = replaced(layer)
+    handle = model.final_norm().register_forward_hook(
+        lambda m, a, out: final.__setitem__("out", out)
+    )
+    try:
+        with torch.inference_mode(), frozen_patterns(model) as freeze:
+            with (
+                _recorded_layer_norms(model, scales, replay=False),
+                freeze.recording(),
+                model.hooked(recording),
+            ):
+                model.hf(input_ids=ids)
+            with (
+                _recorded_layer_norms(model, scales, replay=True),
+                freeze.replaying(),
+                model.hooked(replaying),
+            ):
+                model.hf(input_ids=ids)
+    finally:
+        handle.remove()
+    return read(seen, final["out"])
+
+
+def test_frozen_norms_keep_the_values_and_freeze_the_denominator(relu_gpt2):
+    ids = torch.tensor([relu_gpt2.tokenizer(TEXT)["input_ids"]])
+    with torch.inference_mode():
+        clean = relu_gpt2.hf(input_ids=ids).logits
+        with frozen_norms(relu_gpt2):
+            frozen = relu_gpt2.hf(input_ids=ids).logits
+    torch.testing.assert_close(frozen, clean, atol=1e-5, rtol=1e-5)
+    norm = relu_gpt2.final_norm()
+    x = torch.randn(32)
+    with frozen_norms(relu_gpt2):
+        jacobian = torch.autograd.functional.jacobian(norm, x)
+    centring = torch.eye(32) - 1 / 32
+    scale = ((x - x.mean()).pow(2).mean() + norm.eps).rsqrt()
+    expected = norm.weight.detach()[:, None] * scale * centring
+    torch.testing.assert_close(jacobian, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_feature_edges_equal_a_rerun_of_the_frozen_model(relu_gpt2, lossy):
+    """Removing a source feature's write changes a later feature's pre-activation by -A[t, s]."""
+    transcoders, graph = lossy
+    ids = torch.tensor([graph.token_ids])
+    A = graph.adjacency[: graph.n_features, : graph.n_features]
+    layers = graph.features[:, 0]
+    strongest = A.abs() * (layers[:, None] > layers[None, :])
+    pairs = strongest.flatten().topk(4).indices
+    assert float(strongest.max()) > 0.05
+    for flat in pairs.tolist():
+        t, s = divmod(flat, graph.n_features)
+        layer_s, position_s, index_s = graph.features[s].tolist()
+        layer_t, position_t, index_t = graph.features[t].tolist()
+        write = -graph.activations[s] * transcoders[layer_s].W_dec[index_s]
+        encoder = transcoders[layer_t].W_enc[:, index_t]
+
+        def read(inputs, final, layer_t=layer_t, position_t=position_t, encoder=encoder):
+            return float(inputs[layer_t][0, position_t] @ encoder)
+
+        before = _frozen_rerun(relu_gpt2, transcoders, ids, {}, read)
+        after = _frozen_rerun(relu_gpt2, transcoders, ids, {(layer_s, position_s): write}, read)
+        assert after - before == pytest.approx(-float(A[t, s]), abs=1e-4, rel=1e-3)
+
+
+def test_error_and_embedding_edges_to_a_logit_equal_a_rerun(relu_gpt2, lossy):
+    transcoders, graph = lossy
+    ids = torch.tensor([graph.token_ids])
+    W_U = relu_gpt2.unembedding().float()
+    direction = W_U[graph.logit_ids[0]] - W_U.mean(0)
+    row = graph.logits.start
+
+    def read(inputs, final):
+        return float(final[0, -1] @ direction)
+
+    before = _frozen_rerun(relu_gpt2, transcoders, ids, {}, read)
+    # An error node: scale its vector by 2 (adds it once more) at one layer and position.
+    position = graph.n_positions - 2
+    error_edge = float(graph.adjacency[row, graph.error_node(1, position)])
+    captured = relu_gpt2.capture(ids, ["blocks.1.hook_mlp_in", "blocks.1.hook_mlp_out"])
+    x, y = captured["blocks.1.hook_mlp_in"][0], captured["blocks.1.hook_mlp_out"][0]
+    f = transcoders[1].encode(x)
+    f[0] = 0
+    error = y[position] - transcoders[1].reconstruct(x, f)[position]
+    after = _frozen_rerun(relu_gpt2, transcoders, ids, {(1, position): error}, read)
+    assert abs(error_edge) > 1e-3
+    assert after - before == pytest.approx(error_edge, abs=1e-4, rel=1e-3)
+    # Logit rows are not all from one place: every kind of source feeds the top logit.
+    assert graph.adjacency[row, : graph.n_features].abs().sum() > 0
+    assert graph.adjacency[row, graph.embeddings].abs().sum() > 0
+
+
+def test_exact_transcoders_leave_nothing_to_the_errors_after_position_0(exact, lossy):
+    """Position 0's features are not nodes, so its error carries them; elsewhere an exact
+    transcoder leaves its error nodes empty, and the scores say so."""
+    _, graph = exact
+    later = [
+        graph.error_node(layer, p) for layer in range(N_LAYERS) for p in range(1, graph.n_positions)
+    ]
+    first = [graph.error_node(layer, 0) for layer in range(N_LAYERS)]
+    features = float(graph.adjacency[:, : graph.n_features].abs().max())
+    assert float(graph.adjacency[:, later].abs().max()) < 1e-4 * features
+    assert float(graph.adjacency[:, first].abs().max()) > 1e-2 * features
+    exact_scores, lossy_scores = graph.scores(), lossy[1].scores()
+    assert 0 < lossy_scores.replacement < exact_scores.replacement <= 1
+    assert 0 < lossy_scores.completeness < exact_scores.completeness <= 1
+
+
+def test_the_graph_has_circuit_tracers_shape(exact):
+    _, graph = exact
+    n = graph.n_positions
+    assert graph.adjacency.shape[0] == graph.n_features + N_LAYERS * n + n + len(graph.logit_ids)
+    assert (graph.features[:, 1] > 0).all()  # position 0 joins its error
+    assert (graph.activations > 0).all()
+    assert float(graph.logit_probabilities.sum()) >= 0.95 or len(graph.logit_ids) == 10
+    # Nothing feeds an embedding; no feature feeds one at an earlier layer or a later position.
+    assert not graph.adjacency[graph.embeddings].any()
+    layer, position = graph.features[:, 0], graph.features[:, 1]
+    A = graph.adjacency[: graph.n_features, : graph.n_features]
+    impossible = (layer[:, None] <= layer[None, :]) | (position[:, None] < position[None, :])
+    assert not A[impossible].any()
+
+
+def test_pruning_keeps_the_influential_nodes_and_the_edges_among_them(lossy):
+    _, graph = lossy
+    kept = prune(graph)
+    assert kept.nodes[graph.embeddings].all() and kept.nodes[graph.logits].all()
+    features = kept.nodes[: graph.n_features]
+    assert 0 < int(features.sum()) < graph.n_features
+    assert not kept.edges[~kept.nodes].any() and not kept.edges[:, ~kept.nodes].any()
+    assert (kept.edges & (graph.adjacency == 0)).sum() == 0
+    # A kept feature feeds a kept node and is fed by one.
+    assert (kept.edges[:, : graph.n_features][:, features].any(0)).all()
+    assert (kept.edges[: graph.n_features][features].any(1)).all()
+    everything = prune(graph, node_threshold=1.0, edge_threshold=1.0)
+    assert everything.nodes.sum() >= kept.nodes.sum()
+    with pytest.raises(MonoscopeError, match="between 0 and 1"):
+        prune(graph, node_threshold=1.5)
+
+
+def test_a_graph_needs_one_transcoder_per_layer_at_its_mlp(relu_gpt2):
+    transcoders = [exact_transcoder(relu_gpt2, layer) for layer in range(N_LAYERS)]
+    with pytest.raises(MonoscopeError, match="one transcoder per layer"):
+        attribution_graph(relu_gpt2, transcoders[:2], TEXT)
+    with pytest.raises(MonoscopeError, match=r"transcoder 1 must read blocks\.1\.hook_mlp_in"):
+        attribution_graph(relu_gpt2, [transcoders[0], transcoders[0], transcoders[2]], TEXT)
+    alone = attribution_graph(relu_gpt2, transcoders, "")  # BOS alone: no feature nodes
+    assert alone.n_positions == 1 and alone.n_features == 0 and alone.adjacency.shape[0] > 0
+    assert alone.adjacency[alone.logits, alone.embeddings].abs().sum() > 0
