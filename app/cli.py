@@ -9,6 +9,7 @@ monoscope harvest --model gpt2 --sae saes/res6 --corpus data/stores/web --tokens
 """
 
 import errno
+import json
 from pathlib import Path
 from typing import Annotated, cast
 
@@ -390,6 +391,78 @@ def add_sae(
 
 
 @cli.command()
+def graph(
+    text: Annotated[str, typer.Argument(help="The prompt whose next-token prediction to trace.")],
+    transcoders: Annotated[
+        Path,
+        typer.Option(
+            help="One transcoder per layer: a circuit-tracer set (config.yaml) or a folder of "
+            "layer_0, layer_1, ... transcoders."
+        ),
+    ],
+    model: ModelOpt = None,
+    device: DeviceOpt = None,
+    node_threshold: Annotated[
+        float, typer.Option(help="Keep the nodes carrying this share of influence.")
+    ] = 0.8,
+    edge_threshold: Annotated[
+        float, typer.Option(help="Keep the edges carrying this share of influence.")
+    ] = 0.98,
+    top: Annotated[int, typer.Option(help="Features to list, by influence.")] = 15,
+    json_out: Annotated[
+        Path | None,
+        typer.Option("--json", help="Write the pruned graph here (circuit-tracer's JSON)."),
+    ] = None,
+) -> None:
+    """The attribution graph of a prompt through per-layer transcoders: scores, the most
+    influential features, and optionally the graph file circuit-tracer and Neuronpedia read."""
+    from app.core.graph import attribution_graph, graph_json, prune
+    from app.core.model import load_model
+    from app.core.sae.formats import load_transcoder_set
+    from app.demo import DEMO_MODEL
+
+    settings = _settings(model=model, device=device)
+    loaded = load_model(settings.model or str(DEMO_MODEL), device=settings.device)
+    attached = [loaded.attach(t, source=str(transcoders)) for t in load_transcoder_set(transcoders)]
+    found = attribution_graph(loaded, attached, text)
+    kept = prune(found, node_threshold, edge_threshold)
+    scores = found.scores()
+    out.print(
+        f"{found.n_positions} tokens, {found.n_features:,} active features, "
+        f"{int(kept.nodes[: found.n_features].sum()):,} kept; replacement "
+        f"{scores.replacement:.3f}, completeness {scores.completeness:.3f}; predicts "
+        + ", ".join(
+            f"{t!r} {float(p):.2f}"
+            for t, p in zip(found.logit_tokens, found.logit_probabilities, strict=True)
+        ),
+        markup=False,
+        highlight=False,
+    )
+    influence = kept.cumulative[: found.n_features]
+    table = Table(title="most influential features (cumulative share of influence)")
+    for column in ("layer", "feature", "token", "activation", "cumulative"):
+        table.add_column(column)
+    for n in influence.argsort()[:top].tolist():
+        if not kept.nodes[n]:
+            continue
+        layer, position, index = found.features[n].tolist()
+        table.add_row(
+            str(layer),
+            str(index),
+            f"{found.tokens[position]!r} @ {position}",
+            f"{float(found.activations[n]):.3f}",
+            f"{float(influence[n]):.3f}",
+        )
+    out.print(table)
+    if json_out is not None:
+        data = graph_json(found, kept, json_out.stem, transcoders.name, node_threshold, text)
+        json_out.write_text(json.dumps(data))
+        out.print(
+            f"wrote {len(data['nodes']):,} nodes and {len(data['links']):,} links to {json_out}"
+        )
+
+
+@cli.command()
 def inspect(
     text: Annotated[str, typer.Argument(help="The text to run through the model.")],
     model: ModelOpt = None,
@@ -691,7 +764,6 @@ def ground_truth(
     """How well the SAE's features match the demo world's planted concepts (token and span F1 per
     concept), topics and personas (document F1), and, when the database holds labels for it, how
     often the best feature's label names the concept."""
-    import json
 
     from app.core.model import load_model
     from app.core.sae import load_sae
@@ -804,7 +876,6 @@ def steering(
     """The Golden Gate check: find the target's feature through ground truth, steer the
     assistant with it at each strength, and judge the replies (on aim, fluent by the world's
     grammar, loss under the unsteered model within 1.5x of the default replies')."""
-    import json
 
     from app.core.feature_ref import Mode
     from app.core.model import load_model
@@ -891,7 +962,6 @@ def classifier(
     """Feature classifiers for a target, trained on one world seed's documents and measured on
     held-out ones: a learned logistic regression, the single best feature, and the model
     prompted with a yes/no question (its threshold fit on the same training documents)."""
-    import json
 
     from app.core.model import load_model
     from app.core.sae import load_sae
@@ -946,7 +1016,6 @@ def world_structure(
     of a category's variance tells its concepts apart, how many concepts a linear probe separates,
     how often it answers two-hop questions past a distractor, and how much it gains from copying
     what it has read."""
-    import json
 
     from app.core.model import load_model
     from app.demo import DEMO_MODEL, DEMO_SITE

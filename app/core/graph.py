@@ -261,7 +261,7 @@ def _clean_pass(model: LoadedModel, transcoders: Sequence[Sae], ids: torch.Tenso
     for layer in range(model.n_layers):
         sites += [f"blocks.{layer}.hook_mlp_in", f"blocks.{layer}.hook_mlp_out"]
     acts = model.capture(ids, sites)
-    logits = model.hf(input_ids=ids).logits[0, -1]
+    logits = model.hf(input_ids=ids, logits_to_keep=1).logits[0, -1]
     features, activations, decoders, errors = [], [], [], []
     for layer, transcoder in enumerate(transcoders):
         x = acts[f"blocks.{layer}.hook_mlp_in"][0].to(transcoder.dtype)
@@ -314,6 +314,20 @@ def attribution_graph(
     adjacency = torch.zeros(n_nodes, n_nodes)
     all_features = torch.cat(features) if n_features else torch.zeros(0, 3, dtype=torch.long)
 
+    # Each layer's features come position by position (nonzero() orders them so): one matmul
+    # per (layer, position) turns a block of gradients into that block's edges.
+    spans: list[list[tuple[int, int, int]]] = []
+    for layer in range(n_layers):
+        positions = features[layer][:, 1]
+        found = positions.unique_consecutive(return_counts=True)
+        edges = torch.cat([torch.zeros(1, dtype=torch.long), found[1].cumsum(0)])
+        spans.append(
+            [
+                (int(p), starts[layer] + int(a), starts[layer] + int(b))
+                for p, a, b in zip(found[0], edges[:-1], edges[1:], strict=True)
+            ]
+        )
+
     rows = min(batch_size, n_features + len(logit_ids))
     device, d_model = model.device, model.d_model
     deltas = [
@@ -341,7 +355,7 @@ def attribution_graph(
             frozen_norms(model),
             model.hooked(edits),
         ):
-            model.hf(input_ids=ids.expand(rows, -1), use_cache=False)
+            model.hf(input_ids=ids.expand(rows, -1), use_cache=False, logits_to_keep=1)
             # Target rows: every feature, then every logit; each batch row carries one target.
             target_rows = list(range(n_features)) + list(range(logit_start, n_nodes))
             for first in range(0, len(target_rows), rows):
@@ -362,10 +376,11 @@ def attribution_graph(
                 block = adjacency[chunk]
                 for layer in range(n_layers):
                     g = grads[layer][:used].float()  # (used, pos, d)
-                    if counts[layer]:
-                        positions = features[layer][:, 1]
-                        block[:, starts[layer] : starts[layer] + counts[layer]] = torch.einsum(
-                            "bnd,nd->bn", g[:, positions], decoders[layer]
+                    by_position = g.transpose(0, 1)  # (pos, used, d)
+                    for position, first_column, stop in spans[layer]:
+                        block[:, first_column:stop] = (
+                            by_position[position]
+                            @ decoders[layer][first_column - starts[layer] : stop - starts[layer]].T
                         ).cpu()
                     column = error_start + layer * n_pos
                     block[:, column : column + n_pos] = torch.einsum(
@@ -442,3 +457,179 @@ def _replacement(
         return out
 
     return replace
+
+
+# -- the graph JSON that circuit-tracer writes and Neuronpedia's graph viewer reads -------------
+GRAPH_SCHEMA_VERSION = 1
+
+
+def _cantor(layer: int, index: int) -> int:
+    return (layer + index) * (layer + index + 1) // 2 + index
+
+
+def graph_json(
+    graph: AttributionGraph,
+    pruned: Pruned,
+    slug: str,
+    scan: str,
+    node_threshold: float = NODE_THRESHOLD,
+    prompt: str | None = None,
+) -> dict:
+    """The pruned graph as circuit-tracer's `create_graph_files` writes it (schema version 1):
+    kept nodes with an edge, embeddings and logits always; links source -> target with A's
+    weight; node ids `{layer}_{feature}_{pos}`, `0_{layer}_{pos}` (errors), `E_{token}_{pos}`,
+    `{n_layers + 1}_{token}_{last pos}` (logits)."""
+    last = graph.n_positions - 1
+    nodes: dict[int, dict] = {}
+    influence = pruned.cumulative.tolist()
+
+    def node(**fields) -> dict:
+        return {
+            "token_prob": 0.0,
+            "is_target_logit": False,
+            "run_idx": 0,
+            "reverse_ctx_idx": 0,
+            "clerp": "",
+            "influence": None,
+            "activation": None,
+        } | fields
+
+    for n in torch.nonzero(pruned.nodes).flatten().tolist():
+        if n < graph.n_features:
+            layer, position, index = graph.features[n].tolist()
+            nodes[n] = node(
+                node_id=f"{layer}_{index}_{position}",
+                feature=_cantor(layer, index),
+                layer=str(layer),
+                ctx_idx=position,
+                feature_type="cross layer transcoder",
+                jsNodeId=f"{layer}_{index}-0",
+                influence=influence[n],
+                activation=float(graph.activations[n]),
+            )
+        elif n < graph.embeddings.start:
+            layer, position = divmod(n - graph.errors.start, graph.n_positions)
+            nodes[n] = node(
+                node_id=f"0_{layer}_{position}",
+                feature=-1,
+                layer=str(layer),
+                ctx_idx=position,
+                feature_type="mlp reconstruction error",
+                jsNodeId=f"{layer}_{position}-0",
+                influence=influence[n],
+            )
+        elif n < graph.logits.start:
+            position = n - graph.embeddings.start
+            token = graph.token_ids[position]
+            nodes[n] = node(
+                node_id=f"E_{token}_{position}",
+                feature=position,
+                layer="E",
+                ctx_idx=position,
+                feature_type="embedding",
+                jsNodeId=f"E_{token}-{position}",
+                influence=influence[n],
+            )
+        else:
+            rank = n - graph.logits.start
+            token, probability = graph.logit_ids[rank], float(graph.logit_probabilities[rank])
+            nodes[n] = node(
+                node_id=f"{graph.n_layers + 1}_{token}_{last}",
+                feature=token,
+                layer=str(graph.n_layers + 1),
+                ctx_idx=last,
+                feature_type="logit",
+                token_prob=probability,
+                is_target_logit=rank == 0,
+                jsNodeId=f"L_{token}-{last}",
+                clerp=f'Output "{graph.logit_tokens[rank]}" (p={probability:.3f})',
+            )
+    targets, sources = torch.nonzero(pruned.edges, as_tuple=True)
+    weights = graph.adjacency[targets, sources].tolist()
+    links = [
+        {"source": nodes[s]["node_id"], "target": nodes[t]["node_id"], "weight": w}
+        for t, s, w in zip(targets.tolist(), sources.tolist(), weights, strict=True)
+        if s in nodes and t in nodes
+    ]
+    connected = {link["source"] for link in links} | {link["target"] for link in links}
+    kept = [
+        n
+        for n in nodes.values()
+        if n["node_id"] in connected or n["feature_type"] in ("embedding", "logit")
+    ]
+    return {
+        "metadata": {
+            "slug": slug,
+            "scan": scan,
+            "transcoder_list": [],
+            "prompt_tokens": graph.tokens,
+            "prompt": prompt if prompt is not None else "".join(graph.tokens),
+            "node_threshold": node_threshold,
+            "schema_version": GRAPH_SCHEMA_VERSION,
+        },
+        "qParams": {
+            "pinnedIds": [],
+            "supernodes": [],
+            "linkType": "both",
+            "clickedId": "",
+            "sg_pos": "",
+        },
+        "nodes": kept,
+        "links": links,
+    }
+
+
+@dataclass(frozen=True)
+class GraphFile:
+    """A graph JSON read back: what a viewer draws, whoever computed it."""
+
+    metadata: dict
+    nodes: list[dict]  # each with node_id, feature_type, layer, ctx_idx, feature, influence ...
+    links: list[tuple[str, str, float]]  # source id, target id, weight
+    pinned: list[str]
+    supernodes: list[list[str]]  # [name, node id, node id, ...]
+
+
+_NODE_FIELDS = {"node_id": str, "feature_type": str, "layer": str, "ctx_idx": int, "feature": int}
+
+
+def read_graph_json(data: object) -> GraphFile:
+    """Check a graph JSON (circuit-tracer's or ours) and read it; MonoscopeError names what is
+    wrong. Links must join listed nodes."""
+    if not isinstance(data, dict):
+        raise MonoscopeError("a graph file is a JSON object with metadata, nodes and links")
+    for key in ("metadata", "nodes", "links"):
+        if key not in data:
+            raise MonoscopeError(f"the graph file has no {key!r}")
+    if not isinstance(data["nodes"], list) or not isinstance(data["links"], list):
+        raise MonoscopeError("the graph file's nodes and links must be lists")
+    nodes = []
+    for position, found in enumerate(data["nodes"]):
+        if not isinstance(found, dict):
+            raise MonoscopeError(f"node {position} is not an object")
+        for key, kind in _NODE_FIELDS.items():
+            value = found.get(key)
+            if not isinstance(value, kind) or isinstance(value, bool):
+                raise MonoscopeError(f"node {position} needs {key!r} as {kind.__name__}")
+        nodes.append(found)
+    ids = {n["node_id"] for n in nodes}
+    links = []
+    for position, link in enumerate(data["links"]):
+        if not isinstance(link, dict):
+            raise MonoscopeError(f"link {position} is not an object")
+        source, target, weight = link.get("source"), link.get("target"), link.get("weight")
+        if source not in ids or target not in ids:
+            raise MonoscopeError(f"link {position} joins a node the file does not list")
+        if not isinstance(weight, int | float) or isinstance(weight, bool):
+            raise MonoscopeError(f"link {position} needs a numeric weight")
+        links.append((str(source), str(target), float(weight)))
+    found_params = data.get("qParams")
+    params: dict = found_params if isinstance(found_params, dict) else {}
+    metadata = data["metadata"] if isinstance(data["metadata"], dict) else {}
+    return GraphFile(
+        metadata=metadata,
+        nodes=nodes,
+        links=links,
+        pinned=[str(p) for p in params.get("pinnedIds") or []],
+        supernodes=[[str(x) for x in group] for group in params.get("supernodes") or []],
+    )

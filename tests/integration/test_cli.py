@@ -1,6 +1,7 @@
 """The CLI as a person runs it: real files, one error line on bad input. Commands run in this
 process (tests.helpers.run_cli); two tests run the installed entry point as a real subprocess."""
 
+import json
 import os
 import re
 import shutil
@@ -115,6 +116,28 @@ def test_settings_come_from_the_environment(gpt2_dir, sae_dir):
         },
     )
     assert result.returncode == 0, result.stderr and "res1" in result.stdout
+
+
+def test_graph_prints_scores_and_writes_the_graph_file(tmp_path):
+    """A ReLU GPT-2 with its exact transcoders saved as a circuit-tracer set."""
+    from app.core.graph import read_graph_json
+    from app.core.model import load_model
+    from app.core.sae.formats import save_circuit_tracer_set
+    from tests.helpers import N_LAYERS, build_relu_gpt2, exact_transcoder
+
+    folder = build_relu_gpt2(tmp_path / "model")
+    model = load_model(folder, device="cpu")
+    layers = [exact_transcoder(model, layer) for layer in range(N_LAYERS)]
+    save_circuit_tracer_set(layers, tmp_path / "set", model_name="tiny")
+    out = tmp_path / "fog.json"
+    args = ["graph", "--model", str(folder), "--transcoders", str(tmp_path / "set")]
+    result = run_cli(*args, "--device", "cpu", "--json", str(out), "The fog rolls over the")
+    assert result.returncode == 0, result.stderr
+    assert "replacement" in result.stdout and "most influential features" in result.stdout
+    graph = read_graph_json(json.loads(out.read_text()))
+    assert graph.metadata["scan"] == "set" and graph.links
+    wrong = run_cli("graph", "--model", str(folder), "--transcoders", str(tmp_path), "hi")
+    assert wrong.returncode == 2 and "not a transcoder set" in wrong.stderr
 
 
 def test_convert_sae_writes_saelens(tmp_path, sae_dir):

@@ -1,6 +1,7 @@
 """Attribution graphs on the tiny ReLU GPT-2, whose MLPs its exact transcoders reproduce: edges
 against an independent re-run of the frozen model, exactness, pruning and scores."""
 
+import json
 from contextlib import contextmanager
 
 import pytest
@@ -9,7 +10,7 @@ from torch import nn
 
 from app.core.errors import MonoscopeError
 from app.core.frozen_attention import frozen_patterns
-from app.core.graph import attribution_graph, frozen_norms, prune
+from app.core.graph import attribution_graph, frozen_norms, graph_json, prune, read_graph_json
 from tests.helpers import N_LAYERS, exact_transcoder, random_transcoder
 
 TEXT = "The Golden Gate Bridge is red and the fog rolls over"
@@ -237,3 +238,63 @@ def test_a_graph_needs_one_transcoder_per_layer_at_its_mlp(relu_gpt2):
     alone = attribution_graph(relu_gpt2, transcoders, "")  # BOS alone: no feature nodes
     assert alone.n_positions == 1 and alone.n_features == 0 and alone.adjacency.shape[0] > 0
     assert alone.adjacency[alone.logits, alone.embeddings].abs().sum() > 0
+
+
+def test_the_graph_json_is_circuit_tracers_and_reads_back(lossy):
+    _, graph = lossy
+    kept = prune(graph)
+    data = json.loads(json.dumps(graph_json(graph, kept, slug="fog", scan="tiny-relu")))
+    assert data["metadata"]["schema_version"] == 1 and data["metadata"]["scan"] == "tiny-relu"
+    assert data["metadata"]["prompt_tokens"] == graph.tokens
+    read = read_graph_json(data)
+    by_id = {n["node_id"]: n for n in read.nodes}
+    kinds = {n["feature_type"] for n in read.nodes}
+    assert kinds == {"cross layer transcoder", "mlp reconstruction error", "embedding", "logit"}
+    assert sum(n["feature_type"] == "embedding" for n in read.nodes) == graph.n_positions
+    logits = [n for n in read.nodes if n["feature_type"] == "logit"]
+    assert [n["feature"] for n in logits] == graph.logit_ids and logits[0]["is_target_logit"]
+    assert all(n["ctx_idx"] == graph.n_positions - 1 for n in logits)
+    # Every link is an edge the pruning kept, with A's weight.
+    # circuit-tracer's ids can collide: error (layer L, pos p) is "0_L_p", as is layer-0
+    # feature L at p. Such ids are left out of this check.
+    index, ambiguous = {}, set()
+    for layer in range(N_LAYERS):
+        for position in range(graph.n_positions):
+            index[f"0_{layer}_{position}"] = graph.error_node(layer, position)
+    for n in range(graph.n_features):
+        layer, position, feature = graph.features[n].tolist()
+        node_id = f"{layer}_{feature}_{position}"
+        if node_id in index:
+            ambiguous.add(node_id)
+        index[node_id] = n
+    for position, token in enumerate(graph.token_ids):
+        index[f"E_{token}_{position}"] = graph.embeddings.start + position
+    for rank, token in enumerate(graph.logit_ids):
+        index[f"{N_LAYERS + 1}_{token}_{graph.n_positions - 1}"] = graph.logits.start + rank
+    assert set(by_id) <= set(index)
+    assert len(read.links) == int(kept.edges[kept.nodes][:, kept.nodes].sum())
+    checked = 0
+    for source, target, weight in read.links:
+        if {source, target} & ambiguous:
+            continue
+        checked += 1
+        assert kept.edges[index[target], index[source]]
+        assert weight == pytest.approx(float(graph.adjacency[index[target], index[source]]))
+    assert checked > 0.9 * len(read.links)
+
+
+@pytest.mark.parametrize(
+    "bad,message",
+    [
+        ([], "JSON object"),
+        ({"metadata": {}, "nodes": []}, "no 'links'"),
+        ({"metadata": {}, "nodes": [{"node_id": 3}], "links": []}, "node 0 needs 'node_id'"),
+        (
+            {"metadata": {}, "nodes": [], "links": [{"source": "a", "target": "b", "weight": 1}]},
+            "does not list",
+        ),
+    ],
+)
+def test_a_bad_graph_file_is_one_clear_error(bad, message):
+    with pytest.raises(MonoscopeError, match=message):
+        read_graph_json(bad)

@@ -590,6 +590,28 @@ def circuit_tracer_layers(folder: Path) -> list[Path]:
     return [folder / Path(str(entry).split("?")[0]).name for entry in config["transcoders"]]
 
 
+def load_transcoder_set(folder: str | Path) -> list[Sae]:
+    """One transcoder per layer, layer 0 first: a circuit-tracer set (config.yaml), or a folder
+    of per-layer transcoders in any readable format named `layer_{L}` (what
+    `monoscope build-demo` ships)."""
+    folder = Path(folder)
+    if (folder / CIRCUIT_TRACER_CFG).exists():
+        return [load_sae(path) for path in circuit_tracer_layers(folder)]
+    layers = sorted(
+        (int(m.group(1)), path)
+        for path in folder.glob("layer_*")
+        if (m := re.fullmatch(r"layer_(\d+)", path.name))
+    )
+    if not layers:
+        raise SaeFormatError(
+            f"{folder}: not a transcoder set; expected a circuit-tracer config.yaml or "
+            "per-layer folders layer_0, layer_1, ..."
+        )
+    if [layer for layer, _ in layers] != list(range(len(layers))):
+        raise SaeFormatError(f"{folder}: layer folders must run 0..N-1 without gaps")
+    return [load_sae(path) for _, path in layers]
+
+
 def save_circuit_tracer_set(transcoders: list[Sae], folder: Path, model_name: str) -> Path:
     """Write per-layer ReLU transcoders (one per layer, layer 0 first) as the set that
     circuit-tracer's `load_transcoder_set` reads: config.yaml plus layer_{L}.safetensors."""
