@@ -605,17 +605,20 @@ def _print_metrics(title: str, metrics: dict) -> None:
 @cli.command("build-demo")
 def build_demo(
     stage: Annotated[
-        str, typer.Option(help="What to rebuild: all, model (tokenizer + LM) or sae.")
+        str,
+        typer.Option(
+            help="What to rebuild: all, model (tokenizer + LM), sae or transcoders (one per layer)."
+        ),
     ] = "all",
 ) -> None:
-    """Reproduce the shipped demo model and SAEs from their seeds (CPU: about 50 minutes;
-    checkpoints and caches go to MONOSCOPE_DATA_DIR/demo-build)."""
-    from app.pipeline.demo_build import build_language_model, build_saes
+    """Reproduce the shipped demo model, SAEs and transcoders from their seeds (checkpoints and
+    caches go to MONOSCOPE_DATA_DIR/demo-build)."""
+    from app.pipeline.demo_build import build_language_model, build_saes, build_transcoders
 
     work_dir = _settings().data_dir / "demo-build"
 
-    if stage not in ("all", "model", "sae"):
-        raise MonoscopeError(f"unknown stage {stage!r}; use all, model or sae")
+    if stage not in ("all", "model", "sae", "transcoders"):
+        raise MonoscopeError(f"unknown stage {stage!r}; use all, model, sae or transcoders")
     if stage in ("all", "model"):
         report = build_language_model(work_dir)
         out.print(f"validation loss {report['val_loss']:.4f}")
@@ -624,6 +627,10 @@ def build_demo(
     if stage in ("all", "sae"):
         for sae in build_saes(work_dir):
             _print_metrics(f"demo SAE at {sae.hook_name}", sae.cfg.metadata["metrics"])
+    if stage in ("all", "transcoders"):
+        for transcoder in build_transcoders(work_dir):
+            title = f"demo transcoder {transcoder.hook_name} -> {transcoder.hook_name_out}"
+            _print_metrics(title, transcoder.cfg.metadata["metrics"])
 
 
 user_cli = typer.Typer(no_args_is_help=True, help="Accounts that may save labels, lists, shares.")
@@ -997,6 +1004,46 @@ def classifier(
             f"{train['f1']:.3f}",
         )
     out.print(table)
+
+
+@eval_cli.command("replacement")
+def replacement(
+    transcoders: Annotated[
+        Path,
+        typer.Option(help="One transcoder per layer (a circuit-tracer set or layer_N folders)."),
+    ],
+    model: ModelOpt = None,
+    corpus: Annotated[
+        str | None,
+        typer.Option(help="Held-out text (default: the demo world's held-out seed)."),
+    ] = None,
+    contexts: Annotated[int, typer.Option(help="Contexts of 128 tokens to read.")] = 200,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    device: DeviceOpt = None,
+) -> None:
+    """The replacement model's CE loss recovered (every MLP replaced by its transcoder at once,
+    against zeroing every MLP), its KL to the model, and each layer's variance explained."""
+    import torch
+
+    from app.core.model import load_model
+    from app.core.sae.formats import load_transcoder_set
+    from app.core.sae.metrics import evaluate_replacement
+    from app.demo import DEMO_MODEL, EVAL_SEED, WORLD_VERSION
+    from app.pipeline.corpus import load_contexts
+
+    loaded = load_model(model or DEMO_MODEL, device=device or "auto")
+    attached = [loaded.attach(t, source=str(transcoders)) for t in load_transcoder_set(transcoders)]
+    text = corpus or f"demo-world:{EVAL_SEED}:{WORLD_VERSION}"
+    ids = torch.from_numpy(load_contexts(text, loaded.tokenizer, 128, contexts))
+    report = evaluate_replacement(loaded, attached, ids).to_dict()
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    by_layer = report.pop("variance_explained")
+    _print_metrics(
+        f"replacement model on {text}",
+        report | {f"variance explained, layer {n}": v for n, v in enumerate(by_layer)},
+    )
 
 
 @eval_cli.command("world-structure")

@@ -20,7 +20,17 @@ from sqlalchemy.orm import Session
 
 from app.core.errors import MonoscopeError
 from app.db.codec import pack_activations, pack_ids
-from app.db.models import Context, Example, Feature, Model, SaeRow, Token
+from app.db.models import (
+    Context,
+    Example,
+    Explanation,
+    Feature,
+    FeatureListItem,
+    LabelEvent,
+    Model,
+    SaeRow,
+    Token,
+)
 
 CHUNK = 5000  # rows per INSERT batch: bounded memory, few round trips
 
@@ -88,6 +98,40 @@ def name_taken(model: str, sae: str) -> MonoscopeError:
     )
 
 
+def human_work(session: Session, sae_id: int) -> dict[str, int]:
+    """What people made on an SAE's features, by kind: labels written or reviewed by hand, the
+    history of label changes, and list entries. A machine job must never delete any of it."""
+    features = select(Feature.id).where(Feature.sae_id == sae_id).scalar_subquery()
+    counted = {
+        "human labels": select(func.count())
+        .select_from(Explanation)
+        .where(
+            Explanation.feature_id.in_(features),
+            (Explanation.method == "human") | Explanation.verdict.is_not(None),
+        ),
+        "label changes": select(func.count())
+        .select_from(LabelEvent)
+        .where(LabelEvent.feature_id.in_(features)),
+        "list entries": select(func.count())
+        .select_from(FeatureListItem)
+        .where(FeatureListItem.feature_id.in_(features)),
+    }
+    found = {kind: int(session.scalar(query) or 0) for kind, query in counted.items()}
+    return {kind: n for kind, n in found.items() if n}
+
+
+def refuse_to_drop_human_work(session: Session, model: str, sae_id: int, name: str) -> None:
+    """Replacing an SAE drops its features and everything on them: refused while people's work
+    is there (MonoscopeError naming it), so it is never lost to a re-harvest."""
+    found = human_work(session, sae_id)
+    if found:
+        what = ", ".join(f"{n:,} {kind}" for kind, n in found.items())
+        raise MonoscopeError(
+            f"{model}/{name} holds work people did ({what}); --replace would delete it. "
+            "Harvest under another --name instead"
+        )
+
+
 def create_sae(session: Session, model: Model, info: SaeInfo, replace: bool = False) -> SaeRow:
     existing = session.scalar(
         select(SaeRow).where(SaeRow.model_id == model.id, SaeRow.name == info.name)
@@ -95,6 +139,7 @@ def create_sae(session: Session, model: Model, info: SaeInfo, replace: bool = Fa
     if existing is not None:
         if not replace:
             raise name_taken(model.name, info.name)
+        refuse_to_drop_human_work(session, model.name, existing.id, info.name)
         session.delete(existing)
         session.flush()
     sae = SaeRow(model_id=model.id, **info.__dict__)

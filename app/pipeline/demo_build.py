@@ -4,6 +4,7 @@ demo database from them (`monoscope demo` on first start).
 The configurations here are the ones the committed weights were made with.
 """
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -16,7 +17,14 @@ from app.core.text_embedding import TextEmbedder
 from app.core.workspace import sae_name
 from app.db.engine import session_scope
 from app.db.queries import find_sae
-from app.demo import DEMO_MODEL, DEMO_SAE, DEMO_SAES, TRAIN_SEED, WORLD_VERSION
+from app.demo import (
+    DEMO_MODEL,
+    DEMO_SAE,
+    DEMO_SAES,
+    DEMO_TRANSCODERS,
+    TRAIN_SEED,
+    WORLD_VERSION,
+)
 from app.demo.language_model import LanguageModelConfig, LanguageModelJob
 from app.pipeline.config import EmbedLabelsConfig, ExplainConfig, MapConfig, ScoreConfig
 from app.pipeline.embed_labels import EmbedLabelsJob
@@ -48,6 +56,33 @@ def sae_config(work_dir: Path, site: str) -> TrainSaeConfig:
         device="cpu",
         work_dir=work_dir / DEMO_SAES[site].name,
     )
+
+
+def transcoder_config(work_dir: Path, layer: int) -> TrainSaeConfig:
+    """Layer `layer`'s MLP transcoder: half the SAEs' width (the MLP is 1,024 wide), the same k,
+    half their tokens (a quarter of the CPU time each, four of them)."""
+    return TrainSaeConfig(
+        model=str(DEMO_MODEL),
+        hook_name=f"blocks.{layer}.hook_mlp_in",
+        transcoder=True,
+        corpus=f"demo-world:{TRAIN_SEED}:{WORLD_VERSION}",
+        eval_corpus=f"demo-world:{TRAIN_SEED + 1}:{WORLD_VERSION}",
+        out=DEMO_TRANSCODERS / f"layer_{layer}",
+        d_sae=2048,
+        k=16,
+        train_tokens=1_000_000,
+        epochs=2,
+        eval_contexts=1000,
+        seed=layer,
+        device="cpu",
+        work_dir=work_dir / "transcoders" / f"layer_{layer}",
+    )
+
+
+def build_transcoders(work_dir: Path) -> list[Sae]:
+    """One transcoder per layer of the demo model, layer 0 first (each resumes on its own)."""
+    n_layers = json.loads((DEMO_MODEL / "config.json").read_text())["n_layer"]
+    return [TrainSaeJob(transcoder_config(work_dir, layer)).run() for layer in range(n_layers)]
 
 
 def build_language_model(work_dir: Path) -> dict:

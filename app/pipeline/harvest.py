@@ -192,9 +192,14 @@ class HarvestJob:
         return result
 
     def _check_name_free(self, model: LoadedModel, name: str) -> None:
+        """Before any work: the name is free, or --replace may take it (never over human work;
+        the write checks again)."""
         with session_scope(self.engine) as session:
-            if find_sae(session, model.name, name) is not None and not self.config.replace:
+            existing = find_sae(session, model.name, name)
+            if existing is not None and not self.config.replace:
                 raise db.name_taken(model.name, name)
+            if existing is not None:
+                db.refuse_to_drop_human_work(session, model.name, existing.id, name)
 
     def _token_store(self, model: LoadedModel) -> TokenStore:
         c = self.config

@@ -39,6 +39,7 @@ from app.web.routes import (
     contrast,
     dashboard,
     features,
+    graph,
     home,
     inspect,
     labels,
@@ -205,7 +206,18 @@ def create_app(settings: Settings | None = None, workspace: Workspace | None = N
     # Fixed paths first: /{model}/{sae} would otherwise swallow /search/text, and
     # /{model}/{sae}/{index} /api/v1/saes and /{model}/{sae}/map.
     app.include_router(accounts.router)
-    fixed = [steer, autosteer, inspect, contrast, classifiers, lists, labels, dashboard, home]
+    fixed = [
+        steer,
+        autosteer,
+        inspect,
+        graph,
+        contrast,
+        classifiers,
+        lists,
+        labels,
+        dashboard,
+        home,
+    ]
     for module in [*fixed, search, saes, maps, features]:
         app.include_router(module.router, dependencies=[Depends(require_reader)])
     return app

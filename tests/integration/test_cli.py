@@ -138,6 +138,26 @@ def test_graph_prints_scores_and_writes_the_graph_file(tmp_path):
     assert graph.metadata["scan"] == "set" and graph.links
     wrong = run_cli("graph", "--model", str(folder), "--transcoders", str(tmp_path), "hi")
     assert wrong.returncode == 2 and "not a transcoder set" in wrong.stderr
+    text = tmp_path / "held-out.txt"
+    text.write_text("\n\n".join(["The fog rolls over the bridge and the bay."] * 40))
+    measured = run_cli(
+        "eval",
+        "replacement",
+        "--model",
+        str(folder),
+        "--transcoders",
+        str(tmp_path / "set"),
+        "--corpus",
+        str(text),
+        "--contexts",
+        "4",
+        "--device",
+        "cpu",
+        "--json",
+    )
+    assert measured.returncode == 0, measured.stderr
+    report = json.loads(measured.stdout)
+    assert report["ce_loss_recovered"] == pytest.approx(1.0, abs=1e-3)
 
 
 def test_convert_sae_writes_saelens(tmp_path, sae_dir):

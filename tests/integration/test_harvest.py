@@ -258,6 +258,27 @@ def test_a_budget_beyond_the_corpus_or_a_taken_name(engine, gpt2, corpus, sae_di
     assert counts["saes"] == 2 and counts["features"] == 128
 
 
+@pytest.mark.parametrize("work", ["label", "list"])
+def test_replace_never_deletes_what_people_made(engine, gpt2, corpus, sae_dir, tmp_path, work):
+    """--replace drops the SAE's features; with a hand-written label or a list entry on one, it
+    is refused before any work and the database is left as it was."""
+    from app.db.lists import add_item, create_list
+    from app.db.review import add_label
+
+    _run(engine, gpt2, _config(corpus, sae_dir, tmp_path))
+    with session_scope(engine) as session:
+        feature = feature_detail(session, gpt2.name, "res1", 3).feature
+        if work == "label":
+            add_label(session, feature, "the word 'fog'", author="ada")
+        else:
+            add_item(session, create_list(session, "Fog", "", author="ada"), feature)
+    before = database_snapshot(engine)
+    with pytest.raises(MonoscopeError, match=r"holds work people did .* --replace would delete"):
+        _run(engine, gpt2, _config(corpus, sae_dir, tmp_path, replace=True))
+    assert database_snapshot(engine) == before
+    _run(engine, gpt2, _config(corpus, sae_dir, tmp_path, name="again", replace=True))
+
+
 @pytest.mark.parametrize("rescale", [False, True])
 def test_a_feature_with_a_zero_decoder_row_harvests_and_renders(
     engine, gpt2, corpus, tmp_path, rescale

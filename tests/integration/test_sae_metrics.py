@@ -73,3 +73,18 @@ def test_a_transcoder_is_measured_on_what_the_mlp_writes(relu_gpt2):
     ids = contexts(relu_gpt2)
     acts = relu_gpt2.capture(ids, ["blocks.1.hook_mlp_in"])["blocks.1.hook_mlp_in"]
     torch.testing.assert_close(silent(acts), acts)
+
+
+def test_the_replacement_model_of_exact_transcoders_recovers_everything(relu_gpt2):
+    from app.core.sae.metrics import evaluate_replacement
+    from tests.helpers import N_LAYERS, random_transcoder
+
+    exact = [exact_transcoder(relu_gpt2, layer) for layer in range(N_LAYERS)]
+    m = evaluate_replacement(relu_gpt2, exact, contexts(relu_gpt2))
+    assert m.ce_loss_recovered == pytest.approx(1.0, abs=1e-4)
+    assert m.kl_div == pytest.approx(0.0, abs=1e-5) and m.tokens == 6 * 23
+    assert m.variance_explained == pytest.approx([1.0] * N_LAYERS, abs=1e-5)
+    lossy = [relu_gpt2.attach(random_transcoder(layer=n, seed=n)) for n in range(N_LAYERS)]
+    worse = evaluate_replacement(relu_gpt2, lossy, contexts(relu_gpt2))
+    assert worse.kl_div > 1e-3 and all(v < 0.9 for v in worse.variance_explained)
+    assert worse.ce_loss_clean == pytest.approx(m.ce_loss_clean)

@@ -121,3 +121,100 @@ def evaluate_sae(
         dense_1pct_fraction=(density > 0.01).double().mean().item(),
         dense_10pct_fraction=(density > 0.1).double().mean().item(),
     )
+
+
+@dataclass(frozen=True)
+class ReplacementMetrics:
+    """The replacement model: every MLP replaced by its transcoder at once, no error terms."""
+
+    tokens: int
+    ce_loss_clean: float
+    ce_loss_replaced: float
+    ce_loss_mlps_zeroed: float
+    ce_loss_recovered: float  # (zeroed - replaced) / (zeroed - clean)
+    kl_div: float  # KL(clean || replaced) per predicted token
+    variance_explained: list[float]  # per layer, of the MLP output inside the replaced pass
+
+    def to_dict(self) -> dict:
+        return {
+            k: [round(x, 6) for x in v]
+            if isinstance(v, list)
+            else round(v, 6)
+            if isinstance(v, float)
+            else v
+            for k, v in asdict(self).items()
+        }
+
+
+@torch.inference_mode()
+def evaluate_replacement(
+    model: LoadedModel, transcoders: list[Sae], contexts: torch.Tensor, batch_size: int = 16
+) -> ReplacementMetrics:
+    """CE loss recovered by the whole replacement model (what an attribution graph explains),
+    against zeroing every MLP; BOS positions keep their MLP outputs, as evaluate_sae keeps them.
+    Each layer's variance explained compares its transcoder's output with what the real MLP
+    writes from the same (already replaced upstream) input."""
+    ce = {"clean": 0.0, "replaced": 0.0, "zeroed": 0.0}
+    kl, n_tokens = 0.0, 0  # predictions made, and MLP outputs replaced, per layer
+    sum_err = [0.0] * len(transcoders)
+    sum_sq = [0.0] * len(transcoders)
+    sum_x = [torch.zeros(t.d_out, dtype=torch.float64) for t in transcoders]
+    seen: dict[int, torch.Tensor] = {}  # each layer's MLP input in the replaced pass
+
+    def reader(layer: int):
+        def read(x: torch.Tensor) -> None:
+            seen[layer] = x
+
+        return read
+
+    def replacer(layer: int):
+        transcoder = transcoders[layer]
+
+        def replace(y: torch.Tensor) -> torch.Tensor:
+            x = seen[layer][:, 1:]
+            out = transcoder(x).to(y.dtype)
+            real = y[:, 1:].flatten(0, 1).double().cpu()
+            sum_x[layer] += real.sum(0)
+            sum_sq[layer] += real.pow(2).sum().item()
+            sum_err[layer] += (real - out.flatten(0, 1).double().cpu()).pow(2).sum().item()
+            return torch.cat([y[:, :1], out], dim=1)
+
+        return replace
+
+    def zero(y: torch.Tensor) -> torch.Tensor:
+        return torch.cat([y[:, :1], torch.zeros_like(y[:, 1:])], dim=1)
+
+    replaced_edits: dict = {}
+    zeroed_edits: dict = {}
+    for layer, transcoder in enumerate(transcoders):
+        replaced_edits[transcoder.hook_name] = reader(layer)
+        replaced_edits[transcoder.hook_name_out] = replacer(layer)
+        zeroed_edits[transcoder.hook_name_out] = zero
+
+    for i in range(0, len(contexts), batch_size):
+        ids = contexts[i : i + batch_size].to(model.device)
+        clean = model.hf(ids, use_cache=False).logits
+        with model.hooked(replaced_edits):
+            replaced = model.hf(ids, use_cache=False).logits
+        with model.hooked(zeroed_edits):
+            zeroed = model.hf(ids, use_cache=False).logits
+        for name, logits in (("clean", clean), ("replaced", replaced), ("zeroed", zeroed)):
+            ce[name] += _next_token_losses(logits, ids).sum().item()
+        log_p = clean[:, :-1].float().log_softmax(-1)
+        log_q = replaced[:, :-1].float().log_softmax(-1)
+        kl += (log_p.exp() * (log_p - log_q)).sum().item()
+        n_tokens += ids[:, 1:].numel()
+    clean_ce, replaced_ce, zeroed_ce = (ce[k] / n_tokens for k in ("clean", "replaced", "zeroed"))
+    explained = [
+        1.0 - sum_err[n] / (sum_sq[n] - sum_x[n].pow(2).sum().item() / n_tokens)
+        for n in range(len(transcoders))
+    ]
+    return ReplacementMetrics(
+        tokens=n_tokens,
+        ce_loss_clean=clean_ce,
+        ce_loss_replaced=replaced_ce,
+        ce_loss_mlps_zeroed=zeroed_ce,
+        ce_loss_recovered=(zeroed_ce - replaced_ce) / (zeroed_ce - clean_ce),
+        kl_div=kl / n_tokens,
+        variance_explained=explained,
+    )
