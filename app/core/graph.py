@@ -633,3 +633,66 @@ def read_graph_json(data: object) -> GraphFile:
         pinned=[str(p) for p in params.get("pinnedIds") or []],
         supernodes=[[str(x) for x in group] for group in params.get("supernodes") or []],
     )
+
+
+# -- interventions on graph nodes ---------------------------------------------------------------
+@dataclass(frozen=True)
+class FeatureSetting:
+    """A transcoder feature at one position set to a value (0 zeroes it), or scaled by a factor."""
+
+    layer: int
+    position: int
+    index: int
+    value: float
+    scale: bool = False  # value multiplies the feature's own activation
+
+
+@torch.no_grad()
+def intervene(
+    model: LoadedModel,
+    transcoders: Sequence[Sae],
+    token_ids: Sequence[int],
+    settings: Sequence[FeatureSetting],
+) -> torch.Tensor:
+    """Next-token logits (vocab,) of the real model with these features set, each layer's MLP
+    output changed by (new - old) activation × the feature's decoder row at its position (the
+    transcoder's error and every other feature kept); downstream layers respond as the model
+    does, attention included."""
+    _check_transcoders(model, transcoders)
+    places = [(s.layer, s.position, s.index) for s in settings]
+    if len(set(places)) != len(places):
+        raise MonoscopeError("each feature may be set once at each position")
+    for setting in settings:
+        if not 0 <= setting.layer < len(transcoders):
+            raise MonoscopeError(f"layer {setting.layer} is outside the model")
+        if not 0 <= setting.position < len(token_ids):
+            raise MonoscopeError(f"position {setting.position} is outside the prompt")
+        if not 0 <= setting.index < transcoders[setting.layer].d_sae:
+            raise MonoscopeError(
+                f"feature {setting.index} is outside transcoder {setting.layer} "
+                f"(0..{transcoders[setting.layer].d_sae - 1})"
+            )
+    seen: dict[int, torch.Tensor] = {}
+    edits: dict[str, SiteEdit] = {}
+    for layer in sorted({s.layer for s in settings}):
+        mine = [s for s in settings if s.layer == layer]
+        transcoder = transcoders[layer]
+
+        def read(x: torch.Tensor, layer=layer) -> None:
+            seen[layer] = x
+
+        def write(y: torch.Tensor, layer=layer, mine=mine, transcoder=transcoder) -> torch.Tensor:
+            f = transcoder.encode(seen[layer][0].to(transcoder.dtype))
+            out = y.clone()
+            for s in mine:
+                old = f[s.position, s.index]
+                new = old * s.value if s.scale else torch.tensor(s.value, dtype=old.dtype)
+                change = (new - old) * transcoder.decoder_directions(torch.tensor([s.index]))[0]
+                out[0, s.position] += change.to(y.dtype)
+            return out
+
+        edits[transcoder.hook_name] = read
+        edits[transcoder.hook_name_out] = write
+    ids = torch.tensor([list(token_ids)], device=model.device)
+    with model.hooked(edits):
+        return model.hf(input_ids=ids, logits_to_keep=1).logits[0, -1].float().cpu()

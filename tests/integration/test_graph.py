@@ -10,7 +10,15 @@ from torch import nn
 
 from app.core.errors import MonoscopeError
 from app.core.frozen_attention import frozen_patterns
-from app.core.graph import attribution_graph, frozen_norms, graph_json, prune, read_graph_json
+from app.core.graph import (
+    FeatureSetting,
+    attribution_graph,
+    frozen_norms,
+    graph_json,
+    intervene,
+    prune,
+    read_graph_json,
+)
 from tests.helpers import N_LAYERS, exact_transcoder, random_transcoder
 
 TEXT = "The Golden Gate Bridge is red and the fog rolls over"
@@ -298,3 +306,29 @@ def test_the_graph_json_is_circuit_tracers_and_reads_back(lossy):
 def test_a_bad_graph_file_is_one_clear_error(bad, message):
     with pytest.raises(MonoscopeError, match=message):
         read_graph_json(bad)
+
+
+@pytest.mark.parametrize("value,scale", [(0.0, False), (2.0, True), (1.5, False)])
+def test_intervening_on_a_feature_is_setting_its_neuron(relu_gpt2, exact, value, scale):
+    transcoders, graph = exact
+    layer, position, index = graph.features[graph.n_features // 2].tolist()
+    ids = torch.tensor([graph.token_ids])
+
+    def set_neuron(module, args, output):
+        output = output.clone()
+        output[0, position, index] = output[0, position, index] * value if scale else value
+        return output
+
+    handle = relu_gpt2.adapter.blocks(relu_gpt2.hf)[layer].mlp.act.register_forward_hook(set_neuron)
+    try:
+        with torch.inference_mode():
+            expected = relu_gpt2.hf(input_ids=ids).logits[0, -1]
+    finally:
+        handle.remove()
+    setting = FeatureSetting(layer, position, index, value, scale)
+    changed = intervene(relu_gpt2, transcoders, graph.token_ids, [setting])
+    torch.testing.assert_close(changed, expected, atol=1e-4, rtol=1e-4)
+    with pytest.raises(MonoscopeError, match="once at each position"):
+        intervene(relu_gpt2, transcoders, graph.token_ids, [setting, setting])
+    with pytest.raises(MonoscopeError, match="outside the prompt"):
+        intervene(relu_gpt2, transcoders, graph.token_ids, [FeatureSetting(0, 99, 0, 0.0)])
