@@ -14,9 +14,10 @@ circuit-tracer's order (so that its pruning and scores apply as they are):
     [active features (layer, position, index)..., errors (layer-major, then position)...,
      embeddings (one per position)..., logits (most probable first)...]
 
-Features at position 0 are left out (their write joins that position's error), as circuit-tracer
-leaves them out; a position's embedding node is the residual entering block 0 (token and, where
-the model has them, position embeddings). The logit nodes are the most probable next tokens that
+Position 0 is left out as circuit-tracer leaves it out: no features there and an empty error
+(the MLPs' output at the first token is a large constant). A position's embedding node is its
+token's embedding as it enters block 0 (learned position embeddings, where the model has them,
+are a constant like the biases). The logit nodes are the most probable next tokens that
 together carry `logit_probability` of the distribution (at most `max_logits`).
 
 The adjacency A has one row per target and one column per source; A[t, s] is s's direct effect on
@@ -255,8 +256,8 @@ def _logit_targets(
 
 @torch.no_grad()
 def _clean_pass(model: LoadedModel, transcoders: Sequence[Sae], ids: torch.Tensor):
-    """What the replacement needs from the prompt: each layer's active features (position 0 left
-    out), its error, the embeddings and the next-token logits."""
+    """What the replacement needs from the prompt: each layer's active features and its error
+    (position 0 left out), the token embeddings and the next-token logits."""
     sites = ["blocks.0.hook_resid_pre"]
     for layer in range(model.n_layers):
         sites += [f"blocks.{layer}.hook_mlp_in", f"blocks.{layer}.hook_mlp_out"]
@@ -266,32 +267,38 @@ def _clean_pass(model: LoadedModel, transcoders: Sequence[Sae], ids: torch.Tenso
     for layer, transcoder in enumerate(transcoders):
         x = acts[f"blocks.{layer}.hook_mlp_in"][0].to(transcoder.dtype)
         f = transcoder.encode(x)
-        f[0] = 0.0  # position 0 joins its error
-        position, index = f.nonzero(as_tuple=True)
-        values = f[position, index]
-        errors.append(
+        error = (
             acts[f"blocks.{layer}.hook_mlp_out"][0].float() - transcoder.reconstruct(x, f).float()
         )
+        f[0], error[0] = 0.0, 0.0  # position 0 is left out
+        position, index = f.nonzero(as_tuple=True)
+        values = f[position, index]
+        errors.append(error)
         features.append(torch.stack([torch.full_like(position, layer), position, index], dim=1))
         activations.append(values.float())
         decoders.append(values[:, None].float() * transcoder.W_dec[index].float())
     embeddings = acts["blocks.0.hook_resid_pre"][0].float()
+    learned_positions = getattr(getattr(model.hf, "transformer", None), "wpe", None)
+    if learned_positions is not None:  # GPT-2: the residual is token + position embedding
+        positions = torch.arange(ids.shape[1], device=ids.device)
+        embeddings = embeddings - learned_positions(positions).float()
     return features, activations, decoders, errors, embeddings, logits
 
 
 def attribution_graph(
     model: LoadedModel,
     transcoders: Sequence[Sae],
-    text: str,
+    text: str | Sequence[int],
     max_logits: int = 10,
     logit_probability: float = 0.95,
     batch_size: int = 64,
     max_tokens: int = 256,
 ) -> AttributionGraph:
-    """The attribution graph of `text`'s next-token prediction through one transcoder per layer
-    (layer order), every edge computed: no node is dropped before `prune`."""
+    """The attribution graph of `text`'s next-token prediction (or of these token ids) through
+    one transcoder per layer (layer order), every edge computed: no node is dropped before
+    `prune`."""
     _check_transcoders(model, transcoders)
-    token_ids = model.tokenizer(text)["input_ids"]
+    token_ids = model.tokenizer(text)["input_ids"] if isinstance(text, str) else list(text)
     if not token_ids:
         raise MonoscopeError("the prompt is empty")
     model.check_length(len(token_ids), max_tokens, "prompt")

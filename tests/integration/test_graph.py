@@ -189,20 +189,19 @@ def test_error_and_embedding_edges_to_a_logit_equal_a_rerun(relu_gpt2, lossy):
     assert graph.adjacency[row, graph.embeddings].abs().sum() > 0
 
 
-def test_exact_transcoders_leave_nothing_to_the_errors_after_position_0(exact, lossy):
-    """Position 0's features are not nodes, so its error carries them; elsewhere an exact
-    transcoder leaves its error nodes empty, and the scores say so."""
+def test_exact_transcoders_leave_nothing_to_the_errors(exact, lossy):
+    """Exact transcoders leave every error node empty (position 0's is empty by convention), and
+    the scores say so."""
     _, graph = exact
-    later = [
-        graph.error_node(layer, p) for layer in range(N_LAYERS) for p in range(1, graph.n_positions)
-    ]
-    first = [graph.error_node(layer, 0) for layer in range(N_LAYERS)]
     features = float(graph.adjacency[:, : graph.n_features].abs().max())
-    assert float(graph.adjacency[:, later].abs().max()) < 1e-4 * features
-    assert float(graph.adjacency[:, first].abs().max()) > 1e-2 * features
+    assert float(graph.adjacency[:, graph.errors].abs().max()) < 1e-4 * features
     exact_scores, lossy_scores = graph.scores(), lossy[1].scores()
-    assert 0 < lossy_scores.replacement < exact_scores.replacement <= 1
-    assert 0 < lossy_scores.completeness < exact_scores.completeness <= 1
+    assert exact_scores.replacement == pytest.approx(1.0, abs=1e-4)
+    assert exact_scores.completeness == pytest.approx(1.0, abs=1e-4)
+    assert 0 < lossy_scores.replacement < 0.9 and 0 < lossy_scores.completeness < 0.9
+    lossy_graph = lossy[1]
+    first = [lossy_graph.error_node(layer, 0) for layer in range(N_LAYERS)]
+    assert not lossy_graph.adjacency[:, first].any()
 
 
 def test_the_graph_has_circuit_tracers_shape(exact):

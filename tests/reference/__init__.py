@@ -1,0 +1,1 @@
+"""Reference implementations run in environments of their own (see reference_python)."""
