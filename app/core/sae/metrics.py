@@ -47,6 +47,13 @@ def _next_token_losses(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     ).view(ids.shape[0], -1)
 
 
+def _kl_sum(clean: torch.Tensor, other: torch.Tensor) -> float:
+    """Σ over predicted positions of KL(clean || other) of the next-token distributions."""
+    log_p = clean[:, :-1].float().log_softmax(-1)
+    log_q = other[:, :-1].float().log_softmax(-1)
+    return (log_p.exp() * (log_p - log_q)).sum().item()
+
+
 @torch.inference_mode()
 def evaluate_sae(
     model: LoadedModel, sae: Sae, contexts: torch.Tensor, batch_size: int = 16
@@ -90,9 +97,7 @@ def evaluate_sae(
             ablated = model.hf(ids, use_cache=False).logits
         for name, logits in (("clean", clean), ("sae", spliced), ("zero", ablated)):
             ce[name] += _next_token_losses(logits, ids).sum().item()
-        log_p = clean[:, :-1].float().log_softmax(-1)
-        log_q = spliced[:, :-1].float().log_softmax(-1)
-        kl += (log_p.exp() * (log_p - log_q)).sum().item()
+        kl += _kl_sum(clean, spliced)
         n_predictions += ids[:, 1:].numel()
 
         x = seen["x"][:, 1:].flatten(0, 1).double().cpu()
@@ -200,9 +205,7 @@ def evaluate_replacement(
             zeroed = model.hf(ids, use_cache=False).logits
         for name, logits in (("clean", clean), ("replaced", replaced), ("zeroed", zeroed)):
             ce[name] += _next_token_losses(logits, ids).sum().item()
-        log_p = clean[:, :-1].float().log_softmax(-1)
-        log_q = replaced[:, :-1].float().log_softmax(-1)
-        kl += (log_p.exp() * (log_p - log_q)).sum().item()
+        kl += _kl_sum(clean, replaced)
         n_tokens += ids[:, 1:].numel()
     clean_ce, replaced_ce, zeroed_ce = (ce[k] / n_tokens for k in ("clean", "replaced", "zeroed"))
     explained = [

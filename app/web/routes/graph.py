@@ -158,7 +158,6 @@ class Drawing:
     links: list[DrawnLink]
     rows: list[tuple[float, str]]  # y, label
     columns: list[tuple[float, str]]  # x, token
-    column_widths: list[int] = field(default_factory=list)
     pinned: list[DrawnNode] = field(default_factory=list)
     pinned_links: list[tuple[str, str, float]] = field(default_factory=list)
 
@@ -273,9 +272,7 @@ def draw(
         for link in graph["links"]
         if link["source"] in chosen_ids and link["target"] in chosen_ids
     ]
-    return Drawing(
-        width, height, list(placed.values()), links, rows, columns, widths, chosen, among
-    )
+    return Drawing(width, height, list(placed.values()), links, rows, columns, chosen, among)
 
 
 @dataclass(frozen=True)
