@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+import app.core.graph
 from app.core.errors import MonoscopeError
 from app.core.frozen_attention import frozen_patterns
 from app.core.graph import (
@@ -19,7 +20,8 @@ from app.core.graph import (
     prune,
     read_graph_json,
 )
-from tests.helpers import N_LAYERS, exact_transcoder, random_transcoder
+from app.core.model import load_model
+from tests.helpers import FAMILIES, N_LAYERS, build_model, exact_transcoder, random_transcoder
 
 TEXT = "The Golden Gate Bridge is red and the fog rolls over"
 
@@ -187,6 +189,25 @@ def test_error_and_embedding_edges_to_a_logit_equal_a_rerun(relu_gpt2, lossy):
     # Logit rows are not all from one place: every kind of source feeds the top logit.
     assert graph.adjacency[row, : graph.n_features].abs().sum() > 0
     assert graph.adjacency[row, graph.embeddings].abs().sum() > 0
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_skipping_the_mlps_and_query_key_gradients_changes_no_edge(family, tmp_path, monkeypatch):
+    """The frozen pass's savings (MLPs not computed, fused query-key projections detached) are
+    pure savings in every family: the same adjacency as the plain frozen pass."""
+    model = load_model(build_model(tmp_path / family, family), device="cpu")
+    transcoders = [
+        model.attach(random_transcoder(layer=layer, d_sae=64, skip=True, seed=layer))
+        for layer in range(N_LAYERS)
+    ]
+    saving = attribution_graph(model, transcoders, TEXT, batch_size=32)
+    plain = contextmanager(lambda model: iter([None]))
+    monkeypatch.setattr(app.core.graph, "skipped_mlps", plain)
+    monkeypatch.setattr(app.core.graph, "gradients_through_values_only", plain)
+    reference = attribution_graph(model, transcoders, TEXT, batch_size=32)
+    assert saving.n_features == reference.n_features > 0
+    assert float(reference.adjacency.abs().max()) > 0.01
+    torch.testing.assert_close(saving.adjacency, reference.adjacency, atol=1e-5, rtol=1e-4)
 
 
 def test_exact_transcoders_leave_nothing_to_the_errors(exact, lossy):
