@@ -413,10 +413,21 @@ def graph(
         Path | None,
         typer.Option("--json", help="Write the pruned graph here (circuit-tracer's JSON)."),
     ] = None,
+    target: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Explain this next token (one token, leading space included; repeat for "
+            "several) instead of the most probable ones."
+        ),
+    ] = None,
+    versus: Annotated[
+        str | None,
+        typer.Option(help="With one --target: explain logit(target) - logit(versus)."),
+    ] = None,
 ) -> None:
     """The attribution graph of a prompt through per-layer transcoders: scores, the most
     influential features, and optionally the graph file circuit-tracer and Neuronpedia read."""
-    from app.core.graph import attribution_graph, graph_json, prune
+    from app.core.graph import attribution_graph, graph_json, prune, token_id
     from app.core.model import load_model
     from app.core.sae.formats import load_transcoder_set
     from app.demo import DEMO_MODEL
@@ -424,13 +435,19 @@ def graph(
     settings = _settings(model=model, device=device)
     loaded = load_model(settings.model or str(DEMO_MODEL), device=settings.device)
     attached = [loaded.attach(t, source=str(transcoders)) for t in load_transcoder_set(transcoders)]
-    found = attribution_graph(loaded, attached, text)
+    found = attribution_graph(
+        loaded,
+        attached,
+        text,
+        target_tokens=[token_id(loaded, t) for t in target] if target else None,
+        versus=None if versus is None else token_id(loaded, versus),
+    )
     kept = prune(found, node_threshold, edge_threshold)
     scores = found.scores()
     out.print(
         f"{found.n_positions} tokens, {found.n_features:,} active features, "
         f"{int(kept.nodes[: found.n_features].sum()):,} kept; replacement "
-        f"{scores.replacement:.3f}, completeness {scores.completeness:.3f}; predicts "
+        f"{scores.replacement:.3f}, completeness {scores.completeness:.3f}; explains "
         + ", ".join(
             f"{t!r} {float(p):.2f}"
             for t, p in zip(found.logit_tokens, found.logit_probabilities, strict=True)

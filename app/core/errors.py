@@ -17,6 +17,12 @@ class NotFoundError(MonoscopeError):
     status = 404
 
 
+class ForbiddenError(MonoscopeError):
+    """The viewer may not change this (someone else's saved work)."""
+
+    status = 403
+
+
 class NotLoadedError(MonoscopeError):
     """The request needs a model or SAE this server has not loaded (or not harvested)."""
 

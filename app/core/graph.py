@@ -18,7 +18,8 @@ Position 0 is left out as circuit-tracer leaves it out: no features there and an
 (the MLPs' output at the first token is a large constant). A position's embedding node is its
 token's embedding as it enters block 0 (learned position embeddings, where the model has them,
 are a constant like the biases). The logit nodes are the most probable next tokens that
-together carry `logit_probability` of the distribution (at most `max_logits`).
+together carry `logit_probability` of the distribution (at most `max_logits`), or chosen tokens,
+or one logit difference (`logit_targets`).
 
 The adjacency A has one row per target and one column per source; A[t, s] is s's direct effect on
 t: a_s · (W_dec[s] · g) for a feature, e · g for an error and the embedding · g for a token, where
@@ -89,6 +90,22 @@ class AttributionGraph:
     def error_node(self, layer: int, position: int) -> int:
         return self.errors.start + layer * self.n_positions + position
 
+    def node(self, kind: str, layer: int = 0, position: int = 0, index: int = 0) -> int:
+        """The row/column of a node: a feature (layer, position, index), an error (layer,
+        position), an embedding (position) or a logit (index = its rank)."""
+        if kind == "feature":
+            wanted = torch.tensor([layer, position, index])
+            found = torch.nonzero((self.features == wanted).all(dim=1)).flatten()
+            if len(found):
+                return int(found[0])
+        elif kind == "error" and 0 <= layer < self.n_layers and 0 <= position < self.n_positions:
+            return self.error_node(layer, position)
+        elif kind == "embedding" and 0 <= position < self.n_positions:
+            return self.embeddings.start + position
+        elif kind == "logit" and 0 <= index < len(self.logit_ids):
+            return self.logits.start + index
+        raise MonoscopeError(f"the graph has no {kind} node at layer {layer}, position {position}")
+
     def logit_weights(self) -> torch.Tensor:
         """(n_nodes,) each logit node's probability, zero elsewhere: where influence starts."""
         weights = torch.zeros(self.adjacency.shape[0], dtype=self.adjacency.dtype)
@@ -136,6 +153,44 @@ def _cut_off(scores: torch.Tensor, share: float) -> torch.Tensor:
     at = int(torch.searchsorted(cumulative, torch.tensor(share, dtype=cumulative.dtype)))
     nonzero = int((ordered > 0).sum())
     return ordered[min(at, max(nonzero - 1, 0))]
+
+
+class SubgraphScores(NamedTuple):
+    influence: float  # the members' summed influence on the targets, over all nodes' summed
+    inputs_inside: float  # influence-weighted share of the members' inputs from members or tokens
+
+
+def subgraph_scores(graph: AttributionGraph, members: Sequence[int]) -> SubgraphScores:
+    """How much of the graph a chosen set of nodes (a pinned subgraph) accounts for: its share of
+    the influence on the targets, and how far the members explain each other. A member's inputs
+    are its row of |A|, normalised; the share from other members and token embeddings is what the
+    subgraph explains about it, the rest comes from nodes left out and from errors. Averaged with
+    each member's influence (plus its logit weight), as circuit-tracer averages completeness."""
+    if not members:
+        return SubgraphScores(0.0, 0.0)
+    chosen = torch.tensor(sorted(set(members)))
+    normalized = normalize_rows(graph.adjacency)
+    weights = graph.logit_weights()
+    influence = total_influence(normalized, weights)
+    explained = torch.zeros(graph.adjacency.shape[0], dtype=torch.bool)
+    explained[chosen] = True
+    explained[graph.embeddings] = True
+    inside = normalized[chosen][:, explained].sum(dim=1)
+    fed = normalized[chosen].sum(dim=1) > 0  # embeddings have no inputs to explain
+    weight = (influence + weights)[chosen] * fed
+    share = float(influence[chosen].sum() / influence.sum().clamp(min=1e-30))
+    return SubgraphScores(share, float((inside * weight).sum() / weight.sum().clamp(min=1e-30)))
+
+
+def group_effects(graph: AttributionGraph, groups: Sequence[Sequence[int]]) -> torch.Tensor:
+    """(g, g) the summed direct effect of each group of nodes (a supernode) on each other:
+    E[t, s] = sum of A over targets in group t and sources in group s."""
+    effects = torch.zeros(len(groups), len(groups))
+    for t, targets in enumerate(groups):
+        rows = graph.adjacency[list(targets)]
+        for s, sources in enumerate(groups):
+            effects[t, s] = rows[:, list(sources)].sum()
+    return effects
 
 
 class Pruned(NamedTuple):
@@ -322,15 +377,69 @@ def _check_transcoders(model: LoadedModel, transcoders: Sequence[Sae]) -> None:
             )
 
 
-def _logit_targets(
-    logits: torch.Tensor, probability: float, most: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The most probable tokens until they carry `probability` (at most `most`)."""
+class LogitTargets(NamedTuple):
+    """The output nodes: each one's vocabulary id (circuit-tracer's virtual id, vocab size +
+    rank, for a direction that is no single token), its label, its weight in the influence
+    (the token's probability) and the direction its value is read along."""
+
+    ids: list[int]
+    labels: list[str]
+    probabilities: torch.Tensor  # (n,)
+    directions: torch.Tensor  # (n, d_model): unembedding rows minus their mean, or a difference
+
+
+def logit_targets(
+    model: LoadedModel,
+    logits: torch.Tensor,  # (vocab,) the next-token logits
+    tokens: Sequence[int] | None = None,
+    versus: int | None = None,
+    probability: float = 0.95,
+    most: int = 10,
+) -> LogitTargets:
+    """What a graph explains, as circuit-tracer chooses it: by default the most probable next
+    tokens until they carry `probability` (at most `most`); else the chosen `tokens`; or, with
+    `versus`, the one direction logit(tokens[0]) - logit(versus), which asks why the model
+    prefers one answer to another rather than why it predicts it at all."""
+    W_U = model.unembedding().float()
     probs = torch.softmax(logits.float(), dim=-1)
-    top = probs.topk(min(most, probs.numel()))
-    enough = int(torch.searchsorted(top.values.cumsum(0), torch.tensor(probability))) + 1
-    keep = min(enough, len(top.values))
-    return top.indices[:keep], top.values[:keep]
+    vocab = len(probs)
+    for token in [*(tokens or []), *([] if versus is None else [versus])]:
+        if not 0 <= token < vocab:
+            raise MonoscopeError(f"token id {token} is outside the vocabulary (0 to {vocab - 1})")
+    if versus is not None:
+        if not tokens or len(tokens) != 1:
+            raise MonoscopeError("a logit difference compares one token with one other")
+        (token,) = tokens
+        if token == versus:
+            raise MonoscopeError("a logit difference needs two different tokens")
+        label = f"logit({_text(model, token)!r}) - logit({_text(model, versus)!r})"
+        direction = (W_U[token] - W_U[versus])[None]
+        return LogitTargets([vocab], [label], probs[[token]], direction)
+    if tokens:
+        if len(set(tokens)) != len(tokens):
+            raise MonoscopeError("each target token once")
+        chosen = torch.tensor(list(tokens), device=probs.device)
+    else:
+        top = probs.topk(min(most, vocab))
+        enough = int(torch.searchsorted(top.values.cumsum(0), torch.tensor(probability))) + 1
+        chosen = top.indices[: min(enough, len(top.values))]
+    ids = [int(t) for t in chosen]
+    directions = W_U[chosen] - W_U.mean(0)  # a logit minus the mean logit
+    return LogitTargets(ids, [_text(model, t) for t in ids], probs[chosen], directions)
+
+
+def token_id(model: LoadedModel, text: str) -> int:
+    """The id of the one token `text` is (a target is named as it is written, leading space
+    included), else a clear error."""
+    ids = model.tokenizer(text, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        pieces = " + ".join(repr(_text(model, t)) for t in ids) or "nothing"
+        raise MonoscopeError(f"{text!r} is not one token of {model.name}: it is {pieces}")
+    return int(ids[0])
+
+
+def _text(model: LoadedModel, token: int) -> str:
+    return decode_text(model.tokenizer, [token])
 
 
 @torch.no_grad()
@@ -372,10 +481,13 @@ def attribution_graph(
     logit_probability: float = 0.95,
     batch_size: int = 64,
     max_tokens: int = 256,
+    target_tokens: Sequence[int] | None = None,
+    versus: int | None = None,
 ) -> AttributionGraph:
     """The attribution graph of `text`'s next-token prediction (or of these token ids) through
     one transcoder per layer (layer order), every edge computed: no node is dropped before
-    `prune`."""
+    `prune`. Its output nodes are the most probable tokens, or `target_tokens`, or the logit
+    difference between one target token and `versus` (see logit_targets)."""
     _check_transcoders(model, transcoders)
     token_ids = model.tokenizer(text)["input_ids"] if isinstance(text, str) else list(text)
     if not token_ids:
@@ -386,9 +498,7 @@ def attribution_graph(
     features, activations, decoders, errors, mlp_outs, embeddings, logits = _clean_pass(
         model, transcoders, ids
     )
-    logit_ids, logit_probs = _logit_targets(logits, logit_probability, max_logits)
-    unembed = model.unembedding().float()[logit_ids]
-    unembed = unembed - model.unembedding().float().mean(0)  # logit minus the mean logit
+    targets = logit_targets(model, logits, target_tokens, versus, logit_probability, max_logits)
 
     counts = [len(a) for a in activations]
     starts = [sum(counts[:layer]) for layer in range(n_layers)]
@@ -396,7 +506,7 @@ def attribution_graph(
     error_start = n_features
     embed_start = error_start + n_layers * n_pos
     logit_start = embed_start + n_pos
-    n_nodes = logit_start + len(logit_ids)
+    n_nodes = logit_start + len(targets.ids)
     adjacency = torch.zeros(n_nodes, n_nodes)
     all_features = torch.cat(features) if n_features else torch.zeros(0, 3, dtype=torch.long)
 
@@ -405,7 +515,7 @@ def attribution_graph(
     # edges: 4,000 small matmuls a graph become 128 (32 tokens, 4 layers), 6% off its time.
     slotted = [_by_position(f[:, 1], d, n_pos) for f, d in zip(features, decoders, strict=True)]
 
-    rows = min(batch_size, n_features + len(logit_ids))
+    rows = min(batch_size, n_features + len(targets.ids))
     device, d_model = model.device, model.d_model
     deltas = [
         torch.zeros(rows, n_pos, d_model, device=device, requires_grad=True)
@@ -446,7 +556,7 @@ def attribution_graph(
                     transcoders,
                     mlp_inputs,
                     normed["final"],
-                    unembed,
+                    targets.directions,
                     logit_start,
                 ).sum()
                 grads = torch.autograd.grad(
@@ -469,17 +579,14 @@ def attribution_graph(
     finally:
         keep_normed.remove()
 
-    def text_of(token: int) -> str:
-        return decode_text(model.tokenizer, [token])
-
     return AttributionGraph(
         token_ids=list(token_ids),
-        tokens=[text_of(t) for t in token_ids],
+        tokens=[_text(model, t) for t in token_ids],
         features=all_features.cpu(),
         activations=torch.cat(activations).cpu() if n_features else torch.zeros(0),
-        logit_ids=[int(t) for t in logit_ids],
-        logit_tokens=[text_of(int(t)) for t in logit_ids],
-        logit_probabilities=logit_probs.cpu(),
+        logit_ids=targets.ids,
+        logit_tokens=targets.labels,
+        logit_probabilities=targets.probabilities.cpu(),
         adjacency=adjacency,
         n_layers=n_layers,
     )
@@ -507,7 +614,7 @@ def _target_values(
     transcoders: Sequence[Sae],
     mlp_inputs: dict[int, torch.Tensor],
     final: torch.Tensor,  # (batch, pos, d) the final norm's output
-    unembed: torch.Tensor,  # (n_logits, d) de-meaned unembedding rows
+    directions: torch.Tensor,  # (n_logits, d) what each logit target reads
     logit_start: int,
 ) -> torch.Tensor:
     """(rows,) each batch row's own target: a feature's pre-activation, or a logit minus the mean
@@ -524,7 +631,7 @@ def _target_values(
     logit_rows = torch.nonzero(is_logit).flatten()
     if len(logit_rows):
         last = final[logit_rows, -1].float()
-        values.append((last * unembed[chunk[logit_rows] - logit_start]).sum(-1))
+        values.append((last * directions[chunk[logit_rows] - logit_start]).sum(-1))
     return torch.cat(values)
 
 

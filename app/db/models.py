@@ -266,6 +266,28 @@ class SteeringSession(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+class SavedGraph(Base):
+    """An attribution graph someone kept: the prompt and the view (thresholds, target, pinned
+    nodes, supernodes) that rebuild it, the model and transcoders it was traced through, and its
+    scores for the list. Graphs are deterministic, so the view is the graph; the file is rebuilt
+    on demand rather than stored (hundreds of kB each)."""
+
+    __tablename__ = "saved_graphs"
+    __table_args__ = (Index("ix_saved_graphs_author", "author"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    slug: Mapped[str] = mapped_column(String(32), unique=True)
+    title: Mapped[str] = mapped_column(String(200))
+    author: Mapped[str] = mapped_column(String(100))
+    model: Mapped[str] = mapped_column(String(200))
+    transcoders: Mapped[list] = mapped_column(default=list)
+    prompt: Mapped[str] = mapped_column(Text)
+    view: Mapped[dict] = mapped_column(default=dict)
+    replacement_score: Mapped[float] = mapped_column(Float)
+    completeness_score: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 class ClassifierRow(Base):
     """A feature classifier someone trained (app.core.classifier), with its held-out report."""
 

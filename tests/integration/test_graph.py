@@ -16,9 +16,12 @@ from app.core.graph import (
     attribution_graph,
     frozen_norms,
     graph_json,
+    group_effects,
     intervene,
+    normalize_rows,
     prune,
     read_graph_json,
+    subgraph_scores,
 )
 from app.core.model import load_model
 from tests.helpers import FAMILIES, N_LAYERS, build_model, exact_transcoder, random_transcoder
@@ -352,3 +355,69 @@ def test_intervening_on_a_feature_is_setting_its_neuron(relu_gpt2, exact, value,
         intervene(relu_gpt2, transcoders, graph.token_ids, [setting, setting])
     with pytest.raises(MonoscopeError, match="outside the prompt"):
         intervene(relu_gpt2, transcoders, graph.token_ids, [FeatureSetting(0, 99, 0, 0.0)])
+
+
+def test_chosen_tokens_and_a_logit_difference_are_targets(relu_gpt2, lossy):
+    """Chosen tokens get their own rows (their probabilities from the model); a logit difference
+    is one row, the difference of the two tokens' rows, under circuit-tracer's virtual id."""
+    transcoders, salient = lossy
+    vocab = relu_gpt2.unembedding().shape[0]
+    a, b = salient.logit_ids[0], (salient.logit_ids[0] + 7) % vocab
+    chosen = attribution_graph(relu_gpt2, transcoders, TEXT, target_tokens=[b, a])
+    assert chosen.logit_ids == [b, a]
+    assert float(chosen.logit_probabilities[1]) == pytest.approx(
+        float(salient.logit_probabilities[0]), abs=1e-6
+    )
+    difference = attribution_graph(relu_gpt2, transcoders, TEXT, target_tokens=[a], versus=b)
+    assert difference.logit_ids == [vocab] and difference.logit_tokens[0].startswith("logit(")
+    n = salient.logits.start  # every node but the outputs, the same in all three graphs
+    rows = chosen.adjacency[chosen.logits, :n]
+    torch.testing.assert_close(difference.adjacency[n, :n], rows[1] - rows[0], atol=1e-5, rtol=1e-4)
+    assert float(rows[1].abs().max()) > 0.01
+    # The rest of the graph is the same: only what it is read against changed.
+    torch.testing.assert_close(difference.adjacency[:n, :n], salient.adjacency[:n, :n])
+    data = graph_json(difference, prune(difference), slug="difference", scan="tiny-relu")
+    logit = next(node for node in data["nodes"] if node["feature_type"] == "logit")
+    assert logit["feature"] == vocab and "logit(" in logit["clerp"]
+
+
+@pytest.mark.parametrize(
+    "tokens,versus,message",
+    [
+        ([10**6], None, "outside the vocabulary"),
+        ([3, 3], None, "each target token once"),
+        ([3, 4], 5, "compares one token with one other"),
+        ([3], 3, "two different tokens"),
+    ],
+)
+def test_bad_targets_are_one_clear_error(relu_gpt2, exact, tokens, versus, message):
+    transcoders, _ = exact
+    with pytest.raises(MonoscopeError, match=message):
+        attribution_graph(relu_gpt2, transcoders, TEXT, target_tokens=tokens, versus=versus)
+
+
+def test_subgraph_scores_and_supernode_effects(exact, lossy):
+    """With exact transcoders every input is a feature or a token: the whole feature set explains
+    all of its members' inputs. A lone logit explains only what tokens feed it directly. Groups
+    sum their members' edges."""
+    _, graph = exact
+    everything = [*range(graph.n_features), *range(graph.logits.start, graph.logits.stop)]
+    whole = subgraph_scores(graph, everything)
+    assert whole.inputs_inside == pytest.approx(1.0, abs=1e-4)
+    assert 0.5 < whole.influence <= 1.0
+    _, lossy_graph = lossy
+    logit = lossy_graph.node("logit", index=0)
+    alone = subgraph_scores(lossy_graph, [logit])
+    direct = normalize_rows(lossy_graph.adjacency)[logit, lossy_graph.embeddings].sum()
+    assert alone.inputs_inside == pytest.approx(float(direct), abs=1e-6)
+    assert alone.influence == 0.0  # influence flows into the targets, never out of them
+    assert subgraph_scores(lossy_graph, []) == (0.0, 0.0)
+    a, b = lossy_graph.node("feature", *lossy_graph.features[0].tolist()), 1
+    A = lossy_graph.adjacency
+    effects = group_effects(lossy_graph, [[logit], [a, b]])
+    assert float(effects[0, 1]) == pytest.approx(float(A[logit, a] + A[logit, b]))
+    assert float(effects[1, 0]) == pytest.approx(float(A[a, logit] + A[b, logit]))
+    with pytest.raises(MonoscopeError, match="no feature node"):
+        lossy_graph.node("feature", 0, 0, 0)  # position 0 has no features
+    assert lossy_graph.node("error", 1, 2) == lossy_graph.error_node(1, 2)
+    assert lossy_graph.node("embedding", position=3) == lossy_graph.embeddings.start + 3

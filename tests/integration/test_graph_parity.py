@@ -21,7 +21,9 @@ TEXT = "Tom's sister was Mia. Mia loved chess. What did Tom's sister love? Tom's
 ATOL, RTOL = 1e-4, 1e-4
 
 
-def _reference(model_dir: Path, transcoders: Path, token_ids: list[int], out: Path) -> dict:
+def _reference(
+    model_dir: Path, transcoders: Path, token_ids: list[int], out: Path, targets: dict | None = None
+) -> dict:
     subprocess.run(
         [
             str(reference_python()),
@@ -30,6 +32,7 @@ def _reference(model_dir: Path, transcoders: Path, token_ids: list[int], out: Pa
             str(transcoders),
             json.dumps(token_ids),
             str(out),
+            *([json.dumps(targets)] if targets else []),
         ],
         check=True,
         capture_output=True,
@@ -61,4 +64,31 @@ def test_graphs_match_circuit_tracer(tmp_path, where, skip):
     assert ours.logit_ids == theirs["logit_ids"].tolist()
     torch.testing.assert_close(ours.logit_probabilities, theirs["logit_probabilities"])
     assert float(their_edges.abs().max()) > 0.1  # parity on an empty graph would prove nothing
+    torch.testing.assert_close(ours_edges, their_edges, atol=ATOL, rtol=RTOL)
+
+
+@pytest.mark.parametrize("kind", ["tokens", "difference"])
+def test_chosen_targets_match_circuit_tracer(tmp_path, kind):
+    """Chosen output tokens (circuit-tracer's attribution_targets as ids) and a logit difference
+    (its CustomTarget along W_U[a] - W_U[b], under the virtual id vocab + 0)."""
+    model_dir = build_relu_gpt2(tmp_path / "model")
+    model = load_model(model_dir, device="cpu")
+    layers = [random_transcoder(layer=n, d_sae=64, seed=n) for n in range(model.n_layers)]
+    folder = save_circuit_tracer_set(layers, tmp_path / "set", model_name="tiny")
+    transcoders = [model.attach(t) for t in load_transcoder_set(folder)]
+    salient = attribution_graph(model, transcoders, TEXT)
+    a, b = salient.logit_ids[0], salient.logit_ids[0] + 5
+    if kind == "tokens":
+        ours = attribution_graph(model, transcoders, TEXT, target_tokens=[b, a])
+        targets: dict = {"tokens": [b, a]}
+    else:
+        ours = attribution_graph(model, transcoders, TEXT, target_tokens=[a], versus=b)
+        targets = {"difference": [a, b]}
+    theirs = _reference(model_dir, folder, ours.token_ids, tmp_path / "graph.pt", targets)
+    ours_edges, their_edges, _, _, only = aligned(ours, theirs)
+    assert len(only) < 0.01 * ours.n_features
+    assert ours.logit_ids == theirs["logit_ids"].tolist()
+    if kind == "tokens":
+        torch.testing.assert_close(ours.logit_probabilities, theirs["logit_probabilities"])
+    assert float(their_edges[-1].abs().max()) > 0.01  # the last target's row is not empty
     torch.testing.assert_close(ours_edges, their_edges, atol=ATOL, rtol=RTOL)

@@ -1,13 +1,17 @@
-"""/api/v1/graph on the ReLU GPT-2 with its exact transcoders loaded."""
+"""/api/v1/graph and the /graph page on the ReLU GPT-2 with its exact transcoders loaded:
+targets, supernodes and the subgraph's scores, saved graphs per user."""
 
 import pytest
 from fastapi.testclient import TestClient
 
-from app.core.graph import attribution_graph, graph_json, prune, read_graph_json
+from app.core.graph import attribution_graph, graph_json, prune, read_graph_json, subgraph_scores
 from app.core.workspace import Workspace
+from app.db import accounts
+from app.db.engine import session_scope
 from app.settings import Settings
 from app.web.app import create_app
-from tests.helpers import N_LAYERS, exact_transcoder
+from tests.helpers import N_LAYERS, exact_transcoder, parsed
+from tests.web_world import PASSWORD, form_token, sign_in
 
 TEXT = "The fog rolls over the Golden Gate"
 
@@ -63,3 +67,123 @@ def test_a_missing_layer_is_named(engine, workspace):
     with _client(engine, workspace) as client:
         response = client.post("/api/v1/graph", json={"text": TEXT})
     assert response.status_code == 409 and "none is loaded for layer 1" in response.text
+
+
+def _signed_in_client(engine, workspace, name="ada"):
+    with session_scope(engine) as session:
+        accounts.add_user(session, name, PASSWORD)
+    return _client(engine, workspace)
+
+
+def test_a_chosen_target_and_a_logit_difference(engine, workspace):
+    with _client(engine, workspace) as client:
+        top = client.post("/api/v1/graph", json={"text": TEXT}).json()
+        first, other = " fog", " over"  # one token each in the test tokenizer
+        body = {"text": TEXT, "target": first, "versus": other}
+        response = client.post("/api/v1/graph", json=body)
+        assert response.status_code == 200, response.text
+        outputs = [n for n in response.json()["graph"]["nodes"] if n["feature_type"] == "logit"]
+        assert len(outputs) == 1 and outputs[0]["clerp"].startswith('Output "logit(')
+        bad = client.post("/api/v1/graph", json={"text": TEXT, "target": "xyz" * 20})
+        assert bad.status_code == 400 and "is not one token" in bad.text
+        alone = client.post("/api/v1/graph", json={"text": TEXT, "versus": other})
+        assert alone.status_code == 400 and "Name the target token" in alone.text
+        page = client.get("/graph", params=body | {"pinned": _first_features(top, 1)[0]})
+        assert page.status_code == 200
+        intervened = client.get(
+            "/graph", params=body | {"pinned": _first_features(top, 1)[0], "act": "zero"}
+        )
+        assert "logit difference" in parsed(intervened.text).select_one(".intervention").text
+
+
+def _first_features(graph: dict, n: int) -> list[str]:
+    return [x["node_id"] for x in graph["graph"]["nodes"] if x["feature_type"].startswith("cross")][
+        :n
+    ]
+
+
+def test_grouping_pinned_nodes_into_a_supernode(engine, workspace):
+    """The group form redirects to a URL that holds the supernode; the page shows it ringed in
+    the drawing, its summed effects and the subgraph's scores, which match the core's."""
+    with _client(engine, workspace) as client:
+        graph = client.post("/api/v1/graph", json={"text": TEXT}).json()
+        ids = _first_features(graph, 4)
+        view = {"text": TEXT, "pinned": ",".join(ids)}
+        grouped = client.get(
+            "/graph",
+            params=view | {"new_group": "  fog; bridge ", "member": ids[:2]},
+            follow_redirects=False,
+        )
+        assert grouped.status_code == 303
+        location = grouped.headers["location"]
+        assert "groups=fog+bridge%3A" in location
+        page = parsed(client.get(location).text)
+        assert page.select_one(".supernodes strong").text == "fog bridge"
+        assert len(page.select("svg.graph .graph-node.grouped.group-0")) == 2
+        units = page.select("svg.subgraph .subgraph-unit")
+        assert len(units) == 3 and len(page.select("svg.subgraph .supernode")) == 1
+        scores = page.select_one(".pinned-subgraph .graph-scores").text
+        # The same scores from the core, on the same nodes.
+        transcoders = [workspace.saes[f"tc{n}"] for n in range(N_LAYERS)]
+        whole = attribution_graph(workspace.model, transcoders, TEXT)
+        members = []
+        for node_id in ids:
+            layer, index, position = map(int, node_id.split("_"))
+            members.append(whole.node("feature", layer, position, index))
+        expected = subgraph_scores(whole, members)
+        assert f"Influence {expected.influence:.3f}" in " ".join(scores.split())
+        assert f"inputs inside {expected.inputs_inside:.3f}" in " ".join(scores.split())
+        ungroup = page.select_one("a.ungroup")["href"]
+        assert "groups" not in ungroup and "pinned=" in ungroup
+        nothing = client.get("/graph", params=view | {"new_group": "x"})
+        assert nothing.status_code == 400 and "Tick the pinned nodes" in nothing.text
+        too_many = ";".join(f"g{n}:{ids[0]}" for n in range(9))
+        assert client.get("/graph", params=view | {"groups": too_many}).status_code == 400
+
+
+def test_saved_graphs_per_user(engine, workspace):
+    with _signed_in_client(engine, workspace) as client:
+        with session_scope(engine) as session:
+            accounts.add_user(session, "bob", PASSWORD)
+        graph = client.post("/api/v1/graph", json={"text": TEXT}).json()
+        ids = _first_features(graph, 2)
+        anonymous = client.get("/graph", params={"text": TEXT}).text
+        assert "Sign in to save graphs" in anonymous
+        assert sign_in(client).status_code == 303
+        page = client.get("/graph", params={"text": TEXT, "pinned": ",".join(ids)}).text
+        form = {
+            "csrf_token": form_token(page),
+            "text": TEXT,
+            "node_threshold": "0.7",
+            "pinned": ",".join(ids),
+            "groups": f"pair:{ids[0]},{ids[1]}",
+            "title": "  the fog <b>pair</b> ",
+        }
+        saved = client.post("/graph/save", data=form, follow_redirects=False)
+        assert saved.status_code == 303
+        short = saved.headers["location"]
+        opened = client.get(short, follow_redirects=False)
+        assert opened.status_code == 303 and "groups=pair%3A" in opened.headers["location"]
+        listing = parsed(client.get("/graph").text).select(".saved-graphs tbody tr")
+        assert len(listing) == 1 and listing[0].select_one("a").text == "the fog <b>pair</b>"
+        mine = client.get("/api/v1/graphs", params={"author": "ada"}).json()
+        assert [g["title"] for g in mine] == ["the fog <b>pair</b>"]
+        assert mine[0]["view"]["node_threshold"] == 0.7 and mine[0]["url"] == short
+        assert client.get("/api/v1/graphs", params={"author": "bob"}).json() == []
+        slug = short.rsplit("/", 1)[1]
+        token = form_token(client.get("/graph").text)
+        # bob may not delete ada's graph
+        client.post("/logout", data={"csrf_token": token})
+        bob = {"name": "bob", "password": PASSWORD, "next": "/"}
+        client.post("/login", data=bob | {"csrf_token": form_token(client.get("/login").text)})
+        bob_token = form_token(client.get("/graph").text)
+        refused = client.post(f"/graph/saved/{slug}/delete", data={"csrf_token": bob_token})
+        assert refused.status_code == 403 and "only ada may delete" in refused.text
+        client.post("/logout", data={"csrf_token": bob_token})
+        assert sign_in(client).status_code == 303
+        token = form_token(client.get("/graph").text)
+        deleted = client.post(
+            f"/graph/saved/{slug}/delete", data={"csrf_token": token}, follow_redirects=False
+        )
+        assert deleted.status_code == 303
+        assert client.get(short).status_code == 404

@@ -1,7 +1,10 @@
 """The reference: circuit-tracer's attribution graph of a GPT-2 checkpoint through a per-layer
 transcoder set, its tensors saved for Monoscope's parity test to compare.
 
-    python circuit_tracer_graph.py MODEL_DIR SET_DIR TOKEN_IDS OUT.pt
+    python circuit_tracer_graph.py MODEL_DIR SET_DIR TOKEN_IDS OUT.pt [TARGETS]
+
+TARGETS (JSON), when given: {"tokens": [ids]} for chosen output tokens, or {"difference": [a, b]}
+for the one custom target logit(a) - logit(b) (a CustomTarget along W_U[a] - W_U[b]).
 
 Runs in its own environment (circuit-tracer pins transformers<=4.57.3 and huggingface-hub<1.0,
 which the project does not; tests/integration/test_graph_parity.py builds and caches it), so it
@@ -19,6 +22,7 @@ from pathlib import Path
 import torch
 import yaml
 from circuit_tracer import attribute
+from circuit_tracer.attribution.targets import CustomTarget
 from circuit_tracer.replacement_model.replacement_model_transformerlens import (
     TransformerLensReplacementModel,
 )
@@ -47,8 +51,19 @@ def _on_normalized(file: Path, ln_2, out: Path, layer: int) -> str:
     return str(converted)
 
 
+def _targets(model, spec: dict | None):
+    if spec is None:
+        return None  # the most probable tokens
+    if "tokens" in spec:
+        return torch.tensor(spec["tokens"])
+    a, b = spec["difference"]
+    W_U = model.unembed.W_U  # (d_model, vocab)
+    return [CustomTarget("difference", 1.0, (W_U[:, a] - W_U[:, b]).detach())]
+
+
 def main() -> None:
     model_dir, set_dir, token_ids, out = sys.argv[1:5]
+    targets = sys.argv[5] if len(sys.argv) > 5 else None
     hf = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32)
     c = hf.config
     cfg = HookedTransformerConfig(
@@ -101,7 +116,14 @@ def main() -> None:
     model._configure_replacement_model(transcoders)
     ids = torch.tensor(json.loads(token_ids))
     start = time.perf_counter()
-    graph = attribute(ids, model, batch_size=64, max_n_logits=10, desired_logit_prob=0.95)
+    graph = attribute(
+        ids,
+        model,
+        attribution_targets=_targets(model, json.loads(targets) if targets else None),
+        batch_size=64,
+        max_n_logits=10,
+        desired_logit_prob=0.95,
+    )
     seconds = time.perf_counter() - start
     torch.save(
         {

@@ -4,8 +4,11 @@ the file circuit-tracer writes and Neuronpedia's graph viewer reads, with its sc
 The graph needs one loaded transcoder per layer (MLP input -> MLP output). It is computed by the
 inference worker (the model's one owner), and kept by prompt and settings: asking again, or
 sharing the URL, costs nothing until it falls out of the cache. The page draws the pruned graph
-by layer and position, pins nodes into a subgraph (`?pinned=`) and intervenes on the pinned
-features (zero or scale them, run the real model, show the new predictions).
+by layer and position, pins nodes into a subgraph (`?pinned=`), groups pinned nodes into named
+supernodes (`?groups=name:node,node;...`) with the subgraph's scores and the supernodes' summed
+effects on each other, and intervenes on the pinned features (zero or scale them, run the real
+model, show the new predictions and the change in the target). Signed-in users save a graph's
+view (`/graph/saved/{slug}` opens it again) and find their saved graphs on the page.
 """
 
 import math
@@ -13,24 +16,42 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
+from urllib.parse import urlencode
 
 import torch
-from fastapi import APIRouter, Query, Request
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi import APIRouter, Form, Query, Request
+from fastapi import Path as PathParam
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from pydantic import BaseModel, Field
 
-from app.core.errors import MonoscopeError, NotLoadedError
-from app.core.graph import FeatureSetting, attribution_graph, graph_json, intervene, prune
+from app.core.errors import MonoscopeError, NotFoundError, NotLoadedError
+from app.core.graph import (
+    AttributionGraph,
+    FeatureSetting,
+    attribution_graph,
+    graph_json,
+    group_effects,
+    intervene,
+    prune,
+    subgraph_scores,
+    token_id,
+)
 from app.core.model import decode_text
 from app.core.sites import Site, parse_site
-from app.db.queries import find_sae, labels_of
+from app.db import graphs as db_graphs
+from app.db.queries import find_sae, labels_of, top_examples
+from app.web.auth import WriterDep, signed_in_name
 from app.web.deps import InferenceDep, SessionDep, TemplatesDep, WorkspaceDep
 from app.web.resident import MAX_TEXT_TOKENS, check_text, require_loaded, run_on_model
 
 router = APIRouter()
-CACHED_GRAPHS = 32  # a graph of a 64-token prompt on the demo model is about 5 MB of adjacency
+CACHED_GRAPHS = 32  # pruned graph files: tens to hundreds of kB each
+# Whole graphs (the dense adjacency: 16 MB at 2,000 nodes) for the subgraph scores of the
+# latest few; an older one is traced again when its pins change.
+CACHED_ADJACENCIES = 4
 
 _cache: OrderedDict[tuple, "GraphOut"] = OrderedDict()
+_whole: OrderedDict[tuple, AttributionGraph] = OrderedDict()
 _cache_lock = threading.Lock()
 
 
@@ -59,6 +80,15 @@ class GraphIn(BaseModel):
     node_threshold: float = Field(0.8, ge=0.0, le=1.0, description="Share of influence kept.")
     edge_threshold: float = Field(0.98, ge=0.0, le=1.0)
     max_logits: int = Field(10, ge=1, le=10, description="Most output tokens to trace from.")
+    target: str = Field(
+        "",
+        max_length=100,
+        description="Trace this next token (one token, as written, leading space included) "
+        "instead of the most probable ones.",
+    )
+    versus: str = Field(
+        "", max_length=100, description="With a target: trace logit(target) - logit(versus)."
+    )
 
 
 class GraphOut(BaseModel):
@@ -78,19 +108,44 @@ def api_graph(body: GraphIn, workspace: WorkspaceDep, inference: InferenceDep) -
 
 def build_graph(workspace, inference, body: GraphIn) -> GraphOut:
     """The graph the API returns and the page draws, from the cache when it is there."""
+    return _traced(workspace, inference, body, whole=False)[0]
+
+
+def whole_graph(workspace, inference, body: GraphIn) -> tuple[GraphOut, AttributionGraph]:
+    """The graph file and the whole graph behind it (every node and edge), for subgraph scores."""
+    result, whole = _traced(workspace, inference, body, whole=True)
+    assert whole is not None
+    return result, whole
+
+
+def _traced(
+    workspace, inference, body: GraphIn, whole: bool
+) -> tuple[GraphOut, AttributionGraph | None]:
     workspace = require_loaded(workspace, "build attribution graphs")
     names = transcoder_set(workspace)
     check_text(body.text, "Type a prompt to trace.")
     key = (workspace.model.name, tuple(names), body.text, *body.model_dump().values())
     with _cache_lock:
-        if key in _cache:
+        if key in _cache and (not whole or key in _whole):
             _cache.move_to_end(key)
-            return _cache[key]
+            if key in _whole:
+                _whole.move_to_end(key)
+            return _cache[key], _whole.get(key)
     model, transcoders = workspace.model, [workspace.saes[n] for n in names]
+    targets = [token_id(model, body.target)] if body.target else None
+    if body.versus and not body.target:
+        raise MonoscopeError("Name the target token that the other token is compared with.")
+    versus = token_id(model, body.versus) if body.versus else None
 
-    def compute() -> GraphOut:  # on the inference worker, the model's one owner
+    def compute() -> tuple[GraphOut, AttributionGraph]:  # on the inference worker
         found = attribution_graph(
-            model, transcoders, body.text, max_logits=body.max_logits, max_tokens=MAX_TEXT_TOKENS
+            model,
+            transcoders,
+            body.text,
+            max_logits=body.max_logits,
+            max_tokens=MAX_TEXT_TOKENS,
+            target_tokens=targets,
+            versus=versus,
         )
         kept = prune(found, body.node_threshold, body.edge_threshold)
         scores = found.scores()
@@ -101,14 +156,17 @@ def build_graph(workspace, inference, body: GraphIn) -> GraphOut:
             features=found.n_features,
             kept_features=int(kept.nodes[: found.n_features].sum()),
             graph=graph_json(found, kept, "graph", "+".join(names), body.node_threshold, body.text),
-        )
+        ), found
 
-    result = run_on_model(inference, compute)
+    result, found = run_on_model(inference, compute)
     with _cache_lock:
         _cache[key] = result
         while len(_cache) > CACHED_GRAPHS:
             _cache.popitem(last=False)
-    return result
+        _whole[key] = found
+        while len(_whole) > CACHED_ADJACENCIES:
+            _whole.popitem(last=False)
+    return result, found
 
 
 # -- the page ------------------------------------------------------------------------------------
@@ -178,6 +236,7 @@ def draw(
     pinned: set[str],
     feature_href,
     labels: dict[tuple[int, int], str | None],
+    examples: dict[tuple[int, int], str] | None = None,
 ) -> Drawing:
     """Positions for every node (by position across, by layer up; nodes sharing a cell side by
     side, most influential first) and every link, as the page's SVG draws them."""
@@ -194,6 +253,8 @@ def draw(
     height = (n_layers + 2) * ROW + 2 * MARGIN
     width = MARGIN * 2 + GUTTER + sum(widths) + CAPTION
     placed: dict[str, DrawnNode] = {}
+    logits = [n["node_id"] for n in graph["nodes"] if n["feature_type"] == "logit"]
+    logit_ranks = {node_id: rank for rank, node_id in enumerate(logits)}
     for (row, position), members in cells.items():
         members.sort(key=lambda n: n.get("influence") or 0.0)
         per_line = max(1, (widths[position] - 8) // SLOT)  # lines of this many, upward
@@ -223,6 +284,11 @@ def draw(
                     f"layer {layer} feature {index} at {token!r} (position {node['ctx_idx']}), "
                     f"activation {node.get('activation') or 0:.2f}"
                     + (f": {label}" if label else "")
+                    + (
+                        f"\ntop example: {examples[layer, index]}"
+                        if examples and (layer, index) in examples
+                        else ""
+                    )
                 )
             elif kind == "error":
                 drawn.layer = int(node["layer"])
@@ -232,6 +298,7 @@ def draw(
             else:
                 drawn.title = node.get("clerp") or "logit"
                 drawn.text = f"{node.get('token_prob', 0):.2f}"
+                drawn.index = logit_ranks[node["node_id"]]
             drawn.pinned = drawn.node_id in pinned
             placed[drawn.node_id] = drawn
     strongest = max((abs(link["weight"]) for link in graph["links"]), default=1.0) or 1.0
@@ -252,9 +319,9 @@ def draw(
             )
         )
     links.sort(key=lambda link: link.width)
-    logits = [n for n in placed.values() if n.kind == "logit"]
-    for rank, logit in enumerate(sorted(logits, key=lambda n: n.x)):
-        logit.label_x = max(n.x for n in logits) + 14
+    outputs = [n for n in placed.values() if n.kind == "logit"]
+    for rank, logit in enumerate(sorted(outputs, key=lambda n: n.x)):
+        logit.label_x = max(n.x for n in outputs) + 14
         logit.label_y = logit.y - 16 + 12 * rank
     rows: list[tuple[float, str]] = [(height - MARGIN - 20, "embeddings")]
     rows += [(height - MARGIN - (n + 1) * ROW - 20, f"layer {n}") for n in range(n_layers)]
@@ -275,6 +342,112 @@ def draw(
     return Drawing(width, height, list(placed.values()), links, rows, columns, chosen, among)
 
 
+# -- supernodes and the pinned subgraph ---------------------------------------------------------
+MAX_GROUPS = 8
+MAX_GROUP_NAME = 40
+
+
+def parse_groups(text: str) -> list[tuple[str, list[str]]]:
+    """`name:node,node;name:node` -> [(name, [node ids])], names cleaned and made unique, empty
+    groups dropped."""
+    groups: list[tuple[str, list[str]]] = []
+    for part in text.split(";"):
+        name, _, members = part.partition(":")
+        nodes = [m for m in members.split(",") if m]
+        if nodes:
+            name = clean_group_name(name, len(groups))
+            taken = {g[0] for g in groups}
+            same = [f"{name} {n}" for n in range(2, MAX_GROUPS + 2) if f"{name} {n}" not in taken]
+            groups.append((name if name not in taken else same[0], nodes))
+    if len(groups) > MAX_GROUPS:
+        raise MonoscopeError(f"Make at most {MAX_GROUPS} supernodes.")
+    return groups
+
+
+def clean_group_name(name: str, number: int) -> str:
+    name = " ".join(name.replace(":", " ").replace(";", " ").replace(",", " ").split())
+    return name[:MAX_GROUP_NAME] or f"group {number + 1}"
+
+
+def format_groups(groups: list[tuple[str, list[str]]]) -> str:
+    return ";".join(f"{name}:{','.join(nodes)}" for name, nodes in groups)
+
+
+SUBGRAPH_COLUMN, SUBGRAPH_ROW = 130, 60  # pixels
+
+
+@dataclass
+class Unit:
+    """One box of the subgraph: a supernode (its pinned members) or one pinned node alone."""
+
+    name: str
+    members: list[DrawnNode]
+    grouped: bool
+    x: float = 0.0
+    y: float = 0.0
+
+
+@dataclass
+class SubgraphView:
+    influence: float
+    inputs_inside: float
+    units: list[Unit]
+    effects: list[tuple[Unit, Unit, float]]  # source, target, summed direct effect
+    width: int
+    height: int
+
+
+def _short_name(node: DrawnNode, tokens: list[str]) -> str:
+    token = tokens[node.position] if node.position < len(tokens) else ""
+    if node.kind == "feature":
+        return f"L{node.layer} #{node.index} @{token!r}"
+    if node.kind == "error":
+        return f"error L{node.layer} @{token!r}"
+    if node.kind == "embedding":
+        return f"token {token!r}"
+    return node.title
+
+
+def subgraph(
+    whole: AttributionGraph, drawing: Drawing, groups: list[tuple[str, list[str]]], tokens
+) -> SubgraphView:
+    """The pinned nodes as units (supernodes and lone nodes), their scores in the whole graph,
+    and the summed direct effects between units, laid out where their members sit."""
+    pinned = {n.node_id: n for n in drawing.pinned}
+    units, grouped = [], set()
+    for name, ids in groups:
+        members = [pinned[i] for i in ids if i in pinned]
+        if members:
+            units.append(Unit(name, members, True))
+            grouped |= {m.node_id for m in members}
+    units += [
+        Unit(_short_name(n, tokens), [n], False) for n in drawing.pinned if n.node_id not in grouped
+    ]
+
+    def index(node: DrawnNode) -> int:
+        return whole.node(node.kind, node.layer or 0, node.position, node.index or 0)
+
+    rows = [[index(m) for m in unit.members] for unit in units]
+    scores = subgraph_scores(whole, [i for r in rows for i in r])
+    effects = group_effects(whole, rows)
+    pairs = [
+        (units[s], units[t], float(effects[t, s]))
+        for t in range(len(units))
+        for s in range(len(units))
+        if s != t and abs(float(effects[t, s])) > 1e-6
+    ]
+    # Layout: a row per layer the units sit at (their members' mean, tokens at the bottom), a
+    # column per unit in the order of their positions, so no two units share a spot.
+    heights = sorted({round(sum(m.y for m in u.members) / len(u.members)) for u in units})
+    across = sorted(units, key=lambda u: (sum(m.x for m in u.members) / len(u.members), u.name))
+    for column, unit in enumerate(across):
+        row = heights.index(round(sum(m.y for m in unit.members) / len(unit.members)))
+        unit.x, unit.y = 30 + column * SUBGRAPH_COLUMN, 30 + row * SUBGRAPH_ROW
+    width = 60 + len(units) * SUBGRAPH_COLUMN
+    height = 40 + len(heights) * SUBGRAPH_ROW
+    return SubgraphView(scores.influence, scores.inputs_inside, units, pairs, width, height)
+
+
 @dataclass(frozen=True)
 class Intervention:
     mode: str
@@ -282,6 +455,7 @@ class Intervention:
     predictions: list[tuple[str, float]]  # after
     before: list[tuple[str, float]]
     target: str
+    measure: str  # "p" (the target token's probability) or "logit difference"
     target_before: float
     target_after: float
 
@@ -292,13 +466,22 @@ def graph_file(
     inference: InferenceDep,
     text: Annotated[str, Query(max_length=20_000)],
     node_threshold: Annotated[float, Query(ge=0.0, le=1.0)] = 0.8,
+    target: Annotated[str, Query(max_length=100)] = "",
+    versus: Annotated[str, Query(max_length=100)] = "",
 ) -> JSONResponse:
     """The pruned graph as a file to download: circuit-tracer's JSON, which Neuronpedia's graph
     viewer opens."""
-    result = build_graph(workspace, inference, GraphIn(text=text, node_threshold=node_threshold))
+    body = GraphIn(text=text, node_threshold=node_threshold, target=target, versus=versus)
+    result = build_graph(workspace, inference, body)
     return JSONResponse(
         result.graph, headers={"Content-Disposition": 'attachment; filename="graph.json"'}
     )
+
+
+def _view_query(text: str, node_threshold: float, target: str, versus: str, **more) -> str:
+    """The query string of a graph view, without empty parts (what URLs and saved graphs keep)."""
+    fields = {"text": text, "node_threshold": node_threshold, "target": target, "versus": versus}
+    return urlencode({k: v for k, v in (fields | more).items() if v not in ("", None)})
 
 
 @router.get("/graph", response_class=HTMLResponse, name="graph_page")
@@ -310,21 +493,63 @@ def graph_page(
     inference: InferenceDep,
     text: Annotated[str, Query(max_length=20_000)] = "",
     node_threshold: Annotated[float, Query(ge=0.0, le=1.0)] = 0.8,
+    target: Annotated[str, Query(max_length=100)] = "",
+    versus: Annotated[str, Query(max_length=100)] = "",
     pinned: Annotated[str, Query(max_length=4_000)] = "",
+    groups: Annotated[str, Query(max_length=4_000)] = "",
+    new_group: Annotated[str | None, Query(max_length=200)] = None,
+    member: Annotated[list[str] | None, Query(max_length=100)] = None,
     act: Literal["", "zero", "scale"] = "",
     factor: Annotated[float, Query(ge=-100.0, le=100.0)] = 2.0,
 ):
+    grouping = parse_groups(groups)
+    if new_group is not None:  # the "group the checked nodes" form: back to the canonical URL
+        ticked = [m for m in member or [] if m in pinned.split(",")]
+        if not ticked:
+            raise MonoscopeError("Tick the pinned nodes to group.")
+        kept = [(name, [n for n in nodes if n not in ticked]) for name, nodes in grouping]
+        grouping = [(name, nodes) for name, nodes in kept if nodes]
+        grouping.append((clean_group_name(new_group, len(grouping)), ticked))
+        parse_groups(format_groups(grouping))  # still within the limits
+        query = _view_query(
+            text, node_threshold, target, versus, pinned=pinned, groups=format_groups(grouping)
+        )
+        return RedirectResponse(f"{request.url.path}?{query}", status_code=303)
+    viewer = signed_in_name(request)
     context: dict = {
         "text": text,
         "node_threshold": node_threshold,
+        "target": target,
+        "versus": versus,
         "pinned": pinned,
+        "groups": groups,
+        "grouping": [  # name, members, the query string of this view without the group
+            (
+                name,
+                nodes,
+                _view_query(
+                    text,
+                    node_threshold,
+                    target,
+                    versus,
+                    pinned=pinned,
+                    groups=format_groups([g for g in grouping if g[0] != name]),
+                ),
+            )
+            for name, nodes in grouping
+        ],
+        "group_of": {node: n for n, (_, nodes) in enumerate(grouping) for node in nodes},
         "act": act,
         "factor": factor,
         "result": None,
         "drawing": None,
+        "subgraph": None,
         "intervention": None,
         "problem": None,
         "model": workspace.model.name if workspace else None,
+        "viewer": viewer,
+        "saved": db_graphs.graphs_by(session, viewer) if viewer else [],
+        "view_query": _view_query(text, node_threshold, target, versus),
     }
     try:
         workspace = require_loaded(workspace, "build graphs")
@@ -334,7 +559,14 @@ def graph_page(
         return templates.TemplateResponse(request, "graph/index.html", context)
     if not text:
         return templates.TemplateResponse(request, "graph/index.html", context)
-    result = build_graph(workspace, inference, GraphIn(text=text, node_threshold=node_threshold))
+    chosen = {p for p in pinned.split(",") if p}
+    if len(chosen) > MAX_PINNED:
+        raise MonoscopeError(f"Pin at most {MAX_PINNED} nodes.")
+    body = GraphIn(text=text, node_threshold=node_threshold, target=target, versus=versus)
+    if chosen:
+        result, whole = whole_graph(workspace, inference, body)
+    else:
+        result, whole = build_graph(workspace, inference, body), None
     model, names = workspace.model.name, result.transcoders
     rows = {n: find_sae(session, model, n) for n in names}
     features = {
@@ -343,30 +575,56 @@ def graph_page(
         if n["feature_type"] == "cross layer transcoder"
     }
     labels: dict[tuple[int, int], str | None] = {}
+    feature_ids: dict[int, tuple[int, int]] = {}
     for layer, name in enumerate(names):
         row = rows[name]
         wanted = [index for at, index in features if at == layer]
         if row is not None and wanted:
             for found in labels_of(session, row.id, wanted):
                 labels[(layer, found.index)] = found.label
+                feature_ids[found.id] = (layer, found.index)
+    examples = {
+        feature_ids[feature_id]: _snippet(workspace.model, example)
+        for feature_id, example in top_examples(session, list(feature_ids)).items()
+    }
 
     def feature_href(layer: int, index: int) -> str | None:
         if rows[names[layer]] is None:
             return None  # not harvested: no page to open
         return str(request.url_for("feature_page", model=model, sae=names[layer], index=index))
 
-    chosen = {p for p in pinned.split(",") if p}
-    if len(chosen) > MAX_PINNED:
-        raise MonoscopeError(f"Pin at most {MAX_PINNED} nodes.")
     n_layers = len(names)
-    drawing = draw(result.graph, n_layers, chosen, feature_href, labels)
+    drawing = draw(result.graph, n_layers, chosen, feature_href, labels, examples)
     context |= {"result": result, "drawing": drawing, "labels": labels}
+    if whole is not None:
+        tokens = result.graph["metadata"]["prompt_tokens"]
+        context["subgraph"] = subgraph(whole, drawing, grouping, tokens)
     if act:
-        context["intervention"] = _intervene(workspace, inference, result, drawing, act, factor)
+        context["intervention"] = _intervene(
+            workspace, inference, result, drawing, act, factor, body
+        )
     return templates.TemplateResponse(request, "graph/index.html", context)
 
 
-def _intervene(workspace, inference, result: GraphOut, drawing: Drawing, act: str, factor: float):
+def _snippet(model, example) -> str:
+    """A top example as one line of text, its strongest token in [brackets]."""
+    ids, acts = example.token_ids, example.activations
+    peak = max(range(len(acts)), key=lambda n: acts[n]) if len(acts) else 0
+    start = max(0, peak - 10)
+    before = decode_text(model.tokenizer, ids[start:peak])
+    after = decode_text(model.tokenizer, ids[peak + 1 : peak + 5])
+    return f"{before}[{decode_text(model.tokenizer, ids[peak : peak + 1])}]{after}"
+
+
+def _intervene(
+    workspace,
+    inference,
+    result: GraphOut,
+    drawing: Drawing,
+    act: str,
+    factor: float,
+    body: GraphIn,
+) -> Intervention:
     features = [n for n in drawing.pinned if n.kind == "feature"]
     if not features:
         raise MonoscopeError("Pin some features first: interventions act on pinned features.")
@@ -379,21 +637,137 @@ def _intervene(workspace, inference, result: GraphOut, drawing: Drawing, act: st
     model = workspace.model
     transcoders = [workspace.saes[name] for name in result.transcoders]
     token_ids = model.tokenizer(result.graph["metadata"]["prompt"])["input_ids"]
-    logits = run_on_model(inference, lambda: intervene(model, transcoders, token_ids, settings))
-    after = torch.softmax(logits, -1)
-    logit_nodes = [n for n in result.graph["nodes"] if n["feature_type"] == "logit"]
-    target = logit_nodes[0]
+    clean, changed = run_on_model(
+        inference,
+        lambda: (
+            intervene(model, transcoders, token_ids, []),
+            intervene(model, transcoders, token_ids, settings),
+        ),
+    )
+    before, after = torch.softmax(clean, -1), torch.softmax(changed, -1)
     top = after.topk(6)
 
     def text_of(token: int) -> str:
         return decode_text(model.tokenizer, [token])
 
+    logit_nodes = [n for n in result.graph["nodes"] if n["feature_type"] == "logit"]
+    if body.versus:
+        a, b = token_id(model, body.target), token_id(model, body.versus)
+        target, measure = f"{text_of(a)!r} over {text_of(b)!r}", "logit difference"
+        target_before, target_after = float(clean[a] - clean[b]), float(changed[a] - changed[b])
+    else:
+        token = int(logit_nodes[0]["feature"])
+        target, measure = text_of(token), "p"
+        target_before, target_after = float(before[token]), float(after[token])
     return Intervention(
         mode=act,
         factor=factor,
         predictions=[(text_of(int(t)), float(p)) for p, t in zip(*top, strict=True)],
-        before=[(text_of(int(n["feature"])), float(n["token_prob"])) for n in logit_nodes[:6]],
-        target=text_of(int(target["feature"])),
-        target_before=float(target["token_prob"]),
-        target_after=float(after[int(target["feature"])]),
+        before=[(text_of(int(t)), float(p)) for p, t in zip(*before.topk(6), strict=True)],
+        target=target,
+        measure=measure,
+        target_before=target_before,
+        target_after=target_after,
     )
+
+
+# -- saved graphs --------------------------------------------------------------------------------
+class SavedGraphOut(BaseModel):
+    slug: str
+    title: str
+    author: str
+    model: str
+    transcoders: list[str]
+    prompt: str
+    view: dict
+    replacement_score: float
+    completeness_score: float
+    url: str = Field(description="The page that draws it")
+
+
+def _saved_out(saved) -> SavedGraphOut:
+    return SavedGraphOut(
+        slug=saved.slug,
+        title=saved.title,
+        author=saved.author,
+        model=saved.model,
+        transcoders=saved.transcoders,
+        prompt=saved.prompt,
+        view=saved.view,
+        replacement_score=saved.replacement_score,
+        completeness_score=saved.completeness_score,
+        url=f"/graph/saved/{saved.slug}",
+    )
+
+
+@router.post("/graph/save", name="graph_save")
+def graph_save(
+    session: SessionDep,
+    viewer: WriterDep,
+    workspace: WorkspaceDep,
+    inference: InferenceDep,
+    text: Annotated[str, Form(max_length=20_000)],
+    title: Annotated[str, Form(max_length=db_graphs.MAX_TITLE)] = "",
+    node_threshold: Annotated[float, Form(ge=0.0, le=1.0)] = 0.8,
+    target: Annotated[str, Form(max_length=100)] = "",
+    versus: Annotated[str, Form(max_length=100)] = "",
+    pinned: Annotated[str, Form(max_length=4_000)] = "",
+    groups: Annotated[str, Form(max_length=4_000)] = "",
+):
+    """Keep this graph's view under the viewer's name; the page lists it from then on."""
+    parse_groups(groups)
+    body = GraphIn(text=text, node_threshold=node_threshold, target=target, versus=versus)
+    result = build_graph(workspace, inference, body)
+    assert workspace is not None  # build_graph refused otherwise
+    view = {"node_threshold": node_threshold, "target": target, "versus": versus}
+    view |= {"pinned": pinned, "groups": groups}
+    saved = db_graphs.save_graph(
+        session,
+        viewer.name,
+        title,
+        workspace.model.name,
+        result.transcoders,
+        text,
+        view,
+        (result.replacement_score, result.completeness_score),
+    )
+    session.commit()
+    return RedirectResponse(f"/graph/saved/{saved.slug}", status_code=303)
+
+
+@router.get("/graph/saved/{slug}", name="graph_saved")
+def graph_saved(session: SessionDep, slug: Annotated[str, PathParam(max_length=32)]):
+    """A saved graph's short link: the graph page with its view."""
+    saved = db_graphs.find_graph(session, slug)
+    if saved is None:
+        raise NotFoundError(f"No saved graph {slug!r}.")
+    view = saved.view
+    query = _view_query(
+        saved.prompt,
+        view.get("node_threshold", 0.8),
+        view.get("target", ""),
+        view.get("versus", ""),
+        pinned=view.get("pinned", ""),
+        groups=view.get("groups", ""),
+    )
+    return RedirectResponse(f"/graph?{query}", status_code=303)
+
+
+@router.post("/graph/saved/{slug}/delete", name="graph_delete")
+def graph_delete(
+    session: SessionDep, viewer: WriterDep, slug: Annotated[str, PathParam(max_length=32)]
+):
+    saved = db_graphs.find_graph(session, slug)
+    if saved is None:
+        raise NotFoundError(f"No saved graph {slug!r}.")
+    db_graphs.delete_graph(session, saved, by=viewer.name)
+    session.commit()
+    return RedirectResponse("/graph", status_code=303)
+
+
+@router.get("/api/v1/graphs", response_model=list[SavedGraphOut], tags=["api"])
+def api_saved_graphs(
+    session: SessionDep, author: Annotated[str, Query(min_length=1, max_length=100)]
+) -> list[SavedGraphOut]:
+    """One user's saved graphs, newest first."""
+    return [_saved_out(saved) for saved in db_graphs.graphs_by(session, author)]
