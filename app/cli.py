@@ -424,6 +424,10 @@ def graph(
         str | None,
         typer.Option(help="With one --target: explain logit(target) - logit(versus)."),
     ] = None,
+    max_feature_nodes: Annotated[
+        int | None,
+        typer.Option(min=0, help="Keep at most this many features as nodes, the most influential."),
+    ] = None,
 ) -> None:
     """The attribution graph of a prompt through per-layer transcoders: scores, the most
     influential features, and optionally the graph file circuit-tracer and Neuronpedia read."""
@@ -441,11 +445,14 @@ def graph(
         text,
         target_tokens=[token_id(loaded, t) for t in target] if target else None,
         versus=None if versus is None else token_id(loaded, versus),
+        max_feature_nodes=max_feature_nodes,
     )
     kept = prune(found, node_threshold, edge_threshold)
     scores = found.scores()
     out.print(
-        f"{found.n_positions} tokens, {found.n_features:,} active features, "
+        f"{found.n_positions} tokens, {found.active_features:,} active features"
+        + (f" ({found.n_features:,} as nodes)" if found.n_features < found.active_features else "")
+        + ", "
         f"{int(kept.nodes[: found.n_features].sum()):,} kept; replacement "
         f"{scores.replacement:.3f}, completeness {scores.completeness:.3f}; explains "
         + ", ".join(

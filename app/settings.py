@@ -42,6 +42,12 @@ class Settings(BaseSettings):
         "directories, "
         "Gemma Scope params.npz files, or hf://owner/repo/folder.",
     )
+    graph_max_features: int = Field(
+        4096,
+        ge=0,
+        description="Most feature nodes in one attribution graph; beyond that, the most "
+        "influential are kept.",
+    )
     steer_max_features: int = Field(
         8, ge=1, le=64, description="Features one steering chat may set."
     )

@@ -64,6 +64,7 @@ class AttributionGraph:
     logit_probabilities: torch.Tensor  # (n_logits,)
     adjacency: torch.Tensor  # (n_nodes, n_nodes): rows targets, columns sources
     n_layers: int
+    active_features: int  # all the prompt's active features; more than nodes under a cap
 
     @property
     def n_positions(self) -> int:
@@ -483,11 +484,19 @@ def attribution_graph(
     max_tokens: int = 256,
     target_tokens: Sequence[int] | None = None,
     versus: int | None = None,
+    max_feature_nodes: int | None = None,
+    update_interval: int = 4,
 ) -> AttributionGraph:
     """The attribution graph of `text`'s next-token prediction (or of these token ids) through
     one transcoder per layer (layer order), every edge computed: no node is dropped before
     `prune`. Its output nodes are the most probable tokens, or `target_tokens`, or the logit
-    difference between one target token and `versus` (see logit_targets)."""
+    difference between one target token and `versus` (see logit_targets).
+
+    With `max_feature_nodes`, only that many features become nodes, chosen as circuit-tracer
+    chooses them: after the logits' rows, repeatedly the `update_interval` batches of features
+    with the most influence on the targets through the rows computed so far. Memory and time
+    then grow with the cap, not with the active features (the dense adjacency is square in the
+    nodes); edges from features left out are dropped."""
     _check_transcoders(model, transcoders)
     token_ids = model.tokenizer(text)["input_ids"] if isinstance(text, str) else list(text)
     if not token_ids:
@@ -507,7 +516,6 @@ def attribution_graph(
     embed_start = error_start + n_layers * n_pos
     logit_start = embed_start + n_pos
     n_nodes = logit_start + len(targets.ids)
-    adjacency = torch.zeros(n_nodes, n_nodes)
     all_features = torch.cat(features) if n_features else torch.zeros(0, 3, dtype=torch.long)
 
     # Each layer's decoder rows (scaled by their activations), padded into one block per
@@ -515,7 +523,14 @@ def attribution_graph(
     # edges: 4,000 small matmuls a graph become 128 (32 tokens, 4 layers), 6% off its time.
     slotted = [_by_position(f[:, 1], d, n_pos) for f, d in zip(features, decoders, strict=True)]
 
-    rows = min(batch_size, n_features + len(targets.ids))
+    n_logits = len(targets.ids)
+    cap = n_features if max_feature_nodes is None else min(max_feature_nodes, n_features)
+    if cap < 0:
+        raise MonoscopeError(f"max_feature_nodes must be at least 0, got {max_feature_nodes}")
+    rows = max(1, min(batch_size, cap + n_logits))
+    edge_rows = torch.zeros(cap + n_logits, n_nodes)  # one per target, in the order computed
+    row_nodes = torch.zeros(cap + n_logits, dtype=torch.long)  # the node each row is for
+    filled = 0
     device, d_model = model.device, model.d_model
     deltas = [
         torch.zeros(rows, n_pos, d_model, device=device, requires_grad=True)
@@ -531,6 +546,41 @@ def attribution_graph(
         edits[f"blocks.{layer}.hook_mlp_out"] = _replacement(
             transcoder, mlp_inputs, layer, mlp_outs[layer], deltas[layer]
         )
+
+    def compute_rows(nodes: torch.Tensor) -> None:
+        """The edge rows of these target nodes (features or logits), a batch row each."""
+        nonlocal filled
+        for first in range(0, len(nodes), rows):
+            chunk = nodes[first : first + rows]
+            used = len(chunk)
+            value = _target_values(
+                chunk,
+                all_features,
+                transcoders,
+                mlp_inputs,
+                normed["final"],
+                targets.directions,
+                logit_start,
+            ).sum()
+            grads = torch.autograd.grad(
+                value, deltas, retain_graph=True, allow_unused=True, materialize_grads=True
+            )
+            block = edge_rows[filled : filled + used]
+            for layer in range(n_layers):
+                g = grads[layer][:used].float()  # (used, pos, d)
+                padded, position, slot = slotted[layer]
+                edges = torch.bmm(g.transpose(0, 1), padded)[position, :, slot]  # (n, used)
+                block[:, starts[layer] : starts[layer] + len(slot)] = edges.T.cpu()
+                column = error_start + layer * n_pos
+                block[:, column : column + n_pos] = torch.einsum(
+                    "bpd,pd->bp", g, errors[layer]
+                ).cpu()
+            block[:, embed_start:logit_start] = torch.einsum(
+                "bpd,pd->bp", grads[n_layers][:used].float(), embeddings
+            ).cpu()
+            row_nodes[filled : filled + used] = chunk
+            filled += used
+
     keep_normed = model.final_norm().register_forward_hook(
         lambda module, args, output: normed.__setitem__("final", output)
     )
@@ -545,51 +595,62 @@ def attribution_graph(
             model.hooked(edits),
         ):
             model.hf(input_ids=ids.expand(rows, -1), use_cache=False, logits_to_keep=1)
-            # Target rows: every feature, then every logit; each batch row carries one target.
-            target_rows = list(range(n_features)) + list(range(logit_start, n_nodes))
-            for first in range(0, len(target_rows), rows):
-                chunk = torch.tensor(target_rows[first : first + rows])
-                used = len(chunk)
-                value = _target_values(
-                    chunk,
-                    all_features,
-                    transcoders,
-                    mlp_inputs,
-                    normed["final"],
-                    targets.directions,
-                    logit_start,
-                ).sum()
-                grads = torch.autograd.grad(
-                    value, deltas, retain_graph=True, allow_unused=True, materialize_grads=True
+            compute_rows(torch.arange(logit_start, n_nodes))  # the logits first, as circuit-tracer
+            visited = torch.zeros(n_features, dtype=torch.bool)
+            if cap == n_features:
+                compute_rows(torch.arange(n_features))
+                visited[:] = True
+            while int(visited.sum()) < cap:  # the most influential features so far, a queue
+                influence = _partial_influence(
+                    edge_rows[:filled], row_nodes[:filled], targets.probabilities.cpu()
                 )
-                block = adjacency[chunk]
-                for layer in range(n_layers):
-                    g = grads[layer][:used].float()  # (used, pos, d)
-                    padded, position, slot = slotted[layer]
-                    edges = torch.bmm(g.transpose(0, 1), padded)[position, :, slot]  # (n, used)
-                    block[:, starts[layer] : starts[layer] + len(slot)] = edges.T.cpu()
-                    column = error_start + layer * n_pos
-                    block[:, column : column + n_pos] = torch.einsum(
-                        "bpd,pd->bp", g, errors[layer]
-                    ).cpu()
-                block[:, embed_start:logit_start] = torch.einsum(
-                    "bpd,pd->bp", grads[n_layers][:used].float(), embeddings
-                ).cpu()
-                adjacency[chunk] = block
+                rank = torch.argsort(influence[:n_features], descending=True)
+                queue = rank[~visited[rank]][
+                    : min(update_interval * rows, cap - int(visited.sum()))
+                ]
+                compute_rows(queue)
+                visited[queue] = True
     finally:
         keep_normed.remove()
 
+    # The square adjacency over the features visited (in index order) and every other node.
+    kept = torch.cat([torch.nonzero(visited).flatten(), torch.arange(n_features, n_nodes)])
+    position_of = torch.full((n_nodes,), -1, dtype=torch.long)
+    position_of[kept] = torch.arange(len(kept))
+    adjacency = torch.zeros(len(kept), len(kept))
+    adjacency[position_of[row_nodes]] = edge_rows[:, kept]
+    selected = kept[: len(kept) - (n_nodes - n_features)]
     return AttributionGraph(
         token_ids=list(token_ids),
         tokens=[_text(model, t) for t in token_ids],
-        features=all_features.cpu(),
-        activations=torch.cat(activations).cpu() if n_features else torch.zeros(0),
+        features=all_features[selected].cpu(),
+        activations=torch.cat(activations)[selected].cpu() if n_features else torch.zeros(0),
         logit_ids=targets.ids,
         logit_tokens=targets.labels,
         logit_probabilities=targets.probabilities.cpu(),
         adjacency=adjacency,
         n_layers=n_layers,
+        active_features=n_features,
     )
+
+
+def _partial_influence(
+    edge_rows: torch.Tensor,  # (rows, n_nodes) the rows computed so far
+    row_nodes: torch.Tensor,  # (rows,) the node of each row
+    probabilities: torch.Tensor,  # (n_logits,) the logit targets' weights (the last nodes)
+) -> torch.Tensor:
+    """(n_nodes,) every node's influence on the targets through the rows computed so far:
+    circuit-tracer's estimate for choosing which features to visit next under a cap."""
+    normalized = normalize_rows(edge_rows)
+    weight = torch.zeros(edge_rows.shape[1])
+    weight[-len(probabilities) :] = probabilities
+    influence = torch.zeros_like(weight)
+    for _ in range(edge_rows.shape[0] + 1):
+        weight = weight[row_nodes] @ normalized
+        if not bool(weight.any()):
+            return influence
+        influence += weight
+    raise MonoscopeError("influence did not converge: the adjacency matrix has a cycle")
 
 
 def _by_position(

@@ -22,6 +22,7 @@ from app.core.graph import (
     prune,
     read_graph_json,
     subgraph_scores,
+    total_influence,
 )
 from app.core.model import load_model
 from tests.helpers import FAMILIES, N_LAYERS, build_model, exact_transcoder, random_transcoder
@@ -421,3 +422,24 @@ def test_subgraph_scores_and_supernode_effects(exact, lossy):
         lossy_graph.node("feature", 0, 0, 0)  # position 0 has no features
     assert lossy_graph.node("error", 1, 2) == lossy_graph.error_node(1, 2)
     assert lossy_graph.node("embedding", position=3) == lossy_graph.embeddings.start + 3
+
+
+def test_a_feature_cap_keeps_the_influential_features_with_the_same_edges(relu_gpt2, lossy):
+    """max_feature_nodes: the visited features' edges are the full graph's (nothing about an
+    edge depends on which nodes are kept), and the visited ones carry more influence."""
+    transcoders, full = lossy
+    cap = full.n_features // 3
+    capped = attribution_graph(relu_gpt2, transcoders, TEXT, max_feature_nodes=cap)
+    assert capped.n_features == cap and capped.active_features == full.n_features
+    rows = {tuple(f): n for n, f in enumerate(full.features.tolist())}
+    chosen = torch.tensor([rows[tuple(f)] for f in capped.features.tolist()])
+    keep = torch.cat([chosen, torch.arange(full.n_features, full.adjacency.shape[0])])
+    torch.testing.assert_close(capped.adjacency, full.adjacency[keep][:, keep])
+    influence = total_influence(normalize_rows(full.adjacency), full.logit_weights())
+    left_out = torch.ones(full.n_features, dtype=torch.bool)
+    left_out[chosen] = False
+    assert influence[chosen].mean() > 3 * influence[: full.n_features][left_out].mean()
+    uncapped = attribution_graph(relu_gpt2, transcoders, TEXT, max_feature_nodes=10**6)
+    torch.testing.assert_close(uncapped.adjacency, full.adjacency)
+    none = attribution_graph(relu_gpt2, transcoders, TEXT, max_feature_nodes=0)
+    assert none.n_features == 0 and none.adjacency[none.logits, none.embeddings].abs().sum() > 0

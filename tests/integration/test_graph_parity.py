@@ -22,7 +22,7 @@ ATOL, RTOL = 1e-4, 1e-4
 
 
 def _reference(
-    model_dir: Path, transcoders: Path, token_ids: list[int], out: Path, targets: dict | None = None
+    model_dir: Path, transcoders: Path, token_ids: list[int], out: Path, options: dict | None = None
 ) -> dict:
     subprocess.run(
         [
@@ -32,7 +32,7 @@ def _reference(
             str(transcoders),
             json.dumps(token_ids),
             str(out),
-            *([json.dumps(targets)] if targets else []),
+            *([json.dumps(options)] if options else []),
         ],
         check=True,
         capture_output=True,
@@ -91,4 +91,27 @@ def test_chosen_targets_match_circuit_tracer(tmp_path, kind):
     if kind == "tokens":
         torch.testing.assert_close(ours.logit_probabilities, theirs["logit_probabilities"])
     assert float(their_edges[-1].abs().max()) > 0.01  # the last target's row is not empty
+    torch.testing.assert_close(ours_edges, their_edges, atol=ATOL, rtol=RTOL)
+
+
+def test_a_feature_cap_chooses_the_nodes_circuit_tracer_chooses(tmp_path):
+    """max_feature_nodes: the same features visited (by partial influence, a queue of four
+    batches at a time) and the same edges among them."""
+    model = load_model(DEMO_MODEL, device="cpu")
+    layers = [
+        random_transcoder(layer=n, d_in=model.d_model, d_sae=64, skip=True, seed=n)
+        for n in range(model.n_layers)
+    ]
+    folder = save_circuit_tracer_set(layers, tmp_path / "set", model_name="demo")
+    transcoders = [model.attach(t) for t in load_transcoder_set(folder)]
+    full = attribution_graph(model, transcoders, TEXT)
+    cap = full.n_features // 3
+    ours = attribution_graph(model, transcoders, TEXT, max_feature_nodes=cap)
+    options = {"max_feature_nodes": cap}
+    theirs = _reference(DEMO_MODEL, folder, ours.token_ids, tmp_path / "graph.pt", options)
+    assert ours.n_features == cap == len(theirs["selected_features"])
+    assert ours.active_features == full.n_features
+    ours_edges, their_edges, _, _, only = aligned(ours, theirs)
+    assert len(only) <= 0.02 * cap, only  # near-ties in influence may swap a feature or two
+    assert float(their_edges.abs().max()) > 0.1
     torch.testing.assert_close(ours_edges, their_edges, atol=ATOL, rtol=RTOL)

@@ -22,9 +22,9 @@ def workspace(relu_gpt2):
     return Workspace(relu_gpt2, saes, {name: "built in the test" for name in saes})
 
 
-def _client(engine, workspace):
+def _client(engine, workspace, **settings):
     url = engine.url.render_as_string(hide_password=False)
-    return TestClient(create_app(Settings(database_url=url), workspace=workspace))
+    return TestClient(create_app(Settings(database_url=url, **settings), workspace=workspace))
 
 
 def test_the_graph_api_returns_circuit_tracers_file_and_the_scores(engine, workspace):
@@ -187,3 +187,14 @@ def test_saved_graphs_per_user(engine, workspace):
         )
         assert deleted.status_code == 303
         assert client.get(short).status_code == 404
+
+
+def test_the_server_caps_the_feature_nodes(engine, workspace):
+    with _client(engine, workspace, graph_max_features=12) as client:
+        capped = client.post("/api/v1/graph", json={"text": TEXT}).json()
+        fewer = client.post("/api/v1/graph", json={"text": TEXT, "max_feature_nodes": 5}).json()
+        more = client.post("/api/v1/graph", json={"text": TEXT, "max_feature_nodes": 99}).json()
+        page = client.get("/graph", params={"text": TEXT}).text
+    assert capped["features"] > capped["feature_nodes"] == 12 == more["feature_nodes"]
+    assert fewer["feature_nodes"] == 5
+    assert "the 12 most influential are nodes" in " ".join(parsed(page).text.split())

@@ -1,10 +1,11 @@
 """The reference: circuit-tracer's attribution graph of a GPT-2 checkpoint through a per-layer
 transcoder set, its tensors saved for Monoscope's parity test to compare.
 
-    python circuit_tracer_graph.py MODEL_DIR SET_DIR TOKEN_IDS OUT.pt [TARGETS]
+    python circuit_tracer_graph.py MODEL_DIR SET_DIR TOKEN_IDS OUT.pt [OPTIONS]
 
-TARGETS (JSON), when given: {"tokens": [ids]} for chosen output tokens, or {"difference": [a, b]}
-for the one custom target logit(a) - logit(b) (a CustomTarget along W_U[a] - W_U[b]).
+OPTIONS (JSON), when given: "tokens": [ids] for chosen output tokens, or "difference": [a, b]
+for the one custom target logit(a) - logit(b) (a CustomTarget along W_U[a] - W_U[b]);
+"max_feature_nodes": N to cap the feature nodes.
 
 Runs in its own environment (circuit-tracer pins transformers<=4.57.3 and huggingface-hub<1.0,
 which the project does not; tests/integration/test_graph_parity.py builds and caches it), so it
@@ -51,11 +52,11 @@ def _on_normalized(file: Path, ln_2, out: Path, layer: int) -> str:
     return str(converted)
 
 
-def _targets(model, spec: dict | None):
-    if spec is None:
-        return None  # the most probable tokens
+def _targets(model, spec: dict):
     if "tokens" in spec:
         return torch.tensor(spec["tokens"])
+    if "difference" not in spec:
+        return None  # the most probable tokens
     a, b = spec["difference"]
     W_U = model.unembed.W_U  # (d_model, vocab)
     return [CustomTarget("difference", 1.0, (W_U[:, a] - W_U[:, b]).detach())]
@@ -63,7 +64,7 @@ def _targets(model, spec: dict | None):
 
 def main() -> None:
     model_dir, set_dir, token_ids, out = sys.argv[1:5]
-    targets = sys.argv[5] if len(sys.argv) > 5 else None
+    options = json.loads(sys.argv[5]) if len(sys.argv) > 5 else {}
     hf = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32)
     c = hf.config
     cfg = HookedTransformerConfig(
@@ -119,7 +120,8 @@ def main() -> None:
     graph = attribute(
         ids,
         model,
-        attribution_targets=_targets(model, json.loads(targets) if targets else None),
+        attribution_targets=_targets(model, options),
+        max_feature_nodes=options.get("max_feature_nodes"),
         batch_size=64,
         max_n_logits=10,
         desired_logit_prob=0.95,

@@ -41,7 +41,7 @@ from app.core.sites import Site, parse_site
 from app.db import graphs as db_graphs
 from app.db.queries import find_sae, labels_of, top_examples
 from app.web.auth import WriterDep, signed_in_name
-from app.web.deps import InferenceDep, SessionDep, TemplatesDep, WorkspaceDep
+from app.web.deps import InferenceDep, SessionDep, SettingsDep, TemplatesDep, WorkspaceDep
 from app.web.resident import MAX_TEXT_TOKENS, check_text, require_loaded, run_on_model
 
 router = APIRouter()
@@ -89,38 +89,50 @@ class GraphIn(BaseModel):
     versus: str = Field(
         "", max_length=100, description="With a target: trace logit(target) - logit(versus)."
     )
+    max_feature_nodes: int | None = Field(
+        None,
+        ge=0,
+        description="Keep at most this many features as nodes, the most influential (at most "
+        "the server's graph_max_features, which is also the default).",
+    )
 
 
 class GraphOut(BaseModel):
     transcoders: list[str]
     replacement_score: float
     completeness_score: float
-    features: int = Field(description="active features, before pruning")
-    kept_features: int
+    features: int = Field(description="active features")
+    feature_nodes: int = Field(description="features that are nodes (all, unless capped)")
+    kept_features: int = Field(description="feature nodes kept by pruning")
     graph: dict = Field(description="circuit-tracer's graph file (schema version 1)")
 
 
 @router.post("/api/v1/graph", response_model=GraphOut, tags=["api"])
-def api_graph(body: GraphIn, workspace: WorkspaceDep, inference: InferenceDep) -> GraphOut:
+def api_graph(
+    body: GraphIn, workspace: WorkspaceDep, inference: InferenceDep, settings: SettingsDep
+) -> GraphOut:
     """The attribution graph of `text` through one loaded transcoder per layer, pruned."""
-    return build_graph(workspace, inference, body)
+    return build_graph(workspace, inference, settings, body)
 
 
-def build_graph(workspace, inference, body: GraphIn) -> GraphOut:
+def build_graph(workspace, inference, settings, body: GraphIn) -> GraphOut:
     """The graph the API returns and the page draws, from the cache when it is there."""
-    return _traced(workspace, inference, body, whole=False)[0]
+    return _traced(workspace, inference, settings, body, whole=False)[0]
 
 
-def whole_graph(workspace, inference, body: GraphIn) -> tuple[GraphOut, AttributionGraph]:
+def whole_graph(workspace, inference, settings, body: GraphIn) -> tuple[GraphOut, AttributionGraph]:
     """The graph file and the whole graph behind it (every node and edge), for subgraph scores."""
-    result, whole = _traced(workspace, inference, body, whole=True)
+    result, whole = _traced(workspace, inference, settings, body, whole=True)
     assert whole is not None
     return result, whole
 
 
 def _traced(
-    workspace, inference, body: GraphIn, whole: bool
+    workspace, inference, settings, body: GraphIn, whole: bool
 ) -> tuple[GraphOut, AttributionGraph | None]:
+    cap = settings.graph_max_features
+    asked = body.max_feature_nodes
+    body = body.model_copy(update={"max_feature_nodes": cap if asked is None else min(asked, cap)})
     workspace = require_loaded(workspace, "build attribution graphs")
     names = transcoder_set(workspace)
     check_text(body.text, "Type a prompt to trace.")
@@ -146,6 +158,7 @@ def _traced(
             max_tokens=MAX_TEXT_TOKENS,
             target_tokens=targets,
             versus=versus,
+            max_feature_nodes=body.max_feature_nodes,
         )
         kept = prune(found, body.node_threshold, body.edge_threshold)
         scores = found.scores()
@@ -153,7 +166,8 @@ def _traced(
             transcoders=names,
             replacement_score=scores.replacement,
             completeness_score=scores.completeness,
-            features=found.n_features,
+            features=found.active_features,
+            feature_nodes=found.n_features,
             kept_features=int(kept.nodes[: found.n_features].sum()),
             graph=graph_json(found, kept, "graph", "+".join(names), body.node_threshold, body.text),
         ), found
@@ -464,6 +478,7 @@ class Intervention:
 def graph_file(
     workspace: WorkspaceDep,
     inference: InferenceDep,
+    settings: SettingsDep,
     text: Annotated[str, Query(max_length=20_000)],
     node_threshold: Annotated[float, Query(ge=0.0, le=1.0)] = 0.8,
     target: Annotated[str, Query(max_length=100)] = "",
@@ -472,7 +487,7 @@ def graph_file(
     """The pruned graph as a file to download: circuit-tracer's JSON, which Neuronpedia's graph
     viewer opens."""
     body = GraphIn(text=text, node_threshold=node_threshold, target=target, versus=versus)
-    result = build_graph(workspace, inference, body)
+    result = build_graph(workspace, inference, settings, body)
     return JSONResponse(
         result.graph, headers={"Content-Disposition": 'attachment; filename="graph.json"'}
     )
@@ -491,6 +506,7 @@ def graph_page(
     templates: TemplatesDep,
     workspace: WorkspaceDep,
     inference: InferenceDep,
+    settings: SettingsDep,
     text: Annotated[str, Query(max_length=20_000)] = "",
     node_threshold: Annotated[float, Query(ge=0.0, le=1.0)] = 0.8,
     target: Annotated[str, Query(max_length=100)] = "",
@@ -564,9 +580,9 @@ def graph_page(
         raise MonoscopeError(f"Pin at most {MAX_PINNED} nodes.")
     body = GraphIn(text=text, node_threshold=node_threshold, target=target, versus=versus)
     if chosen:
-        result, whole = whole_graph(workspace, inference, body)
+        result, whole = whole_graph(workspace, inference, settings, body)
     else:
-        result, whole = build_graph(workspace, inference, body), None
+        result, whole = build_graph(workspace, inference, settings, body), None
     model, names = workspace.model.name, result.transcoders
     rows = {n: find_sae(session, model, n) for n in names}
     features = {
@@ -706,6 +722,7 @@ def graph_save(
     viewer: WriterDep,
     workspace: WorkspaceDep,
     inference: InferenceDep,
+    settings: SettingsDep,
     text: Annotated[str, Form(max_length=20_000)],
     title: Annotated[str, Form(max_length=db_graphs.MAX_TITLE)] = "",
     node_threshold: Annotated[float, Form(ge=0.0, le=1.0)] = 0.8,
@@ -717,7 +734,7 @@ def graph_save(
     """Keep this graph's view under the viewer's name; the page lists it from then on."""
     parse_groups(groups)
     body = GraphIn(text=text, node_threshold=node_threshold, target=target, versus=versus)
-    result = build_graph(workspace, inference, body)
+    result = build_graph(workspace, inference, settings, body)
     assert workspace is not None  # build_graph refused otherwise
     view = {"node_threshold": node_threshold, "target": target, "versus": versus}
     view |= {"pinned": pinned, "groups": groups}
