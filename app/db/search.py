@@ -166,3 +166,14 @@ def hits_by_ids(
         return {}
     statement = _hit_select(literal_column("0.0")).where(Explanation.id.in_(ids))
     return {hit.explanation_id: hit for hit in _hits(session, _filtered(statement, model, sae))}
+
+
+def decoder_neighbours(session: Session, feature_ids: list[int]) -> dict[int, list]:
+    """Each feature's stored decoder neighbours ([[index, cosine], ...], same SAE), by feature
+    id, in one query."""
+    if not feature_ids:
+        return {}
+    rows = session.execute(
+        select(Feature.id, Feature.neighbours).where(Feature.id.in_(sorted(set(feature_ids))))
+    )
+    return {feature_id: neighbours or [] for feature_id, neighbours in rows}

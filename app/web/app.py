@@ -185,7 +185,7 @@ def create_app(settings: Settings | None = None, workspace: Workspace | None = N
     app.state.inference = None
     app.state.templates = _templates()
     app.state.vocabularies = TokenTextCache()
-    app.state.label_index = LabelIndex()
+    app.state.label_index = LabelIndex(folder=settings.data_dir / "label-index")
     # Token-heavy pages shrink ~10×; level 4 packs nearly as tight as 9 in a fraction of the time.
     app.add_middleware(GZipMiddleware, minimum_size=2_000, compresslevel=4)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)

@@ -175,6 +175,37 @@ def format_number(value: float | None, digits: int = 3) -> str:
     return f"{value:.{digits}g}" if abs(value) < 1e4 else f"{value:,.0f}"
 
 
+NEAR_DUPLICATE = 0.8
+"""Decoder cosine from which two features of one SAE are shown as near-duplicates: they write
+nearly the same direction, so steering or reading either does much the same."""
+
+
+def near_duplicates(hits: list[SearchHit], neighbours: dict[int, list]) -> dict[int, tuple]:
+    """For each hit (by feature id) whose feature nearly duplicates that of a hit ranked above
+    it (same model and SAE, decoder cosine >= NEAR_DUPLICATE either way round): (that index,
+    the cosine)."""
+    found: dict[int, tuple] = {}
+    above: dict[tuple[int, str], dict[int, int]] = {}  # (model, sae) -> index -> feature id
+    for hit in hits:
+        earlier = above.setdefault((hit.model_id, hit.sae), {})
+        if hit.feature_id not in found and hit.index not in earlier:
+            close = [
+                (int(index), float(cosine))
+                for index, cosine in neighbours.get(hit.feature_id, [])
+                if int(index) in earlier and cosine >= NEAR_DUPLICATE
+            ]
+            close += [
+                (index, float(cosine))
+                for index, other in earlier.items()
+                for j, cosine in neighbours.get(other, [])
+                if int(j) == hit.index and cosine >= NEAR_DUPLICATE
+            ]
+            if close:
+                found[hit.feature_id] = max(close, key=lambda c: c[1])
+        earlier.setdefault(hit.index, hit.feature_id)
+    return found
+
+
 def hit_snippets(
     session: Session,
     vocabularies: TokenTextCache,

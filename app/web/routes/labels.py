@@ -1,5 +1,6 @@
 """Label review from the feature page and the API: add a label, edit, retire or restore it, mark
-it verified or wrong, and read the history. Every change is a write (a user or an API key)."""
+it verified or wrong, and read the history. Every change is a write (a user or an API key).
+A label added or edited is embedded at once where labels are embedded for semantic search."""
 
 from typing import Annotated
 
@@ -13,6 +14,7 @@ from app.db.models import Explanation, Feature, Model, SaeRow
 from app.web.auth import WriterDep
 from app.web.deps import (
     FeatureIndex,
+    LabelIndexDep,
     RowId,
     SessionDep,
     TemplatesDep,
@@ -35,11 +37,13 @@ def _path_of(session: Session, feature_id: int) -> str:
 def label_add(
     session: SessionDep,
     viewer: WriterDep,
+    index: LabelIndexDep,
     feature: Annotated[str, Form(max_length=500)],
     text: Annotated[str, Form(max_length=review.MAX_LABEL * 2)],
 ):
     row = feature_or_404(session, *parse_feature_ref(feature))
-    review.add_label(session, row, text, viewer.name)
+    label = review.add_label(session, row, text, viewer.name)
+    index.remember(session, label.id, label.text)
     session.commit()
     return RedirectResponse(_path_of(session, row.id) + "#labels", status_code=303)
 
@@ -49,11 +53,14 @@ def label_review(
     label_id: RowId,
     session: SessionDep,
     viewer: WriterDep,
+    index: LabelIndexDep,
     action: Annotated[str, Form(max_length=16)],
     text: Annotated[str, Form(max_length=review.MAX_LABEL * 2)] = "",
 ):
     label = label_or_404(session, label_id)
     review.review_label(session, label, action, viewer.name, text)
+    if action == "edit":
+        index.remember(session, label.id, label.text)
     session.commit()
     return RedirectResponse(_path_of(session, label.feature_id) + "#labels", status_code=303)
 
@@ -122,22 +129,31 @@ def _label_out(label: Explanation) -> LabelOut:
     tags=["api"],
 )
 def api_add_label(
-    model: str, sae: str, index: FeatureIndex, body: LabelIn, session: SessionDep, viewer: WriterDep
+    model: str,
+    sae: str,
+    index: FeatureIndex,
+    body: LabelIn,
+    session: SessionDep,
+    viewer: WriterDep,
+    labels: LabelIndexDep,
 ) -> LabelOut:
     """Add a human label to a feature."""
     row = feature_or_404(session, model, sae, index)
     label = review.add_label(session, row, body.text, viewer.name)
+    labels.remember(session, label.id, label.text)
     session.commit()
     return _label_out(label)
 
 
 @router.patch("/api/v1/labels/{label_id}", response_model=LabelOut, tags=["api"])
 def api_review_label(
-    label_id: RowId, body: ReviewIn, session: SessionDep, viewer: WriterDep
+    label_id: RowId, body: ReviewIn, session: SessionDep, viewer: WriterDep, index: LabelIndexDep
 ) -> LabelOut:
     """Edit, retire, restore, or mark a label verified, wrong or unreviewed."""
     label = label_or_404(session, label_id)
     review.review_label(session, label, body.action, viewer.name, body.text)
+    if body.action == "edit":
+        index.remember(session, label.id, label.text)
     session.commit()
     return _label_out(label)
 

@@ -13,7 +13,7 @@ from app.core.errors import MonoscopeError, NotLoadedError
 from app.core.inspect import FeatureHit, Inspection
 from app.db.labels import headline_score
 from app.db.queries import find_sae, labels_of, list_saes
-from app.db.search import SearchHit
+from app.db.search import SearchHit, decoder_neighbours
 from app.web import views
 from app.web.deps import (
     InferenceDep,
@@ -39,6 +39,7 @@ class SearchResult:
     snippet: views.ExampleRow | None
     words: bool  # the label holds every word of the query
     similarity: float | None  # cosine of the label's and the query's embeddings, when close
+    duplicate_of: tuple[int, float] | None  # a feature ranked above it: (index, decoder cosine)
 
 
 def label_search(
@@ -51,7 +52,7 @@ def label_search(
     page: int,
 ) -> list[SearchResult]:
     """Labels ranked by full-text match and by meaning (app.web.semantic), with each feature's
-    strongest example as a snippet."""
+    strongest example as a snippet, and near-duplicate features marked against those above."""
     if page < 1 or (page - 1) * RESULTS_PER_PAGE > MAX_RESULT_OFFSET:
         raise MonoscopeError(f"page must be between 1 and {MAX_RESULT_OFFSET // 20 + 1}")
     window = page * RESULTS_PER_PAGE
@@ -60,6 +61,10 @@ def label_search(
     snippets = views.hit_snippets(
         session, vocabularies, [r.hit for r in shown], before=8, after=6, with_text=True
     )
+    hits = [r.hit for r in ranked]
+    duplicates = views.near_duplicates(
+        hits, decoder_neighbours(session, [h.feature_id for h in hits])
+    )
     return [
         SearchResult(
             r.hit,
@@ -67,6 +72,7 @@ def label_search(
             snippets.get(r.hit.feature_id),
             r.words,
             r.similarity,
+            duplicates.get(r.hit.feature_id),
         )
         for r in shown
     ]
@@ -233,6 +239,10 @@ class SearchHitOut(BaseModel):
         description="cosine of the label's and the query's MiniLM embeddings, when close"
     )
     snippet: str | None = Field(description="text around the feature's strongest activation")
+    near_duplicate_of: int | None = Field(
+        description="a feature of the same SAE ranked above this one whose decoder direction "
+        "is nearly the same (cosine >= 0.8)"
+    )
     url: str
 
 
@@ -284,6 +294,7 @@ def api_search(
             words=r.words,
             similarity=round(r.similarity, 4) if r.similarity is not None else None,
             snippet=r.snippet.text if r.snippet else None,
+            near_duplicate_of=r.duplicate_of[0] if r.duplicate_of else None,
             url=views.feature_url(request, r.hit.model, r.hit.sae, r.hit.index),
         )
         for r in label_search(session, vocabularies, index, q, model, sae, page)

@@ -40,7 +40,7 @@ from app.core.steering import SteeringSpec, check_condition, resolve_steering
 from app.core.workspace import Workspace
 from app.db.labels import headline_score
 from app.db.models import SteeringSession
-from app.db.search import SearchHit
+from app.db.search import SearchHit, decoder_neighbours
 from app.db.steering import max_acts_and_labels, shared_session
 from app.settings import Settings
 from app.web import views
@@ -575,6 +575,7 @@ class PickItem:
     headline: tuple[str, float] | None
     snippet: views.ExampleRow | None
     twin_of: int | None  # an earlier pick with the same label, which the snippet tells apart
+    duplicate_of: tuple[int, float] | None  # an earlier pick writing nearly the same direction
 
 
 @router.get("/steer/pick", response_class=HTMLResponse, name="steer_pick")
@@ -589,18 +590,27 @@ def steer_pick(
 ):
     """Features this server can steer with whose labels match the query in words or meaning
     (htmx partial), each with its density, score and strongest example; features sharing a
-    label are marked, as eight "Golden Gate" features were indistinguishable by label alone."""
+    label are marked, as eight "Golden Gate" features were indistinguishable by label alone, and
+    so are near-duplicates (decoder cosine >= 0.8 with a pick above)."""
     items: list[PickItem] = []
     if workspace is not None and q.strip():
         ranked = ranked_labels(session, index, q, workspace.model.name, None, 40)
         hits = [r.hit for r in ranked if r.hit.sae in workspace.saes][:12]
         snippets = views.hit_snippets(session, vocabularies, hits, before=6, after=3)
+        duplicates = views.near_duplicates(
+            hits, decoder_neighbours(session, [h.feature_id for h in hits])
+        )
         first_with: dict[str, int] = {}
         for hit in hits:
             twin = first_with.setdefault(" ".join(hit.text.lower().split()), hit.index)
-            twin_of = twin if twin != hit.index else None
             items.append(
-                PickItem(hit, headline_score(hit.scores), snippets.get(hit.feature_id), twin_of)
+                PickItem(
+                    hit,
+                    headline_score(hit.scores),
+                    snippets.get(hit.feature_id),
+                    twin if twin != hit.index else None,
+                    duplicates.get(hit.feature_id),
+                )
             )
     return templates.TemplateResponse(request, "steer/_pick.html", {"items": items, "q": q})
 
