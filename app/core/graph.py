@@ -30,10 +30,10 @@ holds the prompt in `batch_size` rows; each backward pass through it yields `bat
 Transcoder decoder biases, attention output biases and the like are constants, not nodes.
 """
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, ParamSpec, TypeVar
 
 import torch
 from torch import nn
@@ -44,6 +44,8 @@ from app.core.model import LoadedModel, SiteEdit, decode_text
 from app.core.sae import Sae
 from app.core.sites import Site, parse_site
 
+P = ParamSpec("P")
+T = TypeVar("T")
 NODE_THRESHOLD = 0.8  # circuit-tracer's defaults: the share of influence the kept nodes carry
 EDGE_THRESHOLD = 0.98  # and the kept edges
 
@@ -474,7 +476,7 @@ def _clean_pass(model: LoadedModel, transcoders: Sequence[Sae], ids: torch.Tenso
     return features, activations, decoders, errors, mlp_outs, embeddings, logits
 
 
-def attribution_graph(
+def attribution_steps(
     model: LoadedModel,
     transcoders: Sequence[Sae],
     text: str | Sequence[int],
@@ -486,7 +488,7 @@ def attribution_graph(
     versus: int | None = None,
     max_feature_nodes: int | None = None,
     update_interval: int = 4,
-) -> AttributionGraph:
+) -> Generator[None, None, AttributionGraph]:
     """The attribution graph of `text`'s next-token prediction (or of these token ids) through
     one transcoder per layer (layer order), every edge computed: no node is dropped before
     `prune`. Its output nodes are the most probable tokens, or `target_tokens`, or the logit
@@ -496,7 +498,11 @@ def attribution_graph(
     chooses them: after the logits' rows, repeatedly the `update_interval` batches of features
     with the most influence on the targets through the rows computed so far. Memory and time
     then grow with the cap, not with the active features (the dense adjacency is square in the
-    nodes); edges from features left out are dropped."""
+    nodes); edges from features left out are dropped.
+
+    A generator: it yields after the forward pass and after each backward pass, with no hook
+    or patched module left in place, so the inference worker can decode chats between steps
+    (`InferenceWorker.call_in_steps`); what it returns is the graph."""
     _check_transcoders(model, transcoders)
     token_ids = model.tokenizer(text)["input_ids"] if isinstance(text, str) else list(text)
     if not token_ids:
@@ -547,24 +553,26 @@ def attribution_graph(
             transcoder, mlp_inputs, layer, mlp_outs[layer], deltas[layer]
         )
 
-    def compute_rows(nodes: torch.Tensor) -> None:
-        """The edge rows of these target nodes (features or logits), a batch row each."""
+    def compute_rows(nodes: torch.Tensor) -> Iterator[None]:
+        """The edge rows of these target nodes (features or logits), a batch row each; a step
+        per backward pass."""
         nonlocal filled
         for first in range(0, len(nodes), rows):
             chunk = nodes[first : first + rows]
             used = len(chunk)
-            value = _target_values(
-                chunk,
-                all_features,
-                transcoders,
-                mlp_inputs,
-                normed["final"],
-                targets.directions,
-                logit_start,
-            ).sum()
-            grads = torch.autograd.grad(
-                value, deltas, retain_graph=True, allow_unused=True, materialize_grads=True
-            )
+            with torch.enable_grad():
+                value = _target_values(
+                    chunk,
+                    all_features,
+                    transcoders,
+                    mlp_inputs,
+                    normed["final"],
+                    targets.directions,
+                    logit_start,
+                ).sum()
+                grads = torch.autograd.grad(
+                    value, deltas, retain_graph=True, allow_unused=True, materialize_grads=True
+                )
             block = edge_rows[filled : filled + used]
             for layer in range(n_layers):
                 g = grads[layer][:used].float()  # (used, pos, d)
@@ -580,6 +588,7 @@ def attribution_graph(
             ).cpu()
             row_nodes[filled : filled + used] = chunk
             filled += used
+            yield
 
     keep_normed = model.final_norm().register_forward_hook(
         lambda module, args, output: normed.__setitem__("final", output)
@@ -595,23 +604,24 @@ def attribution_graph(
             model.hooked(edits),
         ):
             model.hf(input_ids=ids.expand(rows, -1), use_cache=False, logits_to_keep=1)
-            compute_rows(torch.arange(logit_start, n_nodes))  # the logits first, as circuit-tracer
-            visited = torch.zeros(n_features, dtype=torch.bool)
-            if cap == n_features:
-                compute_rows(torch.arange(n_features))
-                visited[:] = True
-            while int(visited.sum()) < cap:  # the most influential features so far, a queue
-                influence = _partial_influence(
-                    edge_rows[:filled], row_nodes[:filled], targets.probabilities.cpu()
-                )
-                rank = torch.argsort(influence[:n_features], descending=True)
-                queue = rank[~visited[rank]][
-                    : min(update_interval * rows, cap - int(visited.sum()))
-                ]
-                compute_rows(queue)
-                visited[queue] = True
     finally:
         keep_normed.remove()
+    # Only the recorded autograd graph is needed from here: no hook or patch stays in place
+    # across a step, so other work may use the model between two backward passes.
+    yield
+    yield from compute_rows(torch.arange(logit_start, n_nodes))  # logits first, as circuit-tracer
+    visited = torch.zeros(n_features, dtype=torch.bool)
+    if cap == n_features:
+        yield from compute_rows(torch.arange(n_features))
+        visited[:] = True
+    while int(visited.sum()) < cap:  # the most influential features so far, a queue
+        influence = _partial_influence(
+            edge_rows[:filled], row_nodes[:filled], targets.probabilities.cpu()
+        )
+        rank = torch.argsort(influence[:n_features], descending=True)
+        queue = rank[~visited[rank]][: min(update_interval * rows, cap - int(visited.sum()))]
+        yield from compute_rows(queue)
+        visited[queue] = True
 
     # The square adjacency over the features visited (in index order) and every other node.
     kept = torch.cat([torch.nonzero(visited).flatten(), torch.arange(n_features, n_nodes)])
@@ -632,6 +642,24 @@ def attribution_graph(
         n_layers=n_layers,
         active_features=n_features,
     )
+
+
+def _run_to_the_end(steps: Callable[P, Generator[None, None, T]]) -> Callable[P, T]:
+    """A stepwise function made one that runs all its steps and returns the result."""
+
+    def run(*args: P.args, **kwargs: P.kwargs) -> T:
+        stepping = steps(*args, **kwargs)
+        while True:
+            try:
+                next(stepping)
+            except StopIteration as done:
+                return done.value
+
+    run.__doc__ = steps.__doc__
+    return run
+
+
+attribution_graph = _run_to_the_end(attribution_steps)
 
 
 def _partial_influence(

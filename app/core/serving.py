@@ -6,11 +6,15 @@
         ...
     ticket.cancel()                               # e.g. the client went away
     worker.call(lambda: inspect(model, ...))      # any other model work: a Future of its result
+    worker.call_in_steps(lambda: graph_steps(...)) # long work, one step between decode steps
 
 Forward hooks belong to the whole model, so the worker's thread is the only one that runs it:
 any other model work (activations, attribution, ablation) is a call queued beside the
 generations and run between two decode steps, with the generation's steering hooks muted
-(`LoadedModel.isolated`). Calls and generations share one bound on waiting work.
+(`LoadedModel.isolated`). Calls and generations share one bound on waiting work. Work that takes
+long (an attribution graph: one forward pass, then a backward pass per batch of targets) is a
+generator called in steps: one step between two decode steps, so chats keep streaming while it
+runs; a step must leave no hook or patched module behind.
 
 Requests wait in a bounded queue. The worker decodes them as one running batch with `generate`
 (continuous batching): before every step, waiting requests join as far as max_batch_rows allows,
@@ -22,7 +26,7 @@ cancelled while it waits is dropped unrun.
 import asyncio
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -100,7 +104,7 @@ class InferenceWorker:
         self.batch_invariant = batch_invariant  # replies exactly as alone (generate's docstring)
         self.stats = WorkerStats()
         self._pending: deque[Ticket] = deque()
-        self._calls: deque[tuple[Callable[[], Any], Future]] = deque()
+        self._calls: deque[_Call] = deque()
         self._wake = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="monoscope-inference", daemon=True)
@@ -119,18 +123,29 @@ class InferenceWorker:
 
     def call(self, fn: Callable[[], Any]) -> Future:
         """Run `fn` (which may use the model and its hooks) on the worker; raises QueueFull."""
-        future: Future = Future()
+        return self._queue_call(_Call(fn, Future()))
+
+    def call_in_steps(self, steps: Callable[[], Generator[Any, None, Any]]) -> Future:
+        """Run a generator function on the worker a step (one `next`) at a time, decode steps
+        between; the Future holds what it returns."""
+        return self._queue_call(_Call(steps, Future(), stepwise=True))
+
+    def _queue_call(self, call: "_Call") -> Future:
         with self._wake:
             if self._stopping:
                 raise QueueFull("the server is shutting down")
             self._refuse_when_full()
-            self._calls.append((fn, future))
+            self._calls.append(call)
             self._wake.notify()
-        return future
+        return call.future
 
     def run(self, fn: Callable[[], Any]) -> Any:
         """`call` and wait for its result (from a request thread, never the event loop)."""
         return self.call(fn).result()
+
+    def run_in_steps(self, steps: Callable[[], Generator[Any, None, Any]]) -> Any:
+        """`call_in_steps` and wait for its result (from a request thread)."""
+        return self.call_in_steps(steps).result()
 
     def submit(self, rows: Sequence[GenerationRow], loop: asyncio.AbstractEventLoop) -> Ticket:
         """Queue a request's rows (each with its own params); they are decoded together."""
@@ -154,8 +169,8 @@ class InferenceWorker:
             self._stopping = True
             for ticket in self._pending:
                 ticket.cancel()
-            for _, future in self._calls:
-                future.cancel()
+            for call in self._calls:
+                call.future.cancel()
             self._wake.notify()
         self._thread.join(timeout=30)
 
@@ -169,17 +184,29 @@ class InferenceWorker:
             with self._wake:
                 if not self._calls:
                     return
-                fn, future = self._calls.popleft()
-            if not future.set_running_or_notify_cancel():
-                continue
-            self.stats.calls += 1
+                call = self._calls.popleft()
+            if call.steps is None:
+                if not call.future.set_running_or_notify_cancel():
+                    continue
+                self.stats.calls += 1
             try:
                 with self.model.isolated():
-                    result = fn()
+                    if not call.stepwise:
+                        call.future.set_result(call.fn())
+                        continue
+                    if call.steps is None:
+                        call.steps = call.fn()
+                    next(call.steps)
+            except StopIteration as done:
+                call.future.set_result(done.value)
             except Exception as exc:
-                future.set_exception(exc)
+                call.future.set_exception(exc)
             else:
-                future.set_result(result)
+                if call.stepwise:  # resumed at the next call slot, ahead of newer calls
+                    with self._wake:
+                        self._calls.appendleft(call)
+                        if self._pending:  # a chat arrived: let it start decoding
+                            return
 
     def _take(self, room: int, block: bool) -> list[Ticket]:
         """Waiting tickets whose rows fit in `room`, oldest first; cancelled ones are dropped.
@@ -241,6 +268,14 @@ class InferenceWorker:
                 for ticket, _, _ in active:
                     self.stats.cancelled += ticket.cancelled.is_set()
                     ticket._put(_DONE)
+
+
+@dataclass
+class _Call:
+    fn: Callable[[], Any]
+    future: Future
+    stepwise: bool = False
+    steps: Generator[Any, None, Any] | None = None  # a stepwise call once started
 
 
 class _RunningBatch:

@@ -4,7 +4,7 @@ A database may describe SAEs the server has not loaded; pages still show everyth
 say plainly when a live computation (activations for typed text) needs an SAE that is not here.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -94,3 +94,13 @@ def run_on_model(worker: InferenceWorker | None, compute: Callable[[], T]) -> T:
     if worker is None:
         raise NotLoadedError("This server has no model loaded.")
     return worker.run(compute)
+
+
+def run_on_model_in_steps(
+    worker: InferenceWorker | None, steps: Callable[[], Generator[None, None, T]]
+) -> T:
+    """Long work (a generator function) run by the inference worker a step at a time, chats
+    decoding between its steps; errors as run_on_model's."""
+    if worker is None:
+        raise NotLoadedError("This server has no model loaded.")
+    return worker.run_in_steps(steps)

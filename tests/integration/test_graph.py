@@ -14,6 +14,7 @@ from app.core.frozen_attention import frozen_patterns
 from app.core.graph import (
     FeatureSetting,
     attribution_graph,
+    attribution_steps,
     frozen_norms,
     graph_json,
     group_effects,
@@ -443,3 +444,26 @@ def test_a_feature_cap_keeps_the_influential_features_with_the_same_edges(relu_g
     torch.testing.assert_close(uncapped.adjacency, full.adjacency)
     none = attribution_graph(relu_gpt2, transcoders, TEXT, max_feature_nodes=0)
     assert none.n_features == 0 and none.adjacency[none.logits, none.embeddings].abs().sum() > 0
+
+
+def test_between_two_steps_the_model_is_itself_again(relu_gpt2, lossy):
+    """attribution_steps leaves no hook, patched module or attention setting in place across a
+    step (the inference worker decodes chats between steps), and interleaved forward passes
+    change nothing in the graph."""
+    transcoders, full = lossy
+    ids = torch.tensor([full.token_ids])
+    with torch.inference_mode():
+        clean = relu_gpt2.hf(input_ids=ids).logits
+    steps = attribution_steps(relu_gpt2, transcoders, TEXT, batch_size=16)
+    taken = 0
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            graph = done.value
+            break
+        taken += 1
+        with torch.inference_mode():
+            torch.testing.assert_close(relu_gpt2.hf(input_ids=ids).logits, clean)
+    assert taken > 3
+    torch.testing.assert_close(graph.adjacency, full.adjacency, atol=1e-5, rtol=1e-4)

@@ -1,6 +1,7 @@
 """The inference worker: batches requests, keeps each row's settings, bounds its queue."""
 
 import asyncio
+import itertools
 import time
 
 import pytest
@@ -235,3 +236,42 @@ def test_a_request_computes_bit_for_bit_the_same_logits_in_a_crowd(demo_workspac
     shared = _logits_of_first_request(demo_workspace, crowd, invariant=exact)
     steps = len(alone)  # while both of its rows decode (then a row of the crowd moves up)
     assert steps >= 8 and torch.equal(alone, shared[:steps])
+
+
+def test_long_work_runs_in_steps_between_decode_steps(gpt2, saes):
+    """A stepwise call (as an attribution graph is) takes one step between two decode steps:
+    a chat decoding meanwhile advances between the call's steps instead of waiting for all of
+    them; its result and its errors reach the caller."""
+    worker = InferenceWorker(gpt2, saes, max_pending=8)
+    seen: list[int] = []  # decode steps done when each of the call's steps ran
+
+    def long_work():
+        for _ in range(12):
+            seen.append(worker.stats.steps)
+            yield
+        return "done"
+
+    def failing():
+        yield
+        raise MonoscopeError("a bad target")
+
+    async def run():
+        loop = asyncio.get_running_loop()
+        ticket = worker.submit(_pair(gpt2, 1, max_new_tokens=64), loop)
+        stream = ticket.stream()
+        await anext(stream)  # decoding now
+        future = worker.call_in_steps(long_work)
+        async for _ in stream:
+            pass
+        return await asyncio.wrap_future(future)
+
+    try:
+        assert asyncio.run(run()) == "done"
+        with pytest.raises(MonoscopeError, match="a bad target"):
+            worker.run_in_steps(failing)
+        assert worker.run_in_steps(lambda: (yield) or 7) == 7  # idle: runs to the end at once
+    finally:
+        worker.close()
+    assert len(seen) == 12
+    advanced = sum(b > a for a, b in itertools.pairwise(seen))
+    assert advanced >= 8  # decode steps ran between most of the call's steps

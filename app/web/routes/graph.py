@@ -2,8 +2,9 @@
 the file circuit-tracer writes and Neuronpedia's graph viewer reads, with its scores.
 
 The graph needs one loaded transcoder per layer (MLP input -> MLP output). It is computed by the
-inference worker (the model's one owner), and kept by prompt and settings: asking again, or
-sharing the URL, costs nothing until it falls out of the cache. The page draws the pruned graph
+inference worker (the model's one owner) a backward pass at a time, chats decoding between its
+steps, and kept by prompt and settings: asking again, or sharing the URL, costs nothing until it
+falls out of the cache. The page draws the pruned graph
 by layer and position, pins nodes into a subgraph (`?pinned=`), groups pinned nodes into named
 supernodes (`?groups=name:node,node;...`) with the subgraph's scores and the supernodes' summed
 effects on each other, and intervenes on the pinned features (zero or scale them, run the real
@@ -14,6 +15,7 @@ view (`/graph/saved/{slug}` opens it again) and find their saved graphs on the p
 import math
 import threading
 from collections import OrderedDict
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
 from urllib.parse import urlencode
@@ -28,7 +30,7 @@ from app.core.errors import MonoscopeError, NotFoundError, NotLoadedError
 from app.core.graph import (
     AttributionGraph,
     FeatureSetting,
-    attribution_graph,
+    attribution_steps,
     graph_json,
     group_effects,
     intervene,
@@ -42,7 +44,13 @@ from app.db import graphs as db_graphs
 from app.db.queries import find_sae, labels_of, top_examples
 from app.web.auth import WriterDep, signed_in_name
 from app.web.deps import InferenceDep, SessionDep, SettingsDep, TemplatesDep, WorkspaceDep
-from app.web.resident import MAX_TEXT_TOKENS, check_text, require_loaded, run_on_model
+from app.web.resident import (
+    MAX_TEXT_TOKENS,
+    check_text,
+    require_loaded,
+    run_on_model,
+    run_on_model_in_steps,
+)
 
 router = APIRouter()
 CACHED_GRAPHS = 32  # pruned graph files: tens to hundreds of kB each
@@ -149,8 +157,9 @@ def _traced(
         raise MonoscopeError("Name the target token that the other token is compared with.")
     versus = token_id(model, body.versus) if body.versus else None
 
-    def compute() -> tuple[GraphOut, AttributionGraph]:  # on the inference worker
-        found = attribution_graph(
+    def compute() -> Generator[None, None, tuple[GraphOut, AttributionGraph]]:
+        # On the inference worker, a backward pass at a time: chats decode in between.
+        found = yield from attribution_steps(
             model,
             transcoders,
             body.text,
@@ -172,7 +181,7 @@ def _traced(
             graph=graph_json(found, kept, "graph", "+".join(names), body.node_threshold, body.text),
         ), found
 
-    result, found = run_on_model(inference, compute)
+    result, found = run_on_model_in_steps(inference, compute)
     with _cache_lock:
         _cache[key] = result
         while len(_cache) > CACHED_GRAPHS:
