@@ -65,15 +65,17 @@ def _tokenizer(model: str | None):
 
 
 def _workspace(settings: Settings):
-    """The workspace the settings name; with no model, the demo model and its SAEs."""
+    """The workspace the settings name; with no model, the demo model, its SAEs and its
+    transcoders (for attribution graphs)."""
     from app.core.workspace import Workspace
 
-    model, saes = settings.model, settings.saes
+    model, saes, transcoders = settings.model, settings.saes, settings.transcoders
     if not model:
-        from app.demo import DEMO_MODEL, DEMO_SAES
+        from app.demo import DEMO_MODEL, DEMO_SAES, DEMO_TRANSCODERS
 
         model, saes = str(DEMO_MODEL), saes or [str(p) for p in DEMO_SAES.values()]
-    return Workspace.load(model, saes, device=settings.device)
+        transcoders = transcoders or str(DEMO_TRANSCODERS)
+    return Workspace.load(model, saes, settings.device, transcoders)
 
 
 @cli.command()
@@ -84,6 +86,7 @@ def serve(
     host: Annotated[str | None, typer.Option(help=FIELDS["host"].description)] = None,
     port: Annotated[int | None, typer.Option(help=FIELDS["port"].description)] = None,
     database_url: DatabaseOpt = None,
+    transcoders: Annotated[str | None, typer.Option(help=FIELDS["transcoders"].description)] = None,
 ) -> None:
     """Serve the web app with the model and SAEs resident."""
     import uvicorn
@@ -92,7 +95,13 @@ def serve(
     from app.web.server import server_options
 
     settings = _settings(
-        model=model, saes=sae, device=device, host=host, port=port, database_url=database_url
+        model=model,
+        saes=sae,
+        device=device,
+        host=host,
+        port=port,
+        database_url=database_url,
+        transcoders=transcoders,
     )
     workspace = _workspace(settings)  # bad paths fail here, plainly
     _database(settings)  # so does an unreachable database

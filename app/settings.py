@@ -42,6 +42,12 @@ class Settings(BaseSettings):
         "directories, "
         "Gemma Scope params.npz files, or hf://owner/repo/folder.",
     )
+    transcoders: str | None = Field(
+        None,
+        description="One transcoder per layer for attribution graphs: a circuit-tracer set "
+        "(config.yaml) or a folder of layer_0, layer_1, ... transcoders (the demo serves its "
+        "own).",
+    )
     graph_max_features: int = Field(
         4096,
         ge=0,

@@ -2,6 +2,11 @@
 
 ws = Workspace.load("gpt2", ["saes/res6", "hf://org/repo/layers.6"], device="auto")
 ws.model, ws.saes["res6"]
+ws = Workspace.load("gpt2", [], transcoders="transcoders/gpt2")   # a set, for attribution graphs
+ws.transcoders                                                    # [(name, Sae)], layer 0 first
+
+A transcoder set is held apart from the SAEs: it serves attribution graphs only, and the pages
+that read or steer every loaded SAE (inspect, contrast, the steering picker) leave it alone.
 """
 
 from collections.abc import Sequence
@@ -12,6 +17,7 @@ from app.core.model import LoadedModel, load_model
 from app.core.names import checked_name, url_name
 from app.core.sae import Sae, load_sae
 from app.core.sae.constants import GEMMA_SCOPE_PARAMS
+from app.core.sae.formats import transcoder_set_paths
 
 
 def sae_name(spec: str, chosen: str | None = None) -> str:
@@ -30,13 +36,30 @@ class Workspace:
     model: LoadedModel
     saes: dict[str, Sae] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)  # SAE name -> the path it came from
+    transcoders: list[tuple[str, Sae]] = field(default_factory=list)  # a set, layer 0 first
 
     @classmethod
-    def load(cls, model: str, saes: Sequence[str] = (), device: str = "auto") -> "Workspace":
+    def load(
+        cls,
+        model: str,
+        saes: Sequence[str] = (),
+        device: str = "auto",
+        transcoders: str | None = None,
+    ) -> "Workspace":
         workspace = cls(load_model(model, device=device))
         for spec in saes:
             workspace.add_sae(spec)
+        if transcoders:
+            workspace.load_transcoders(transcoders)
         return workspace
+
+    def load_transcoders(self, folder: str) -> None:
+        """A set of one transcoder per layer (load_transcoder_set's formats), each named as
+        `monoscope harvest --sae` would name its path, so harvested ones link to their pages."""
+        self.transcoders = [
+            (sae_name(str(path)), self.model.attach(load_sae(str(path)), source=str(path)))
+            for path in transcoder_set_paths(folder)
+        ]
 
     def add_sae(self, spec: str, name: str | None = None) -> str:
         """Load, check and attach an SAE; returns the name it is known by."""

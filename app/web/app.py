@@ -144,7 +144,7 @@ def create_app(settings: Settings | None = None, workspace: Workspace | None = N
         app.state.engine = connect(settings.database)
         migrate(app.state.engine)
         app.state.workspace = workspace or (
-            Workspace.load(settings.model, settings.saes, device=settings.device)
+            Workspace.load(settings.model, settings.saes, settings.device, settings.transcoders)
             if settings.model
             else None
         )

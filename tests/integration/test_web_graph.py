@@ -5,6 +5,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.core.graph import attribution_graph, graph_json, prune, read_graph_json, subgraph_scores
+from app.core.sae.formats import save_circuit_tracer_set
 from app.core.workspace import Workspace
 from app.db import accounts
 from app.db.engine import session_scope
@@ -198,3 +199,29 @@ def test_the_server_caps_the_feature_nodes(engine, workspace):
     assert capped["features"] > capped["feature_nodes"] == 12 == more["feature_nodes"]
     assert fewer["feature_nodes"] == 5
     assert "the 12 most influential are nodes" in " ".join(parsed(page).text.split())
+
+
+def test_a_transcoder_set_serves_graphs_apart_from_the_saes(engine, relu_gpt2, tmp_path):
+    """The server's transcoder set (MONOSCOPE_TRANSCODERS; the demo serves its own) answers
+    graphs while the SAEs that inspect, contrast and the picker read stay as they were."""
+    layers = [exact_transcoder(relu_gpt2, layer) for layer in range(N_LAYERS)]
+    folder = save_circuit_tracer_set(layers, tmp_path / "set", model_name="tiny")
+    workspace = Workspace(relu_gpt2)
+    workspace.load_transcoders(str(folder))
+    assert workspace.saes == {} and len(workspace.transcoders) == N_LAYERS
+    with _client(engine, workspace) as client:
+        body = client.post("/api/v1/graph", json={"text": TEXT}).json()
+    names = [name for name, _ in workspace.transcoders]
+    assert body["transcoders"] == names and len(set(names)) == N_LAYERS
+    expected = attribution_graph(relu_gpt2, [t for _, t in workspace.transcoders], TEXT)
+    assert body["features"] == expected.n_features > 0
+
+
+def test_the_demo_serves_its_transcoders_for_graphs():
+    from app.cli import _workspace
+    from app.demo import DEMO_MODEL
+
+    workspace = _workspace(Settings(model=None, saes=[]))
+    assert workspace.model.name == DEMO_MODEL.name
+    assert [name for name, _ in workspace.transcoders] == [f"layer_{n}" for n in range(4)]
+    assert not any(sae.is_transcoder for sae in workspace.saes.values())

@@ -594,9 +594,14 @@ def load_transcoder_set(folder: str | Path) -> list[Sae]:
     """One transcoder per layer, layer 0 first: a circuit-tracer set (config.yaml), or a folder
     of per-layer transcoders in any readable format named `layer_{L}` (what
     `monoscope build-demo` ships)."""
+    return [load_sae(path) for path in transcoder_set_paths(folder)]
+
+
+def transcoder_set_paths(folder: str | Path) -> list[Path]:
+    """Where each layer's transcoder of a set lies, layer 0 first (see load_transcoder_set)."""
     folder = Path(folder)
     if (folder / CIRCUIT_TRACER_CFG).exists():
-        return [load_sae(path) for path in circuit_tracer_layers(folder)]
+        return list(circuit_tracer_layers(folder))
     layers = sorted(
         (int(m.group(1)), path)
         for path in folder.glob("layer_*")
@@ -609,7 +614,7 @@ def load_transcoder_set(folder: str | Path) -> list[Sae]:
         )
     if [layer for layer, _ in layers] != list(range(len(layers))):
         raise SaeFormatError(f"{folder}: layer folders must run 0..N-1 without gaps")
-    return [load_sae(path) for _, path in layers]
+    return [path for _, path in layers]
 
 
 def save_circuit_tracer_set(transcoders: list[Sae], folder: Path, model_name: str) -> Path:

@@ -39,7 +39,9 @@ from app.core.graph import (
     token_id,
 )
 from app.core.model import decode_text
+from app.core.sae import Sae
 from app.core.sites import Site, parse_site
+from app.core.workspace import Workspace
 from app.db import graphs as db_graphs
 from app.db.queries import find_sae, labels_of, top_examples
 from app.web.auth import WriterDep, signed_in_name
@@ -47,7 +49,6 @@ from app.web.deps import InferenceDep, SessionDep, SettingsDep, TemplatesDep, Wo
 from app.web.resident import (
     MAX_TEXT_TOKENS,
     check_text,
-    require_loaded,
     run_on_model,
     run_on_model_in_steps,
 )
@@ -63,24 +64,35 @@ _whole: OrderedDict[tuple, AttributionGraph] = OrderedDict()
 _cache_lock = threading.Lock()
 
 
-def transcoder_set(workspace) -> list[str]:
-    """The loaded transcoders that replace each layer's MLP, layer 0 first (the first by name
-    where a layer has several); NotLoadedError when a layer has none."""
-    by_layer: dict[int, str] = {}
+def _with_model(workspace: Workspace | None) -> Workspace:
+    """Graphs need the model and transcoders (transcoder_set), not an SAE."""
+    if workspace is None:
+        raise NotLoadedError("This server has no model loaded to build attribution graphs.")
+    return workspace
+
+
+def transcoder_set(workspace) -> list[tuple[str, Sae]]:
+    """The transcoders that replace each layer's MLP, layer 0 first, with their names: loaded
+    ones (the first by name where a layer has several), else the workspace's transcoder set;
+    NotLoadedError when a layer has none."""
+    by_layer: dict[int, tuple[str, Sae]] = {}
     for name in sorted(workspace.saes):
         sae = workspace.saes[name]
         if not sae.is_transcoder:
             continue
         read, write = parse_site(sae.hook_name), parse_site(sae.hook_name_out)
         if (read.kind, write) == ("mlp_in", Site(read.layer, "mlp_out")):
-            by_layer.setdefault(read.layer, name)
-    missing = [n for n in range(workspace.model.n_layers) if n not in by_layer]
+            by_layer.setdefault(read.layer, (name, sae))
+    n_layers = workspace.model.n_layers
+    if len(by_layer) < n_layers and len(workspace.transcoders) == n_layers:
+        return list(workspace.transcoders)
+    missing = [n for n in range(n_layers) if n not in by_layer]
     if missing:
         raise NotLoadedError(
             "An attribution graph needs a transcoder for every layer's MLP; none is loaded for "
             f"layer{'s' if len(missing) > 1 else ''} {', '.join(map(str, missing))}."
         )
-    return [by_layer[n] for n in range(workspace.model.n_layers)]
+    return [by_layer[n] for n in range(n_layers)]
 
 
 class GraphIn(BaseModel):
@@ -141,8 +153,9 @@ def _traced(
     cap = settings.graph_max_features
     asked = body.max_feature_nodes
     body = body.model_copy(update={"max_feature_nodes": cap if asked is None else min(asked, cap)})
-    workspace = require_loaded(workspace, "build attribution graphs")
-    names = transcoder_set(workspace)
+    workspace = _with_model(workspace)
+    chosen = transcoder_set(workspace)
+    names = [name for name, _ in chosen]
     check_text(body.text, "Type a prompt to trace.")
     key = (workspace.model.name, tuple(names), body.text, *body.model_dump().values())
     with _cache_lock:
@@ -151,7 +164,7 @@ def _traced(
             if key in _whole:
                 _whole.move_to_end(key)
             return _cache[key], _whole.get(key)
-    model, transcoders = workspace.model, [workspace.saes[n] for n in names]
+    model, transcoders = workspace.model, [sae for _, sae in chosen]
     targets = [token_id(model, body.target)] if body.target else None
     if body.versus and not body.target:
         raise MonoscopeError("Name the target token that the other token is compared with.")
@@ -577,8 +590,8 @@ def graph_page(
         "view_query": _view_query(text, node_threshold, target, versus),
     }
     try:
-        workspace = require_loaded(workspace, "build graphs")
-        context["transcoders"] = transcoder_set(workspace)
+        workspace = _with_model(workspace)
+        context["transcoders"] = [name for name, _ in transcoder_set(workspace)]
     except NotLoadedError as exc:
         context["problem"] = str(exc)
         return templates.TemplateResponse(request, "graph/index.html", context)
@@ -660,7 +673,7 @@ def _intervene(
         for n in features
     ]
     model = workspace.model
-    transcoders = [workspace.saes[name] for name in result.transcoders]
+    transcoders = [sae for _, sae in transcoder_set(workspace)]
     token_ids = model.tokenizer(result.graph["metadata"]["prompt"])["input_ids"]
     clean, changed = run_on_model(
         inference,
