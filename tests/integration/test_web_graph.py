@@ -2,6 +2,7 @@
 targets, supernodes and the subgraph's scores, saved graphs per user."""
 
 import pytest
+import torch
 from fastapi.testclient import TestClient
 
 from app.core.graph import attribution_graph, graph_json, prune, read_graph_json, subgraph_scores
@@ -225,3 +226,21 @@ def test_the_demo_serves_its_transcoders_for_graphs():
     assert workspace.model.name == DEMO_MODEL.name
     assert [name for name, _ in workspace.transcoders] == [f"layer_{n}" for n in range(4)]
     assert not any(sae.is_transcoder for sae in workspace.saes.values())
+
+
+def test_unharvested_features_say_what_they_promote(engine, workspace):
+    """No stored label: the table and the hover give the tokens a feature's output promotes
+    most, from the weights (the top one checked against W_dec · diag(gain) · W_U^T)."""
+    with _client(engine, workspace) as client:
+        page = parsed(client.get("/graph", params={"text": TEXT}).text)
+    row = page.select_one(".graph-features tbody tr")
+    layer, index = (int(cell.text) for cell in row.select("td.num")[:2])
+    promoted = row.select("td")[-1].text
+    assert promoted.startswith("promotes ")
+    model = workspace.model
+    direction = workspace.saes[f"tc{layer}"].decoder_directions(torch.tensor([index]))[0]
+    effects = (model.unembedding().float() * model.final_norm_scale()) @ direction.float()
+    top = model.tokenizer.decode([int(effects.argmax())])
+    assert promoted.removeprefix("promotes ").startswith(repr(top))
+    titles = [t.text for t in page.select("svg.graph .graph-node.feature title")]
+    assert any("promotes" in t for t in titles)

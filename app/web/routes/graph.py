@@ -38,6 +38,7 @@ from app.core.graph import (
     subgraph_scores,
     token_id,
 )
+from app.core.harvest import logit_effects
 from app.core.model import decode_text
 from app.core.sae import Sae
 from app.core.sites import Site, parse_site
@@ -273,6 +274,7 @@ def draw(
     feature_href,
     labels: dict[tuple[int, int], str | None],
     examples: dict[tuple[int, int], str] | None = None,
+    writes: dict[tuple[int, int], str] | None = None,
 ) -> Drawing:
     """Positions for every node (by position across, by layer up; nodes sharing a cell side by
     side, most influential first) and every link, as the page's SVG draws them."""
@@ -312,7 +314,7 @@ def draw(
             if kind == "feature":
                 layer = int(node["layer"])
                 index = int(node["node_id"].split("_")[1])
-                label = labels.get((layer, index))
+                label = labels.get((layer, index)) or (writes or {}).get((layer, index))
                 drawn.layer, drawn.index = layer, index
                 drawn.activation = node.get("activation")
                 drawn.href = feature_href(layer, index)
@@ -625,6 +627,7 @@ def graph_page(
         feature_ids[feature_id]: _snippet(workspace.model, example)
         for feature_id, example in top_examples(session, list(feature_ids)).items()
     }
+    writes = _writes(workspace, [f for f in features if f not in labels])
 
     def feature_href(layer: int, index: int) -> str | None:
         if rows[names[layer]] is None:
@@ -632,8 +635,8 @@ def graph_page(
         return str(request.url_for("feature_page", model=model, sae=names[layer], index=index))
 
     n_layers = len(names)
-    drawing = draw(result.graph, n_layers, chosen, feature_href, labels, examples)
-    context |= {"result": result, "drawing": drawing, "labels": labels}
+    drawing = draw(result.graph, n_layers, chosen, feature_href, labels, examples, writes)
+    context |= {"result": result, "drawing": drawing, "labels": labels, "writes": writes}
     if whole is not None:
         tokens = result.graph["metadata"]["prompt_tokens"]
         context["subgraph"] = subgraph(whole, drawing, grouping, tokens)
@@ -642,6 +645,23 @@ def graph_page(
             workspace, inference, result, drawing, act, factor, body
         )
     return templates.TemplateResponse(request, "graph/index.html", context)
+
+
+def _writes(workspace: Workspace, features: list[tuple[int, int]]) -> dict[tuple[int, int], str]:
+    """For features without a stored label (an unharvested transcoder): the tokens each one's
+    output most promotes, W_dec (final norm gain) W_U^T, read from the weights alone."""
+    model, transcoders = workspace.model, transcoder_set(workspace)
+    found: dict[tuple[int, int], str] = {}
+    for layer, (_, transcoder) in enumerate(transcoders):
+        indices = sorted(index for at, index in features if at == layer)
+        if not indices:
+            continue
+        directions = transcoder.decoder_directions(torch.tensor(indices, device=transcoder.device))
+        effects = logit_effects(directions, model.unembedding(), model.final_norm_scale(), k=3)
+        for index, tokens in zip(indices, effects.top_ids.tolist(), strict=True):
+            texts = ", ".join(repr(decode_text(model.tokenizer, [t])) for t in tokens)
+            found[(layer, index)] = f"promotes {texts}"
+    return found
 
 
 def _snippet(model, example) -> str:
