@@ -56,9 +56,12 @@ from app.web.resident import (
 
 router = APIRouter()
 CACHED_GRAPHS = 32  # pruned graph files: tens to hundreds of kB each
-# Whole graphs (the dense adjacency: 16 MB at 2,000 nodes) for the subgraph scores of the
-# latest few; an older one is traced again when its pins change.
+# Whole graphs for the subgraph scores of the latest few, within a memory budget: the dense
+# adjacency is 16 MB at 2,000 nodes, but a long prompt on a deep model has an error node per
+# layer and position (26 layers x 512 tokens: 13k of them, 1.3 GB). The newest is always kept;
+# an older one is traced again when its pins change.
 CACHED_ADJACENCIES = 4
+CACHED_ADJACENCY_BYTES = 512 * 2**20
 
 _cache: OrderedDict[tuple, "GraphOut"] = OrderedDict()
 _whole: OrderedDict[tuple, AttributionGraph] = OrderedDict()
@@ -201,7 +204,10 @@ def _traced(
         while len(_cache) > CACHED_GRAPHS:
             _cache.popitem(last=False)
         _whole[key] = found
-        while len(_whole) > CACHED_ADJACENCIES:
+        while len(_whole) > 1 and (
+            len(_whole) > CACHED_ADJACENCIES
+            or sum(g.adjacency.nbytes for g in _whole.values()) > CACHED_ADJACENCY_BYTES
+        ):
             _whole.popitem(last=False)
     return result, found
 
