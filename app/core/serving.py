@@ -169,10 +169,13 @@ class InferenceWorker:
             self._stopping = True
             for ticket in self._pending:
                 ticket.cancel()
-            for call in self._calls:
-                call.future.cancel()
             self._wake.notify()
         self._thread.join(timeout=30)
+        with self._wake:  # calls never started, and stepwise ones stopped between two steps
+            for call in self._calls:
+                if not call.future.cancel() and not call.future.done():
+                    call.future.set_exception(QueueFull("the server is shutting down"))
+            self._calls.clear()
 
     def _run_calls(self, most: int | None = None) -> None:
         """Calls waiting now (at most `most`), oldest first, each seeing only the hooks it
@@ -204,6 +207,9 @@ class InferenceWorker:
             else:
                 if call.stepwise:  # resumed at the next call slot, ahead of newer calls
                     with self._wake:
+                        if self._stopping:
+                            call.future.set_exception(QueueFull("the server is shutting down"))
+                            return
                         self._calls.appendleft(call)
                         if self._pending:  # a chat arrived: let it start decoding
                             return

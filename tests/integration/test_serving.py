@@ -2,6 +2,7 @@
 
 import asyncio
 import itertools
+import threading
 import time
 
 import pytest
@@ -275,3 +276,21 @@ def test_long_work_runs_in_steps_between_decode_steps(gpt2, saes):
     assert len(seen) == 12
     advanced = sum(b > a for a, b in itertools.pairwise(seen))
     assert advanced >= 8  # decode steps ran between most of the call's steps
+
+
+def test_closing_the_worker_ends_a_stepwise_call_under_way(gpt2, saes):
+    """A caller waiting on long work is answered when the server shuts down, not left waiting."""
+    worker = InferenceWorker(gpt2, saes)
+    stepping = threading.Event()
+
+    def endless():
+        while True:
+            stepping.set()
+            time.sleep(0.01)
+            yield
+
+    future = worker.call_in_steps(endless)
+    assert stepping.wait(timeout=30)
+    worker.close()
+    with pytest.raises(QueueFull, match="shutting down"):
+        future.result(timeout=30)
