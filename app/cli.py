@@ -403,12 +403,13 @@ def add_sae(
 def graph(
     text: Annotated[str, typer.Argument(help="The prompt whose next-token prediction to trace.")],
     transcoders: Annotated[
-        Path,
+        Path | None,
         typer.Option(
             help="One transcoder per layer: a circuit-tracer set (config.yaml) or a folder of "
-            "layer_0, layer_1, ... transcoders."
+            "layer_0, layer_1, ... transcoders (default: MONOSCOPE_TRANSCODERS, or the demo "
+            "model's own set)."
         ),
-    ],
+    ] = None,
     model: ModelOpt = None,
     device: DeviceOpt = None,
     node_threshold: Annotated[
@@ -443,9 +444,15 @@ def graph(
     from app.core.graph import attribution_graph, graph_json, prune, token_id
     from app.core.model import load_model
     from app.core.sae.formats import load_transcoder_set
-    from app.demo import DEMO_MODEL
+    from app.demo import DEMO_MODEL, DEMO_TRANSCODERS
 
     settings = _settings(model=model, device=device)
+    if transcoders is None and settings.transcoders:
+        transcoders = Path(settings.transcoders)
+    if transcoders is None:
+        if settings.model:
+            raise MonoscopeError(f"name the transcoders of {settings.model}: --transcoders DIR")
+        transcoders = DEMO_TRANSCODERS
     loaded = load_model(settings.model or str(DEMO_MODEL), device=settings.device)
     attached = [loaded.attach(t, source=str(transcoders)) for t in load_transcoder_set(transcoders)]
     found = attribution_graph(

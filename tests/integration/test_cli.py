@@ -138,6 +138,10 @@ def test_graph_prints_scores_and_writes_the_graph_file(tmp_path):
     assert graph.metadata["scan"] == "set" and graph.links
     wrong = run_cli("graph", "--model", str(folder), "--transcoders", str(tmp_path), "hi")
     assert wrong.returncode == 2 and "not a transcoder set" in wrong.stderr
+    unnamed = run_cli("graph", "--model", str(folder), "hi")
+    assert unnamed.returncode == 2 and "--transcoders DIR" in unnamed.stderr
+    demo = run_cli("graph", "--device", "cpu", "--top", "3", "Tom's sister loved")
+    assert demo.returncode == 0 and "most influential features" in demo.stdout
     text = tmp_path / "held-out.txt"
     text.write_text("\n\n".join(["The fog rolls over the bridge and the bay."] * 40))
     measured = run_cli(
