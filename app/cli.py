@@ -64,18 +64,29 @@ def _tokenizer(model: str | None):
         raise MonoscopeError(f"cannot load the tokenizer of {spec!r}: {exc}") from exc
 
 
+def _served(settings: Settings) -> Settings:
+    """The settings with what they serve spelled out: with no model, the demo model, its SAEs
+    and its transcoders (for attribution graphs), so replicas load the same."""
+    if settings.model:
+        return settings
+    from app.demo import DEMO_MODEL, DEMO_SAES, DEMO_TRANSCODERS
+
+    return settings.model_copy(
+        update={
+            "model": str(DEMO_MODEL),
+            "saes": settings.saes or [str(p) for p in DEMO_SAES.values()],
+            "transcoders": settings.transcoders or str(DEMO_TRANSCODERS),
+        }
+    )
+
+
 def _workspace(settings: Settings):
-    """The workspace the settings name; with no model, the demo model, its SAEs and its
-    transcoders (for attribution graphs)."""
+    """The workspace the settings serve (`_served`), on this process's device."""
     from app.core.workspace import Workspace
 
-    model, saes, transcoders = settings.model, settings.saes, settings.transcoders
-    if not model:
-        from app.demo import DEMO_MODEL, DEMO_SAES, DEMO_TRANSCODERS
-
-        model, saes = str(DEMO_MODEL), saes or [str(p) for p in DEMO_SAES.values()]
-        transcoders = transcoders or str(DEMO_TRANSCODERS)
-    return Workspace.load(model, saes, settings.device, transcoders)
+    served = _served(settings)
+    assert served.model is not None  # _served names the demo model otherwise
+    return Workspace.load(served.model, served.saes, served.web_device, served.transcoders)
 
 
 @cli.command()
@@ -87,8 +98,12 @@ def serve(
     port: Annotated[int | None, typer.Option(help=FIELDS["port"].description)] = None,
     database_url: DatabaseOpt = None,
     transcoders: Annotated[str | None, typer.Option(help=FIELDS["transcoders"].description)] = None,
+    replicas: Annotated[int | None, typer.Option(help=FIELDS["replicas"].description)] = None,
+    ray_address: Annotated[
+        str | None, typer.Option("--ray", help=FIELDS["ray_address"].description)
+    ] = None,
 ) -> None:
-    """Serve the web app with the model and SAEs resident."""
+    """Serve the web app with the model and SAEs resident (here, or on Ray replicas)."""
     import uvicorn
 
     from app.web.app import create_app
@@ -102,7 +117,10 @@ def serve(
         port=port,
         database_url=database_url,
         transcoders=transcoders,
+        replicas=replicas,
+        ray_address=ray_address,
     )
+    settings = _served(settings)
     workspace = _workspace(settings)  # bad paths fail here, plainly
     _database(settings)  # so does an unreachable database
     uvicorn.run(

@@ -121,6 +121,19 @@ class Settings(BaseSettings):
     explainer_price_completion: float = Field(
         0.0, ge=0, description="USD per million completion tokens, for the cost of each run."
     )
+    replicas: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="Run the model as this many Ray actors behind the web tier, one GPU each "
+        "where the cluster has GPUs (the web process keeps a CPU copy for tokenizing); 0: in the "
+        "server's own process.",
+    )
+    ray_address: str = Field(
+        "local",
+        description="The Ray cluster replicas join: local (start one on this machine), auto (the "
+        "cluster this machine belongs to) or a head's address, e.g. ray://head:10001.",
+    )
     redis_url: str | None = Field(
         None,
         description="Redis that web workers share their rate limits through (sign-in, writes, "
@@ -151,6 +164,12 @@ class Settings(BaseSettings):
     def database(self) -> str:
         """The database URL in force: database_url, or SQLite in the data directory."""
         return self.database_url or f"sqlite:///{self.data_dir.resolve() / 'monoscope.db'}"
+
+    @property
+    def web_device(self) -> str:
+        """Where the server's own copy of the model runs: the device, or the CPU when replicas
+        hold the accelerators (the copy then only tokenizes and checks requests)."""
+        return "cpu" if self.replicas else self.device
 
     def session_secret(self) -> str:
         """secret_key, or the data directory's own random key (made on first use)."""

@@ -29,7 +29,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Generator, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 from app.core.errors import MonoscopeError
 from app.core.generation import GenerationRow, SamplingParams, check_rows, generate
@@ -66,6 +66,9 @@ class Ticket:
     def cancel(self) -> None:
         self.cancelled.set()
 
+    async def admitted(self) -> None:
+        """Nothing to wait for: `submit` itself refused a request it could not queue."""
+
     def _put(self, item) -> None:
         try:
             self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
@@ -77,6 +80,30 @@ class Ticket:
             if isinstance(item, BaseException):
                 raise item
             yield item
+
+
+class ReplyStream(Protocol):
+    """A queued request as a route sees it, here or on a replica (app.web.replicas)."""
+
+    async def admitted(self) -> None: ...
+
+    def stream(self) -> AsyncIterator[Part]: ...
+
+    def cancel(self) -> None: ...
+
+
+class ModelOwner(Protocol):
+    """What routes ask of the model's owner: this process's InferenceWorker, or replicas."""
+
+    def submit(
+        self, rows: Sequence[GenerationRow], loop: asyncio.AbstractEventLoop
+    ) -> ReplyStream: ...
+
+    def run(self, fn: Callable[[], Any]) -> Any: ...
+
+    def run_in_steps(self, steps: Callable[[], Generator[Any, None, Any]]) -> Any: ...
+
+    def close(self) -> None: ...
 
 
 @dataclass

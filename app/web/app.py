@@ -32,6 +32,7 @@ from app.web.canonical import CanonicalHost
 from app.web.headers import SecurityHeaders
 from app.web.markup import TokenTextCache, display_token, token_strip
 from app.web.ratelimit import rate_limiter
+from app.web.replicas import ReplicaPool
 from app.web.routes import (
     accounts,
     autosteer,
@@ -144,22 +145,22 @@ def create_app(settings: Settings | None = None, workspace: Workspace | None = N
         app.state.engine = connect(settings.database)
         migrate(app.state.engine)
         app.state.workspace = workspace or (
-            Workspace.load(settings.model, settings.saes, settings.device, settings.transcoders)
+            Workspace.load(settings.model, settings.saes, settings.web_device, settings.transcoders)
             if settings.model
             else None
         )
         ws = app.state.workspace
-        app.state.inference = (
-            InferenceWorker(
+        app.state.inference = None
+        if ws is not None and settings.replicas:
+            app.state.inference = ReplicaPool.start(settings, ws)
+        elif ws is not None:
+            app.state.inference = InferenceWorker(
                 ws.model,
                 ws.saes,
                 settings.steer_queue,
                 settings.steer_batch_rows,
                 settings.steer_batch_invariant,
             )
-            if ws is not None
-            else None
-        )
         app.state.steer_limiter = rate_limiter(settings, "steer", settings.steer_rate_per_minute)
         app.state.write_limiter = rate_limiter(settings, "write", settings.write_rate_per_minute)
         app.state.sign_in_limiter = rate_limiter(

@@ -14,7 +14,7 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy.orm import Session
 
 from app.core.errors import MonoscopeError, NotFoundError
-from app.core.serving import InferenceWorker
+from app.core.serving import ModelOwner
 from app.core.workspace import Workspace
 from app.db import lists as db_lists
 from app.db.models import Explanation, Feature, FeatureList, SaeRow
@@ -32,7 +32,7 @@ def _workspace(request: Request) -> Workspace | None:
     return request.app.state.workspace
 
 
-def _inference(request: Request) -> InferenceWorker | None:
+def _inference(request: Request) -> ModelOwner | None:
     return request.app.state.inference
 
 
@@ -49,7 +49,7 @@ def _templates(request: Request) -> Jinja2Templates:
 SettingsDep = Annotated[Settings, Depends(_settings)]
 WorkspaceDep = Annotated[Workspace | None, Depends(_workspace)]
 # The model's one owner: every model call of a request goes through it (app.core.serving).
-InferenceDep = Annotated[InferenceWorker | None, Depends(_inference)]
+InferenceDep = Annotated[ModelOwner | None, Depends(_inference)]
 SessionDep = Annotated[Session, Depends(_session)]
 TemplatesDep = Annotated[Jinja2Templates, Depends(_templates)]
 

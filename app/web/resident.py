@@ -12,7 +12,7 @@ from app.core.errors import MonoscopeError, NotLoadedError
 from app.core.inspect import Inspection, Reduce, inspect
 from app.core.model import LoadedModel
 from app.core.sae import Sae
-from app.core.serving import InferenceWorker
+from app.core.serving import ModelOwner
 from app.core.workspace import Workspace
 
 T = TypeVar("T")
@@ -66,7 +66,7 @@ def require_resident(workspace: Workspace | None, model: str, sae: str) -> Resid
 
 
 def run_text(
-    worker: InferenceWorker | None,
+    worker: ModelOwner | None,
     found: Resident,
     text: str,
     top_k: int = 10,
@@ -88,7 +88,7 @@ def run_text(
     )
 
 
-def run_on_model(worker: InferenceWorker | None, compute: Callable[[], T]) -> T:
+def run_on_model(worker: ModelOwner | None, compute: Callable[[], T]) -> T:
     """`compute` run by the inference worker (the model's one owner). Its refusals (the text is
     too long, a bad target) and a full queue reach the app's handlers as they are."""
     if worker is None:
@@ -97,7 +97,7 @@ def run_on_model(worker: InferenceWorker | None, compute: Callable[[], T]) -> T:
 
 
 def run_on_model_in_steps(
-    worker: InferenceWorker | None, steps: Callable[[], Generator[None, None, T]]
+    worker: ModelOwner | None, steps: Callable[[], Generator[None, None, T]]
 ) -> T:
     """Long work (a generator function) run by the inference worker a step at a time, chats
     decoding between its steps; errors as run_on_model's."""

@@ -26,7 +26,7 @@ from app.core.attribution import (
 from app.core.errors import MonoscopeError
 from app.core.generation import chat_prompt_ids
 from app.core.model import decode_text
-from app.core.serving import InferenceWorker
+from app.core.serving import ModelOwner
 from app.db.queries import find_sae, labels_of
 from app.web.deps import InferenceDep, SessionDep, TemplatesDep, WorkspaceDep
 from app.web.resident import (
@@ -92,7 +92,7 @@ def _target_id(tokenizer, target: str | None) -> int | None:
 def run_inspection(
     session: Session,
     workspace,
-    inference: InferenceWorker | None,
+    inference: ModelOwner | None,
     text: str,
     sae: str | None,
     target: str | None,

@@ -35,7 +35,7 @@ from app.core.feature_ref import (
 from app.core.frozen_attention import frozen_attention_reply
 from app.core.generation import GenerationRow, SamplingParams, chat_prompt_ids
 from app.core.reply_reading import ReplyReading, read_replies, token_logprobs
-from app.core.serving import Ticket
+from app.core.serving import ReplyStream
 from app.core.steering import SteeringSpec, check_condition, resolve_steering
 from app.core.workspace import Workspace
 from app.db.labels import headline_score
@@ -257,15 +257,16 @@ def _rows(engine, body: SteerIn, workspace, settings) -> list[GenerationRow]:
 
 async def _start(
     request: Request, body: SteerIn, workspace, settings, make_rows=_rows
-) -> tuple[Ticket, list[GenerationRow]]:
+) -> tuple[ReplyStream, list[GenerationRow]]:
     limit_generation(request)
     # Tokenizing is CPU work: in a thread, so the event loop keeps answering everyone else.
     rows = await run_in_threadpool(make_rows, request.app.state.engine, body, workspace, settings)
     ticket = request.app.state.inference.submit(rows, asyncio.get_running_loop())  # or QueueFull
+    await ticket.admitted()  # a replica's queue refuses here (QueueFull), before any event
     return ticket, rows
 
 
-async def _whole_replies(ticket: Ticket, rows: int) -> tuple[list[str], list[str | None]]:
+async def _whole_replies(ticket: ReplyStream, rows: int) -> tuple[list[str], list[str | None]]:
     texts = [""] * rows
     reasons: list[str | None] = [None] * rows
     try:
