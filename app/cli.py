@@ -10,6 +10,8 @@ monoscope harvest --model gpt2 --sae saes/res6 --corpus data/stores/web --tokens
 
 import errno
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, cast
 
@@ -31,6 +33,16 @@ out = Console(emoji=False)
 FIELDS = Settings.model_fields
 
 ModelOpt = Annotated[str | None, typer.Option(help=FIELDS["model"].description)]
+RayOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Shard the work that runs a model over Ray: local (a cluster of this machine), auto "
+        "or a cluster's address (default: one process)."
+    ),
+]
+RayWorkersOpt = Annotated[
+    int, typer.Option(help="Ray workers, each with its own model (0: one per GPU, else 2).")
+]
 SaeOpt = Annotated[list[str] | None, typer.Option("--sae", help=FIELDS["saes"].description)]
 DeviceOpt = Annotated[str | None, typer.Option(help=FIELDS["device"].description)]
 DatabaseOpt = Annotated[str | None, typer.Option(help=FIELDS["database_url"].description)]
@@ -41,6 +53,17 @@ WorldVersionOpt = Annotated[
 
 def _settings(**overrides) -> Settings:
     return Settings(**{k: v for k, v in overrides.items() if v not in (None, [])})
+
+
+@contextmanager
+def _closing(workers: object) -> Iterator[None]:
+    """Stop a job's Ray workers (a sharded explainer or embedder) when it ends, however."""
+    try:
+        yield
+    finally:
+        close = getattr(workers, "close", None)
+        if close is not None:
+            close()
 
 
 def _database(settings: Settings):
@@ -152,7 +175,7 @@ def demo(
     from app.web.first_start import FirstStart
     from app.web.server import server_options
 
-    settings = _settings(device=device, host=host, port=port, database_url=database_url)
+    settings = _served(_settings(device=device, host=host, port=port, database_url=database_url))
     engine = _database(settings)
     workspace = _workspace(settings)
     if not demo_database_ready(engine):
@@ -272,6 +295,8 @@ def explain(
         str | None, typer.Option(help="Comma-separated feature indices (default: all alive).")
     ] = None,
     force: Annotated[bool, typer.Option(help="Label again features already labelled.")] = False,
+    ray: RayOpt = None,
+    ray_workers: RayWorkersOpt = 0,
     device: DeviceOpt = None,
     database_url: DatabaseOpt = None,
 ) -> None:
@@ -283,11 +308,12 @@ def explain(
     settings = _settings(database_url=database_url, device=device)
     engine = _database(settings)
     model_name = model or DEMO_MODEL.name
-    chosen = explainer_for(engine, settings, model_name, explainer)
+    chosen = explainer_for(engine, settings, model_name, explainer, ray, ray_workers)
     wanted = _indices(features)
-    result = ExplainJob(
-        ExplainConfig(model_name, sae, features=wanted, force=force), engine, chosen
-    ).run()
+    with _closing(chosen):
+        result = ExplainJob(
+            ExplainConfig(model_name, sae, features=wanted, force=force), engine, chosen
+        ).run()
     out.print(
         f"labelled {result.explained:,} features, {result.failed:,} failed, "
         f"{result.skipped:,} already labelled (run {result.run_id}; "
@@ -309,6 +335,8 @@ def score(
         str | None, typer.Option(help="Comma-separated feature indices (default: all labelled).")
     ] = None,
     force: Annotated[bool, typer.Option(help="Score again labels already scored.")] = False,
+    ray: RayOpt = None,
+    ray_workers: RayWorkersOpt = 0,
     device: DeviceOpt = None,
     database_url: DatabaseOpt = None,
 ) -> None:
@@ -323,20 +351,27 @@ def score(
     model_name = model or DEMO_MODEL.name
     scorers = scorer or default_scorers(settings)
     resident, resident_sae = load_harvested(engine, model_name, sae, settings.device)
-    result = ScoreJob(
-        ScoreConfig(
-            model_name,
-            sae,
-            tuple(scorers),
-            features=_indices(features),
-            force=force,
-            concurrency=settings.explainer_concurrency,
-        ),
-        engine,
-        resident,
-        resident_sae,
-        judge=build_judge(settings, scorers),
-    ).run()
+    embedder = None
+    if ray is not None:  # the embedding scorer is the one that runs a model per label
+        from app.pipeline.sharding import ShardedEmbedder
+
+        embedder = ShardedEmbedder(ray, ray_workers)
+    with _closing(embedder):
+        result = ScoreJob(
+            ScoreConfig(
+                model_name,
+                sae,
+                tuple(scorers),
+                features=_indices(features),
+                force=force,
+                concurrency=settings.explainer_concurrency,
+            ),
+            engine,
+            resident,
+            resident_sae,
+            judge=build_judge(settings, scorers),
+            embedder=embedder,
+        ).run()
     out.print(
         f"scored {result.scored:,}, failed {result.failed:,}, already scored {result.skipped:,} "
         f"({result.prompt_tokens + result.completion_tokens:,} LLM tokens)"

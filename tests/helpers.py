@@ -58,17 +58,19 @@ def build_tokenizer(folder: Path, vocab_size: int = 400) -> PreTrainedTokenizerF
     return fast
 
 
-def _config(family: str, vocab: int, ids: dict):
+def _config(family: str, vocab: int, ids: dict, positions: int = 256):
     common = dict(vocab_size=vocab, **ids)
     if family == "gpt2":
-        return GPT2Config(n_layer=N_LAYERS, n_embd=D_MODEL, n_head=4, n_positions=256, **common)
+        return GPT2Config(
+            n_layer=N_LAYERS, n_embd=D_MODEL, n_head=4, n_positions=positions, **common
+        )
     if family == "gpt_neox":
         return GPTNeoXConfig(
             num_hidden_layers=N_LAYERS,
             hidden_size=D_MODEL,
             num_attention_heads=4,
             intermediate_size=64,
-            max_position_embeddings=256,
+            max_position_embeddings=positions,
             use_parallel_residual=True,
             **common,
         )
@@ -78,7 +80,7 @@ def _config(family: str, vocab: int, ids: dict):
         num_attention_heads=4,
         num_key_value_heads=2,
         intermediate_size=64,
-        max_position_embeddings=256,
+        max_position_embeddings=positions,
         **common,
     )
     if family == "llama":
@@ -95,7 +97,7 @@ def _config(family: str, vocab: int, ids: dict):
 FAMILIES = ("gpt2", "gpt_neox", "llama", "qwen2", "gemma", "gemma2")
 
 
-def build_model(folder: Path, family: str = "gpt2", seed: int = 0) -> Path:
+def build_model(folder: Path, family: str = "gpt2", seed: int = 0, positions: int = 256) -> Path:
     """A tiny random causal LM of one family with its tokenizer, saved as an HF directory."""
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(folder)
@@ -105,7 +107,7 @@ def build_model(folder: Path, family: str = "gpt2", seed: int = 0) -> Path:
         pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(seed)
-    config = _config(family, len(tokenizer), ids)
+    config = _config(family, len(tokenizer), ids, positions)
     config.initializer_range = 0.2  # large enough that random models have varied predictions
     model = AutoModelForCausalLM.from_config(config)
     model.save_pretrained(folder)

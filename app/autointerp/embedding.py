@@ -14,7 +14,7 @@ from sklearn.metrics import roc_auc_score
 
 from app.autointerp.evidence import Example
 from app.autointerp.scoring import ScoreError, ScoringSet
-from app.core.text_embedding import TextEmbedder
+from app.core.text_embedding import Encoder
 
 BEFORE, AFTER = 24, 8
 """Tokens of an excerpt before and after its peak: what led up to the firing, as a reader of the
@@ -28,7 +28,7 @@ def excerpt(example: Example) -> str:
     return "".join(example.tokens[max(peak - BEFORE, 0) : peak + AFTER + 1]).strip()
 
 
-def embedding_scores(items: list[tuple[str, ScoringSet]], embedder: TextEmbedder) -> list[dict]:
+def embedding_scores(items: list[tuple[str, ScoringSet]], embedder: Encoder) -> list[dict]:
     """One score per (label, scoring set), every text embedded once in a single pass; a set with
     no positives or no negatives fails, as AUROC needs both."""
     texts: dict[str, int] = {}

@@ -8,8 +8,15 @@ Used by the embedding scorer (app.autointerp.embedding) and by semantic label se
 """
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
+
+
+class Encoder(Protocol):
+    """Unit-length sentence vectors for texts, in order: a TextEmbedder or one sharded over Ray."""
+
+    def encode(self, texts: list[str]) -> np.ndarray: ...
 
 
 @dataclass

@@ -22,7 +22,7 @@ from app.autointerp.evidence import FeatureEvidence
 from app.autointerp.factory import build_explainer
 from app.autointerp.offline import OfflineExplainer, background_counts
 from app.core.errors import MonoscopeError
-from app.core.model import LoadedModel, load_model
+from app.core.model import load_model
 from app.db.engine import job_lock, session_scope
 from app.db.interp import (
     delete_untouched_machine_labels,
@@ -62,19 +62,39 @@ def offline_explainer(engine: Engine, model: str) -> OfflineExplainer:
 
 
 def explainer_for(
-    engine: Engine, settings: Settings, model: str, name: str | None = None
+    engine: Engine,
+    settings: Settings,
+    model: str,
+    name: str | None = None,
+    ray: str | None = None,
+    ray_workers: int = 0,
 ) -> Explainer:
-    """The explainer `name` (see app.autointerp.factory) for a model stored in the database."""
+    """The explainer `name` (see app.autointerp.factory) for a model stored in the database;
+    with `ray`, the self-explainer on that cluster's workers (the only explainer that runs a
+    model: the others wait on the network or count tokens)."""
 
-    def resident() -> LoadedModel:
+    def source() -> str:
         with session_scope(engine) as session:
             row = find_model(session, model)
             if row is None:
                 raise MonoscopeError(f"no model {model!r} in the database")
-            source = row.source
-        return load_model(source, device=settings.device)
+            return row.source
 
-    return build_explainer(name, settings, lambda: offline_explainer(engine, model), resident)
+    if ray is not None:
+        if name != "self":
+            raise MonoscopeError(
+                "--ray shards the self-explainer (--explainer self), the one that runs a model; "
+                "offline and openai labels need no Ray"
+            )
+        from app.pipeline.sharding import ShardedSelfExplainer
+
+        return ShardedSelfExplainer(source(), ray, ray_workers)
+    return build_explainer(
+        name,
+        settings,
+        lambda: offline_explainer(engine, model),
+        lambda: load_model(source(), device=settings.device),
+    )
 
 
 def labels(engine: Engine, model: str, sae: str, method: str | None = None) -> dict[int, str]:

@@ -34,7 +34,7 @@ from app.autointerp.scoring import (
 from app.core.errors import MonoscopeError
 from app.core.model import LoadedModel, load_model
 from app.core.sae import Sae, load_sae
-from app.core.text_embedding import TextEmbedder
+from app.core.text_embedding import Encoder, TextEmbedder
 from app.db.codec import unpack_ids
 from app.db.engine import job_lock, session_scope
 from app.db.interp import (
@@ -145,9 +145,13 @@ class ScoreJob:
         resident: LoadedModel,
         resident_sae: Sae,
         judge: LLMJudge | None = None,
+        embedder: Encoder | None = None,
     ):
+        """`embedder` serves the embedding scorer (default: the packaged MiniLM on the
+        resident model's device; app.pipeline.sharding.ShardedEmbedder spreads it over Ray)."""
         self.config, self.engine, self.judge = config, engine, judge
         self.resident, self.resident_sae = resident, resident_sae
+        self.embedder = embedder
 
     def run(self) -> ScoreResult:
         c = self.config
@@ -165,6 +169,7 @@ class ScoreJob:
             c.pool_size,
             c.concurrency,
             c.progress,
+            self.embedder,
         )
 
 
@@ -182,6 +187,7 @@ def _score(
     pool_size: int = 64,
     concurrency: int = 8,
     progress: bool = True,
+    embedder: Encoder | None = None,
 ) -> ScoreResult:
     with job_lock(engine, f"score:{model}/{sae}"):
         unknown = [s for s in scorers if s not in SCORERS]
@@ -208,7 +214,8 @@ def _score(
         if not todo:
             return result
         pool = negative_pool(engine, model_id, resident, resident_sae, vocab, pool_size)
-        embedder = TextEmbedder.packaged(str(resident.device)) if "embedding" in scorers else None
+        if "embedding" in scorers and embedder is None:
+            embedder = TextEmbedder.packaged(str(resident.device))
         bar = tqdm(
             total=n_labels if features is None else None,
             initial=labels_done,

@@ -1,39 +1,53 @@
-"""A harvest's pass sharded over Ray: one worker (actor) per GPU, or a few on CPUs, each holding
-its own model replica, SAE and token store; chunks come back in corpus order.
+"""Model work sharded over Ray: one worker (actor) per GPU, or a few on CPUs, each holding its
+own model replica; results come back in the order the work was given.
 
     for part in sharded_chunks(config, corpus.path, plan, chunks):   # harvest_chunk's, in order
         ...
+    explainer = ShardedSelfExplainer(source, "local", workers=2)      # an Explainer
+    embedder = ShardedEmbedder("local", workers=2)                    # a TextEmbedder's encode
 
-Chunks are the harvest's checkpoint units, so the driver merges, spills and checkpoints exactly
-as a single process does, and the database ends up the same row for row (tests/integration/
-test_harvest.py). A worker that dies mid-chunk is restarted by Ray and the chunk run
+Harvest chunks are the harvest's checkpoint units, so the driver merges, spills and checkpoints
+exactly as a single process does, and the database ends up the same row for row (tests/
+integration/test_harvest.py). A worker that dies mid-chunk is restarted by Ray and the chunk run
 again (a chunk is a pure function of its batches). Workers read the token store from its path,
 so on several machines it must sit on a shared filesystem; the model and SAE load from the
 harvest's own sources (hub ids work anywhere).
+
+Explain and score run a model only for the self-explainer and the embedding scorer: those split
+each batch into one contiguous slice per worker, and the job stores the results in order as it
+does in one process. LLM explainers and judges wait on the network, not a device, and stay
+asynchronous in the driver.
 """
 
+import asyncio
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import numpy as np
 import torch
 
+from app.autointerp.base import Outcome
+from app.autointerp.evidence import FeatureEvidence
+from app.autointerp.self_explain import SelfExplainer
 from app.core.errors import MonoscopeError
 from app.core.model import load_model
 from app.core.sae import load_sae
+from app.core.text_embedding import TextEmbedder
 from app.pipeline.config import HarvestConfig
 from app.pipeline.harvest import ChunkPlan, HarvestChunk, harvest_chunk
 from app.pipeline.ingest import TokenStore
 
 IN_FLIGHT_PER_WORKER = 2  # one running, one queued: workers never wait, memory stays bounded
-RESTARTS = 3  # a worker process lost this often is given up (the harvest fails, then resumes)
+RESTARTS = 3  # a worker process lost this often is given up (the job fails, then resumes)
+T = TypeVar("T")
 
 
 class HarvestWorker:
     """Runs chunks of a harvest's pass (made a Ray actor by `sharded_chunks`)."""
 
-    def __init__(self, model: str, sae: str, device: str, store: str, threads: int):
+    def __init__(self, model: str, sae: str, store: str, *, device: str, threads: int):
         torch.set_num_threads(threads)
         self.model = load_model(model, device=device)
         self.sae = self.model.attach(load_sae(sae), source=sae)
@@ -63,22 +77,39 @@ def join_cluster(address: str, workers: int) -> None:
         raise MonoscopeError(f"cannot join the Ray cluster at {address!r}: {exc}") from None
 
 
+def start_workers(worker: type, address: str | None, count: int, *args: Any) -> list[Any]:
+    """Ray actors of `worker` built with `args` (and device=, threads=): one per GPU of the
+    cluster unless `count` says how many, else `count` or 2 on CPUs. Ray restarts a lost one and
+    runs its calls again (RESTARTS times)."""
+    join_cluster(address or "local", count or 2)
+    import ray
+
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    actor: Any = ray.remote(worker).options(
+        num_cpus=1, num_gpus=1 if gpus else 0, max_restarts=RESTARTS, max_task_retries=RESTARTS
+    )
+    device = "cuda" if gpus else "cpu"
+    return [  # Ray's stubs do not follow an actor's methods
+        actor.remote(*args, device=device, threads=1) for _ in range(count or gpus or 2)
+    ]
+
+
+def stop_workers(workers: list[Any]) -> None:
+    import ray
+
+    for worker in workers:
+        ray.kill(worker)
+
+
 def sharded_chunks(
     config: HarvestConfig, store: Path, plan: ChunkPlan, chunks: list[range]
 ) -> Iterator[HarvestChunk]:
     """Each chunk's result, in the order of `chunks`, computed on Ray workers."""
-    join_cluster(config.ray or "local", config.ray_workers or 2)
+    workers = start_workers(
+        HarvestWorker, config.ray, config.ray_workers, config.model, config.sae, str(store)
+    )
     import ray
 
-    gpus = int(ray.cluster_resources().get("GPU", 0))
-    count = config.ray_workers or gpus or 2
-    worker_class = ray.remote(HarvestWorker).options(
-        num_cpus=1, num_gpus=1 if gpus else 0, max_restarts=RESTARTS, max_task_retries=RESTARTS
-    )
-    device = "cuda" if gpus else "cpu"
-    workers: list[Any] = [  # Ray's stubs do not follow an actor's methods
-        worker_class.remote(config.model, config.sae, device, str(store), 1) for _ in range(count)
-    ]
     try:
         queue = list(enumerate(chunks))
         running: dict = {}  # object ref -> (chunk number, worker)
@@ -99,5 +130,80 @@ def sharded_chunks(
                 yield finished.pop(following)
                 following += 1
     finally:
-        for worker in workers:
-            ray.kill(worker)
+        stop_workers(workers)
+
+
+def _slices(items: Sequence[T], parts: int) -> list[Sequence[T]]:
+    """`items` cut into at most `parts` contiguous, non-empty slices of near-equal length."""
+    size = -(-len(items) // max(parts, 1))
+    return [items[i : i + size] for i in range(0, len(items), size)] if items else []
+
+
+class SelfExplainWorker:
+    """The self-explainer on its own model replica (a Ray actor of ShardedSelfExplainer)."""
+
+    def __init__(self, source: str, *, device: str, threads: int):
+        torch.set_num_threads(threads)
+        self.explainer = SelfExplainer(load_model(source, device=device))
+
+    def name(self) -> str:
+        return self.explainer.model
+
+    def explain(self, evidence: list[FeatureEvidence]) -> list[Outcome]:
+        return asyncio.run(self.explainer.explain_batch(evidence))
+
+
+class ShardedSelfExplainer:
+    """An Explainer: each batch's features split over Ray workers that run the self-explainer,
+    outcomes returned in the batch's order (greedy replies: the same as in one process)."""
+
+    method = SelfExplainer.method
+
+    def __init__(self, source: str, address: str, workers: int = 0):
+        self.workers = start_workers(SelfExplainWorker, address, workers, source)
+        import ray
+
+        self.model: str = ray.get(self.workers[0].name.remote())
+
+    async def explain_batch(self, evidence: list[FeatureEvidence]) -> list[Outcome]:
+        parts = _slices(evidence, len(self.workers))
+        done = await asyncio.gather(
+            *(w.explain.remote(list(p)) for w, p in zip(self.workers, parts, strict=False))
+        )
+        return [outcome for part in done for outcome in part]
+
+    def close(self) -> None:
+        stop_workers(self.workers)
+
+
+class EmbedWorker:
+    """The packaged MiniLM on one device (a Ray actor of ShardedEmbedder)."""
+
+    def __init__(self, *, device: str, threads: int):
+        torch.set_num_threads(threads)
+        self.embedder = TextEmbedder.packaged(device)
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        return self.embedder.encode(texts)
+
+
+class ShardedEmbedder:
+    """TextEmbedder's `encode`, each call's texts split over Ray workers and joined in order.
+    Vectors match one process's to float rounding (a text's batch neighbours differ)."""
+
+    name, dimensions = TextEmbedder.name, TextEmbedder.dimensions
+
+    def __init__(self, address: str, workers: int = 0):
+        self.workers = start_workers(EmbedWorker, address, workers)
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        import ray
+
+        parts = _slices(texts, len(self.workers))
+        if not parts:
+            return np.zeros((0, self.dimensions), np.float32)
+        refs = [w.encode.remote(list(p)) for w, p in zip(self.workers, parts, strict=False)]
+        return np.concatenate(ray.get(refs))
+
+    def close(self) -> None:
+        stop_workers(self.workers)
