@@ -24,6 +24,8 @@ it (its model loads again) and later requests reach it as before.
 import asyncio
 import itertools
 import os
+import signal
+import threading
 from collections.abc import AsyncIterator, Callable, Generator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -169,8 +171,9 @@ class ReplicaPool:
     """N replicas behind one web worker, with InferenceWorker's interface (submit, run,
     run_in_steps, close) so the routes cannot tell them apart."""
 
-    def __init__(self, actors: list[Any]):
+    def __init__(self, actors: list[Any], owns_cluster: bool = False):
         self.actors = actors
+        self.owns_cluster = owns_cluster  # started here (local): stopped with the server
         self._in_flight = [0] * len(actors)  # this web worker's requests on each replica
         self._turn = itertools.count()
 
@@ -181,10 +184,16 @@ class ReplicaPool:
         cluster started here lives as long as the calling thread (uvicorn's main thread)."""
         if not settings.model:
             raise MonoscopeError("replicas load the model named by MONOSCOPE_MODEL; set it")
+        import ray
+
         from app.pipeline.sharding import join_cluster
 
+        on_main_thread = threading.current_thread() is threading.main_thread()
+        server_handler = signal.getsignal(signal.SIGTERM)
+        owns_cluster = not ray.is_initialized()
         join_cluster(settings.ray_address, settings.replicas)
-        import ray
+        if on_main_thread:  # Ray's handler exits at once: uvicorn's shuts down in order
+            signal.signal(signal.SIGTERM, server_handler)
 
         names = {id(sae): name for name, sae in [*workspace.transcoders, *workspace.saes.items()]}
 
@@ -222,7 +231,7 @@ class ReplicaPool:
             for a in actors:
                 ray.kill(a)
             raise MonoscopeError(f"a model replica failed to start: {exc}") from None
-        return cls(actors)
+        return cls(actors, owns_cluster)
 
     def _choose(self) -> int:
         """The replica with the fewest of this worker's requests, taking turns among equals."""
@@ -277,3 +286,5 @@ class ReplicaPool:
             ray.kill(a, no_restart=True)
         ray.util.deregister_serializer(LoadedModel)
         ray.util.deregister_serializer(Sae)
+        if self.owns_cluster:  # else its agents outlive the server
+            ray.shutdown()
