@@ -1,6 +1,7 @@
 """Harvest throughput against a bare forward + SAE encode over the same tokens.
 
     python -m bench.harvest [--model DIR --sae DIR] [--tokens 262144] [--device cuda] [--ray 2]
+                            [--sae-dashboard [--dashboard-features N]]
 
 Default: the shipped demo model and SAE on held-out demo-world text. Prints tokens/s of the bare
 loop, of the harvest pass (forward + encode + statistics + spills + checkpoints) and of the whole
@@ -12,6 +13,14 @@ one worker and with N, each worker a single-threaded model replica, and prints e
 next to the single process's: the N-vs-1 ratio is the scaling, and the 1-worker run against the
 single process says what Ray's start, the replicas' loading and the object store cost. The
 database each writes is the single process's, row for row (tests/integration/test_harvest.py).
+
+With --sae-dashboard it also times SAEDashboard (sae-dashboard 0.8.0, which fills the same
+feature dashboards: top examples, quantile samples, activation and logit histograms, logit
+tables, neighbours) on the same model, SAE and tokens, and prints its time over Monoscope's whole
+harvest. SAEDashboard runs in its own environment (tests/reference/sae-dashboard.txt, built under
+~/.cache/monoscope on first use: a GPT-2 model directory and a SAELens SAE directory, as the
+demo's are), never in the project's. --dashboard-features N times it on the first N features only
+(the ratio then says so).
 """
 
 import argparse
@@ -43,6 +52,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--ray", type=int, default=0, help="also shard over N Ray workers")
+    parser.add_argument("--sae-dashboard", action="store_true", help="also time SAEDashboard")
+    parser.add_argument("--dashboard-features", type=int, help="SAEDashboard on N features only")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="monoscope-bench-harvest-"))
@@ -108,7 +119,31 @@ def main() -> None:
             f"pass, Ray {args.ray} workers   : {many:8.1f} s   x{one / many:.2f} of 1 worker, "
             f"x{pass_s / many:.2f} of one process"
         )
+    if args.sae_dashboard:
+        dashboard = _sae_dashboard_seconds(args, store, work)
+        shown = args.dashboard_features or sae.d_sae
+        print(f"SAEDashboard          : {tokens / dashboard:10,.0f} tok/s   ({shown:,} features)")
+        print(
+            f"SAEDashboard / whole harvest: {dashboard / total_s:.1f}x the time"
+            + ("" if shown == sae.d_sae else f" (SAEDashboard on {shown:,} of {sae.d_sae:,})")
+        )
     shutil.rmtree(work, ignore_errors=True)
+
+
+def _sae_dashboard_seconds(args, store, work: Path) -> float:
+    """SaeVisRunner.run's seconds over the store's contexts, in sae-dashboard's environment."""
+    import json
+    import subprocess
+
+    from tests.reference.environment import SAE_DASHBOARD, SAE_DASHBOARD_SCRIPT, reference_python
+
+    tokens = work / "tokens.npy"
+    np.save(tokens, np.asarray(store.ids, np.int32))
+    out = work / "sae-dashboard.json"
+    features = [str(args.dashboard_features)] if args.dashboard_features else []
+    command = [str(reference_python(SAE_DASHBOARD)), str(SAE_DASHBOARD_SCRIPT)]
+    subprocess.run([*command, args.model, args.sae, str(tokens), str(out), *features], check=True)
+    return json.loads(out.read_text())["seconds"]
 
 
 if __name__ == "__main__":

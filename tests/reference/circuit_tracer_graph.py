@@ -28,10 +28,10 @@ from circuit_tracer.replacement_model.replacement_model_transformerlens import (
     TransformerLensReplacementModel,
 )
 from circuit_tracer.transcoder.single_layer_transcoder import load_transcoder_set
+from hooked_gpt2 import hooked_config, rebuilt_tokenizer
 from safetensors.torch import load_file, save_file
-from transformer_lens import HookedTransformerConfig
 from transformer_lens.pretrained.weight_conversions import convert_gpt2_weights
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM
 
 
 def _on_normalized(file: Path, ln_2, out: Path, layer: int) -> str:
@@ -66,23 +66,7 @@ def main() -> None:
     model_dir, set_dir, token_ids, out = sys.argv[1:5]
     options = json.loads(sys.argv[5]) if len(sys.argv) > 5 else {}
     hf = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32)
-    c = hf.config
-    cfg = HookedTransformerConfig(
-        n_layers=c.n_layer,
-        d_model=c.n_embd,
-        n_ctx=c.n_positions,
-        d_head=c.n_embd // c.n_head,
-        n_heads=c.n_head,
-        d_mlp=c.n_inner or 4 * c.n_embd,
-        d_vocab=c.vocab_size,
-        act_fn=c.activation_function,
-        normalization_type="LN",
-        eps=c.layer_norm_epsilon,
-        positional_embedding_type="standard",
-        original_architecture="GPT2LMHeadModel",
-        device="cpu",
-        dtype=torch.float32,
-    )
+    cfg = hooked_config(hf)
     config = yaml.safe_load((Path(set_dir) / "config.yaml").read_text())
     paths = {
         n: _on_normalized(Path(set_dir) / name, hf.transformer.h[n].ln_2, Path(out), n)
@@ -98,17 +82,7 @@ def main() -> None:
         lazy_encoder=False,
         lazy_decoder=False,
     )
-    # The tokenizer only names tokens here (the ids come tokenized). transformers 4 cannot read a
-    # transformers 5 tokenizer_config, and TransformerLens reloads the tokenizer by its path: so it
-    # is rebuilt from tokenizer.json and saved in transformers 4's layout beside the output.
-    special = json.loads((Path(model_dir) / "tokenizer_config.json").read_text())
-    rebuilt = PreTrainedTokenizerFast(
-        tokenizer_file=str(Path(model_dir) / "tokenizer.json"),
-        **{k: special[k] for k in ("bos_token", "eos_token", "pad_token") if special.get(k)},
-    )
-    tokenizer_dir = Path(out).with_suffix(".tokenizer")
-    rebuilt.save_pretrained(tokenizer_dir)
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tokenizer = rebuilt_tokenizer(model_dir, Path(out).with_suffix(".tokenizer"))
     # from_config, with the weights loaded before the MLPs and unembedding are wrapped.
     model = TransformerLensReplacementModel(cfg, tokenizer=tokenizer)
     missing, unexpected = model.load_state_dict(convert_gpt2_weights(hf, cfg), strict=False)

@@ -1,13 +1,15 @@
-"""circuit-tracer's own environment: built once per requirements file, then reused.
+"""Reference packages' own environments: built once per requirements file, then reused.
 
-    python = reference_python()        # .../bin/python with circuit-tracer importable
+    python = reference_python()                    # .../bin/python with circuit-tracer importable
     subprocess.run([python, SCRIPT, ...])
+    python = reference_python(SAE_DASHBOARD)       # sae-dashboard's, for bench.harvest
 
-circuit-tracer 0.5.0 pins transformers<=4.57.3 and huggingface-hub<1.0, which the project's
-environment does not satisfy, so it lives in a virtual environment under
-~/.cache/monoscope (MONOSCOPE_REFERENCE_ENV to put it elsewhere), named by a hash of
-requirements.txt; a lock keeps two test workers from building it at once. Building downloads
-about 1.6 GB of packages from PyPI (3-4 minutes here).
+circuit-tracer 0.5.0 pins transformers<=4.57.3 and huggingface-hub<1.0, and sae-dashboard 0.8.0
+transformers<4.57 and transformer-lens<3, none of which the project's environment satisfies, so
+each lives in a virtual environment under ~/.cache/monoscope (MONOSCOPE_REFERENCE_ENV to put it
+elsewhere), named by a hash of its requirements file; a lock keeps two test workers from
+building one at once. Building circuit-tracer's downloads about 1.6 GB of packages from PyPI
+(3-4 minutes here).
 """
 
 import fcntl
@@ -18,15 +20,19 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-REQUIREMENTS = HERE / "requirements.txt"
+CIRCUIT_TRACER = HERE / "circuit-tracer.txt"
 SCRIPT = HERE / "circuit_tracer_graph.py"
+SAE_DASHBOARD = HERE / "sae-dashboard.txt"
+SAE_DASHBOARD_SCRIPT = HERE / "sae_dashboard_harvest.py"
 TORCH = "torch==2.13.0"  # the CPU wheel on these machines; alone first, as the project installs it
 
 
-def reference_python() -> Path:
-    digest = hashlib.sha256(REQUIREMENTS.read_bytes() + TORCH.encode()).hexdigest()[:12]
+def reference_python(requirements: Path = CIRCUIT_TRACER) -> Path:
+    """The environment's Python, built first if it is not yet. A file that pins every package
+    (sae-dashboard's says so on its second line) is installed with --no-deps."""
+    digest = hashlib.sha256(requirements.read_bytes() + TORCH.encode()).hexdigest()[:12]
     root = Path(os.environ.get("MONOSCOPE_REFERENCE_ENV", Path.home() / ".cache" / "monoscope"))
-    env = root / f"circuit-tracer-{digest}"
+    env = root / f"{requirements.stem}-{digest}"
     python = env / "bin" / "python"
     done = env / ".complete"
     root.mkdir(parents=True, exist_ok=True)
@@ -36,7 +42,10 @@ def reference_python() -> Path:
             subprocess.run([sys.executable, "-m", "venv", "--clear", str(env)], check=True)
             pip = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
             subprocess.run([*pip, TORCH], check=True)
-            subprocess.run([*pip, "-r", str(REQUIREMENTS)], check=True)
+            complete = "--no-deps" in requirements.read_text().split("\n", 2)[1]
+            subprocess.run(
+                [*pip, *(["--no-deps"] if complete else []), "-r", str(requirements)], check=True
+            )
             done.touch()
     return python
 
