@@ -152,7 +152,7 @@ class RemoteTicket:
     def _close(self) -> None:
         if self._open:
             self._open = False
-            self._pool._in_flight[self._replica] -= 1
+            self._pool._release(self._replica)
 
 
 def _unwrapped(exc: Exception, ray: Any) -> Exception:
@@ -176,6 +176,7 @@ class ReplicaPool:
         self.owns_cluster = owns_cluster  # started here (local): stopped with the server
         self._in_flight = [0] * len(actors)  # this web worker's requests on each replica
         self._turn = itertools.count()
+        self._counting = threading.Lock()
 
     @classmethod
     def start(cls, settings: Settings, workspace: Workspace) -> "ReplicaPool":
@@ -233,31 +234,37 @@ class ReplicaPool:
             raise MonoscopeError(f"a model replica failed to start: {exc}") from None
         return cls(actors, owns_cluster)
 
-    def _choose(self) -> int:
-        """The replica with the fewest of this worker's requests, taking turns among equals."""
-        turn = next(self._turn)
-        n = len(self.actors)
-        return min(range(n), key=lambda i: (self._in_flight[i], (i - turn) % n))
+    def _take_replica(self) -> int:
+        """The replica with the fewest of this worker's requests (taking turns among equals),
+        counted as holding one more. Chats choose on the event loop, model calls on request
+        threads: hence the lock."""
+        with self._counting:
+            turn, n = next(self._turn), len(self.actors)
+            chosen = min(range(n), key=lambda i: (self._in_flight[i], (i - turn) % n))
+            self._in_flight[chosen] += 1
+            return chosen
+
+    def _release(self, replica: int) -> None:
+        with self._counting:
+            self._in_flight[replica] -= 1
 
     def submit(self, rows: Sequence[GenerationRow], loop: asyncio.AbstractEventLoop) -> Any:
         """A request's rows sent to a replica; await the ticket's `admitted()` before streaming.
         Each row's cancellation flag stays here: the replica gives the rows its own."""
-        chosen = self._choose()
+        chosen = self._take_replica()
         stream = self.actors[chosen].generate.remote([replace(r, cancelled=None) for r in rows])
-        self._in_flight[chosen] += 1
         return RemoteTicket(self, chosen, stream)
 
     def _call(self, fn: Callable[[], Any], stepwise: bool) -> Any:
         import ray
 
-        chosen = self._choose()
-        self._in_flight[chosen] += 1
+        chosen = self._take_replica()
         try:
             return ray.get(self.actors[chosen].call.remote(fn, stepwise))
         except ray.exceptions.RayError as exc:
             raise _unwrapped(exc, ray) from None
         finally:
-            self._in_flight[chosen] -= 1
+            self._release(chosen)
 
     def run(self, fn: Callable[[], Any]) -> Any:
         """`fn` run by a replica's worker, with the replica's model and SAEs in place of the
