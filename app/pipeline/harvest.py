@@ -358,10 +358,14 @@ class HarvestJob:
         counts = stats.counts.numpy()
         mean = np.where(counts > 0, stats.sums.numpy() / np.maximum(counts, 1), 0.0)
 
-        def effects(ids: torch.Tensor, values: torch.Tensor, f: int) -> list:
+        shown = [db.printable(token) for token in vocabulary]
+
+        def pairs(ids, values, label=lambda t: ()) -> list[list]:
+            """Each feature's [id, (token text,) value rounded] rows, from lists converted once:
+            reading tensors element by element took 0.6 s at 4,096 features."""
             return [
-                [int(t), db.printable(vocabulary[int(t)]), round(float(v), 4)]
-                for t, v in zip(ids[f], values[f], strict=True)
+                [[t, *label(t), round(v, 4)] for t, v in zip(row_ids, row_values, strict=True)]
+                for row_ids, row_values in zip(ids.tolist(), values.tolist(), strict=True)
             ]
 
         histogram = stats.histogram.numpy()
@@ -383,17 +387,9 @@ class HarvestJob:
                 }
                 for f in range(d_sae)
             ],
-            "top_logits": [effects(logits.top_ids, logits.top_values, f) for f in range(d_sae)],
-            "bottom_logits": [
-                effects(logits.bottom_ids, logits.bottom_values, f) for f in range(d_sae)
-            ],
-            "neighbours": [
-                [
-                    [int(i), round(float(s), 4)]
-                    for i, s in zip(neighbour_ids[f], cosines[f], strict=True)
-                ]
-                for f in range(d_sae)
-            ],
+            "top_logits": pairs(logits.top_ids, logits.top_values, lambda t: (shown[t],)),
+            "bottom_logits": pairs(logits.bottom_ids, logits.bottom_values, lambda t: (shown[t],)),
+            "neighbours": pairs(neighbour_ids, cosines),
         }
 
     def _write(
