@@ -68,6 +68,11 @@ def join_cluster(address: str, workers: int) -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # it would report to the internet
+    # When a worker dies, Ray prints its message through its tqdm manager, which then replaces
+    # builtins.print in this process with a Python function; numba can no longer compile code
+    # that prints (UMAP's nearest-neighbour search, the feature map), so a map drawn after a
+    # lost worker failed.
+    os.environ.setdefault("RAY_TQDM_PATCH_PRINT", "0")
     try:
         if address == "local":
             ray.init(num_cpus=max(workers, 1), include_dashboard=False, log_to_driver=False)

@@ -17,6 +17,7 @@ from app.pipeline import harvest as harvest_module
 from app.pipeline.config import IngestConfig
 from app.pipeline.harvest import HarvestConfig, HarvestJob
 from app.pipeline.ingest import IngestJob, TokenStore
+from app.pipeline.sharding import join_cluster
 from tests.helpers import CORPUS, database_snapshot, random_sae, random_transcoder
 
 CONTEXT = 16
@@ -348,9 +349,10 @@ def test_a_transcoder_harvests_from_the_mlp_input_and_renders_as_one(
 # -- sharded on Ray ------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def ray_cluster():
-    """A local Ray cluster of two CPU workers (no network), shared by the module's tests."""
+    """A local Ray cluster of two CPU workers (no network), shared by the module's tests, joined
+    as the jobs join it (with its settings for this process)."""
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    join_cluster("local", 2)
     yield ray
     ray.shutdown()
 

@@ -1,12 +1,14 @@
 """The inference worker as Ray actors (MONOSCOPE_REPLICAS): two CPU replicas of the demo model
 serve the steering chat and every other model call exactly as the in-process worker does."""
 
+import builtins
 import copy
 import json
 import os
 import re
 import signal
 import time
+import types
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -17,6 +19,7 @@ from app.core.generation import GenerationRow, SamplingParams
 from app.core.steering import FeatureEdit
 from app.db.engine import session_scope
 from app.demo import DEMO_MODEL, DEMO_SAES
+from app.pipeline.sharding import join_cluster
 from app.settings import Settings
 from app.web.app import create_app
 from tests.conftest import empty_database
@@ -34,7 +37,7 @@ def ray_session():
     and a local cluster started there dies with it (Ray's processes die with their parent
     thread)."""
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    join_cluster("local", 2)
     yield ray
     ray.shutdown()
 
@@ -179,3 +182,5 @@ def test_a_killed_replica_fails_its_requests_with_503_and_comes_back(app_for):
             answer = http.post("/api/v1/steer", json=_body(max_new_tokens=4))
         assert answer.status_code == 200
         assert pool.pids() != [pid]
+    # Ray printed the lost worker's message without replacing print, which numba (UMAP) needs.
+    assert isinstance(builtins.print, types.BuiltinFunctionType)
