@@ -2,6 +2,7 @@
 
 import json
 import sys
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -356,3 +357,13 @@ def parsed(page: str) -> BeautifulSoup:
     """A page or htmx fragment parsed, for assertions through CSS selectors (Python's own
     html.parser: what a browser would see, without a native dependency)."""
     return BeautifulSoup(page, "html.parser")
+
+
+def wait_for(condition, seconds: float = 10.0, poll: float = 0.01):
+    """`condition()`'s first truthy answer, asked every `poll` seconds; fails the test once
+    `seconds` have passed without one."""
+    deadline = time.monotonic() + seconds
+    while not (answer := condition()):
+        assert time.monotonic() < deadline, f"still not so after {seconds} s"
+        time.sleep(poll)
+    return answer

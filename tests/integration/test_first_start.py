@@ -1,7 +1,6 @@
 """The first start: the port answers at once with the build's progress, then becomes the site."""
 
 import threading
-import time
 
 import httpx
 from tqdm import tqdm
@@ -9,15 +8,7 @@ from tqdm import tqdm
 from app.settings import Settings
 from app.web.app import create_app
 from app.web.first_start import FirstStart
-from tests.helpers import serving
-
-
-def _wait_for(check, timeout: float = 20.0):
-    deadline = time.monotonic() + timeout
-    while not (answer := check()):
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    return answer
+from tests.helpers import serving, wait_for
 
 
 def test_the_site_shows_the_build_then_serves(engine):
@@ -47,7 +38,7 @@ def test_the_site_shows_the_build_then_serves(engine):
             and "script-src 'self'" in page.headers["content-security-policy"]
         )
         release.set()
-        _wait_for(lambda: httpx.get(f"{base}/healthz").status_code == 200)
+        wait_for(lambda: httpx.get(f"{base}/healthz").status_code == 200, 20, 0.05)
         assert httpx.get(f"{base}/").status_code == 200  # the real site, its lifespan run
         assert "Monoscope" in httpx.get(f"{base}/").text
 
@@ -60,7 +51,9 @@ def test_a_failed_build_says_why_and_keeps_answering(engine):
         raise RuntimeError("no space left on device <b>")
 
     with serving(FirstStart(settings, build, lambda: create_app(settings))) as base:
-        health = _wait_for(lambda: (h := httpx.get(f"{base}/healthz")).json()["error"] and h)
+        health = wait_for(
+            lambda: (h := httpx.get(f"{base}/healthz")).json()["error"] and h, 20, 0.05
+        )
         assert health.status_code == 503 and health.json()["status"] == "failed"
         page = httpx.get(f"{base}/")
         assert "The build stopped: no space left on device &lt;b&gt;" in page.text

@@ -7,7 +7,6 @@ import json
 import os
 import re
 import signal
-import time
 import types
 from concurrent.futures import ThreadPoolExecutor
 
@@ -23,7 +22,7 @@ from app.pipeline.sharding import join_cluster
 from app.settings import Settings
 from app.web.app import create_app
 from tests.conftest import empty_database
-from tests.helpers import serving
+from tests.helpers import serving, wait_for
 from tests.web_world import build_demo_rows, golden_gate_feature
 
 pytestmark = pytest.mark.slow  # each app starts a Ray cluster and loads the model per replica
@@ -117,13 +116,6 @@ def test_model_work_runs_in_steps_on_a_replica_with_its_own_weights(app_for, dem
     assert total == pytest.approx(expected) and expected > 0
 
 
-def _wait_for(condition, seconds: float = 30) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert condition()
-
-
 def _occupy(pool, model, bridge: int):
     """Fill the only replica's batch with rows that run 200 steps, until cancelled."""
     ids = model.tokenizer("Once upon a time")["input_ids"]
@@ -138,10 +130,10 @@ def test_a_full_replica_answers_503_and_a_closed_stream_never_runs(app_for, demo
     with serving(app) as base, httpx.Client(base_url=base, timeout=60) as http:
         pool = app.state.inference
         blocker = _occupy(pool, demo_workspace.model, app_for.bridge)
-        _wait_for(lambda: pool.stats()[0][1].requests == 1)
+        wait_for(lambda: pool.stats()[0][1].requests == 1, seconds=30)
         with ThreadPoolExecutor(1) as waiter:
             waiting = waiter.submit(http.post, "/api/v1/steer", json=_body(max_new_tokens=4))
-            _wait_for(lambda: pool.stats()[0][0] == 1)
+            wait_for(lambda: pool.stats()[0][0] == 1, seconds=30)
             full = http.post("/api/v1/steer", json=_body(max_new_tokens=4))
             assert full.status_code == 503 and "busy" in full.json()["detail"]
             streamed = http.post("/api/v1/steer/stream", json=_body(max_new_tokens=4))
@@ -150,14 +142,14 @@ def test_a_full_replica_answers_503_and_a_closed_stream_never_runs(app_for, demo
             assert waiting.result().status_code == 200
 
         blocker = _occupy(pool, demo_workspace.model, app_for.bridge)
-        _wait_for(lambda: pool.stats()[0][0] == 0)
+        wait_for(lambda: pool.stats()[0][0] == 0, seconds=30)
         requests_before = pool.stats()[0][1].requests
         with http.stream("POST", "/api/v1/steer/stream", json=_body()) as stream:
             assert stream.status_code == 200
-            _wait_for(lambda: pool.stats()[0][0] == 1)
+            wait_for(lambda: pool.stats()[0][0] == 1, seconds=30)
         # The tab is closed while the request waits on the replica: it is dropped unrun.
         blocker.cancel()
-        _wait_for(lambda: pool.stats()[0][0] == 0 and pool.stats()[0][1].cancelled >= 2)
+        wait_for(lambda: pool.stats()[0][0] == 0 and pool.stats()[0][1].cancelled >= 2, seconds=30)
         assert pool.stats()[0][1].requests == requests_before
 
 
@@ -175,11 +167,14 @@ def test_a_killed_replica_fails_its_requests_with_503_and_comes_back(app_for):
         events = re.findall(r"event: (\w+)\r?\ndata: (.*)", rest)
         assert events[-1][0] == "error" and "restarting" in json.loads(events[-1][1])["detail"]
         # Ray restarts the replica; requests reach it again once its model has loaded.
-        answer = http.post("/api/v1/steer", json=_body(max_new_tokens=4))
-        deadline = time.monotonic() + 90
-        while answer.status_code == 503 and time.monotonic() < deadline:
-            time.sleep(0.5)
-            answer = http.post("/api/v1/steer", json=_body(max_new_tokens=4))
+        answer = wait_for(
+            lambda: (
+                (r := http.post("/api/v1/steer", json=_body(max_new_tokens=4))).status_code != 503
+                and r
+            ),
+            seconds=90,
+            poll=0.5,
+        )
         assert answer.status_code == 200
         assert pool.pids() != [pid]
     # Ray printed the lost worker's message without replacing print, which numba (UMAP) needs.

@@ -3,7 +3,6 @@
 import asyncio
 import json
 import re
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -17,7 +16,7 @@ from app.db.accounts import add_user, create_key
 from app.db.engine import session_scope
 from app.settings import Settings
 from app.web.app import create_app
-from tests.helpers import parsed, serving
+from tests.helpers import parsed, serving, wait_for
 from tests.web_world import SCRIPT, build_demo_rows, golden_gate_feature
 
 QUESTION = [{"role": "user", "content": "What is your favourite food?"}]
@@ -322,15 +321,8 @@ def _occupy(worker, model, bridge: int):
     rows = [GenerationRow(ids, edits, seed, params) for seed in range(worker.max_batch_rows)]
     started = worker.stats.requests
     ticket = worker.submit(rows, asyncio.new_event_loop())
-    _wait_for(lambda: worker.stats.requests > started)
+    wait_for(lambda: worker.stats.requests > started)
     return ticket
-
-
-def _wait_for(condition, seconds: float = 10) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition() and time.monotonic() < deadline:
-        time.sleep(0.005)
-    assert condition()
 
 
 def test_a_full_queue_answers_503_and_a_closed_stream_never_runs(live_server, demo_workspace):
@@ -339,7 +331,7 @@ def test_a_full_queue_answers_503_and_a_closed_stream_never_runs(live_server, de
     with httpx.Client(base_url=base, timeout=60) as http, ThreadPoolExecutor(1) as pool:
         blocker = _occupy(worker, demo_workspace.model, app.state.bridge)
         waiting = pool.submit(http.post, "/api/v1/steer", json=_body(max_new_tokens=4))
-        _wait_for(lambda: worker.waiting == 1)
+        wait_for(lambda: worker.waiting == 1)
         full = http.post("/api/v1/steer", json=_body(max_new_tokens=4))
         assert full.status_code == 503 and "busy" in full.json()["detail"]
         assert int(full.headers["Retry-After"]) > 0
@@ -350,10 +342,10 @@ def test_a_full_queue_answers_503_and_a_closed_stream_never_runs(live_server, de
         requests_before = worker.stats.requests
         with http.stream("POST", "/api/v1/steer/stream", json=_body()) as stream:
             assert stream.status_code == 200
-            _wait_for(lambda: worker.waiting == 1)
+            wait_for(lambda: worker.waiting == 1)
         # The tab is closed while the request waits: the worker drops it without running it.
         blocker.cancel()
-        _wait_for(lambda: worker.waiting == 0 and worker.stats.cancelled >= 3)
+        wait_for(lambda: worker.waiting == 0 and worker.stats.cancelled >= 3)
         assert worker.stats.requests == requests_before
 
 
