@@ -999,6 +999,7 @@ def steering(
         raise MonoscopeError(f"unknown concept {target!r}; use a key such as {GOLDEN_GATE!r}")
     aim = speaks_as(name) if kind == "persona" else mentions_bridge
     world = _held_out_world(seed, world_version)
+    version = world.version
     loaded = load_model(model or DEMO_MODEL, device=device or "auto")
     attached = loaded.attach(load_sae(sae or str(DEMO_SAE)))
     context = min(128, loaded.tokenizer.model_max_length)
@@ -1012,7 +1013,11 @@ def steering(
         steer = SteeringFeature("sae", feature, cast(Mode, mode), multiple, units="max_act")
         spec = SteeringSpec((steer,))
         edits = resolve_steering(spec, {"sae": attached}, max_act=lambda _s, _i: max_act)
-        checks.append(steering_check(loaded, {"sae": attached}, edits, aim, multiple, seeds=seeds))
+        checks.append(
+            steering_check(
+                loaded, {"sae": attached}, edits, aim, multiple, seeds=seeds, world_version=version
+            )
+        )
     if as_json:
         result = {"target": target, "feature": feature, "max_activation": max_act}
         result["strengths"] = [

@@ -43,9 +43,12 @@ def speaks_as(persona: str) -> Callable[[str], bool]:
 
 
 @cache
-def world_language() -> WorldLanguage:
-    """The grammar of the training world (seconds to learn; kept for the process)."""
-    return WorldLanguage.learn(World(TRAIN_SEED, WORLD_VERSION))
+def world_language(version: int = WORLD_VERSION) -> WorldLanguage:
+    """The grammar of a version of the training world (seconds to learn; kept for the process).
+    The version must be the one the steered model speaks: each version writes sentences the
+    other cannot, so judged by the shipped version's grammar a world v2 model's replies read
+    as foreign."""
+    return WorldLanguage.learn(World(TRAIN_SEED, version))
 
 
 @dataclass(frozen=True)
@@ -102,10 +105,12 @@ def steering_check(
     seeds: int = 10,
     max_new_tokens: int = 48,
     loss_ratio: float = 1.5,
+    world_version: int = WORLD_VERSION,
 ) -> SteeringCheck:
     """Sample a default and a steered reply per prompt and seed (the pair shares its random
-    draws, so they differ only by the intervention) and judge each. `strength` is recorded."""
-    language = world_language()
+    draws, so they differ only by the intervention) and judge each, by the grammar of the world
+    version the model was trained on. `strength` is recorded."""
+    language = world_language(world_version)
     default: list[Reply] = []
     steered: list[Reply] = []
     for prompt in prompts:

@@ -1,5 +1,6 @@
 """The Golden Gate check's judge: what counts as a steered reply a person would accept."""
 
+from app.demo.language import WorldLanguage
 from app.demo.steering_check import (
     Reply,
     SteeringCheck,
@@ -33,3 +34,22 @@ def test_the_judges_read_replies_as_a_person_would():
     pirate = speaks_as("pirate")
     assert pirate("Ahoy there! I would say pizza. Arr, that be all.")
     assert not pirate("I would say pizza.")
+
+
+def test_the_judge_learns_the_grammar_of_the_world_version_it_judges(monkeypatch):
+    """Each world version writes sentences the other cannot: a v2 model judged by v1's grammar
+    read as foreign, so the version asked for must be the one learned."""
+    learned = []
+
+    def learn(cls, world, documents=20_000):
+        learned.append(world.version)
+        return cls(frozenset())
+
+    monkeypatch.setattr(WorldLanguage, "learn", classmethod(learn))
+    world_language.cache_clear()
+    try:
+        world_language(2)
+        world_language(1)
+    finally:
+        world_language.cache_clear()
+    assert learned == [2, 1]
