@@ -331,6 +331,7 @@ def test_eval_world_structure_measures_the_model_before_any_sae(tmp_path):
     assert report["site"] == "blocks.1.hook_resid_post"
     assert 0 < report["identity_share"] < 1 and "animals" in report["identity_by_category"]
     assert report["probe_concepts"] > 10 and 0 <= report["probe_separated"] <= 1
+    assert 0 <= report["probe_precise"] <= 1
     assert report["two_hop_questions"] > 10 and 0 <= report["two_hop_accuracy"] <= 1
     assert isinstance(report["copying_gain"], float)
     bad = run_cli("eval", "world-structure", "--world-version", "3", env=env)

@@ -74,8 +74,29 @@ def test_identity_share_recovers_the_planted_share(planted):
 
 def test_probes_separate_distinct_concepts_and_not_noise():
     x, concepts_at = _planted(0.9)
-    concepts, separated, _ = probe_separation(x, concepts_at)
-    assert concepts == 8 and separated >= 0.9
+    concepts, separated, _, precise = probe_separation(x, concepts_at)
+    assert concepts == 8 and separated >= 0.9 and precise >= 0.9
     x, concepts_at = _planted(0.0)
-    _, separated, median = probe_separation(x, concepts_at)
-    assert separated == 0.0 and median < 0.7
+    _, separated, median, precise = probe_separation(x, concepts_at)
+    assert separated == 0.0 and median < 0.7 and precise == 0.0
+
+
+def test_a_precise_probe_is_required_where_balanced_accuracy_forgives_false_alarms():
+    """A rare concept that 3% of other tokens look like (as a pronoun can carry what it refers
+    to) keeps a balanced accuracy near 0.98, but its probe's firings are mostly false alarms:
+    the F1 share fails it, while a concept that stands apart passes both."""
+    rng = np.random.default_rng(0)
+    n, d = 40_000, 16
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    cat, dog = (CATALOGUE.by_key[k].id for k in ("animals/cat", "animals/dog"))
+    chosen = rng.choice(n, 1600, replace=False)
+    cats, dogs, look_alikes = chosen[:200], chosen[200:400], chosen[400:]
+    x[cats, 0] += 8.0
+    x[look_alikes, 0] += 8.0
+    x[dogs, 1] += 8.0
+    concepts_at = np.concatenate(
+        [np.stack([cats, np.full(200, cat)], 1), np.stack([dogs, np.full(200, dog)], 1)]
+    )
+    concepts, separated, _, precise = probe_separation(x, concepts_at, min_occurrences=50)
+    assert concepts == 2 and separated == 1.0  # balanced accuracy passes both
+    assert precise == 0.5  # the F1 share passes the dog only
