@@ -5,6 +5,7 @@
     report.probe_separated      # share of concepts a linear probe separates at >= 0.95
     report.probe_precise        # share a probe finds at F1 >= 0.8: the most an SAE could find
     report.two_hop_accuracy     # two-hop questions past a distractor, answered greedily
+    report.two_hop_middle_hop   # ... whose reply names the right middle hop
     report.copying_gain         # nats a span's second reading costs less than its first
 
 Checked before SAEs are trained, because no SAE can find a concept the model does not represent:
@@ -38,6 +39,8 @@ class StructureReport:
     probe_precise: float  # share of concepts a probe finds at held-out F1 >= 0.8: an SAE's ceiling
     two_hop_questions: int
     two_hop_accuracy: float
+    two_hop_middle_hop: float  # the reply names the right middle hop
+    two_hop_answer_given_middle: float  # the answer, given the reply's true words up to it
     copying_gain: float  # first-copy minus second-copy loss of repeated random tokens, nats
 
     def to_dict(self) -> dict:
@@ -165,29 +168,54 @@ def _held_out_f1(
     return 2 * hits / (claimed.sum(0) + test_truth.sum(0)).clamp(min=1)
 
 
+@dataclass(frozen=True)
+class TwoHopReport:
+    questions: int
+    accuracy: float  # the reply, middle hop and answer both the model's, ends with the answer
+    middle_hop: float  # the reply names the right middle hop ("was Mia", "was a cat")
+    answer_given_middle: float  # the answer, with the true middle hop written for the model
+
+
 @torch.inference_mode()
-def two_hop_accuracy(model: LoadedModel, world: World, documents: int) -> tuple[int, float]:
+def two_hop_accuracy(model: LoadedModel, world: World, documents: int) -> TwoHopReport:
     """Greedy replies to the world's two-hop questions (in stories and chats), each continued
     from where the reply's own words begin, so the model names the middle hop itself; right when
     the reply's sentence ends with the answer (the distractor's facts are shuffled among the
-    asked ones)."""
-    tokenizer = model.tokenizer
-    asked = correct = 0
+    asked ones). Each hop is also scored alone, so a miss says which lookup failed: the middle
+    hop as the reply names it, and the answer when the reply's true words up to it are given."""
+    asked = correct = middle_right = answer_right = 0
     for doc in world.documents(documents):
-        for reply, _, concept in doc.answers:
-            ids = tokenizer(doc.text[:reply], return_tensors="pt")["input_ids"]
-            ids = ids[:, -model.hf.config.n_positions + 16 :].to(model.device)
-            out = model.hf.generate(  # type: ignore[operator]  # stubs omit GenerationMixin
-                ids,
-                attention_mask=torch.ones_like(ids),
-                max_new_tokens=16,  # enough for ", the lizard, was turquoise."
-                do_sample=False,
-                pad_token_id=tokenizer.eos_token_id,
-            )
-            sentence = str(tokenizer.decode(out[0, ids.shape[1] :])).split(".")[0]
+        for reply, offset, concept in doc.answers:
+            answer = " " + CATALOGUE.concepts[concept].singular.lower()
+            hop = doc.text[reply:offset]  # " was Mia, and Mia loved "
+            said = _greedy(model, doc.text[:reply], 16)  # enough for ", the lizard, was turquoise."
+            sentence = said.split(".")[0]
             asked += 1
-            correct += sentence.lower().endswith(" " + CATALOGUE.concepts[concept].singular.lower())
-    return asked, round(correct / max(asked, 1), 4)
+            correct += sentence.lower().endswith(answer)
+            middle_right += said.startswith(hop.split(",")[0] + ",")
+            given = _greedy(model, doc.text[:offset].rstrip(" "), 3)
+            after = given[len(answer) : len(answer) + 1]
+            answer_right += given.lower().startswith(answer) and not after.isalpha()
+    return TwoHopReport(
+        asked,
+        round(correct / max(asked, 1), 4),
+        round(middle_right / max(asked, 1), 4),
+        round(answer_right / max(asked, 1), 4),
+    )
+
+
+def _greedy(model: LoadedModel, text: str, new_tokens: int) -> str:
+    tokenizer = model.tokenizer
+    ids = tokenizer(text, return_tensors="pt")["input_ids"]
+    ids = ids[:, -model.hf.config.n_positions + new_tokens :].to(model.device)
+    out = model.hf.generate(  # type: ignore[operator]  # stubs omit GenerationMixin
+        ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=new_tokens,
+        do_sample=False,
+        pad_token_id=tokenizer.eos_token_id,
+    )
+    return str(tokenizer.decode(out[0, ids.shape[1] :]))
 
 
 @torch.inference_mode()
@@ -219,7 +247,7 @@ def world_structure(
     x = _residuals(model, tokens.ids, site)
     share, by_category = identity_share(x, tokens.concepts_at)
     probed, separated, median, precise = probe_separation(x, tokens.concepts_at)
-    asked, accuracy = two_hop_accuracy(model, world, two_hop_documents)
+    two_hop = two_hop_accuracy(model, world, two_hop_documents)
     return StructureReport(
         site,
         int(tokens.ids.size),
@@ -229,7 +257,9 @@ def world_structure(
         separated,
         median,
         precise,
-        asked,
-        accuracy,
+        two_hop.questions,
+        two_hop.accuracy,
+        two_hop.middle_hop,
+        two_hop.answer_given_middle,
         copying_gain(model),
     )

@@ -333,6 +333,8 @@ def test_eval_world_structure_measures_the_model_before_any_sae(tmp_path):
     assert report["probe_concepts"] > 10 and 0 <= report["probe_separated"] <= 1
     assert 0 <= report["probe_precise"] <= 1
     assert report["two_hop_questions"] > 10 and 0 <= report["two_hop_accuracy"] <= 1
+    assert 0 <= report["two_hop_middle_hop"] <= 1
+    assert 0 <= report["two_hop_answer_given_middle"] <= 1
     assert isinstance(report["copying_gain"], float)
     bad = run_cli("eval", "world-structure", "--world-version", "3", env=env)
     assert bad.returncode == 2 and bad.stderr.startswith("error: the demo world has versions")

@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 
+from app.demo import structure
 from app.demo.catalogue import CATALOGUE
 from app.demo.language import WorldLanguage, sentences, template
-from app.demo.structure import identity_share, probe_separation
+from app.demo.structure import identity_share, probe_separation, two_hop_accuracy
 from app.demo.world import World
 
 
@@ -100,3 +101,32 @@ def test_a_precise_probe_is_required_where_balanced_accuracy_forgives_false_alar
     concepts, separated, _, precise = probe_separation(x, concepts_at, min_occurrences=50)
     assert concepts == 2 and separated == 1.0  # balanced accuracy passes both
     assert precise == 0.5  # the F1 share passes the dog only
+
+
+def _continuing(world: World, swap_middle: bool):
+    """A stand-in for the model's greedy continuation: the document's own text (it knows every
+    answer), or that text with the reply's middle hop replaced by a name it does not hold."""
+    texts = [doc.text for doc in world.documents(60)]
+
+    def continuation(_model, prefix: str, new_tokens: int) -> str:
+        (text,) = {t for t in texts if t.startswith(prefix)}
+        rest = text[len(prefix) :]
+        if swap_middle and rest.startswith(" was "):
+            rest = " was Nobody," + rest.split(",", 1)[1]
+        return rest[: 8 * new_tokens]
+
+    return continuation
+
+
+def test_two_hop_scores_each_hop_on_its_own(monkeypatch):
+    """A reply that knows everything scores 1 on the question and both hops; one that names the
+    wrong middle hop and still ends with the right answer scores 0 on the middle hop, 1 given
+    the middle, and 1 on the question, which is scored by its answer alone."""
+    world = World(12, version=2)
+    monkeypatch.setattr(structure, "_greedy", _continuing(world, swap_middle=False))
+    right = two_hop_accuracy(None, world, 60)  # type: ignore[arg-type]
+    assert right.questions > 5
+    assert (right.accuracy, right.middle_hop, right.answer_given_middle) == (1.0, 1.0, 1.0)
+    monkeypatch.setattr(structure, "_greedy", _continuing(world, swap_middle=True))
+    wrong = two_hop_accuracy(None, world, 60)  # type: ignore[arg-type]
+    assert (wrong.accuracy, wrong.middle_hop, wrong.answer_given_middle) == (1.0, 0.0, 1.0)
