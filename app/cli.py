@@ -1170,8 +1170,10 @@ def world_structure(
     loaded = load_model(model or DEMO_MODEL, device=device or "auto")
     context = min(128, loaded.tokenizer.model_max_length)
     reports = [
-        measure(loaded, world, s, documents, two_hop_documents, context).to_dict()
-        for s in site or [DEMO_SITE]
+        report.to_dict()
+        for report in measure(
+            loaded, world, site or [DEMO_SITE], documents, two_hop_documents, context
+        )
     ]
     if as_json:
         print(json.dumps(reports, indent=2))

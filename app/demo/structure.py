@@ -1,6 +1,6 @@
 """Does a model trained on the demo world carry the structure its SAEs are meant to find?
 
-    report = world_structure(model, World(12, version=2), site="blocks.1.hook_resid_post")
+    (report,) = world_structure(model, World(12, version=2), ["blocks.1.hook_resid_post"])
     report.identity_share       # within a category, the share of variance that tells concepts apart
     report.probe_separated      # share of concepts a linear probe separates at >= 0.95
     report.probe_precise        # share a probe finds at F1 >= 0.8: the most an SAE could find
@@ -13,6 +13,7 @@ on the first world, identity was 6-8% of a category's variance at layer 1 and th
 slot x category features. Held-out text only (a seed the model never saw).
 """
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -238,28 +239,36 @@ def copying_gain(model: LoadedModel, sequences: int = 64, length: int = 40, seed
 def world_structure(
     model: LoadedModel,
     world: World,
-    site: str,
+    sites: Sequence[str],
     documents: int = 3000,
     two_hop_documents: int = 1500,
     context_size: int = 128,
-) -> StructureReport:
+) -> list[StructureReport]:
+    """One report per site. The text, the two-hop replies and the copying gain are the model's,
+    not a site's: they are read and measured once for all sites."""
     tokens = pack(world, documents, model.tokenizer, context_size)
-    x = _residuals(model, tokens.ids, site)
-    share, by_category = identity_share(x, tokens.concepts_at)
-    probed, separated, median, precise = probe_separation(x, tokens.concepts_at)
     two_hop = two_hop_accuracy(model, world, two_hop_documents)
-    return StructureReport(
-        site,
-        int(tokens.ids.size),
-        share,
-        by_category,
-        probed,
-        separated,
-        median,
-        precise,
-        two_hop.questions,
-        two_hop.accuracy,
-        two_hop.middle_hop,
-        two_hop.answer_given_middle,
-        copying_gain(model),
-    )
+    copying = copying_gain(model)
+    reports = []
+    for site in sites:
+        x = _residuals(model, tokens.ids, site)
+        share, by_category = identity_share(x, tokens.concepts_at)
+        probed, separated, median, precise = probe_separation(x, tokens.concepts_at)
+        reports.append(
+            StructureReport(
+                site,
+                int(tokens.ids.size),
+                share,
+                by_category,
+                probed,
+                separated,
+                median,
+                precise,
+                two_hop.questions,
+                two_hop.accuracy,
+                two_hop.middle_hop,
+                two_hop.answer_given_middle,
+                copying,
+            )
+        )
+    return reports

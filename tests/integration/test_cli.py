@@ -324,11 +324,19 @@ def test_eval_world_structure_measures_the_model_before_any_sae(tmp_path):
     env = {"MONOSCOPE_DATA_DIR": str(tmp_path), "MONOSCOPE_DATABASE_URL": ""}
     result = run_cli(
         "eval", "world-structure", "--json", "--world-version", "2", "--documents", "800",
-        "--two-hop-documents", "150", "--device", "cpu", env=env,
+        "--two-hop-documents", "150", "--device", "cpu", "--site", "blocks.0.hook_resid_pre",
+        "--site", "blocks.1.hook_resid_post", env=env,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    (report,) = json.loads(result.stdout)
-    assert report["site"] == "blocks.1.hook_resid_post"
+    embeddings, report = json.loads(result.stdout)
+    assert (embeddings["site"], report["site"]) == (
+        "blocks.0.hook_resid_pre",
+        "blocks.1.hook_resid_post",
+    )
+    # the text, the two-hop replies and the copying gain are the model's: alike at every site
+    shared = ("tokens", "two_hop_questions", "two_hop_accuracy", "copying_gain")
+    assert all(embeddings[name] == report[name] for name in shared)
+    assert embeddings["identity_share"] != report["identity_share"]
     assert 0 < report["identity_share"] < 1 and "animals" in report["identity_by_category"]
     assert report["probe_concepts"] > 10 and 0 <= report["probe_separated"] <= 1
     assert 0 <= report["probe_precise"] <= 1
