@@ -655,6 +655,7 @@ TRAIN_SAE_OPTIONS = (
     "context_size",
     "batch_size",
     "lr",
+    "whiten",
     "seed",
 )
 

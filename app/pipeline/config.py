@@ -91,6 +91,9 @@ class TrainSaeConfig:
     """The last part of training, during which the learning rate decays linearly to zero."""
     dead_after_tokens: int = 500_000
     """A latent that has not fired for this many tokens is dead and gets the auxiliary loss."""
+    whiten: bool = False
+    """Train on PCA-whitened activations and fold the whitening back into the saved weights, so
+    that directions of low variance count as much as the few that carry most of it."""
     eval_contexts: int = 200
     seed: int = 0
     """Initialisation and data order."""

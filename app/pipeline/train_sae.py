@@ -25,9 +25,15 @@ from app.core.model import LoadedModel, load_model
 from app.core.sae import Sae, save_saelens
 from app.core.sae.formats import save_sparsify
 from app.core.sae.metrics import evaluate_sae
-from app.core.sae.training import TrainableSae
+from app.core.sae.training import TrainableSae, Whitening
 from app.pipeline.config import TrainSaeConfig
 from app.pipeline.corpus import load_contexts
+
+WHITENING_EPSILON = 0.1
+"""The whitening's eigenvalue floor, as a share of the mean eigenvalue. A world v2 model's
+blocks.1.hook_resid_post has eigenvalues from 0.003 to 15 (mean 0.88); with 0.1, a 4096 x k16
+SAE kept variance explained at 0.940 (0.942 unwhitened; 0.932 with a floor of 0.01) and its dead
+latents fell from 13.7% to 0.02%."""
 
 
 class TrainSaeJob:
@@ -58,6 +64,7 @@ class TrainSaeJob:
                 "warmup_steps",
                 "decay_fraction",
                 "dead_after_tokens",
+                "whiten",
                 "seed",
             )
         )
@@ -160,11 +167,14 @@ class TrainSaeJob:
         c = self.config
         torch.manual_seed(c.seed)
         sample = torch.from_numpy(activations[:100_000].astype(np.float32)) * scale
+        whitening = Whitening.fit(sample, WHITENING_EPSILON) if c.whiten else None
         mean = (
-            sample.mean(0)
+            (sample if whitening is None else whitening.apply(sample)).mean(0)
             if targets is None
             else (torch.from_numpy(targets[:100_000].astype(np.float32)) * out_scale).mean(0)
         )
+        if whitening is not None:
+            whitening = whitening.to(device)
         sae = TrainableSae.initialise(
             sample.shape[1], c.d_sae, c.k, mean, c.seed, c.l1_coefficient, c.transcoder
         ).to(device)
@@ -182,6 +192,8 @@ class TrainSaeJob:
         for step in bar:
             rows = np.sort(order[step * per_step : (step + 1) * per_step])
             x = torch.from_numpy(activations[rows].astype(np.float32)).to(device) * scale
+            if whitening is not None:
+                x = whitening.apply(x)
             y = (
                 None
                 if targets is None
@@ -213,6 +225,8 @@ class TrainSaeJob:
                 save_checkpoint(
                     checkpoint, step + 1, sae=sae, optimizer=optimizer, last_fired=last_fired
                 )
+        if whitening is not None:
+            sae.fold_whitening(whitening)
         return sae
 
 

@@ -84,6 +84,19 @@ def test_bad_inputs_fail_plainly(gpt2_dir, corpus, tmp_path):
         TrainSaeJob(config(gpt2_dir, corpus, tmp_path, train_tokens=10**7)).run()
 
 
+def test_a_whitened_sae_is_saved_as_an_ordinary_sae_on_the_raw_site(gpt2_dir, corpus, tmp_path):
+    """Trained on whitened activations, saved with the whitening folded in: it reads and
+    reconstructs raw activations, and SAELens computes the same with the same file."""
+    sae = TrainSaeJob(config(gpt2_dir, corpus, tmp_path, whiten=True)).run()
+    loaded = load_sae(str(tmp_path / "sae"))
+    assert loaded.cfg.metadata["metrics"]["variance_explained"] > 0.3
+    assert not torch.allclose(loaded.W_dec.norm(dim=-1), torch.ones(loaded.d_sae))  # folded
+    x = torch.randn(5, sae.d_in)
+    reference = pytest.importorskip("sae_lens").SAE.load_from_disk(str(tmp_path / "sae"))
+    with torch.no_grad():
+        torch.testing.assert_close(reference(x), sae(x), atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("k", [4, None])
 def test_a_trained_transcoder_predicts_the_mlp_output(gpt2_dir, corpus, tmp_path, k):
     """TopK transcoders are written for sparsify, ReLU ones for SAELens; both load back, read the

@@ -1,8 +1,9 @@
 """SAE training maths on synthetic data with a known dictionary."""
 
+import pytest
 import torch
 
-from app.core.sae.training import TrainableSae
+from app.core.sae.training import TrainableSae, Whitening
 
 
 def sparse_data(n=4096, d_in=16, n_atoms=48, active=3, seed=0):
@@ -115,3 +116,34 @@ def test_a_transcoder_learns_a_sparse_map_and_folds_both_scales():
         torch.testing.assert_close(frozen.encode(x / scale), codes, atol=1e-4, rtol=1e-4)
         predicted = codes @ sae.W_dec + sae.b_dec  # in target units * out_scale
         torch.testing.assert_close(frozen(x / scale), predicted / out_scale, atol=1e-4, rtol=1e-4)
+
+
+def test_whitening_gives_identity_covariance_above_its_floor():
+    x = sparse_data() * torch.linspace(0.1, 10, 16)  # variances 10,000x apart
+    whitening = Whitening.fit(x, epsilon=0.0)
+    white = whitening.apply(x)
+    assert torch.allclose(torch.cov(white.T), torch.eye(16), atol=1e-3)
+    assert torch.allclose((white @ whitening.inverse) + whitening.mean, x, atol=1e-4)
+    floored = Whitening.fit(x, epsilon=0.1).apply(x)
+    assert torch.cov(floored.T).diagonal().max() < 1  # the floor damps the faintest directions
+
+
+@pytest.mark.parametrize("transcoder", [False, True])
+def test_folding_the_whitening_keeps_latents_and_output(transcoder):
+    """Trained on whitened x, folded to read raw x: the same latents and the same output (the
+    reconstruction of raw x, or a transcoder's target, which is never whitened)."""
+    x, y = paired_data()
+    x = x * torch.linspace(0.1, 10, 16) + 3.0
+    whitening = Whitening.fit(x, epsilon=0.1)
+    white = whitening.apply(x)
+    mean = y.mean(0) if transcoder else white.mean(0)
+    sae = TrainableSae.initialise(16, 96, k=4, mean=mean, seed=0, transcoder=transcoder)
+    train(sae, white, steps=100, target=y if transcoder else None)
+    frozen_white = sae.to_sae("blocks.0.hook_mlp_in", 1.0, hook_name_out="blocks.0.hook_mlp_out")
+    sae.fold_whitening(whitening)
+    frozen = sae.to_sae("blocks.0.hook_mlp_in", 1.0, hook_name_out="blocks.0.hook_mlp_out")
+    torch.testing.assert_close(frozen.encode(x), frozen_white.encode(white), atol=1e-4, rtol=1e-4)
+    expected = frozen_white(white)
+    if not transcoder:  # the SAE wrote whitened x: unwhiten it
+        expected = expected @ whitening.inverse + whitening.mean
+    torch.testing.assert_close(frozen(x), expected, atol=1e-4, rtol=1e-4)

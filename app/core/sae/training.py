@@ -11,6 +11,13 @@ mean), and `to_sae` folds both scalings in and names the output site.
 
 The auxiliary loss (Gao et al., "Scaling and evaluating sparse autoencoders") makes the k_aux
 most active dead latents reconstruct what the live ones missed, which keeps latents from dying.
+
+An SAE can be trained on PCA-whitened inputs (Saraswatula and Klindt, "Data whitening improves
+sparse autoencoder learning", 2025) and folded back into an ordinary SAE on the raw site:
+
+    whitening = Whitening.fit(sample, epsilon=0.01)
+    out = sae.loss(whitening.apply(x), dead)  # ... train as above, then
+    sae.fold_whitening(whitening)             # the same SAE, reading and writing raw x
 """
 
 from dataclasses import dataclass
@@ -32,6 +39,33 @@ class StepOutput:
     aux: torch.Tensor
     fired: torch.Tensor  # (d_sae,) bool: which latents fired in this batch
     l0: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Whitening:
+    """x -> (x - mean) @ matrix, which gives a site's activations the identity covariance up to a
+    floor of `epsilon` times the mean eigenvalue (so directions of almost no variance are not
+    blown up into noise); `inverse` undoes it."""
+
+    mean: torch.Tensor  # (d,)
+    matrix: torch.Tensor  # (d, d), symmetric
+    inverse: torch.Tensor  # (d, d)
+
+    @classmethod
+    def fit(cls, sample: torch.Tensor, epsilon: float) -> "Whitening":
+        x = sample.double()
+        mean = x.mean(0)
+        eigenvalues, vectors = torch.linalg.eigh(torch.cov((x - mean).T))
+        floored = eigenvalues.clamp(min=0) + epsilon * eigenvalues.clamp(min=0).mean()
+        matrix = (vectors * floored.rsqrt()) @ vectors.T
+        inverse = (vectors * floored.sqrt()) @ vectors.T
+        return cls(mean.float(), matrix.float(), inverse.float())
+
+    def to(self, device: torch.device) -> "Whitening":
+        return Whitening(self.mean.to(device), self.matrix.to(device), self.inverse.to(device))
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) @ self.matrix
 
 
 class TrainableSae(nn.Module):
@@ -141,6 +175,20 @@ class TrainableSae(nn.Module):
     @torch.no_grad()
     def after_step(self) -> None:
         self.W_dec.div_(self.W_dec.norm(dim=-1, keepdim=True))
+
+    @torch.no_grad()
+    def fold_whitening(self, whitening: Whitening) -> None:
+        """Make an SAE trained on whitening.apply(x) read raw x, and write raw x unless it is a
+        transcoder (whose targets are not whitened): the same latents and the same output, exactly
+        (TopK picks by the pre-activations, which do not change). Decoder rows lose unit norm,
+        which SAELens' format allows."""
+        if self.transcoder:
+            self.b_enc.sub_(whitening.mean @ whitening.matrix @ self.W_enc)
+            self.W_enc.copy_(whitening.matrix @ self.W_enc)
+            return
+        self.W_enc.copy_(whitening.matrix @ self.W_enc)
+        self.b_dec.copy_(whitening.mean + self.b_dec @ whitening.inverse)
+        self.W_dec.copy_(self.W_dec @ whitening.inverse)
 
     @torch.no_grad()
     def to_sae(
