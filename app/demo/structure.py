@@ -13,7 +13,7 @@ on the first world, identity was 6-8% of a category's variance at layer 1 and th
 slot x category features. Held-out text only (a seed the model never saw).
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -115,7 +115,7 @@ def probe_separation(
         return 0, 0.0, 0.0, 0.0
     balanced = _balanced_probes(features, truth, half)[seen].numpy()
     scores = _softmax_probe(features, targets, half, len(keys) + 1)[:, :-1]
-    f1 = _held_out(_f1, scores, truth, half)[seen].numpy()
+    f1 = _held_out_f1(scores, truth, half)[seen].numpy()
     return (
         len(balanced),
         round(float((balanced >= 0.95).mean()), 4),
@@ -168,15 +168,11 @@ def _balanced_accuracy(claimed: torch.Tensor, truth: torch.Tensor) -> torch.Tens
     return (tpr + tnr) / 2
 
 
-def _held_out(
-    measure: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    scores: torch.Tensor,
-    truth: torch.Tensor,
-    half: int,
-    candidates: int = 20,
+def _held_out_f1(
+    scores: torch.Tensor, truth: torch.Tensor, half: int, candidates: int = 20
 ) -> torch.Tensor:
-    """Each column's `measure` on rows from `half` on, at the threshold that gives the best
-    `measure` on the rows before it (candidates: quantiles of the column's positive scores)."""
+    """Each column's F1 on rows from `half` on, at the threshold that gives the best F1 on the
+    rows before it (candidates: quantiles of the column's positive scores)."""
     train_scores, train_truth = scores[:half], truth[:half]
     quantiles = torch.linspace(0.0, 0.95, candidates)
     thresholds = torch.stack(
@@ -191,13 +187,13 @@ def _held_out(
     best_value = torch.full((scores.shape[1],), -1.0)
     best = torch.zeros(scores.shape[1])
     for threshold in thresholds:
-        value = measure(train_scores >= threshold, train_truth)
+        value = _f1(train_scores >= threshold, train_truth)
         better = value > best_value
         best_value, best = (
             torch.where(better, value, best_value),
             torch.where(better, threshold, best),
         )
-    return measure(scores[half:] >= best, truth[half:])
+    return _f1(scores[half:] >= best, truth[half:])
 
 
 @dataclass(frozen=True)

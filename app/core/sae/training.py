@@ -15,7 +15,7 @@ most active dead latents reconstruct what the live ones missed, which keeps late
 An SAE can be trained on PCA-whitened inputs (Saraswatula and Klindt, "Data whitening improves
 sparse autoencoder learning", 2025) and folded back into an ordinary SAE on the raw site:
 
-    whitening = Whitening.fit(sample, epsilon=0.01)
+    whitening = Whitening.fit(sample, epsilon=0.1)
     out = sae.loss(whitening.apply(x), dead)  # ... train as above, then
     sae.fold_whitening(whitening)             # the same SAE, reading and writing raw x
 """
