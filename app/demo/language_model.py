@@ -44,6 +44,12 @@ class LanguageModelConfig:
     n_layer: int = 4
     d_model: int = 256
     n_head: int = 4
+    tie_embeddings: bool = True
+    """Share the input embeddings with the output head (the shipped world v1 model is tied).
+    Untied, a world v2 model (4L d256, 600 steps) reached validation loss 0.894 against 0.901, and
+    a 4096 x k16 SAE at blocks.1.hook_resid_post found the Golden Gate Bridge at span F1 0.76
+    against 0.44, with 1% of its latents dead in training against 14%. The identity share at that
+    site did not move (10.2% both)."""
     steps: int = 1600
     batch_size: int = 16
     lr: float = 2e-3
@@ -85,6 +91,7 @@ class LanguageModelJob:
                 n_embd=c.d_model,
                 n_layer=c.n_layer,
                 n_head=c.n_head,
+                tie_word_embeddings=c.tie_embeddings,
                 resid_pdrop=0.0,
                 embd_pdrop=0.0,
                 attn_pdrop=0.0,

@@ -1,5 +1,7 @@
 """The demo language-model job: reproducible from its seed; an interrupted run resumes exactly."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -43,3 +45,11 @@ def test_same_seed_same_weights_and_resume_is_exact(tmp_path, monkeypatch):
         tmp_path / "straight" / "model" / "model.safetensors",
         tmp_path / "resumed" / "model" / "model.safetensors",
     )
+
+
+def test_untied_embeddings_train_their_own_output_head(tmp_path):
+    config = replace(tiny(tmp_path, "untied"), steps=2, tie_embeddings=False)
+    LanguageModelJob(config).run()
+    model = AutoModelForCausalLM.from_pretrained(config.out)
+    assert not model.config.tie_word_embeddings
+    assert not torch.equal(model.lm_head.weight, model.transformer.wte.weight)
